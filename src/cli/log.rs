@@ -1,0 +1,349 @@
+//! Commands on the raw log: init, import, append, export, events.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use healstore::{EventFilter, EventLine, ExpectedVersion, RecordedEvent};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use super::{Cli, Out};
+
+pub async fn init(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
+    let existed = cli.db.exists();
+    let store = cli.open(true).await?;
+    let head = store.head_position().await?;
+    store.close().await?;
+    let doc = json!({
+        "database": cli.db.display().to_string(),
+        "created": !existed,
+        "schema_version": healstore::SCHEMA_VERSION,
+        "head_position": head,
+    });
+    if out.json() {
+        out.json_value(&doc)?;
+    } else if existed {
+        out.line(&format!(
+            "{} is a healstore database (schema version {}, {} events)",
+            cli.db.display(),
+            healstore::SCHEMA_VERSION,
+            head
+        ))?;
+    } else {
+        out.line(&format!(
+            "created {} (schema version {})",
+            cli.db.display(),
+            healstore::SCHEMA_VERSION
+        ))?;
+    }
+    Ok(())
+}
+
+/// Opens a file or standard input for reading lines; also its size, for a progress bar.
+async fn open_input(
+    file: &Path,
+) -> anyhow::Result<(Box<dyn AsyncRead + Unpin + Send>, Option<u64>)> {
+    if file == Path::new("-") {
+        return Ok((Box::new(tokio::io::stdin()), None));
+    }
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let meta = f.metadata().await?;
+    if meta.is_dir() {
+        bail!("cannot read {}: it is a directory", file.display());
+    }
+    Ok((Box::new(f), Some(meta.len())))
+}
+
+pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()> {
+    let (input, size) = open_input(file).await?;
+    let store = cli.open(true).await?;
+    let progress = progress_bar(size);
+    let mut lines = BufReader::new(input).lines();
+    let mut sink = store.begin_import().await?;
+    let mut line_no = 0u64;
+    let mut bytes = 0u64;
+    let failure = loop {
+        line_no += 1;
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => break None,
+            Err(e) => break Some(anyhow::anyhow!("line {line_no}: cannot read: {e}")),
+        };
+        bytes += line.len() as u64 + 1;
+        if let Some(p) = &progress {
+            p.set_position(bytes);
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = EventLine::parse(&line).and_then(EventLine::into_append);
+        let (stream, event) = match parsed {
+            Ok(v) => v,
+            Err(e) => break Some(anyhow::anyhow!("line {line_no}: {e}")),
+        };
+        if sink.send(line_no, stream, event).await.is_err() {
+            // The writer refused an earlier line; `finish` says which.
+            break None;
+        }
+    };
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    if let Some(e) = failure {
+        sink.abort().await;
+        store.close().await?;
+        return Err(e.context(format!(
+            "import of {} failed; nothing was imported",
+            file.display()
+        )));
+    }
+    let report = sink.finish().await;
+    store.close().await?;
+    let report = report
+        .with_context(|| format!("import of {} failed; nothing was imported", file.display()))?;
+    if out.json() {
+        out.json_value(&report)?;
+    } else {
+        out.line(&format!(
+            "imported {} events ({} already present)",
+            report.imported, report.duplicates
+        ))?;
+    }
+    Ok(())
+}
+
+fn progress_bar(size: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match size {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} importing [{bar:40}] {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    Some(bar)
+}
+
+pub async fn append(cli: &Cli, file: &Path, pipeline: u32, out: &mut Out) -> anyhow::Result<()> {
+    let (input, _) = open_input(file).await?;
+    let store = cli.open(true).await?;
+    let mut lines = BufReader::new(input).lines();
+    let mut in_flight: VecDeque<(u64, healstore::PendingAppend)> = VecDeque::new();
+    let mut line_no = 0u64;
+    let result: anyhow::Result<()> = async {
+        loop {
+            line_no += 1;
+            let line = match lines.next_line().await {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => bail!("line {line_no}: cannot read: {e}"),
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (stream, event) = EventLine::parse(&line)
+                .and_then(EventLine::into_append)
+                .with_context(|| format!("line {line_no}"))?;
+            let pending = store
+                .submit(&stream, ExpectedVersion::Any, vec![event])
+                .await
+                .with_context(|| format!("line {line_no}"))?;
+            in_flight.push_back((line_no, pending));
+            // Acknowledge, in input order, what has been committed so far.
+            while in_flight.len() >= pipeline as usize
+                || in_flight.front().is_some_and(|(_, p)| p.is_ready())
+            {
+                let Some((n, p)) = in_flight.pop_front() else {
+                    break;
+                };
+                ack(out, n, p.await)?;
+            }
+            out.flush()?;
+        }
+        while let Some((n, p)) = in_flight.pop_front() {
+            ack(out, n, p.await)?;
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever happened, appends already queued are committed before exit.
+    while let Some((n, p)) = in_flight.pop_front() {
+        let _ = ack(out, n, p.await);
+    }
+    out.flush()?;
+    store.close().await?;
+    result
+}
+
+fn ack(
+    out: &mut Out,
+    line: u64,
+    r: healstore::Result<Vec<healstore::Appended>>,
+) -> anyhow::Result<()> {
+    let appended = r.with_context(|| format!("line {line}"))?;
+    for a in appended {
+        if out.json() {
+            out.json_value(&json!({
+                "line": line,
+                "event_id": a.event_id,
+                "position": a.position,
+                "stream_version": a.stream_version,
+                "duplicate": a.duplicate,
+            }))?;
+        } else {
+            out.line(&format!(
+                "line {line}: {} at position {}{}",
+                a.event_id,
+                a.position,
+                if a.duplicate { " (already stored)" } else { "" }
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn export(
+    cli: &Cli,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let store = cli.open(false).await?;
+    let filter = EventFilter {
+        since,
+        until,
+        position_order: true,
+        ..Default::default()
+    };
+    let mut events = store.read(filter);
+    while let Some(e) = events.next().await {
+        out.line(&e?.to_line().to_json())?;
+    }
+    drop(events);
+    store.close().await?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only this stream.
+    #[arg(long)]
+    stream: Option<String>,
+    /// Only these event types (repeatable).
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Only events that occurred at or after this time (RFC 3339).
+    #[arg(long, value_parser = super::parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// Only events that occurred before this time (RFC 3339).
+    #[arg(long, value_parser = super::parse_time)]
+    until: Option<DateTime<Utc>>,
+    /// Only events after this global position (catch-up).
+    #[arg(long, default_value_t = 0)]
+    after: i64,
+    /// At most this many events.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Keep running and print events as they are appended (by any process).
+    #[arg(long)]
+    follow: bool,
+}
+
+pub async fn events(cli: &Cli, args: &EventsArgs, out: &mut Out) -> anyhow::Result<()> {
+    let store = cli.open(false).await?;
+    let filter = EventFilter {
+        stream_id: args.stream.clone(),
+        event_types: args.types.clone(),
+        since: args.since,
+        until: args.until,
+        after_position: args.after,
+        limit: args.limit,
+        ..Default::default()
+    };
+    let mut events = if args.follow {
+        store.follow(filter)
+    } else {
+        store.read(filter)
+    };
+    const HEADER: [&str; 6] = [
+        "POSITION",
+        "OCCURRED_AT",
+        "STREAM",
+        "VERSION",
+        "TYPE",
+        "PAYLOAD",
+    ];
+    if out.json() {
+        while let Some(e) = events.next().await {
+            out.json_value(&e?.to_line())?;
+            if args.follow {
+                out.flush()?;
+            }
+        }
+    } else if args.follow {
+        out.line(&HEADER.join("  "))?;
+        out.flush()?;
+        while let Some(e) = events.next().await {
+            out.line(&row(&e?).join("  "))?;
+            out.flush()?;
+        }
+    } else {
+        // A page at a time, so that a long listing stays bounded in memory.
+        let mut rows = Vec::new();
+        let mut first = true;
+        while let Some(e) = events.next().await {
+            rows.push(row(&e?));
+            if rows.len() == 1000 {
+                print_rows(out, &HEADER, &mut rows, &mut first)?;
+            }
+        }
+        print_rows(out, &HEADER, &mut rows, &mut first)?;
+    }
+    drop(events);
+    store.close().await?;
+    Ok(())
+}
+
+fn print_rows(
+    out: &mut Out,
+    header: &[&str],
+    rows: &mut Vec<Vec<String>>,
+    first: &mut bool,
+) -> anyhow::Result<()> {
+    if rows.is_empty() && !*first {
+        return Ok(());
+    }
+    if *first {
+        out.table(header, rows)?;
+    } else {
+        out.table(&[], rows)?;
+    }
+    *first = false;
+    rows.clear();
+    Ok(())
+}
+
+fn row(e: &RecordedEvent) -> Vec<String> {
+    let mut payload = e.payload.to_string();
+    if payload.chars().count() > 80 {
+        payload = payload.chars().take(77).collect::<String>() + "...";
+    }
+    vec![
+        e.position.to_string(),
+        healstore::time::format_time(e.occurred_at),
+        e.stream_id.clone(),
+        e.stream_version.to_string(),
+        e.event_type.clone(),
+        payload,
+    ]
+}

@@ -1,0 +1,168 @@
+//! Parse, resolve, run, exit code. Data goes to stdout, diagnostics to stderr prefixed with
+//! `healstore:`. Exit codes: 0 success, 1 a negative answer, 2 an error. A closed pipe on
+//! stdout (`healstore events | head`) is not an error.
+
+mod demo;
+mod log;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use healstore::{Durability, Store, StoreOptions};
+
+pub use output::Out;
+
+/// healstore: the durable memory of a self-healing system.
+#[derive(Debug, Parser)]
+#[command(name = "healstore", version, about, long_about = None)]
+pub struct Cli {
+    /// The database file.
+    #[arg(
+        long,
+        global = true,
+        env = "HEALSTORE_DB",
+        default_value = "healstore.db"
+    )]
+    pub db: PathBuf,
+
+    /// Output format: a table for people, or JSON (one document per command, JSON Lines for
+    /// event streams), a stable contract documented in the README.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// `full`: nothing acknowledged is ever lost; `normal`: faster, a power loss may lose the
+    /// newest commits (never corrupts).
+    #[arg(long, global = true, env = "HEALSTORE_DURABILITY", value_parser = parse_durability, default_value = "full")]
+    pub durability: Durability,
+
+    /// Evaluate everything time-dependent at this instant (RFC 3339) instead of the wall clock.
+    #[arg(long, global = true, value_parser = parse_time)]
+    pub now: Option<DateTime<Utc>>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database (or check an existing one) and bring its schema up to date.
+    Init,
+    /// Import events from a JSON Lines file (`-` for standard input): all or nothing,
+    /// idempotent by event id.
+    Import {
+        /// The file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Append events from JSON Lines as they arrive, acknowledging each on stdout once it is
+    /// committed (for feeding a live source; unlike `import`, each line stands alone).
+    Append {
+        /// The file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// How many appends may be in flight at once (group commit gathers them).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        pipeline: u32,
+    },
+    /// Write events as JSON Lines that `import` takes back unchanged.
+    Export {
+        /// Only events that occurred at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only events that occurred before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+    },
+    /// List events, optionally following new ones as they are appended.
+    Events(log::EventsArgs),
+    /// Run a short demonstration that writes a simulated fleet's failures and healing
+    /// attempts, then reads them back.
+    Demo(demo::DemoArgs),
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    healstore::time::parse_time(s).map_err(|e| e.to_string())
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse().map_err(|e: healstore::Error| e.to_string())
+}
+
+impl Cli {
+    /// Opens the store for a command; `create` for commands that may make a new file.
+    pub async fn open(&self, create: bool) -> anyhow::Result<Store> {
+        let mut options = StoreOptions {
+            durability: self.durability,
+            create,
+            ..StoreOptions::default()
+        };
+        if let Some(now) = self.now {
+            // `--now` stands for the wall clock everywhere, including `recorded_at`.
+            options.clock = std::sync::Arc::new(healstore::ManualClock::new(now));
+        }
+        Ok(Store::open(&self.db, options).await?)
+    }
+
+    /// The instant commands treat as "now".
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now.unwrap_or_else(Utc::now)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let result = runtime.block_on(run(&cli));
+    match result {
+        Ok(code) => code,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("healstore: error: {e:#}");
+    ExitCode::from(2)
+}
+
+/// Diagnostics only when asked for (`RUST_LOG=healstore=debug`); the library never installs a
+/// subscriber itself.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout(cli.format);
+    match &cli.command {
+        Command::Init => log::init(cli, &mut out).await?,
+        Command::Import { file } => log::import(cli, file, &mut out).await?,
+        Command::Append { file, pipeline } => log::append(cli, file, *pipeline, &mut out).await?,
+        Command::Export { since, until } => log::export(cli, *since, *until, &mut out).await?,
+        Command::Events(args) => log::events(cli, args, &mut out).await?,
+        Command::Demo(args) => demo::run(cli, args, &mut out).await?,
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,45 @@
+//! # healstore
+//!
+//! The durable memory of a self-healing system. Every failure and every healing attempt is
+//! appended as an event to an append-only log in one SQLite file; everything else is derived
+//! from that log.
+//!
+//! The parts, in the order data flows through them:
+//!
+//! - [`event`]: events as the store sees them: [`NewEvent`] in, [`RecordedEvent`] out, and the
+//!   JSON Lines form [`EventLine`].
+//! - [`events`]: the typed, versioned facts healstore writes ([`HealEvent`]).
+//! - [`Store`]: the log itself: durable group-commit appends with idempotency and optimistic
+//!   concurrency, paged reads by stream, position and time, and live tails.
+//! - [`clock`]: injectable time; nothing reads the wall clock but [`SystemClock`].
+//!
+//! ```no_run
+//! # async fn demo() -> healstore::Result<()> {
+//! use healstore::{ExpectedVersion, NewEvent, Store, StoreOptions};
+//! let store = Store::open("healstore.db", StoreOptions::default()).await?;
+//! let event = NewEvent::new(
+//!     "failure_detected",
+//!     chrono::Utc::now(),
+//!     serde_json::json!({"failure_id": "f-1", "failure_type": "agent_down", "severity": "high"}),
+//! );
+//! let appended = store.append("failure-f-1", ExpectedVersion::NoStream, vec![event]).await?;
+//! println!("stored at position {}", appended[0].position);
+//! store.close().await
+//! # }
+//! ```
+
+pub mod clock;
+mod error;
+pub mod event;
+pub mod events;
+mod store;
+pub mod time;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
+pub use events::HealEvent;
+pub use store::{
+    Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend, SCHEMA_VERSION,
+    Store, StoreOptions,
+};

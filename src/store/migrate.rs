@@ -1,0 +1,197 @@
+//! Schema migrations: refinery's migration runner over the store's own sqlx connection.
+//!
+//! refinery has no sqlx driver, so this module adapts refinery-core's async traits to a sqlx
+//! SQLite connection. All migrations run inside one `BEGIN IMMEDIATE` transaction: it is the
+//! cross-process guard refinery lacks (two processes opening a new file at once serialise on
+//! the write lock, and the second sees the first one's work when it re-checks), and it makes
+//! the whole upgrade atomic (SQLite's DDL is transactional).
+
+use std::path::Path;
+
+use refinery_core::traits::r#async::{AsyncMigrate, AsyncQuery, AsyncTransaction};
+use refinery_core::{Migration, Runner};
+use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
+
+use crate::error::{Error, Result};
+
+/// The migrations, in order. A test checks this list against the files in `migrations/`.
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[(
+    "V1__event_log",
+    include_str!("../../migrations/V1__event_log.sql"),
+)];
+
+/// The schema version this binary creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// refinery's own table name (kept so that refinery's tooling recognises the history).
+const HISTORY_TABLE: &str = "refinery_schema_history";
+
+/// `PRAGMA application_id` of a healstore file ('HLST').
+pub(crate) const APPLICATION_ID: i64 = 0x484C_5354;
+
+/// Brings the database at `conn` to [`SCHEMA_VERSION`], or refuses it.
+pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    // Fast path without the write lock: an up-to-date database is opened without writing.
+    match inspect(conn, path).await? {
+        Found::Current => return Ok(()),
+        Found::Newer(found) => {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Found::Older | Found::Empty => {}
+    }
+
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| Error::from_db(e, path))?;
+    // Re-check under the lock: another process may have migrated in the meantime.
+    match inspect(&mut tx, path).await? {
+        Found::Current => return Ok(()),
+        Found::Newer(found) => {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Found::Older | Found::Empty => {}
+    }
+
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(name, sql)| Migration::unapplied(name, sql))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Migration(e.to_string()))?;
+    let runner = Runner::new(&migrations)
+        .set_abort_divergent(true)
+        .set_abort_missing(true);
+    let mut adapter = InTransaction(&mut tx);
+    let report = runner
+        .run_async(&mut adapter)
+        .await
+        .map_err(|e| Error::Migration(e.to_string()))?;
+    tx.commit().await.map_err(|e| Error::from_db(e, path))?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}
+
+enum Found {
+    Empty,
+    Older,
+    Current,
+    Newer(i64),
+}
+
+async fn inspect(conn: &mut SqliteConnection, path: &Path) -> Result<Found> {
+    let db = |e| Error::from_db(e, path);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    if tables.is_empty() {
+        return Ok(Found::Empty);
+    }
+    let app_id: i64 = sqlx::query_scalar("PRAGMA application_id")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    if !tables.iter().any(|t| t == HISTORY_TABLE) || app_id != APPLICATION_ID {
+        return Err(Error::NotHealstore {
+            path: path.to_path_buf(),
+        });
+    }
+    let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT MAX(version) FROM {HISTORY_TABLE}"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(match version.unwrap_or(0) {
+        v if v > SCHEMA_VERSION => Found::Newer(v),
+        v if v == SCHEMA_VERSION => Found::Current,
+        _ => Found::Older,
+    })
+}
+
+/// A connection that is already inside the migration transaction. refinery's drivers open a
+/// transaction per call; this one runs everything in the caller's.
+struct InTransaction<'a, 'c>(&'a mut sqlx::Transaction<'c, sqlx::Sqlite>);
+
+impl AsyncTransaction for InTransaction<'_, '_> {
+    type Error = sqlx::Error;
+
+    fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &'a mut self,
+        queries: T,
+    ) -> impl Future<Output = std::result::Result<usize, Self::Error>> + Send + 'a {
+        async move {
+            let mut count = 0;
+            for q in queries {
+                // Migration files are trusted text shipped inside the binary.
+                sqlx::raw_sql(AssertSqlSafe(q.to_owned()))
+                    .execute(&mut **self.0)
+                    .await?;
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+}
+
+impl AsyncQuery<Vec<Migration>> for InTransaction<'_, '_> {
+    fn query<'a>(
+        &'a mut self,
+        query: &'a str,
+    ) -> impl Future<Output = std::result::Result<Vec<Migration>, Self::Error>> + Send + 'a {
+        async move {
+            let rows = sqlx::query(AssertSqlSafe(query.to_owned()))
+                .fetch_all(&mut **self.0)
+                .await?;
+            let mut applied = Vec::with_capacity(rows.len());
+            for row in rows {
+                let version: i64 = row.try_get(0)?;
+                let name: String = row.try_get(1)?;
+                let applied_on: String = row.try_get(2)?;
+                let checksum: String = row.try_get(3)?;
+                let bad =
+                    |what: &str| sqlx::Error::Decode(format!("{HISTORY_TABLE}: bad {what}").into());
+                let applied_on = time::OffsetDateTime::parse(
+                    &applied_on,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|_| bad("applied_on"))?;
+                let checksum = checksum.parse::<u64>().map_err(|_| bad("checksum"))?;
+                let version = i32::try_from(version).map_err(|_| bad("version"))?;
+                applied.push(Migration::applied(version, name, applied_on, checksum));
+            }
+            Ok(applied)
+        }
+    }
+}
+
+impl AsyncMigrate for InTransaction<'_, '_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .map(|n| n.trim_end_matches(".sql").to_owned())
+            .collect();
+        files.sort_by_key(|n| n[1..n.find("__").unwrap()].parse::<u32>().unwrap());
+        let embedded: Vec<&str> = MIGRATIONS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(files, embedded);
+    }
+}

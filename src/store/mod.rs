@@ -1,0 +1,371 @@
+//! The event store: an append-only log in one SQLite file.
+//!
+//! One writer task per process owns the only writing connection and commits appends in groups
+//! (see [`writer`]); readers use a separate pool of query-only connections, so reads never
+//! block the writer (SQLite's WAL mode). Several processes may open the same file: SQLite's
+//! write lock, taken with `BEGIN IMMEDIATE`, orders their commits.
+
+mod migrate;
+mod read;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::event::{Appended, ExpectedVersion, NewEvent};
+
+pub use migrate::SCHEMA_VERSION;
+pub use read::{EventFilter, EventStream};
+pub use writer::{ImportReport, ImportSink};
+
+/// How hard a commit tries to survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: every acknowledged append survives a process crash and a power
+    /// loss. The default.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL` in WAL mode: survives a process crash; a power loss may lose the
+    /// newest acknowledged commits but never corrupts the file. Faster.
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(Error::InvalidInput(format!(
+                "durability must be `full` or `normal`, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Settings for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// Stamps `recorded_at`. Defaults to the system clock.
+    pub clock: Arc<dyn Clock>,
+    /// Create (and migrate) the file when it does not exist. When false, a missing file is an
+    /// error.
+    pub create: bool,
+    /// Read connections in the pool.
+    pub readers: u32,
+    /// How long a statement waits for another process's lock before giving up. Long, because
+    /// a caller should see "database is locked" only when something is truly stuck.
+    pub busy_timeout: Duration,
+    /// Most events committed in one group. Bounds the writer's memory and commit latency.
+    pub max_batch_events: usize,
+    /// How often a live tail looks for events appended by other processes (appends through this
+    /// store wake it at once).
+    pub poll_interval: Duration,
+    /// Rows per page of a long scan. Pages keep read transactions short, so that WAL
+    /// checkpoints are never held back by a reader.
+    pub page_size: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Full,
+            clock: Arc::new(SystemClock),
+            create: true,
+            readers: 4,
+            busy_timeout: Duration::from_secs(30),
+            max_batch_events: 4096,
+            poll_interval: Duration::from_millis(200),
+            page_size: 1000,
+        }
+    }
+}
+
+/// A handle on an open event store. Cheap to clone; all clones share one writer.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    options: StoreOptions,
+    requests: mpsc::Sender<writer::Request>,
+    readers: SqlitePool,
+    /// The highest position this process has committed; wakes live tails.
+    head: watch::Receiver<i64>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Store {
+    /// Opens (and creates and migrates, when `options.create`) the store at `path`.
+    pub async fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        check_path(&path, options.create)?;
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(options.busy_timeout)
+            .synchronous(match options.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            // Statement-level logging would be one line per append: keep sqlx quiet.
+            .log_statements(tracing::log::LevelFilter::Trace);
+
+        let mut conn = base
+            .clone()
+            .create_if_missing(options.create)
+            .connect()
+            .await
+            .map_err(|e| Error::from_db(e, &path))?;
+        // A damaged file can pass `open`; make SQLite read its header now, so that the error
+        // names the file rather than surfacing on the first append.
+        sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::from_db(e, &path))?;
+        restrict_permissions(&path);
+        migrate::migrate(&mut conn, &path).await?;
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .min_connections(0)
+            .connect_lazy_with(base.pragma("query_only", "ON"));
+
+        let head_now = writer::head_position(&mut conn)
+            .await
+            .map_err(|e| Error::from_db(e, &path))?;
+        let (head_tx, head_rx) = watch::channel(head_now);
+        let (req_tx, req_rx) = mpsc::channel(1024);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = writer::Writer::new(conn, path.clone(), options.clone(), head_tx)
+            .spawn(req_rx, stop_rx);
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                requests: req_tx,
+                readers,
+                head: head_rx,
+                writer: Mutex::new(Some(task)),
+                shutdown: Mutex::new(Some(stop_tx)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Appends events to one stream, atomically, after checking the version the stream is
+    /// expected to be at. Returns once the events are committed (durably, as the store's
+    /// [`Durability`] says).
+    ///
+    /// Idempotent: when every event id is already stored (a retry of an append that was
+    /// committed), nothing is written and the original positions are returned with
+    /// `duplicate: true`, whatever the expected version.
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
+        self.submit(stream_id, expected, events).await?.await
+    }
+
+    /// Queues an append and returns at once with a handle that resolves when it is committed.
+    /// Appends queued one after another from one task are committed in that order, so a caller
+    /// can keep many appends in flight (a pipeline) without reordering a stream.
+    pub async fn submit(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<PendingAppend> {
+        crate::event::check_id("stream_id", stream_id)?;
+        for e in &events {
+            e.validate()?;
+        }
+        let (reply, answer) = oneshot::channel();
+        if events.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return Ok(PendingAppend(answer));
+        }
+        let req = writer::Request::Append(writer::AppendRequest {
+            stream_id: stream_id.to_owned(),
+            expected,
+            events,
+            reply,
+        });
+        self.inner
+            .requests
+            .send(req)
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(PendingAppend(answer))
+    }
+
+    /// Appends one event with no version check.
+    pub async fn append_one(&self, stream_id: &str, event: NewEvent) -> Result<Appended> {
+        let mut out = self
+            .append(stream_id, ExpectedVersion::Any, vec![event])
+            .await?;
+        out.pop().ok_or(Error::Closed)
+    }
+
+    /// Starts an all-or-nothing import: events sent to the returned sink are written in one
+    /// transaction, committed by [`ImportSink::finish`]. Other appends from this process wait
+    /// until it ends; other processes wait on SQLite's lock (up to the busy timeout).
+    pub async fn begin_import(&self) -> Result<ImportSink> {
+        writer::ImportSink::start(&self.inner.requests).await
+    }
+
+    /// The highest committed position in the database (0 when empty).
+    pub async fn head_position(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&self.inner.readers)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// The number of events in a stream (its current version).
+    pub async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_version) FROM events WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_one(&self.inner.readers)
+                .await
+                .map_err(|e| self.db_err(e))?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// Events matching `filter`, read lazily page by page (see [`EventFilter`] for the order).
+    pub fn read(&self, filter: EventFilter) -> EventStream {
+        read::stream(self.clone(), filter, false)
+    }
+
+    /// Like [`Store::read`] in position order, then waits for new events and delivers them
+    /// as they are committed, by this process or any other. Ends only when dropped.
+    pub fn follow(&self, filter: EventFilter) -> EventStream {
+        read::stream(self.clone(), filter, true)
+    }
+
+    /// The read pool, for analytics and other read models.
+    pub fn read_pool(&self) -> &SqlitePool {
+        &self.inner.readers
+    }
+
+    /// Finishes pending appends, stops the writer and closes every connection.
+    pub async fn close(self) -> Result<()> {
+        let stop = self
+            .inner
+            .shutdown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        let task = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.readers.close().await;
+        Ok(())
+    }
+
+    fn db_err(&self, e: sqlx::Error) -> Error {
+        Error::from_db(e, &self.inner.path)
+    }
+}
+
+/// An append on its way to the disk (see [`Store::submit`]).
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Vec<Appended>>>);
+
+impl PendingAppend {
+    /// True once the append has been answered (awaiting it will not wait).
+    pub fn is_ready(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Vec<Appended>>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// Checks that the path can be a database before SQLite sees it, for clearer errors.
+fn check_path(path: &Path, create: bool) -> Result<()> {
+    let open_err = |reason: &str| Error::Open {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(open_err("it is a directory")),
+        Ok(m) if !m.is_file() => Err(open_err("it is not a regular file")),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if create {
+                Ok(())
+            } else {
+                Err(open_err("no such file (create it with `healstore init`)"))
+            }
+        }
+        Err(e) => Err(open_err(&e.to_string())),
+    }
+}
+
+/// The log is an audit record: only its owner may read it. Best effort (the file may belong
+/// to someone else, who opened it for us to read).
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+        for p in [
+            path.to_path_buf(),
+            PathBuf::from(format!("{}-wal", path.display())),
+            PathBuf::from(format!("{}-shm", path.display())),
+        ] {
+            if let Ok(m) = mode(&p) {
+                if m & 0o077 != 0 {
+                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
+    }
+}

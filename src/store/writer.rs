@@ -1,0 +1,723 @@
+//! The single writer: group commit.
+//!
+//! Every append in the process is sent to one task that owns the only writing connection.
+//! The task takes whatever requests are waiting (up to `max_batch_events`), writes them all in
+//! one `BEGIN IMMEDIATE` transaction with multi-row INSERTs, commits, and only then answers
+//! each caller. While one group commits (and waits for its fsync), the next group gathers, so
+//! the number of commits per second stays near the disk's fsync rate while the number of
+//! events per commit grows with the load.
+//!
+//! Why `BEGIN IMMEDIATE`: the transaction reads (ids already stored, stream versions) and then
+//! writes. A deferred transaction would take the write lock only at its first write, and when
+//! another process holds it, SQLite fails that upgrade at once with SQLITE_BUSY instead of
+//! waiting. IMMEDIATE takes the lock first, waiting up to the busy timeout.
+//!
+//! Why explicit positions: under the write lock nobody else can insert, so the writer reads
+//! the AUTOINCREMENT counter once and numbers the rows itself, which gives each caller its
+//! positions without a RETURNING clause (whose row order SQLite does not promise).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, AssertSqlSafe, Connection, Row as _, SqliteConnection};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::StoreOptions;
+use crate::error::{Error, Result};
+use crate::event::{Appended, ExpectedVersion, IndexFields, NewEvent};
+use crate::time::to_micros;
+
+pub(crate) enum Request {
+    Append(AppendRequest),
+    Import(ImportRequest),
+}
+
+pub(crate) struct AppendRequest {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    pub reply: oneshot::Sender<Result<Vec<Appended>>>,
+}
+
+pub(crate) struct ImportRequest {
+    items: mpsc::Receiver<ImportItem>,
+    reply: oneshot::Sender<Result<ImportReport>>,
+}
+
+enum ImportItem {
+    Event {
+        line: u64,
+        stream_id: String,
+        expected: ExpectedVersion,
+        event: NewEvent,
+    },
+    Abort,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportReport {
+    /// Events written.
+    pub imported: u64,
+    /// Events whose id was already stored (with the same content): skipped.
+    pub duplicates: u64,
+}
+
+/// The sending side of an all-or-nothing import (see [`crate::Store::begin_import`]).
+pub struct ImportSink {
+    items: mpsc::Sender<ImportItem>,
+    reply: oneshot::Receiver<Result<ImportReport>>,
+}
+
+impl ImportSink {
+    pub(crate) async fn start(requests: &mpsc::Sender<Request>) -> Result<ImportSink> {
+        let (items_tx, items_rx) = mpsc::channel(IMPORT_CHUNK * 2);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        requests
+            .send(Request::Import(ImportRequest {
+                items: items_rx,
+                reply: reply_tx,
+            }))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(ImportSink {
+            items: items_tx,
+            reply: reply_rx,
+        })
+    }
+
+    /// Adds one event; `line` is named in the error if it is refused. An error here means the
+    /// import has already failed (and was rolled back): call [`ImportSink::finish`] for the
+    /// reason.
+    pub async fn send(&mut self, line: u64, stream_id: String, event: NewEvent) -> Result<()> {
+        crate::event::check_id("stream_id", &stream_id)?;
+        event.validate()?;
+        self.items
+            .send(ImportItem::Event {
+                line,
+                stream_id,
+                expected: ExpectedVersion::Any,
+                event,
+            })
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Commits everything sent, or reports why nothing was written.
+    pub async fn finish(self) -> Result<ImportReport> {
+        drop(self.items);
+        self.reply.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Rolls everything back.
+    pub async fn abort(self) {
+        let _ = self.items.send(ImportItem::Abort).await;
+        drop(self.items);
+        let _ = self.reply.await;
+    }
+}
+
+/// Items an import writes per round of look-ups and INSERTs.
+const IMPORT_CHUNK: usize = 512;
+
+/// Largest multi-row INSERT. 15 columns x 128 rows = 1,920 bound parameters, well under
+/// SQLite's limit (32,766); larger statements gained nothing measurable.
+const MAX_ROWS_PER_INSERT: usize = 128;
+
+/// Bound parameters per look-up statement.
+const MAX_LOOKUP_PARAMS: usize = 900;
+
+pub(crate) struct Writer {
+    conn: SqliteConnection,
+    path: PathBuf,
+    options: StoreOptions,
+    head: watch::Sender<i64>,
+}
+
+impl Writer {
+    pub fn new(
+        conn: SqliteConnection,
+        path: PathBuf,
+        options: StoreOptions,
+        head: watch::Sender<i64>,
+    ) -> Writer {
+        Writer {
+            conn,
+            path,
+            options,
+            head,
+        }
+    }
+
+    pub fn spawn(
+        self,
+        requests: mpsc::Receiver<Request>,
+        stop: oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run(requests, stop))
+    }
+
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>, mut stop: oneshot::Receiver<()>) {
+        let mut pending: Option<Request> = None;
+        let mut stopping = false;
+        loop {
+            let first = match pending.take() {
+                Some(r) => r,
+                None if stopping => match requests.recv().await {
+                    Some(r) => r,
+                    None => break,
+                },
+                None => tokio::select! {
+                    r = requests.recv() => match r { Some(r) => r, None => break },
+                    _ = &mut stop => {
+                        // Serve what was already queued, then stop.
+                        requests.close();
+                        stopping = true;
+                        continue;
+                    }
+                },
+            };
+            match first {
+                Request::Import(imp) => self.import(imp).await,
+                Request::Append(a) => {
+                    let mut group = vec![a];
+                    let mut events = group[0].events.len();
+                    while events < self.options.max_batch_events {
+                        match requests.try_recv() {
+                            Ok(Request::Append(a)) => {
+                                events += a.events.len();
+                                group.push(a);
+                            }
+                            Ok(imp @ Request::Import(_)) => {
+                                pending = Some(imp);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_group(group).await;
+                }
+            }
+        }
+        let _ = self.conn.close().await;
+    }
+
+    /// Writes one group in one transaction and answers every caller.
+    async fn commit_group(&mut self, group: Vec<AppendRequest>) {
+        let span = tracing::debug_span!("group_commit", requests = group.len());
+        let _guard = span.enter();
+        let mut requests: Vec<(String, ExpectedVersion, &[NewEvent])> = group
+            .iter()
+            .map(|r| (r.stream_id.clone(), r.expected, r.events.as_slice()))
+            .collect();
+        let outcome = self.with_retry(&mut requests).await;
+        match outcome {
+            Ok((answers, last)) => {
+                if let Some(last) = last {
+                    self.head.send_if_modified(|h| {
+                        let newer = last > *h;
+                        if newer {
+                            *h = last;
+                        }
+                        newer
+                    });
+                }
+                for (req, answer) in group.into_iter().zip(answers) {
+                    let _ = req.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "group commit failed; nothing of it was stored");
+                for req in group {
+                    let _ = req.reply.send(Err(replicate(&e)));
+                }
+            }
+        }
+    }
+
+    /// Runs the group's transaction, starting over when SQLite reports the lock busy beyond
+    /// the busy timeout (another process holding it long), until twice that timeout has passed.
+    async fn with_retry(
+        &mut self,
+        requests: &mut [(String, ExpectedVersion, &[NewEvent])],
+    ) -> Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
+        let deadline = tokio::time::Instant::now() + self.options.busy_timeout * 2;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.try_group(requests).await {
+                Err(e) if Error::is_busy(&e) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::from_db(e, &self.path));
+                    }
+                    tracing::debug!("database busy; retrying the group");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(Error::from_db(e, &self.path)),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    async fn try_group(
+        &mut self,
+        requests: &[(String, ExpectedVersion, &[NewEvent])],
+    ) -> sqlx::Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
+        let recorded_at = to_micros(self.options.clock.now());
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let items: Vec<PlanItem<'_>> = requests
+            .iter()
+            .map(|(s, exp, evs)| PlanItem {
+                stream_id: s,
+                expected: *exp,
+                events: evs,
+            })
+            .collect();
+        let plan = plan(&mut tx, &items, recorded_at).await?;
+        insert_rows(&mut tx, &plan.rows).await?;
+        tx.commit().await?;
+        Ok((plan.answers, plan.rows.last().map(|r| r.position)))
+    }
+
+    /// An all-or-nothing import in one transaction; items arrive while it runs.
+    async fn import(&mut self, mut req: ImportRequest) {
+        let result = self.import_inner(&mut req.items).await;
+        if let Err(e) = &result {
+            tracing::info!(error = %e, "import rolled back");
+        }
+        let _ = req.reply.send(result);
+    }
+
+    async fn import_inner(
+        &mut self,
+        items: &mut mpsc::Receiver<ImportItem>,
+    ) -> Result<ImportReport> {
+        let path = self.path.clone();
+        let db = |e| Error::from_db(e, &path);
+        let recorded_at = to_micros(self.options.clock.now());
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut report = ImportReport::default();
+        let mut chunk: Vec<(u64, String, ExpectedVersion, [NewEvent; 1])> = Vec::new();
+        let mut last = None;
+        loop {
+            let next = items.recv().await;
+            let done = match next {
+                Some(ImportItem::Event {
+                    line,
+                    stream_id,
+                    expected,
+                    event,
+                }) => {
+                    chunk.push((line, stream_id, expected, [event]));
+                    false
+                }
+                // The sink was aborted: dropping `tx` rolls back.
+                Some(ImportItem::Abort) => {
+                    return Err(Error::InvalidInput("import aborted".into()));
+                }
+                None => true,
+            };
+            if chunk.len() >= IMPORT_CHUNK || (done && !chunk.is_empty()) {
+                let plan_items: Vec<PlanItem<'_>> = chunk
+                    .iter()
+                    .map(|(_, s, exp, ev)| PlanItem {
+                        stream_id: s,
+                        expected: *exp,
+                        events: ev,
+                    })
+                    .collect();
+                let plan = plan(&mut tx, &plan_items, recorded_at).await.map_err(db)?;
+                for ((line, ..), answer) in chunk.iter().zip(&plan.answers) {
+                    match answer {
+                        Ok(a) if a[0].duplicate => report.duplicates += 1,
+                        Ok(_) => report.imported += 1,
+                        Err(e) => return Err(Error::InvalidEvent(format!("line {line}: {e}"))),
+                    }
+                }
+                insert_rows(&mut tx, &plan.rows).await.map_err(db)?;
+                last = plan.rows.last().map(|r| r.position).or(last);
+                chunk.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        if let Some(last) = last {
+            self.head.send_if_modified(|h| {
+                let newer = last > *h;
+                if newer {
+                    *h = last;
+                }
+                newer
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// The highest position ever assigned (0 for a new log).
+pub(crate) async fn head_position(conn: &mut SqliteConnection) -> sqlx::Result<i64> {
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(v.unwrap_or(0))
+}
+
+/// One error for each caller of a failed group (errors are not `Clone`).
+fn replicate(e: &Error) -> Error {
+    match e {
+        Error::DiskFull(m) => Error::DiskFull(m.clone()),
+        Error::Corrupt { path, reason } => Error::Corrupt {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        other => Error::InvalidInput(format!("the write failed and nothing was stored: {other}")),
+    }
+}
+
+struct PlanItem<'a> {
+    stream_id: &'a str,
+    expected: ExpectedVersion,
+    events: &'a [NewEvent],
+}
+
+struct Row<'a> {
+    position: i64,
+    stream_id: &'a str,
+    stream_version: u64,
+    event: &'a NewEvent,
+    payload: String,
+    recorded_at: i64,
+    index: IndexFields,
+}
+
+struct Plan<'a> {
+    rows: Vec<Row<'a>>,
+    answers: Vec<Result<Vec<Appended>>>,
+}
+
+/// What the database already holds of an event id.
+struct Stored {
+    position: i64,
+    stream_id: String,
+    stream_version: u64,
+    event_type: String,
+    occurred_at: i64,
+    payload: String,
+}
+
+/// Decides, inside the transaction, what each item writes: duplicates are answered with their
+/// original positions, version conflicts with an error, the rest are numbered.
+async fn plan<'a>(
+    conn: &mut SqliteConnection,
+    items: &'a [PlanItem<'a>],
+    recorded_at: i64,
+) -> sqlx::Result<Plan<'a>> {
+    let mut ids: Vec<&str> = items
+        .iter()
+        .flat_map(|i| i.events.iter().map(|e| e.event_id.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut streams: Vec<&str> = items.iter().map(|i| i.stream_id).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let (stored, mut versions, mut next_position) = look_up(conn, &ids, &streams).await?;
+    next_position += 1;
+
+    // Ids written earlier in this same transaction (a retry queued behind its first try).
+    let mut written: HashMap<&str, (i64, &str, u64, usize)> = HashMap::new();
+    let mut rows: Vec<Row<'a>> = Vec::new();
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items {
+        answers.push(plan_item(
+            item,
+            &stored,
+            &mut written,
+            &mut versions,
+            &mut next_position,
+            &mut rows,
+            recorded_at,
+        ));
+    }
+    Ok(Plan { rows, answers })
+}
+
+fn plan_item<'a>(
+    item: &'a PlanItem<'a>,
+    stored: &HashMap<String, Stored>,
+    written: &mut HashMap<&'a str, (i64, &'a str, u64, usize)>,
+    versions: &mut HashMap<String, u64>,
+    next_position: &mut i64,
+    rows: &mut Vec<Row<'a>>,
+    recorded_at: i64,
+) -> Result<Vec<Appended>> {
+    // An id given twice within one append is a caller bug, not a retry.
+    let mut seen = std::collections::HashSet::new();
+    for e in item.events {
+        if !seen.insert(e.event_id.as_str()) {
+            return Err(Error::InvalidEvent(format!(
+                "event id {:?} appears twice in one append",
+                e.event_id
+            )));
+        }
+    }
+    let mut duplicates = Vec::new();
+    for e in item.events {
+        let payload = canonical(&e.payload);
+        if let Some(s) = stored.get(&e.event_id) {
+            if s.stream_id != item.stream_id
+                || s.event_type != e.event_type
+                || s.occurred_at != to_micros(e.occurred_at)
+                || s.payload != payload
+            {
+                return Err(Error::EventIdReused {
+                    event_id: e.event_id.clone(),
+                    position: s.position,
+                });
+            }
+            duplicates.push(Appended {
+                event_id: e.event_id.clone(),
+                position: s.position,
+                stream_version: s.stream_version,
+                duplicate: true,
+            });
+        } else if let Some(&(position, stream, version, row)) = written.get(e.event_id.as_str()) {
+            let r = &rows[row];
+            if stream != item.stream_id
+                || r.event.event_type != e.event_type
+                || r.payload != payload
+            {
+                return Err(Error::EventIdReused {
+                    event_id: e.event_id.clone(),
+                    position,
+                });
+            }
+            duplicates.push(Appended {
+                event_id: e.event_id.clone(),
+                position,
+                stream_version: version,
+                duplicate: true,
+            });
+        }
+    }
+    if duplicates.len() == item.events.len() {
+        return Ok(duplicates);
+    }
+    if !duplicates.is_empty() {
+        return Err(Error::InvalidEvent(format!(
+            "append mixes {} event(s) already stored (first: {:?}) with new ones; \
+             retry the exact original append or use new ids",
+            duplicates.len(),
+            duplicates[0].event_id
+        )));
+    }
+    let current = versions.get(item.stream_id).copied().unwrap_or(0);
+    if !item.expected.admits(current) {
+        return Err(Error::WrongExpectedVersion {
+            stream: item.stream_id.to_owned(),
+            expected: item.expected.to_string(),
+            actual: current,
+        });
+    }
+    let mut out = Vec::with_capacity(item.events.len());
+    let mut version = current;
+    for e in item.events {
+        version += 1;
+        let position = *next_position;
+        *next_position += 1;
+        written.insert(&e.event_id, (position, item.stream_id, version, rows.len()));
+        rows.push(Row {
+            position,
+            stream_id: item.stream_id,
+            stream_version: version,
+            event: e,
+            payload: canonical(&e.payload),
+            recorded_at: e.recorded_at.map(to_micros).unwrap_or(recorded_at),
+            index: IndexFields::from_payload(&e.payload),
+        });
+        out.push(Appended {
+            event_id: e.event_id.clone(),
+            position,
+            stream_version: version,
+            duplicate: false,
+        });
+    }
+    versions.insert(item.stream_id.to_owned(), version);
+    Ok(out)
+}
+
+/// The stored text of a payload: compact, keys sorted (serde_json's map is ordered), so that
+/// equal payloads are equal strings.
+fn canonical(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+type LookUp = (HashMap<String, Stored>, HashMap<String, u64>, i64);
+
+/// One round trip where possible: stored ids, stream versions and the position counter in a
+/// single UNION ALL statement (each sqlx statement costs a channel hop to its worker thread).
+async fn look_up(
+    conn: &mut SqliteConnection,
+    ids: &[&str],
+    streams: &[&str],
+) -> sqlx::Result<LookUp> {
+    let mut stored = HashMap::new();
+    let mut versions = HashMap::new();
+    let mut counter = 0i64;
+    let mut id_chunks = ids.chunks(MAX_LOOKUP_PARAMS / 2);
+    let mut stream_chunks = streams.chunks(MAX_LOOKUP_PARAMS / 2);
+    let mut first = true;
+    loop {
+        let ids = id_chunks.next().unwrap_or(&[]);
+        let streams = stream_chunks.next().unwrap_or(&[]);
+        if !first && ids.is_empty() && streams.is_empty() {
+            break;
+        }
+        let mut parts = Vec::new();
+        let mut args = SqliteArguments::default();
+        if first {
+            parts.push(
+                "SELECT 2 AS k, NULL, NULL, seq, NULL, NULL, NULL, NULL \
+                 FROM sqlite_sequence WHERE name = 'events'"
+                    .to_owned(),
+            );
+        }
+        if !ids.is_empty() {
+            parts.push(format!(
+                "SELECT 0, event_id, stream_id, stream_version, position, event_type, \
+                 occurred_at, payload FROM events WHERE event_id IN ({})",
+                placeholders(ids.len())
+            ));
+            for id in ids {
+                args.add(*id).map_err(sqlx::Error::Encode)?;
+            }
+        }
+        if !streams.is_empty() {
+            parts.push(format!(
+                "SELECT 1, stream_id, NULL, MAX(stream_version), NULL, NULL, NULL, NULL \
+                 FROM events WHERE stream_id IN ({}) GROUP BY stream_id",
+                placeholders(streams.len())
+            ));
+            for s in streams {
+                args.add(*s).map_err(sqlx::Error::Encode)?;
+            }
+        }
+        first = false;
+        if parts.is_empty() {
+            break;
+        }
+        let sql = parts.join(" UNION ALL ");
+        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in rows {
+            let kind: i64 = row.try_get(0)?;
+            match kind {
+                2 => counter = row.try_get(3)?,
+                1 => {
+                    versions.insert(row.try_get(1)?, row.try_get::<i64, _>(3)? as u64);
+                }
+                _ => {
+                    stored.insert(
+                        row.try_get(1)?,
+                        Stored {
+                            stream_id: row.try_get(2)?,
+                            stream_version: row.try_get::<i64, _>(3)? as u64,
+                            position: row.try_get(4)?,
+                            event_type: row.try_get(5)?,
+                            occurred_at: row.try_get(6)?,
+                            payload: row.try_get(7)?,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    Ok((stored, versions, counter))
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('?');
+    }
+    s
+}
+
+const INSERT_COLUMNS: usize = 15;
+
+/// The INSERT for `n` rows. Rows are written in statements of power-of-two sizes, so that only
+/// eight distinct statements exist and sqlx's prepared-statement cache always hits.
+fn insert_sql(n: usize) -> &'static str {
+    static CACHE: OnceLock<Vec<String>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        let mut v = Vec::new();
+        let mut size = 1;
+        while size <= MAX_ROWS_PER_INSERT {
+            let row = format!("({})", placeholders(INSERT_COLUMNS));
+            let rows = vec![row; size].join(",");
+            v.push(format!(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, \
+                 failure_type, strategy, success, duration_ms) VALUES {rows}"
+            ));
+            size *= 2;
+        }
+        v
+    });
+    &cache[n.trailing_zeros() as usize]
+}
+
+async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Result<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = if rest.len() >= MAX_ROWS_PER_INSERT {
+            MAX_ROWS_PER_INSERT
+        } else {
+            // The largest power of two that fits.
+            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (now, later) = rest.split_at(n);
+        let mut args = SqliteArguments::default();
+        for r in now {
+            args.add(r.position).map_err(sqlx::Error::Encode)?;
+            args.add(r.event.event_id.as_str())
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.stream_id).map_err(sqlx::Error::Encode)?;
+            args.add(r.stream_version as i64)
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.event.event_type.as_str())
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.event.schema_version as i64)
+                .map_err(sqlx::Error::Encode)?;
+            args.add(to_micros(r.event.occurred_at))
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.recorded_at).map_err(sqlx::Error::Encode)?;
+            args.add(r.payload.as_str()).map_err(sqlx::Error::Encode)?;
+            args.add(r.index.failure_id.as_deref())
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.index.agent_id.as_deref())
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.index.failure_type.as_deref())
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.index.strategy.as_deref())
+                .map_err(sqlx::Error::Encode)?;
+            args.add(r.index.success).map_err(sqlx::Error::Encode)?;
+            args.add(r.index.duration_ms).map_err(sqlx::Error::Encode)?;
+        }
+        sqlx::query_with(insert_sql(n), args)
+            .execute(&mut *conn)
+            .await?;
+        rest = later;
+    }
+    Ok(())
+}
