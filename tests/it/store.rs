@@ -1,0 +1,455 @@
+//! The event store through its library API: appends, idempotency, concurrency, reads, tails,
+//! migrations and reopening.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Duration;
+use futures_util::StreamExt;
+use healstore::{
+    Error, EventFilter, ExpectedVersion, ManualClock, NewEvent, RecordedEvent, Store,
+    StoreOptions,
+};
+use sqlx::Connection;
+
+use crate::common::{ev, open, t0, temp_db};
+
+async fn all(store: &Store, filter: EventFilter) -> Vec<RecordedEvent> {
+    let mut s = store.read(filter);
+    let mut out = Vec::new();
+    while let Some(e) = s.next().await {
+        out.push(e.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn appending_an_id_again_writes_nothing_and_returns_the_original_position() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let first = store.append_one("s", ev("a", t0())).await.unwrap();
+    store.append_one("s", ev("b", t0())).await.unwrap();
+
+    let again = store.append_one("s", ev("a", t0())).await.unwrap();
+
+    assert!(again.duplicate);
+    assert_eq!(again.position, first.position);
+    assert_eq!(again.stream_version, 1);
+    assert_eq!(store.head_position().await.unwrap(), 2);
+    // A retry is idempotent whatever version it states: the first attempt was committed.
+    let retry = store
+        .append("s", ExpectedVersion::NoStream, vec![ev("a", t0())])
+        .await
+        .unwrap();
+    assert_eq!(retry[0].position, first.position);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reusing_an_id_for_different_content_is_an_error() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("s", ev("a", t0())).await.unwrap();
+
+    let other = NewEvent::new("test_happened", t0(), serde_json::json!({"n": "different"}))
+        .with_id("a");
+    let err = store.append_one("s", other).await.unwrap_err();
+
+    assert!(matches!(err, Error::EventIdReused { position: 1, .. }), "{err}");
+    assert_eq!(store.head_position().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_append_mixing_stored_and_new_ids_writes_nothing() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("s", ev("a", t0())).await.unwrap();
+
+    let err = store
+        .append("s", ExpectedVersion::Any, vec![ev("a", t0()), ev("b", t0())])
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::InvalidEvent(_)), "{err}");
+    assert_eq!(store.head_position().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store
+        .append("s", ExpectedVersion::NoStream, vec![ev("a", t0()), ev("b", t0())])
+        .await
+        .unwrap();
+
+    let err = store
+        .append("s", ExpectedVersion::Exact(1), vec![ev("c", t0())])
+        .await
+        .unwrap_err();
+    match err {
+        Error::WrongExpectedVersion { stream, actual, .. } => {
+            assert_eq!(stream, "s");
+            assert_eq!(actual, 2);
+        }
+        other => panic!("expected a version conflict, got {other}"),
+    }
+    let err = store
+        .append("s", ExpectedVersion::NoStream, vec![ev("d", t0())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }));
+    let err = store
+        .append("new", ExpectedVersion::StreamExists, vec![ev("e", t0())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }));
+
+    let ok = store
+        .append("s", ExpectedVersion::Exact(2), vec![ev("c", t0())])
+        .await
+        .unwrap();
+    assert_eq!(ok[0].stream_version, 3);
+    assert_eq!(store.head_position().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_writers_racing_for_one_version_have_exactly_one_winner() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(
+                        "contested",
+                        ExpectedVersion::NoStream,
+                        vec![ev(&format!("racer-{i}"), t0())],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(Error::WrongExpectedVersion { actual: 1, .. }) => {}
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.stream_version("contested").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_appenders_get_a_total_order_without_gaps() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    let stream = format!("stream-{}", (t + i) % 5);
+                    let a = store
+                        .append_one(&stream, ev(&format!("t{t}-{i}"), t0()))
+                        .await
+                        .unwrap();
+                    mine.push(a.position);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        // Each appender's events are in the order it appended them.
+        assert!(mine.windows(2).all(|w| w[0] < w[1]));
+        acknowledged.extend(mine);
+    }
+    acknowledged.sort_unstable();
+    assert_eq!(acknowledged, (1..=1280).collect::<Vec<i64>>());
+
+    let events = all(&store, EventFilter::default()).await;
+    assert_eq!(events.len(), 1280);
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.position, i as i64 + 1);
+        let v = versions.entry(e.stream_id.clone()).or_default();
+        *v += 1;
+        assert_eq!(e.stream_version, *v, "stream versions are dense");
+    }
+}
+
+#[tokio::test]
+async fn reads_by_stream_position_and_time_page_through_everything() {
+    let (_dir, path) = temp_db();
+    let options = StoreOptions {
+        page_size: 7, // small pages: every read below crosses page boundaries
+        ..Default::default()
+    };
+    let store = Store::open(&path, options).await.unwrap();
+    for i in 0..50 {
+        let mut e = ev(&format!("e{i}"), t0() + Duration::minutes(i));
+        if i % 3 == 0 {
+            e.event_type = "other_happened".into();
+        }
+        store
+            .append_one(if i % 2 == 0 { "even" } else { "odd" }, e)
+            .await
+            .unwrap();
+    }
+
+    let even = all(&store, EventFilter::stream("even")).await;
+    assert_eq!(even.len(), 25);
+    assert!(even.iter().enumerate().all(|(i, e)| e.stream_version == i as u64 + 1));
+
+    let after = all(&store, EventFilter { up_to_position: Some(30), ..EventFilter::after(20) }).await;
+    assert_eq!(
+        after.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (21..=30).collect::<Vec<_>>()
+    );
+
+    // Start inclusive, end exclusive.
+    let window = all(
+        &store,
+        EventFilter::time_range(Some(t0() + Duration::minutes(10)), Some(t0() + Duration::minutes(20))),
+    )
+    .await;
+    assert_eq!(window.len(), 10);
+    assert_eq!(window[0].occurred_at, t0() + Duration::minutes(10));
+    assert_eq!(window[9].occurred_at, t0() + Duration::minutes(19));
+
+    let typed = all(
+        &store,
+        EventFilter::time_range(Some(t0()), None).with_types(["other_happened"]),
+    )
+    .await;
+    assert_eq!(typed.len(), 17);
+    assert!(typed.iter().all(|e| e.event_type == "other_happened"));
+
+    let limited = all(&store, EventFilter { limit: Some(9), ..Default::default() }).await;
+    assert_eq!(limited.len(), 9);
+}
+
+#[tokio::test]
+async fn time_range_reads_come_in_time_order_even_for_historical_events() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    // Appended newest first: occurred_at is the caller's, possibly long ago.
+    for i in (0..5).rev() {
+        store
+            .append_one("s", ev(&format!("e{i}"), t0() - Duration::days(i)))
+            .await
+            .unwrap();
+    }
+    let events = all(&store, EventFilter::time_range(Some(t0() - Duration::days(30)), None)).await;
+    let times: Vec<_> = events.iter().map(|e| e.occurred_at).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+    // In position order they are newest first, and their times were not re-stamped.
+    let by_position = all(&store, EventFilter::default()).await;
+    assert_eq!(by_position[0].occurred_at, t0() - Duration::days(4));
+}
+
+#[tokio::test]
+async fn a_live_tail_delivers_events_appended_after_it_started() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("s", ev("before", t0())).await.unwrap();
+
+    let mut tail = store.follow(EventFilter::after(1));
+    let writer = store.clone();
+    tokio::spawn(async move {
+        for i in 0..3 {
+            writer
+                .append_one("s", ev(&format!("after-{i}"), t0()))
+                .await
+                .unwrap();
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), tail.next())
+            .await
+            .expect("the tail delivers within the timeout")
+            .unwrap()
+            .unwrap();
+        seen.push(e.event_id);
+    }
+    assert_eq!(seen, ["after-0", "after-1", "after-2"]);
+}
+
+#[tokio::test]
+async fn recorded_at_comes_from_the_injected_clock_and_imports_keep_theirs() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let options = StoreOptions {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let store = Store::open(&path, options).await.unwrap();
+    let historical = t0() - Duration::days(7);
+    store.append_one("s", ev("a", historical)).await.unwrap();
+    clock.advance(Duration::hours(1));
+    let mut imported = ev("b", historical);
+    imported.recorded_at = Some(historical + Duration::seconds(1));
+    store.append_one("s", imported).await.unwrap();
+
+    let events = all(&store, EventFilter::default()).await;
+    assert_eq!(events[0].occurred_at, historical);
+    assert_eq!(events[0].recorded_at, t0());
+    assert_eq!(events[1].recorded_at, historical + Duration::seconds(1));
+}
+
+#[tokio::test]
+async fn unknown_event_types_and_versions_read_back_as_data() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let mut future = NewEvent::new(
+        "failure_detected",
+        t0(),
+        serde_json::json!({"shape": "from a newer healstore"}),
+    );
+    future.schema_version = 7;
+    store.append_one("s", future).await.unwrap();
+    store
+        .append_one("s", NewEvent::new("never_heard_of", t0(), serde_json::json!({"x": 1})))
+        .await
+        .unwrap();
+
+    let events = all(&store, EventFilter::default()).await;
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.decode().is_none()));
+    assert_eq!(events[0].payload["shape"], "from a newer healstore");
+}
+
+#[tokio::test]
+async fn invalid_events_are_refused_before_anything_is_written() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let cases = [
+        ev("", t0()),
+        NewEvent::new("test_happened", t0(), serde_json::json!([1, 2])),
+        NewEvent::new("failure_detected", t0(), serde_json::json!({"no": "failure_id"})),
+        NewEvent::new("", t0(), serde_json::json!({})),
+        ev(&"x".repeat(300), t0()),
+    ];
+    for bad in cases {
+        let err = store.append_one("s", bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidEvent(_)), "{err}");
+    }
+    let err = store.append_one("", ev("a", t0())).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidEvent(_)));
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_import_is_all_or_nothing() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("s", ev("existing", t0())).await.unwrap();
+
+    let mut sink = store.begin_import().await.unwrap();
+    for i in 0..1500 {
+        sink.send(i + 1, "s".into(), ev(&format!("i{i}"), t0())).await.unwrap();
+    }
+    // Line 1501 reuses an id with different content: the whole import must roll back.
+    let clash = NewEvent::new("test_happened", t0(), serde_json::json!({"other": true})).with_id("i3");
+    let _ = sink.send(1501, "s".into(), clash).await;
+    let err = sink.finish().await.unwrap_err();
+    assert!(err.to_string().contains("line 1501"), "{err}");
+    assert_eq!(store.head_position().await.unwrap(), 1);
+
+    // The writer is still healthy afterwards, and a clean import commits.
+    let mut sink = store.begin_import().await.unwrap();
+    for i in 0..3 {
+        sink.send(i + 1, "t".into(), ev(&format!("j{i}"), t0())).await.unwrap();
+    }
+    sink.send(4, "s".into(), ev("existing", t0())).await.unwrap();
+    let report = sink.finish().await.unwrap();
+    assert_eq!((report.imported, report.duplicates), (3, 1));
+    assert_eq!(store.head_position().await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn reopening_keeps_every_event_and_the_position_counter() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    for i in 0..10 {
+        store.append_one("s", ev(&format!("e{i}"), t0())).await.unwrap();
+    }
+    let before = all(&store, EventFilter::default()).await;
+    store.close().await.unwrap();
+
+    let store = open(&path).await;
+    let after = all(&store, EventFilter::default()).await;
+    assert_eq!(before, after);
+    let next = store.append_one("s", ev("e10", t0())).await.unwrap();
+    assert_eq!((next.position, next.stream_version), (11, 11));
+}
+
+#[tokio::test]
+async fn appends_after_close_fail_cleanly() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let other_handle = store.clone();
+    store.close().await.unwrap();
+    let err = other_handle.append_one("s", ev("late", t0())).await.unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err}");
+}
+
+#[tokio::test]
+async fn opening_twice_migrates_once_and_a_newer_schema_is_refused() {
+    let (_dir, path) = temp_db();
+    open(&path).await.close().await.unwrap();
+    open(&path).await.close().await.unwrap();
+
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM refinery_schema_history")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, healstore::SCHEMA_VERSION);
+    sqlx::query(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES (999, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let err = Store::open(&path, StoreOptions::default()).await.unwrap_err();
+    match err {
+        Error::SchemaTooNew { found, supported } => {
+            assert_eq!(found, 999);
+            assert_eq!(supported, healstore::SCHEMA_VERSION);
+        }
+        other => panic!("expected SchemaTooNew, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_log_refuses_updates_and_deletes() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("s", ev("a", t0())).await.unwrap();
+    store.close().await.unwrap();
+
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for sql in [
+        "UPDATE events SET payload = '{}' WHERE position = 1",
+        "DELETE FROM events WHERE position = 1",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+}
