@@ -41,5 +41,5 @@ pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{
     Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend, SCHEMA_VERSION,
-    Store, StoreOptions,
+    Store, StoreOptions, StreamAppend,
 };

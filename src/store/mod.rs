@@ -25,7 +25,7 @@ use crate::event::{Appended, ExpectedVersion, NewEvent};
 
 pub use migrate::SCHEMA_VERSION;
 pub use read::{EventFilter, EventStream};
-pub use writer::{ImportReport, ImportSink};
+pub use writer::{ImportReport, ImportSink, StreamAppend};
 
 /// How hard a commit tries to survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -202,21 +202,35 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<PendingAppend> {
-        crate::event::check_id("stream_id", stream_id)?;
-        for e in &events {
-            e.validate()?;
-        }
-        let (reply, answer) = oneshot::channel();
-        if events.is_empty() {
-            let _ = reply.send(Ok(Vec::new()));
-            return Ok(PendingAppend(answer));
-        }
-        let req = writer::Request::Append(writer::AppendRequest {
+        self.submit_atomic(vec![StreamAppend {
             stream_id: stream_id.to_owned(),
             expected,
             events,
-            reply,
-        });
+        }])
+        .await
+    }
+
+    /// Appends to several streams at once: every part is committed, or none is (a version
+    /// conflict on one part fails them all). Answers are in part order.
+    pub async fn append_atomic(&self, parts: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        self.submit_atomic(parts).await?.await
+    }
+
+    /// [`Store::append_atomic`], queued like [`Store::submit`].
+    pub async fn submit_atomic(&self, parts: Vec<StreamAppend>) -> Result<PendingAppend> {
+        for p in &parts {
+            crate::event::check_id("stream_id", &p.stream_id)?;
+            for e in &p.events {
+                e.validate()?;
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let parts: Vec<StreamAppend> = parts.into_iter().filter(|p| !p.events.is_empty()).collect();
+        if parts.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return Ok(PendingAppend(answer));
+        }
+        let req = writer::Request::Append(writer::AppendRequest { parts, reply });
         self.inner
             .requests
             .send(req)

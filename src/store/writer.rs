@@ -36,10 +36,18 @@ pub(crate) enum Request {
 }
 
 pub(crate) struct AppendRequest {
+    /// All parts commit together or not at all.
+    pub parts: Vec<StreamAppend>,
+    pub reply: oneshot::Sender<Result<Vec<Appended>>>,
+}
+
+/// Events for one stream, with the version that stream is expected to be at; part of an
+/// atomic append that may span several streams (see [`crate::Store::append_atomic`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamAppend {
     pub stream_id: String,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
-    pub reply: oneshot::Sender<Result<Vec<Appended>>>,
 }
 
 pub(crate) struct ImportRequest {
@@ -183,12 +191,12 @@ impl Writer {
             match first {
                 Request::Import(imp) => self.import(imp).await,
                 Request::Append(a) => {
+                    let mut events = a.events();
                     let mut group = vec![a];
-                    let mut events = group[0].events.len();
                     while events < self.options.max_batch_events {
                         match requests.try_recv() {
                             Ok(Request::Append(a)) => {
-                                events += a.events.len();
+                                events += a.events();
                                 group.push(a);
                             }
                             Ok(imp @ Request::Import(_)) => {
@@ -209,11 +217,22 @@ impl Writer {
     async fn commit_group(&mut self, group: Vec<AppendRequest>) {
         let span = tracing::debug_span!("group_commit", requests = group.len());
         let _guard = span.enter();
-        let mut requests: Vec<(String, ExpectedVersion, &[NewEvent])> = group
+        let items: Vec<PlanItem<'_>> = group
             .iter()
-            .map(|r| (r.stream_id.clone(), r.expected, r.events.as_slice()))
+            .map(|r| PlanItem {
+                parts: r
+                    .parts
+                    .iter()
+                    .map(|p| PlanPart {
+                        stream_id: &p.stream_id,
+                        expected: p.expected,
+                        events: &p.events,
+                    })
+                    .collect(),
+            })
             .collect();
-        let outcome = self.with_retry(&mut requests).await;
+        let outcome = self.with_retry(&items).await;
+        drop(items);
         match outcome {
             Ok((answers, last)) => {
                 if let Some(last) = last {
@@ -242,12 +261,12 @@ impl Writer {
     /// the busy timeout (another process holding it long), until twice that timeout has passed.
     async fn with_retry(
         &mut self,
-        requests: &mut [(String, ExpectedVersion, &[NewEvent])],
+        items: &[PlanItem<'_>],
     ) -> Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
         let deadline = tokio::time::Instant::now() + self.options.busy_timeout * 2;
         let mut pause = Duration::from_millis(2);
         loop {
-            match self.try_group(requests).await {
+            match self.try_group(items).await {
                 Err(e) if Error::is_busy(&e) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Error::from_db(e, &self.path));
@@ -264,19 +283,11 @@ impl Writer {
 
     async fn try_group(
         &mut self,
-        requests: &[(String, ExpectedVersion, &[NewEvent])],
+        items: &[PlanItem<'_>],
     ) -> sqlx::Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        let items: Vec<PlanItem<'_>> = requests
-            .iter()
-            .map(|(s, exp, evs)| PlanItem {
-                stream_id: s,
-                expected: *exp,
-                events: evs,
-            })
-            .collect();
-        let plan = plan(&mut tx, &items, recorded_at).await?;
+        let plan = plan(&mut tx, items, recorded_at).await?;
         insert_rows(&mut tx, &plan.rows).await?;
         tx.commit().await?;
         Ok((plan.answers, plan.rows.last().map(|r| r.position)))
@@ -324,9 +335,11 @@ impl Writer {
                 let plan_items: Vec<PlanItem<'_>> = chunk
                     .iter()
                     .map(|(_, s, exp, ev)| PlanItem {
-                        stream_id: s,
-                        expected: *exp,
-                        events: ev,
+                        parts: vec![PlanPart {
+                            stream_id: s,
+                            expected: *exp,
+                            events: ev,
+                        }],
                     })
                     .collect();
                 let plan = plan(&mut tx, &plan_items, recorded_at).await.map_err(db)?;
@@ -380,7 +393,18 @@ fn replicate(e: &Error) -> Error {
     }
 }
 
+impl AppendRequest {
+    fn events(&self) -> usize {
+        self.parts.iter().map(|p| p.events.len()).sum()
+    }
+}
+
+/// One caller's request: its parts commit together or not at all.
 struct PlanItem<'a> {
+    parts: Vec<PlanPart<'a>>,
+}
+
+struct PlanPart<'a> {
     stream_id: &'a str,
     expected: ExpectedVersion,
     events: &'a [NewEvent],
@@ -418,13 +442,13 @@ async fn plan<'a>(
     items: &'a [PlanItem<'a>],
     recorded_at: i64,
 ) -> sqlx::Result<Plan<'a>> {
-    let mut ids: Vec<&str> = items
-        .iter()
-        .flat_map(|i| i.events.iter().map(|e| e.event_id.as_str()))
+    let parts = || items.iter().flat_map(|i| i.parts.iter());
+    let mut ids: Vec<&str> = parts()
+        .flat_map(|p| p.events.iter().map(|e| e.event_id.as_str()))
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut streams: Vec<&str> = items.iter().map(|i| i.stream_id).collect();
+    let mut streams: Vec<&str> = parts().map(|p| p.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
     let (stored, mut versions, mut next_position) = look_up(conn, &ids, &streams).await?;
@@ -435,21 +459,68 @@ async fn plan<'a>(
     let mut rows: Vec<Row<'a>> = Vec::new();
     let mut answers = Vec::with_capacity(items.len());
     for item in items {
-        answers.push(plan_item(
-            item,
-            &stored,
-            &mut written,
-            &mut versions,
-            &mut next_position,
-            &mut rows,
-            recorded_at,
-        ));
+        // An id given twice within one append is a caller bug, not a retry.
+        let mut seen = std::collections::HashSet::new();
+        let twice = item
+            .parts
+            .iter()
+            .flat_map(|p| p.events.iter())
+            .find(|e| !seen.insert(e.event_id.as_str()));
+        if let Some(e) = twice {
+            answers.push(Err(Error::InvalidEvent(format!(
+                "event id {:?} appears twice in one append",
+                e.event_id
+            ))));
+            continue;
+        }
+        // Planned tentatively: a failing part undoes the parts before it.
+        let rows_before = rows.len();
+        let position_before = next_position;
+        let versions_before: Vec<(&str, Option<u64>)> = item
+            .parts
+            .iter()
+            .map(|p| (p.stream_id, versions.get(p.stream_id).copied()))
+            .collect();
+        let mut answer = Ok(Vec::new());
+        for part in &item.parts {
+            match plan_part(
+                part,
+                &stored,
+                &mut written,
+                &mut versions,
+                &mut next_position,
+                &mut rows,
+                recorded_at,
+            ) {
+                Ok(mut a) => {
+                    if let Ok(all) = &mut answer {
+                        all.append(&mut a);
+                    }
+                }
+                Err(e) => {
+                    answer = Err(e);
+                    break;
+                }
+            }
+        }
+        if answer.is_err() {
+            rows.truncate(rows_before);
+            next_position = position_before;
+            for (stream, v) in versions_before.into_iter().rev() {
+                match v {
+                    Some(v) => versions.insert(stream.to_owned(), v),
+                    None => versions.remove(stream),
+                };
+            }
+            written.retain(|_, w| w.3 < rows_before);
+        }
+        answers.push(answer);
     }
     Ok(Plan { rows, answers })
 }
 
-fn plan_item<'a>(
-    item: &'a PlanItem<'a>,
+fn plan_part<'a>(
+    item: &'a PlanPart<'a>,
     stored: &HashMap<String, Stored>,
     written: &mut HashMap<&'a str, (i64, &'a str, u64, usize)>,
     versions: &mut HashMap<String, u64>,
@@ -457,16 +528,6 @@ fn plan_item<'a>(
     rows: &mut Vec<Row<'a>>,
     recorded_at: i64,
 ) -> Result<Vec<Appended>> {
-    // An id given twice within one append is a caller bug, not a retry.
-    let mut seen = std::collections::HashSet::new();
-    for e in item.events {
-        if !seen.insert(e.event_id.as_str()) {
-            return Err(Error::InvalidEvent(format!(
-                "event id {:?} appears twice in one append",
-                e.event_id
-            )));
-        }
-    }
     let mut duplicates = Vec::new();
     for e in item.events {
         let payload = canonical(&e.payload);

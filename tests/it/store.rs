@@ -7,8 +7,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use futures_util::StreamExt;
 use healstore::{
-    Error, EventFilter, ExpectedVersion, ManualClock, NewEvent, RecordedEvent, Store,
-    StoreOptions,
+    Error, EventFilter, ExpectedVersion, ManualClock, NewEvent, RecordedEvent, Store, StoreOptions,
 };
 use sqlx::Connection;
 
@@ -51,11 +50,14 @@ async fn reusing_an_id_for_different_content_is_an_error() {
     let store = open(&path).await;
     store.append_one("s", ev("a", t0())).await.unwrap();
 
-    let other = NewEvent::new("test_happened", t0(), serde_json::json!({"n": "different"}))
-        .with_id("a");
+    let other =
+        NewEvent::new("test_happened", t0(), serde_json::json!({"n": "different"})).with_id("a");
     let err = store.append_one("s", other).await.unwrap_err();
 
-    assert!(matches!(err, Error::EventIdReused { position: 1, .. }), "{err}");
+    assert!(
+        matches!(err, Error::EventIdReused { position: 1, .. }),
+        "{err}"
+    );
     assert_eq!(store.head_position().await.unwrap(), 1);
 }
 
@@ -66,7 +68,11 @@ async fn an_append_mixing_stored_and_new_ids_writes_nothing() {
     store.append_one("s", ev("a", t0())).await.unwrap();
 
     let err = store
-        .append("s", ExpectedVersion::Any, vec![ev("a", t0()), ev("b", t0())])
+        .append(
+            "s",
+            ExpectedVersion::Any,
+            vec![ev("a", t0()), ev("b", t0())],
+        )
         .await
         .unwrap_err();
 
@@ -79,7 +85,11 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
     let (_dir, path) = temp_db();
     let store = open(&path).await;
     store
-        .append("s", ExpectedVersion::NoStream, vec![ev("a", t0()), ev("b", t0())])
+        .append(
+            "s",
+            ExpectedVersion::NoStream,
+            vec![ev("a", t0()), ev("b", t0())],
+        )
         .await
         .unwrap();
 
@@ -206,9 +216,20 @@ async fn reads_by_stream_position_and_time_page_through_everything() {
 
     let even = all(&store, EventFilter::stream("even")).await;
     assert_eq!(even.len(), 25);
-    assert!(even.iter().enumerate().all(|(i, e)| e.stream_version == i as u64 + 1));
+    assert!(
+        even.iter()
+            .enumerate()
+            .all(|(i, e)| e.stream_version == i as u64 + 1)
+    );
 
-    let after = all(&store, EventFilter { up_to_position: Some(30), ..EventFilter::after(20) }).await;
+    let after = all(
+        &store,
+        EventFilter {
+            up_to_position: Some(30),
+            ..EventFilter::after(20)
+        },
+    )
+    .await;
     assert_eq!(
         after.iter().map(|e| e.position).collect::<Vec<_>>(),
         (21..=30).collect::<Vec<_>>()
@@ -217,7 +238,10 @@ async fn reads_by_stream_position_and_time_page_through_everything() {
     // Start inclusive, end exclusive.
     let window = all(
         &store,
-        EventFilter::time_range(Some(t0() + Duration::minutes(10)), Some(t0() + Duration::minutes(20))),
+        EventFilter::time_range(
+            Some(t0() + Duration::minutes(10)),
+            Some(t0() + Duration::minutes(20)),
+        ),
     )
     .await;
     assert_eq!(window.len(), 10);
@@ -232,7 +256,14 @@ async fn reads_by_stream_position_and_time_page_through_everything() {
     assert_eq!(typed.len(), 17);
     assert!(typed.iter().all(|e| e.event_type == "other_happened"));
 
-    let limited = all(&store, EventFilter { limit: Some(9), ..Default::default() }).await;
+    let limited = all(
+        &store,
+        EventFilter {
+            limit: Some(9),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(limited.len(), 9);
 }
 
@@ -247,7 +278,11 @@ async fn time_range_reads_come_in_time_order_even_for_historical_events() {
             .await
             .unwrap();
     }
-    let events = all(&store, EventFilter::time_range(Some(t0() - Duration::days(30)), None)).await;
+    let events = all(
+        &store,
+        EventFilter::time_range(Some(t0() - Duration::days(30)), None),
+    )
+    .await;
     let times: Vec<_> = events.iter().map(|e| e.occurred_at).collect();
     let mut sorted = times.clone();
     sorted.sort();
@@ -319,7 +354,10 @@ async fn unknown_event_types_and_versions_read_back_as_data() {
     future.schema_version = 7;
     store.append_one("s", future).await.unwrap();
     store
-        .append_one("s", NewEvent::new("never_heard_of", t0(), serde_json::json!({"x": 1})))
+        .append_one(
+            "s",
+            NewEvent::new("never_heard_of", t0(), serde_json::json!({"x": 1})),
+        )
         .await
         .unwrap();
 
@@ -336,7 +374,11 @@ async fn invalid_events_are_refused_before_anything_is_written() {
     let cases = [
         ev("", t0()),
         NewEvent::new("test_happened", t0(), serde_json::json!([1, 2])),
-        NewEvent::new("failure_detected", t0(), serde_json::json!({"no": "failure_id"})),
+        NewEvent::new(
+            "failure_detected",
+            t0(),
+            serde_json::json!({"no": "failure_id"}),
+        ),
         NewEvent::new("", t0(), serde_json::json!({})),
         ev(&"x".repeat(300), t0()),
     ];
@@ -357,10 +399,13 @@ async fn an_import_is_all_or_nothing() {
 
     let mut sink = store.begin_import().await.unwrap();
     for i in 0..1500 {
-        sink.send(i + 1, "s".into(), ev(&format!("i{i}"), t0())).await.unwrap();
+        sink.send(i + 1, "s".into(), ev(&format!("i{i}"), t0()))
+            .await
+            .unwrap();
     }
     // Line 1501 reuses an id with different content: the whole import must roll back.
-    let clash = NewEvent::new("test_happened", t0(), serde_json::json!({"other": true})).with_id("i3");
+    let clash =
+        NewEvent::new("test_happened", t0(), serde_json::json!({"other": true})).with_id("i3");
     let _ = sink.send(1501, "s".into(), clash).await;
     let err = sink.finish().await.unwrap_err();
     assert!(err.to_string().contains("line 1501"), "{err}");
@@ -369,9 +414,13 @@ async fn an_import_is_all_or_nothing() {
     // The writer is still healthy afterwards, and a clean import commits.
     let mut sink = store.begin_import().await.unwrap();
     for i in 0..3 {
-        sink.send(i + 1, "t".into(), ev(&format!("j{i}"), t0())).await.unwrap();
+        sink.send(i + 1, "t".into(), ev(&format!("j{i}"), t0()))
+            .await
+            .unwrap();
     }
-    sink.send(4, "s".into(), ev("existing", t0())).await.unwrap();
+    sink.send(4, "s".into(), ev("existing", t0()))
+        .await
+        .unwrap();
     let report = sink.finish().await.unwrap();
     assert_eq!((report.imported, report.duplicates), (3, 1));
     assert_eq!(store.head_position().await.unwrap(), 4);
@@ -382,7 +431,10 @@ async fn reopening_keeps_every_event_and_the_position_counter() {
     let (_dir, path) = temp_db();
     let store = open(&path).await;
     for i in 0..10 {
-        store.append_one("s", ev(&format!("e{i}"), t0())).await.unwrap();
+        store
+            .append_one("s", ev(&format!("e{i}"), t0()))
+            .await
+            .unwrap();
     }
     let before = all(&store, EventFilter::default()).await;
     store.close().await.unwrap();
@@ -400,7 +452,10 @@ async fn appends_after_close_fail_cleanly() {
     let store = open(&path).await;
     let other_handle = store.clone();
     store.close().await.unwrap();
-    let err = other_handle.append_one("s", ev("late", t0())).await.unwrap_err();
+    let err = other_handle
+        .append_one("s", ev("late", t0()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Closed), "{err}");
 }
 
@@ -426,7 +481,9 @@ async fn opening_twice_migrates_once_and_a_newer_schema_is_refused() {
     .unwrap();
     conn.close().await.unwrap();
 
-    let err = Store::open(&path, StoreOptions::default()).await.unwrap_err();
+    let err = Store::open(&path, StoreOptions::default())
+        .await
+        .unwrap_err();
     match err {
         Error::SchemaTooNew { found, supported } => {
             assert_eq!(found, 999);
@@ -452,4 +509,41 @@ async fn the_log_refuses_updates_and_deletes() {
         let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn an_atomic_append_across_streams_commits_all_parts_or_none() {
+    use healstore::StreamAppend;
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("b", ev("b0", t0())).await.unwrap();
+    let part = |stream: &str, expected, id: &str| StreamAppend {
+        stream_id: stream.into(),
+        expected,
+        events: vec![ev(id, t0())],
+    };
+
+    // The second part's expectation is stale: the first part must not be written either.
+    let err = store
+        .append_atomic(vec![
+            part("a", ExpectedVersion::NoStream, "a1"),
+            part("b", ExpectedVersion::NoStream, "b1"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }), "{err}");
+    assert_eq!(store.stream_version("a").await.unwrap(), 0);
+    assert_eq!(store.head_position().await.unwrap(), 1);
+
+    let ok = store
+        .append_atomic(vec![
+            part("a", ExpectedVersion::NoStream, "a1"),
+            part("b", ExpectedVersion::Exact(1), "b1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.iter().map(|a| (a.position, a.stream_version)).collect::<Vec<_>>(),
+        [(2, 1), (3, 2)]
+    );
 }
