@@ -46,8 +46,13 @@ pub struct FailureDetected {
 pub struct HealingAttempted {
     pub failure_id: String,
     pub strategy: String,
-    /// What was decided: `act`, `declined`, `no_strategy`, `suggest_only`, `withheld`,
-    /// `shadow`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_type: Option<String>,
+    /// What was decided: `act` (carried out through the coordinator), `delegated` (actions
+    /// handed to the caller), `declined`, `failed`, `held`, `no_strategy`, `suggest_only`,
+    /// `shadow` or `withheld` (over a healer limit).
     pub decision: String,
     pub reason: String,
     /// The planned actions, in order.
@@ -61,8 +66,12 @@ pub struct HealingAttempted {
 /// One action was carried out (or failed) through the coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionExecuted {
-    pub failure_id: String,
+    /// The failure the action heals; `None` for actions on a signal (a circuit's trial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_id: Option<String>,
     pub strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -77,6 +86,10 @@ pub struct ActionExecuted {
 pub struct HealingCompleted {
     pub failure_id: String,
     pub strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_type: Option<String>,
     pub success: bool,
     pub duration_ms: i64,
     #[serde(default)]

@@ -32,6 +32,7 @@ pub mod clock;
 mod error;
 pub mod event;
 pub mod events;
+pub mod heal;
 mod store;
 pub mod time;
 
@@ -40,6 +41,6 @@ pub use error::{Error, Result};
 pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{
-    Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend, SCHEMA_VERSION,
-    Store, StoreOptions, StreamAppend,
+    Checkpoint, Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend,
+    SCHEMA_VERSION, Snapshot, Store, StoreOptions, StreamAppend,
 };

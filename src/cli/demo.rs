@@ -65,6 +65,8 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
                 HealEvent::HealingAttempted(HealingAttempted {
                     failure_id: failure_id.clone(),
                     strategy: strategy.into(),
+                    agent_id: Some(agent.clone()),
+                    failure_type: Some(failure_type.into()),
                     decision: "act".into(),
                     reason: format!("{strategy} handles {failure_type}"),
                     actions: vec![json!({"action": "restart", "target": agent})],
@@ -74,8 +76,9 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             (
                 detected + Duration::milliseconds(took),
                 HealEvent::ActionExecuted(ActionExecuted {
-                    failure_id: failure_id.clone(),
+                    failure_id: Some(failure_id.clone()),
                     strategy: strategy.into(),
+                    agent_id: Some(agent.clone()),
                     action: "restart".into(),
                     target: Some(agent.clone()),
                     success,
@@ -88,6 +91,8 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
                 HealEvent::HealingCompleted(HealingCompleted {
                     failure_id: failure_id.clone(),
                     strategy: strategy.into(),
+                    agent_id: Some(agent.clone()),
+                    failure_type: Some(failure_type.into()),
                     success,
                     duration_ms: took,
                     actions_taken: vec![format!("restarted {agent}")],

@@ -15,10 +15,16 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
 use crate::error::{Error, Result};
 
 /// The migrations, in order. A test checks this list against the files in `migrations/`.
-pub(crate) const MIGRATIONS: &[(&str, &str)] = &[(
-    "V1__event_log",
-    include_str!("../../migrations/V1__event_log.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "V1__event_log",
+        include_str!("../../migrations/V1__event_log.sql"),
+    ),
+    (
+        "V2__strategy_snapshots",
+        include_str!("../../migrations/V2__strategy_snapshots.sql"),
+    ),
+];
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

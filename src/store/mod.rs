@@ -7,6 +7,7 @@
 
 mod migrate;
 mod read;
+mod snapshots;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::event::{Appended, ExpectedVersion, NewEvent};
 
 pub use migrate::SCHEMA_VERSION;
 pub use read::{EventFilter, EventStream};
+pub use snapshots::{Checkpoint, Snapshot};
 pub use writer::{ImportReport, ImportSink, StreamAppend};
 
 /// How hard a commit tries to survive a crash.

@@ -24,6 +24,10 @@ use crate::time::{from_micros, to_micros};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventFilter {
     pub stream_id: Option<String>,
+    /// Streams whose id starts with this.
+    pub stream_prefix: Option<String>,
+    /// Events whose payload names this agent (`agent_id`).
+    pub agent_id: Option<String>,
     /// Any of these types (all types when empty).
     pub event_types: Vec<String>,
     /// `occurred_at >= since`.
@@ -178,6 +182,19 @@ impl Scan {
             sql.push_str(" AND stream_id = ?");
             args.add(s.as_str()).map_err(enc)?;
         }
+        if let Some(prefix) = &f.stream_prefix {
+            // A range on the (stream_id, stream_version) index rather than LIKE, whose
+            // case-folding and wildcards would get in the way.
+            // The unary `+` keeps SQLite from scanning the stream index for this range: prefix
+            // reads are catch-ups in position order, whose tail is short.
+            sql.push_str(" AND +stream_id >= ? AND +stream_id < ?");
+            args.add(prefix.as_str()).map_err(enc)?;
+            args.add(prefix_end(prefix)).map_err(enc)?;
+        }
+        if let Some(a) = &f.agent_id {
+            sql.push_str(" AND agent_id = ?");
+            args.add(a.as_str()).map_err(enc)?;
+        }
         if !f.event_types.is_empty() {
             sql.push_str(" AND event_type IN (");
             for (i, t) in f.event_types.iter().enumerate() {
@@ -253,6 +270,19 @@ impl Scan {
             _ = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+/// The smallest string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return chars.into_iter().collect();
+        }
+    }
+    // Only U+10FFFF characters: no upper bound within text.
+    "\u{10FFFF}".repeat(prefix.chars().count() + 1)
 }
 
 pub(crate) fn decode_row(row: &SqliteRow) -> Result<RecordedEvent> {

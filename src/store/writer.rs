@@ -33,6 +33,8 @@ use crate::time::to_micros;
 pub(crate) enum Request {
     Append(AppendRequest),
     Import(ImportRequest),
+    Checkpoint(super::snapshots::Checkpoint, oneshot::Sender<Result<()>>),
+    DropSnapshots(oneshot::Sender<Result<()>>),
 }
 
 pub(crate) struct AppendRequest {
@@ -190,6 +192,15 @@ impl Writer {
             };
             match first {
                 Request::Import(imp) => self.import(imp).await,
+                Request::Checkpoint(c, reply) => {
+                    let now = to_micros(self.options.clock.now());
+                    let r = super::snapshots::write(&mut self.conn, &c, now).await;
+                    let _ = reply.send(r.map_err(|e| Error::from_db(e, &self.path)));
+                }
+                Request::DropSnapshots(reply) => {
+                    let r = super::snapshots::drop_all(&mut self.conn).await;
+                    let _ = reply.send(r.map_err(|e| Error::from_db(e, &self.path)));
+                }
                 Request::Append(a) => {
                     let mut events = a.events();
                     let mut group = vec![a];
@@ -199,8 +210,8 @@ impl Writer {
                                 events += a.events();
                                 group.push(a);
                             }
-                            Ok(imp @ Request::Import(_)) => {
-                                pending = Some(imp);
+                            Ok(other) => {
+                                pending = Some(other);
                                 break;
                             }
                             Err(_) => break,

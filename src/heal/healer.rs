@@ -1,0 +1,1484 @@
+//! The healer: the one place that loads, folds, decides, acts and appends.
+//!
+//! For a failure it: records the failure; picks the route registered for its type (one
+//! strategy, or a composite chain); for each strategy, brings that strategy's state up to date
+//! (catch-up from the log, so other processes' decisions count), asks for a decision, checks
+//! the healer's own limits, and appends the decision together with the strategy's state events
+//! in one atomic append that states the expected stream version (a conflict means another
+//! process decided first: catch up and decide again); then carries out the actions through the
+//! coordinator, records each result and the outcome, and feeds the outcome back to the
+//! strategy.
+//!
+//! Work on different keys (agents, tasks, resources) runs concurrently; only decisions on the
+//! same strategy state are serialised, by a lock per state stream.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::coordinator::Coordinator;
+use super::model::{Action, Failure, HealingResult, failure_stream};
+use super::strategy::{AnyState, Erased, ErasedStrategy, Signal, Strategy, Verdict};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::event::{ExpectedVersion, NewEvent, RecordedEvent};
+use crate::events::{
+    ActionExecuted, FailureDetected, FailureResolved, HealEvent, HealingAttempted, HealingCompleted,
+};
+use crate::store::{Checkpoint, EventFilter, Snapshot, Store, StreamAppend};
+
+/// How the healer acts on its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Decide, record and act (through the coordinator when there is one; without one, the
+    /// actions are handed back to the caller as `delegated`, and the caller reports the
+    /// outcome with [`Healer::record_outcome`]).
+    #[default]
+    Auto,
+    /// Auto-heal off: decisions are recorded as suggestions; nothing is acted on and no
+    /// strategy state changes.
+    SuggestOnly,
+    /// Decide and record as if acting, state included, but do not act.
+    Shadow,
+}
+
+/// Limits on the healer itself. Beyond them a decision is recorded as `withheld`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// At most this many acting decisions per agent in any hour.
+    pub max_actions_per_agent_per_hour: Option<u32>,
+    /// At most this share (0..=1) of the fleet disabled (isolated by open circuits) at once.
+    pub max_disabled_fraction: Option<f64>,
+    /// The fleet's size, for the share above. Without it the coordinator's topology is asked,
+    /// and without a coordinator the agents the healer has state for are counted.
+    pub fleet_size: Option<u32>,
+}
+
+/// Settings of a [`Healer`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HealerOptions {
+    pub mode: Mode,
+    pub limits: Limits,
+}
+
+/// A priority chain of strategies: tried in priority order (lowest number first) until one
+/// succeeds; every attempt is recorded. The strategy used is reported as `Composite[Inner]`.
+#[derive(Clone, Default)]
+pub struct Composite {
+    members: Vec<(i32, Arc<dyn ErasedStrategy>)>,
+}
+
+impl Composite {
+    pub fn new() -> Self {
+        Composite::default()
+    }
+
+    /// Adds a member with a priority (lower runs first).
+    pub fn with<S: Strategy>(mut self, priority: i32, strategy: S) -> Self {
+        self.members.push((priority, Arc::new(Erased(strategy))));
+        self.members.sort_by_key(|(p, _)| *p);
+        self
+    }
+}
+
+/// What a failure type is routed to.
+#[derive(Clone)]
+struct Route {
+    members: Vec<Arc<dyn ErasedStrategy>>,
+    composite: bool,
+}
+
+impl Route {
+    fn name(&self) -> String {
+        if self.composite {
+            let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
+            format!("Composite({})", names.join(","))
+        } else {
+            self.members
+                .first()
+                .map(|m| m.name().to_owned())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Collects routes and settings for a [`Healer`].
+#[derive(Default)]
+pub struct HealerBuilder {
+    routes: HashMap<String, Route>,
+    options: HealerOptions,
+    coordinator: Option<Arc<dyn Coordinator>>,
+}
+
+impl HealerBuilder {
+    pub fn new() -> Self {
+        HealerBuilder::default()
+    }
+
+    /// Routes failure types to one strategy (the last registration for a type wins). The same
+    /// strategy name shares one state whatever the type.
+    pub fn register<S: Strategy>(mut self, failure_types: &[&str], strategy: S) -> Self {
+        let s: Arc<dyn ErasedStrategy> = Arc::new(Erased(strategy));
+        for t in failure_types {
+            self.routes.insert(
+                (*t).to_owned(),
+                Route {
+                    members: vec![s.clone()],
+                    composite: false,
+                },
+            );
+        }
+        self
+    }
+
+    /// Routes failure types to a composite chain.
+    pub fn register_chain(mut self, failure_types: &[&str], chain: Composite) -> Self {
+        let members: Vec<_> = chain.members.into_iter().map(|(_, s)| s).collect();
+        for t in failure_types {
+            self.routes.insert(
+                (*t).to_owned(),
+                Route {
+                    members: members.clone(),
+                    composite: true,
+                },
+            );
+        }
+        self
+    }
+
+    pub fn options(mut self, options: HealerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    pub fn coordinator(mut self, coordinator: Arc<dyn Coordinator>) -> Self {
+        self.coordinator = Some(coordinator);
+        self
+    }
+
+    /// The failure types with a route, sorted.
+    pub fn routed_types(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.routes.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Restores every strategy's state from snapshots and the log, and returns the healer.
+    pub async fn open(self, store: Store) -> Result<Healer> {
+        let mut strategies: HashMap<String, Arc<dyn ErasedStrategy>> = HashMap::new();
+        for route in self.routes.values() {
+            for m in &route.members {
+                strategies
+                    .entry(m.name().to_owned())
+                    .or_insert_with(|| m.clone());
+            }
+        }
+        let healer = Healer {
+            clock: store.options().clock.clone(),
+            store,
+            routes: self.routes,
+            strategies,
+            options: self.options,
+            coordinator: self.coordinator,
+            states: States::default(),
+            locks: Mutex::new(HashMap::new()),
+        };
+        healer.restore().await?;
+        Ok(healer)
+    }
+}
+
+/// One strategy state in memory.
+struct Entry {
+    strategy: String,
+    key: String,
+    version: u64,
+    state: AnyState,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct States {
+    map: Mutex<HashMap<String, Entry>>,
+    /// The log position the states are caught up to (every strategy event at or below it has
+    /// been folded). Held while catching up, so that catch-ups do not overlap.
+    cursor: tokio::sync::Mutex<i64>,
+}
+
+/// Prefix of every strategy state stream.
+pub const STRATEGY_STREAM_PREFIX: &str = "strategy-";
+
+/// The stream of one strategy state.
+pub fn strategy_stream(strategy: &str, key: &str) -> String {
+    format!("{STRATEGY_STREAM_PREFIX}{strategy}-{key}")
+}
+
+/// What happened to one strategy considered for a failure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    pub strategy: String,
+    /// `act`, `delegated`, `declined`, `failed`, `held`, `suggest_only`, `shadow`, `withheld`.
+    pub decision: String,
+    pub reason: String,
+    pub details: Map<String, Value>,
+    pub actions: Vec<Action>,
+    /// Per action: `Ok(what was done)` or `Err(why it failed)`; empty when nothing ran.
+    pub results: Vec<std::result::Result<String, String>>,
+    /// Whether the attempt healed the failure (`None` while the outcome is not known yet).
+    pub success: Option<bool>,
+}
+
+/// Everything the healer did about one failure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealReport {
+    pub failure: Failure,
+    /// The route's name (`none` when no strategy is registered for the type).
+    pub route: String,
+    pub attempts: Vec<Attempt>,
+    pub result: HealingResult,
+    /// Actions handed to the caller (no coordinator): carry them out, then report the outcome.
+    pub delegated: Vec<Action>,
+    /// The failure id was already recorded: nothing was done again.
+    pub duplicate: bool,
+}
+
+/// What a signal (success, command, tick, permit) changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalReport {
+    pub reactions: Vec<ReactionReport>,
+    /// For a permit request: whether the call is admitted.
+    pub permitted: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReactionReport {
+    pub strategy: String,
+    pub key: String,
+    pub reason: String,
+    pub events: Vec<String>,
+    pub actions: Vec<Action>,
+    pub results: Vec<std::result::Result<String, String>>,
+}
+
+/// One strategy state, for listings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateView {
+    pub strategy: String,
+    pub key: String,
+    pub version: u64,
+    pub state: Value,
+}
+
+/// The healer. See the module documentation.
+pub struct Healer {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    routes: HashMap<String, Route>,
+    strategies: HashMap<String, Arc<dyn ErasedStrategy>>,
+    options: HealerOptions,
+    coordinator: Option<Arc<dyn Coordinator>>,
+    states: States,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// How often a decision is retried after losing a race to another process.
+const MAX_CONFLICT_RETRIES: usize = 16;
+
+impl Healer {
+    pub fn builder() -> HealerBuilder {
+        HealerBuilder::new()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn options(&self) -> &HealerOptions {
+        &self.options
+    }
+
+    /// The instant the healer treats as now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The route's name for a failure type, if one is registered.
+    pub fn route_name(&self, failure_type: &str) -> Option<String> {
+        self.routes.get(failure_type).map(Route::name)
+    }
+
+    // ----- restore and catch-up -------------------------------------------------------------
+
+    async fn restore(&self) -> Result<()> {
+        let mut start = i64::MAX;
+        let mut rebuild = Vec::new();
+        for (name, strategy) in &self.strategies {
+            let position = self.store.checkpoint_position(name).await?;
+            start = start.min(position);
+            for snap in self.store.load_snapshots(name).await? {
+                let state = serde_json::from_str::<Value>(&snap.state)
+                    .ok()
+                    .and_then(|v| strategy.restore(&v));
+                match state {
+                    Some(state) => {
+                        let entry = Entry {
+                            strategy: name.clone(),
+                            key: snap.key,
+                            version: snap.stream_version,
+                            state,
+                            dirty: false,
+                        };
+                        self.lock_map().insert(snap.stream_id, entry);
+                    }
+                    None => {
+                        tracing::warn!(stream = %snap.stream_id, "damaged snapshot; rebuilding from events");
+                        rebuild.push(snap.stream_id);
+                    }
+                }
+            }
+        }
+        if start == i64::MAX {
+            start = 0;
+        }
+        for stream in rebuild {
+            self.rebuild_stream(&stream).await?;
+        }
+        *self.states.cursor.lock().await = start;
+        self.catch_up().await
+    }
+
+    /// Folds one stream from its first event.
+    async fn rebuild_stream(&self, stream: &str) -> Result<()> {
+        self.lock_map().remove(stream);
+        let mut events = self.store.read(EventFilter::stream(stream));
+        let mut gaps = Vec::new();
+        while let Some(e) = events.next().await {
+            self.fold(&e?, &mut gaps);
+        }
+        Ok(())
+    }
+
+    /// Brings every state up to the log's head: other processes' decisions count.
+    async fn catch_up(&self) -> Result<()> {
+        let mut cursor = self.states.cursor.lock().await;
+        let head = self.store.head_position().await?;
+        if head <= *cursor {
+            return Ok(());
+        }
+        let filter = EventFilter {
+            stream_prefix: Some(STRATEGY_STREAM_PREFIX.to_owned()),
+            after_position: *cursor,
+            up_to_position: Some(head),
+            position_order: true,
+            ..Default::default()
+        };
+        let mut events = self.store.read(filter);
+        let mut gaps = Vec::new();
+        while let Some(e) = events.next().await {
+            self.fold(&e?, &mut gaps);
+        }
+        drop(events);
+        for stream in gaps {
+            self.rebuild_stream(&stream).await?;
+        }
+        *cursor = head;
+        Ok(())
+    }
+
+    /// Applies one stored strategy event, once (by stream version).
+    fn fold(&self, e: &RecordedEvent, gaps: &mut Vec<String>) {
+        let Some(name) = e.payload.get("strategy").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(strategy) = self.strategies.get(name) else {
+            return; // a strategy this healer does not run
+        };
+        let key = e
+            .payload
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut map = self.lock_map();
+        let entry = map.entry(e.stream_id.clone()).or_insert_with(|| Entry {
+            strategy: name.to_owned(),
+            key: key.to_owned(),
+            version: 0,
+            state: strategy.new_state(),
+            dirty: false,
+        });
+        if e.stream_version <= entry.version {
+            return;
+        }
+        if e.stream_version > entry.version + 1 {
+            gaps.push(e.stream_id.clone());
+            return;
+        }
+        if let Err(err) = strategy.apply_json(&mut entry.state, &e.payload) {
+            tracing::warn!(position = e.position, error = %err, "strategy event does not decode; skipped");
+        }
+        entry.version = e.stream_version;
+        entry.dirty = true;
+    }
+
+    fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.states.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The version and a copy of one state (a fresh state when none is stored).
+    fn current(&self, strategy: &Arc<dyn ErasedStrategy>, stream: &str) -> (u64, AnyState) {
+        let map = self.lock_map();
+        match map.get(stream) {
+            Some(e) => (e.version, strategy.clone_state(&e.state)),
+            None => (0, strategy.new_state()),
+        }
+    }
+
+    /// Folds events this healer just appended (they are applied once, by version).
+    fn apply_local(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        stream: &str,
+        key: &str,
+        events: &[(u64, Value)],
+    ) {
+        let mut map = self.lock_map();
+        let entry = map.entry(stream.to_owned()).or_insert_with(|| Entry {
+            strategy: strategy.name().to_owned(),
+            key: key.to_owned(),
+            version: 0,
+            state: strategy.new_state(),
+            dirty: false,
+        });
+        for (version, payload) in events {
+            if *version == entry.version + 1 {
+                let _ = strategy.apply_json(&mut entry.state, payload);
+                entry.version = *version;
+                entry.dirty = true;
+            }
+        }
+    }
+
+    fn key_lock(&self, stream: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(stream.to_owned()).or_default().clone()
+    }
+
+    /// Strategy events as stored: the event's JSON object, plus its strategy and key.
+    fn strategy_events(
+        strategy: &str,
+        key: &str,
+        events: &[(String, Value)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<NewEvent>> {
+        events
+            .iter()
+            .map(|(t, v)| {
+                let mut obj = match v {
+                    Value::Object(o) => o.clone(),
+                    _ => {
+                        return Err(Error::InvalidEvent(format!(
+                            "strategy {strategy}: events must serialise to JSON objects"
+                        )));
+                    }
+                };
+                obj.insert("strategy".into(), json!(strategy));
+                obj.insert("key".into(), json!(key));
+                Ok(NewEvent::new(t.clone(), now, Value::Object(obj)))
+            })
+            .collect()
+    }
+
+    fn fact(e: HealEvent, at: DateTime<Utc>) -> NewEvent {
+        e.to_new_event(at)
+    }
+
+    // ----- healing --------------------------------------------------------------------------
+
+    /// Heals a failure: records it and every decision, acts (or delegates), records the
+    /// outcome. Healing a failure id that is already recorded does nothing again.
+    pub async fn heal(&self, failure: Failure) -> Result<HealReport> {
+        let span = tracing::info_span!("heal", failure_id = %failure.failure_id, failure_type = %failure.failure_type);
+        let _enter = span.enter();
+        crate::event::check_id("failure_id", &failure.failure_id)?;
+        crate::event::check_id("failure_type", &failure.failure_type)?;
+        let now = self.clock.now();
+        let started = Instant::now();
+        let detected = Self::fact(
+            HealEvent::FailureDetected(FailureDetected {
+                failure_id: failure.failure_id.clone(),
+                failure_type: failure.failure_type.clone(),
+                severity: failure.severity,
+                agent_id: failure.agent_id.clone(),
+                task_id: failure.task_id.clone(),
+                source_event: failure.source_event.clone(),
+                metadata: failure.metadata.clone(),
+            }),
+            failure.detected_at,
+        )
+        .with_id(format!("{}-detected", failure.failure_id));
+        let fstream = failure.stream_id();
+
+        let mut report = HealReport {
+            failure: failure.clone(),
+            route: "none".into(),
+            attempts: Vec::new(),
+            result: HealingResult {
+                success: false,
+                failure_id: failure.failure_id.clone(),
+                strategy_used: "none".into(),
+                actions_taken: Vec::new(),
+                duration_ms: 0,
+                timestamp: now,
+                metadata: Map::new(),
+            },
+            delegated: Vec::new(),
+            duplicate: false,
+        };
+
+        let Some(route) = self.routes.get(&failure.failure_type).cloned() else {
+            let attempted = self.attempted_event(
+                &failure,
+                "none",
+                "no_strategy",
+                &format!("no strategy is registered for {}", failure.failure_type),
+                &[],
+                Map::new(),
+                now,
+            );
+            let appended = self
+                .store
+                .append(&fstream, ExpectedVersion::Any, vec![detected, attempted])
+                .await?;
+            report.duplicate = appended.first().is_some_and(|a| a.duplicate);
+            report.attempts.push(Attempt {
+                strategy: "none".into(),
+                decision: "no_strategy".into(),
+                reason: format!("no strategy is registered for {}", failure.failure_type),
+                details: Map::new(),
+                actions: Vec::new(),
+                results: Vec::new(),
+                success: None,
+            });
+            return Ok(report);
+        };
+        report.route = route.name();
+
+        // The failure is recorded first, on its own: a retried heal of the same id stops here.
+        let first = self
+            .store
+            .append(&fstream, ExpectedVersion::Any, vec![detected])
+            .await?;
+        if first.first().is_some_and(|a| a.duplicate) {
+            report.duplicate = true;
+            return Ok(report);
+        }
+
+        for member in &route.members {
+            let attempt = self
+                .attempt(member, &failure, &fstream, now, started)
+                .await?;
+            let decision = attempt.decision.clone();
+            let success = attempt.success;
+            if decision == "delegated" {
+                report.delegated.extend(attempt.actions.iter().cloned());
+            }
+            report.attempts.push(attempt);
+            let stop = match decision.as_str() {
+                "act" => success == Some(true),
+                "declined" | "failed" => false,
+                // Held, delegated, shadow, suggested or withheld: the chain ends here.
+                _ => true,
+            };
+            if stop {
+                break;
+            }
+        }
+
+        // The result, as the seed describes it.
+        let acted = report
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| matches!(a.decision.as_str(), "act" | "delegated" | "shadow"));
+        if let Some(a) = acted {
+            report.result.success = a.success == Some(true);
+            report.result.strategy_used = if route.composite {
+                format!("Composite[{}]", a.strategy)
+            } else {
+                a.strategy.clone()
+            };
+            report.result.actions_taken = report
+                .attempts
+                .iter()
+                .flat_map(|a| {
+                    a.actions
+                        .iter()
+                        .zip(a.results.iter())
+                        .map(|(act, r)| match r {
+                            Ok(done) => done.clone(),
+                            Err(e) => format!("{} failed: {e}", act.describe()),
+                        })
+                })
+                .collect();
+        } else if let Some(last) = report.attempts.last() {
+            report.result.strategy_used = last.decision.clone();
+        }
+        report.result.duration_ms = started.elapsed().as_millis() as i64;
+        report.result.timestamp = self.clock.now();
+        report
+            .result
+            .metadata
+            .insert("route".into(), json!(report.route));
+        report
+            .result
+            .metadata
+            .insert("attempts".into(), json!(report.attempts.len()));
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attempted_event(
+        &self,
+        failure: &Failure,
+        strategy: &str,
+        decision: &str,
+        reason: &str,
+        actions: &[Action],
+        details: Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> NewEvent {
+        Self::fact(
+            HealEvent::HealingAttempted(HealingAttempted {
+                failure_id: failure.failure_id.clone(),
+                strategy: strategy.to_owned(),
+                agent_id: failure.agent_id.clone(),
+                failure_type: Some(failure.failure_type.clone()),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+                actions: actions
+                    .iter()
+                    .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+                    .collect(),
+                details,
+            }),
+            now,
+        )
+    }
+
+    /// One strategy's turn: decide (retrying on conflicts), record, act, record the outcome.
+    async fn attempt(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        failure: &Failure,
+        fstream: &str,
+        now: DateTime<Utc>,
+        started: Instant,
+    ) -> Result<Attempt> {
+        let name = strategy.name().to_owned();
+        if !strategy.can_heal(failure) {
+            let reason = format!("{name} does not heal {} failures", failure.failure_type);
+            let ev =
+                self.attempted_event(failure, &name, "declined", &reason, &[], Map::new(), now);
+            self.store
+                .append(fstream, ExpectedVersion::Any, vec![ev])
+                .await?;
+            return Ok(Attempt {
+                strategy: name,
+                decision: "declined".into(),
+                reason,
+                details: Map::new(),
+                actions: Vec::new(),
+                results: Vec::new(),
+                success: None,
+            });
+        }
+        let key = strategy.key(failure);
+        let sstream = strategy_stream(&name, &key);
+        let lock = self.key_lock(&sstream);
+        let _guard = lock.lock().await;
+
+        // Decide and record, atomically with the state change.
+        let mut tries = 0;
+        let (decision, label, reason) = loop {
+            tries += 1;
+            self.catch_up().await?;
+            let (version, state) = self.current(strategy, &sstream);
+            let mut d = strategy.decide(&state, failure, now);
+            d.details.insert("state_version".into(), json!(version));
+            d.details
+                .insert("state_before".into(), strategy.describe(&state, now));
+            let mut label = d.verdict.as_str().to_owned();
+            let mut reason = d.reason.clone();
+            let mut record_state = true;
+            if d.verdict == Verdict::Act {
+                match self.options.mode {
+                    Mode::SuggestOnly => {
+                        label = "suggest_only".into();
+                        record_state = false;
+                    }
+                    Mode::Shadow => label = "shadow".into(),
+                    Mode::Auto => {
+                        if let Some(why) = self.over_limit(failure, &d.actions, now).await? {
+                            label = "withheld".into();
+                            reason = format!("{reason}; withheld: {why}");
+                            record_state = false;
+                        } else if self.coordinator.is_none() {
+                            label = "delegated".into();
+                        }
+                    }
+                }
+            }
+            let mut parts = vec![];
+            let state_events = if record_state {
+                Self::strategy_events(&name, &key, &d.events, now)?
+            } else {
+                if !d.events.is_empty() {
+                    d.details.insert(
+                        "events_not_recorded".into(),
+                        json!(d.events.iter().map(|(t, _)| t).collect::<Vec<_>>()),
+                    );
+                }
+                Vec::new()
+            };
+            let n_state = state_events.len();
+            if n_state > 0 {
+                parts.push(StreamAppend {
+                    stream_id: sstream.clone(),
+                    expected: ExpectedVersion::Exact(version),
+                    events: state_events,
+                });
+            }
+            parts.push(StreamAppend {
+                stream_id: fstream.to_owned(),
+                expected: ExpectedVersion::Any,
+                events: vec![self.attempted_event(
+                    failure,
+                    &name,
+                    &label,
+                    &reason,
+                    &d.actions,
+                    d.details.clone(),
+                    now,
+                )],
+            });
+            match self.store.append_atomic(parts).await {
+                Ok(appended) => {
+                    if n_state > 0 {
+                        let applied: Vec<(u64, Value)> = appended[..n_state]
+                            .iter()
+                            .zip(&d.events)
+                            .map(|(a, (_, v))| (a.stream_version, v.clone()))
+                            .collect();
+                        self.apply_local(strategy, &sstream, &key, &applied);
+                    }
+                    break (d, label, reason);
+                }
+                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                    tracing::debug!(stream = %sstream, "lost a race; deciding again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+
+        let mut attempt = Attempt {
+            strategy: name.clone(),
+            decision: label.clone(),
+            reason,
+            details: decision.details.clone(),
+            actions: decision.actions.clone(),
+            results: Vec::new(),
+            success: None,
+        };
+        match label.as_str() {
+            "act" => {}
+            "failed" => {
+                // A failed attempt counts in the statistics.
+                let ev = Self::fact(
+                    HealEvent::HealingCompleted(HealingCompleted {
+                        failure_id: failure.failure_id.clone(),
+                        strategy: name.clone(),
+                        agent_id: failure.agent_id.clone(),
+                        failure_type: Some(failure.failure_type.clone()),
+                        success: false,
+                        duration_ms: started.elapsed().as_millis() as i64,
+                        actions_taken: Vec::new(),
+                        metadata: Map::from_iter([("reason".to_owned(), json!(attempt.reason))]),
+                    }),
+                    self.clock.now(),
+                );
+                self.store
+                    .append(fstream, ExpectedVersion::Any, vec![ev])
+                    .await?;
+                attempt.success = Some(false);
+                return Ok(attempt);
+            }
+            _ => return Ok(attempt),
+        }
+
+        // Act through the coordinator, recording every action and the outcome.
+        let coordinator = match &self.coordinator {
+            Some(c) => c.clone(),
+            None => return Ok(attempt),
+        };
+        let mut events = Vec::new();
+        let mut all_ok = true;
+        for action in &decision.actions {
+            let t = Instant::now();
+            let r = execute(coordinator.as_ref(), action).await;
+            let ms = t.elapsed().as_millis() as i64;
+            all_ok &= r.is_ok();
+            events.push(Self::fact(
+                HealEvent::ActionExecuted(ActionExecuted {
+                    failure_id: Some(failure.failure_id.clone()),
+                    strategy: name.clone(),
+                    agent_id: action
+                        .agent()
+                        .map(str::to_owned)
+                        .or(failure.agent_id.clone()),
+                    action: action.name().to_owned(),
+                    target: action.target(),
+                    success: r.is_ok(),
+                    error: r.as_ref().err().cloned(),
+                    duration_ms: ms,
+                }),
+                self.clock.now(),
+            ));
+            attempt.results.push(r.clone());
+            if r.is_err() {
+                break; // later actions depend on earlier ones
+            }
+        }
+        attempt.success = Some(all_ok);
+        let end = self.clock.now();
+        let taken: Vec<String> = attempt
+            .results
+            .iter()
+            .map(|r| match r {
+                Ok(s) => s.clone(),
+                Err(e) => format!("failed: {e}"),
+            })
+            .collect();
+        events.push(Self::fact(
+            HealEvent::HealingCompleted(HealingCompleted {
+                failure_id: failure.failure_id.clone(),
+                strategy: name.clone(),
+                agent_id: failure.agent_id.clone(),
+                failure_type: Some(failure.failure_type.clone()),
+                success: all_ok,
+                duration_ms: started.elapsed().as_millis() as i64,
+                actions_taken: taken,
+                metadata: Map::new(),
+            }),
+            end,
+        ));
+        if all_ok {
+            events.push(Self::fact(
+                HealEvent::FailureResolved(FailureResolved {
+                    failure_id: failure.failure_id.clone(),
+                    failure_type: failure.failure_type.clone(),
+                    agent_id: failure.agent_id.clone(),
+                    strategy: Some(name.clone()),
+                    detected_at: failure.detected_at,
+                }),
+                end,
+            ));
+        }
+        self.record_outcome_events(
+            strategy, failure, &sstream, &key, all_ok, fstream, events, end,
+        )
+        .await?;
+        Ok(attempt)
+    }
+
+    /// Appends outcome facts to the failure stream with the strategy's reaction to the
+    /// outcome, atomically (retrying the reaction on conflicts).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_outcome_events(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        failure: &Failure,
+        sstream: &str,
+        key: &str,
+        success: bool,
+        fstream: &str,
+        facts: Vec<NewEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let name = strategy.name().to_owned();
+        for tries in 1.. {
+            self.catch_up().await?;
+            let (version, state) = self.current(strategy, sstream);
+            let reaction = strategy.on_result(&state, failure, success, now);
+            let state_events = Self::strategy_events(&name, key, &reaction, now)?;
+            let n_state = state_events.len();
+            let mut parts = Vec::new();
+            if n_state > 0 {
+                parts.push(StreamAppend {
+                    stream_id: sstream.to_owned(),
+                    expected: ExpectedVersion::Exact(version),
+                    events: state_events,
+                });
+            }
+            parts.push(StreamAppend {
+                stream_id: fstream.to_owned(),
+                expected: ExpectedVersion::Any,
+                events: facts.clone(),
+            });
+            match self.store.append_atomic(parts).await {
+                Ok(appended) => {
+                    let applied: Vec<(u64, Value)> = appended[..n_state]
+                        .iter()
+                        .zip(&reaction)
+                        .map(|(a, (_, v))| (a.stream_version, v.clone()))
+                        .collect();
+                    self.apply_local(strategy, sstream, key, &applied);
+                    return Ok(());
+                }
+                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the outcome of actions that were delegated to the caller.
+    pub async fn record_outcome(
+        &self,
+        failure_id: &str,
+        success: bool,
+        duration_ms: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> Result<OutcomeReport> {
+        let fstream = failure_stream(failure_id);
+        let mut events = self.store.read(EventFilter::stream(&fstream));
+        let mut failure = None;
+        let mut delegated: Option<(String, DateTime<Utc>)> = None;
+        let mut completed = false;
+        while let Some(e) = events.next().await {
+            let e = e?;
+            match e.decode() {
+                Some(HealEvent::FailureDetected(d)) => {
+                    failure = Some(Failure {
+                        failure_id: d.failure_id,
+                        failure_type: d.failure_type,
+                        agent_id: d.agent_id,
+                        task_id: d.task_id,
+                        severity: d.severity,
+                        detected_at: e.occurred_at,
+                        source_event: d.source_event,
+                        metadata: d.metadata,
+                    })
+                }
+                Some(HealEvent::HealingAttempted(a)) if a.decision == "delegated" => {
+                    delegated = Some((a.strategy, e.occurred_at));
+                    completed = false;
+                }
+                Some(HealEvent::HealingCompleted(_)) => completed = true,
+                _ => {}
+            }
+        }
+        drop(events);
+        let failure = failure.ok_or_else(|| {
+            Error::InvalidInput(format!("no failure with id {failure_id:?} is recorded"))
+        })?;
+        let (name, decided_at) = delegated.ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "failure {failure_id} has no delegated decision awaiting an outcome"
+            ))
+        })?;
+        if completed {
+            return Err(Error::InvalidInput(format!(
+                "the outcome of failure {failure_id} is already recorded"
+            )));
+        }
+        let strategy = self.strategies.get(&name).cloned().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "strategy {name} decided failure {failure_id} but is not configured now"
+            ))
+        })?;
+        let duration = duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
+        let mut facts = vec![Self::fact(
+            HealEvent::HealingCompleted(HealingCompleted {
+                failure_id: failure.failure_id.clone(),
+                strategy: name.clone(),
+                agent_id: failure.agent_id.clone(),
+                failure_type: Some(failure.failure_type.clone()),
+                success,
+                duration_ms: duration,
+                actions_taken: Vec::new(),
+                metadata: Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
+            }),
+            at,
+        )];
+        if success {
+            facts.push(Self::fact(
+                HealEvent::FailureResolved(FailureResolved {
+                    failure_id: failure.failure_id.clone(),
+                    failure_type: failure.failure_type.clone(),
+                    agent_id: failure.agent_id.clone(),
+                    strategy: Some(name.clone()),
+                    detected_at: failure.detected_at,
+                }),
+                at,
+            ));
+        }
+        let key = strategy.key(&failure);
+        let sstream = strategy_stream(&name, &key);
+        let lock = self.key_lock(&sstream);
+        let _guard = lock.lock().await;
+        self.record_outcome_events(
+            &strategy, &failure, &sstream, &key, success, &fstream, facts, at,
+        )
+        .await?;
+        Ok(OutcomeReport {
+            failure_id: failure.failure_id,
+            strategy: name,
+            success,
+            duration_ms: duration,
+            time_to_recover_ms: success.then(|| (at - failure.detected_at).num_milliseconds()),
+        })
+    }
+
+    /// Checks the healer's own limits for a decision that would act.
+    async fn over_limit(
+        &self,
+        failure: &Failure,
+        actions: &[Action],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        if actions.is_empty() {
+            return Ok(None);
+        }
+        let limits = self.options.limits;
+        if let (Some(max), Some(agent)) = (limits.max_actions_per_agent_per_hour, &failure.agent_id)
+        {
+            let since = now - Duration::hours(1);
+            let count: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE agent_id = ? AND event_type = 'healing_attempted' \
+                 AND occurred_at > ? AND occurred_at <= ? \
+                 AND payload ->> 'decision' IN ('act', 'delegated')",
+            )
+            .bind(agent)
+            .bind(crate::time::to_micros(since))
+            .bind(crate::time::to_micros(now))
+            .fetch_one(self.store.read_pool())
+            .await
+            .map_err(Error::Database)?;
+            if count >= i64::from(max) {
+                return Ok(Some(format!(
+                    "{count} automated actions on {agent} in the last hour (limit {max})"
+                )));
+            }
+        }
+        if let Some(max_share) = limits.max_disabled_fraction {
+            let disabling: Vec<&str> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::UnregisterAgent { agent_id } => Some(agent_id.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if !disabling.is_empty() {
+                let (disabled, known) = self.disabled_agents(now);
+                let total = match (limits.fleet_size, &self.coordinator) {
+                    (Some(n), _) => n as usize,
+                    (None, Some(c)) => match c.topology().await {
+                        Ok(t) => t.agent_count as usize + disabled.len(),
+                        Err(_) => known,
+                    },
+                    (None, None) => known,
+                }
+                .max(1);
+                let after = disabled
+                    .iter()
+                    .filter(|a| !disabling.contains(&a.as_str()))
+                    .count()
+                    + disabling.len();
+                let share = after as f64 / total as f64;
+                if share > max_share {
+                    return Ok(Some(format!(
+                        "{after} of {total} agents would be disabled ({:.0} %, limit {:.0} %)",
+                        share * 100.0,
+                        max_share * 100.0
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Agents currently disabled by some strategy's state, and how many agents have state.
+    fn disabled_agents(&self, now: DateTime<Utc>) -> (HashSet<String>, usize) {
+        let map = self.lock_map();
+        let mut disabled = HashSet::new();
+        let mut known = HashSet::new();
+        for e in map.values() {
+            if e.key == "fleet" {
+                continue;
+            }
+            if let Some(s) = self.strategies.get(&e.strategy) {
+                known.insert(e.key.clone());
+                if s.disables_agent(&e.state, now) {
+                    disabled.insert(e.key.clone());
+                }
+            }
+        }
+        (disabled, known.len())
+    }
+
+    // ----- signals --------------------------------------------------------------------------
+
+    /// Records that an agent completed work successfully, and lets strategies react (a
+    /// half-open circuit counts it towards closing, for example).
+    pub async fn record_success(&self, agent_id: &str, at: DateTime<Utc>) -> Result<SignalReport> {
+        crate::event::check_id("agent_id", agent_id)?;
+        let fact = Self::fact(
+            HealEvent::AgentSucceeded(crate::events::AgentSucceeded {
+                agent_id: agent_id.to_owned(),
+                task_id: None,
+            }),
+            at,
+        );
+        self.store
+            .append(
+                &format!("agent-{agent_id}"),
+                ExpectedVersion::Any,
+                vec![fact],
+            )
+            .await?;
+        self.signal(
+            &Signal::AgentSucceeded {
+                agent_id: agent_id.to_owned(),
+            },
+            at,
+            None,
+        )
+        .await
+    }
+
+    /// An operator command to one strategy (or to every strategy when `strategy` is `None`).
+    pub async fn command(
+        &self,
+        strategy: Option<&str>,
+        key: &str,
+        command: &str,
+        reason: &str,
+    ) -> Result<SignalReport> {
+        crate::event::check_id("key", key)?;
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidInput("a command needs a reason".into()));
+        }
+        let signal = Signal::Command {
+            key: key.to_owned(),
+            command: command.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.signal(&signal, self.clock.now(), strategy).await
+    }
+
+    /// Asks whether a call may be sent to an agent (half-open circuits admit a limited number
+    /// of trial calls, counted across every process sharing the database).
+    pub async fn permit(&self, agent_id: &str) -> Result<SignalReport> {
+        crate::event::check_id("agent_id", agent_id)?;
+        let signal = Signal::Permit {
+            agent_id: agent_id.to_owned(),
+        };
+        let mut report = self.signal(&signal, self.clock.now(), None).await?;
+        if report.permitted.is_none() {
+            report.permitted = Some(true);
+        }
+        Ok(report)
+    }
+
+    /// Lets time-dependent states move on (open circuits whose wait has passed become
+    /// half-open and re-register their agent for the trial).
+    pub async fn tick(&self) -> Result<SignalReport> {
+        self.signal(&Signal::Tick, self.clock.now(), None).await
+    }
+
+    async fn signal(
+        &self,
+        signal: &Signal,
+        now: DateTime<Utc>,
+        only: Option<&str>,
+    ) -> Result<SignalReport> {
+        self.catch_up().await?;
+        let mut report = SignalReport {
+            reactions: Vec::new(),
+            permitted: None,
+        };
+        let mut names: Vec<&String> = self.strategies.keys().collect();
+        names.sort();
+        for name in names {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let strategy = self.strategies[name].clone();
+            let known: Vec<String> = {
+                let map = self.lock_map();
+                let mut k: Vec<String> = map
+                    .values()
+                    .filter(|e| &e.strategy == name)
+                    .map(|e| e.key.clone())
+                    .collect();
+                k.sort();
+                k
+            };
+            for key in strategy.signal_keys(signal, &known) {
+                let sstream = strategy_stream(name, &key);
+                let lock = self.key_lock(&sstream);
+                let _guard = lock.lock().await;
+                let mut tries = 0;
+                let reaction = loop {
+                    tries += 1;
+                    self.catch_up().await?;
+                    let (version, state) = self.current(&strategy, &sstream);
+                    let Some(r) = strategy.on_signal(&state, &key, signal, now) else {
+                        break None;
+                    };
+                    let record = self.options.mode != Mode::SuggestOnly;
+                    if r.events.is_empty() || !record {
+                        break Some(r);
+                    }
+                    let events = Self::strategy_events(name, &key, &r.events, now)?;
+                    match self
+                        .store
+                        .append(&sstream, ExpectedVersion::Exact(version), events)
+                        .await
+                    {
+                        Ok(appended) => {
+                            let applied: Vec<(u64, Value)> = appended
+                                .iter()
+                                .zip(&r.events)
+                                .map(|(a, (_, v))| (a.stream_version, v.clone()))
+                                .collect();
+                            self.apply_local(&strategy, &sstream, &key, &applied);
+                            break Some(r);
+                        }
+                        Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                let Some(r) = reaction else { continue };
+                if let Some(p) = r.permitted {
+                    report.permitted = Some(report.permitted.unwrap_or(true) && p);
+                }
+                let mut results = Vec::new();
+                if self.options.mode == Mode::Auto {
+                    if let Some(c) = &self.coordinator {
+                        let mut facts = Vec::new();
+                        for action in &r.actions {
+                            let t = Instant::now();
+                            let res = execute(c.as_ref(), action).await;
+                            facts.push(Self::fact(
+                                HealEvent::ActionExecuted(ActionExecuted {
+                                    failure_id: None,
+                                    strategy: name.clone(),
+                                    agent_id: action.agent().map(str::to_owned),
+                                    action: action.name().to_owned(),
+                                    target: action.target(),
+                                    success: res.is_ok(),
+                                    error: res.as_ref().err().cloned(),
+                                    duration_ms: t.elapsed().as_millis() as i64,
+                                }),
+                                self.clock.now(),
+                            ));
+                            results.push(res);
+                        }
+                        if !facts.is_empty() {
+                            self.store
+                                .append(&sstream, ExpectedVersion::Any, facts)
+                                .await?;
+                        }
+                    }
+                }
+                report.reactions.push(ReactionReport {
+                    strategy: name.clone(),
+                    key: r.key.clone(),
+                    reason: r.reason.clone(),
+                    events: r.events.iter().map(|(t, _)| t.clone()).collect(),
+                    actions: r.actions.clone(),
+                    results,
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    // ----- views, checkpoints, shutdown -----------------------------------------------------
+
+    /// Every state of a strategy (all strategies when `None`), caught up with the log.
+    pub async fn states(&self, strategy: Option<&str>) -> Result<Vec<StateView>> {
+        self.catch_up().await?;
+        let now = self.clock.now();
+        let map = self.lock_map();
+        let mut out: Vec<StateView> = map
+            .values()
+            .filter(|e| strategy.is_none_or(|s| s == e.strategy))
+            .filter_map(|e| {
+                let s = self.strategies.get(&e.strategy)?;
+                Some(StateView {
+                    strategy: e.strategy.clone(),
+                    key: e.key.clone(),
+                    version: e.version,
+                    state: s.describe(&e.state, now),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.strategy, &a.key).cmp(&(&b.strategy, &b.key)));
+        Ok(out)
+    }
+
+    /// Raw snapshots of every state (for tests and verification: equal to a fresh fold).
+    pub async fn snapshots(&self) -> Result<HashMap<String, (u64, Value)>> {
+        self.catch_up().await?;
+        let map = self.lock_map();
+        Ok(map
+            .iter()
+            .filter_map(|(stream, e)| {
+                let s = self.strategies.get(&e.strategy)?;
+                Some((stream.clone(), (e.version, s.snapshot(&e.state))))
+            })
+            .collect())
+    }
+
+    /// Writes snapshots of the states changed since the last checkpoint. Returns how many.
+    pub async fn checkpoint(&self) -> Result<usize> {
+        let cursor = self.states.cursor.lock().await;
+        let snapshots: Vec<Snapshot> = {
+            let mut map = self.lock_map();
+            map.iter_mut()
+                .filter(|(_, e)| e.dirty)
+                .filter_map(|(stream, e)| {
+                    let s = self.strategies.get(&e.strategy)?;
+                    e.dirty = false;
+                    Some(Snapshot {
+                        stream_id: stream.clone(),
+                        strategy: e.strategy.clone(),
+                        key: e.key.clone(),
+                        stream_version: e.version,
+                        state: s.snapshot(&e.state).to_string(),
+                    })
+                })
+                .collect()
+        };
+        let n = snapshots.len();
+        let positions = self
+            .strategies
+            .keys()
+            .map(|name| (name.clone(), *cursor))
+            .collect();
+        self.store
+            .write_checkpoint(Checkpoint {
+                positions,
+                snapshots,
+            })
+            .await?;
+        Ok(n)
+    }
+
+    /// Writes a checkpoint and closes the store.
+    pub async fn close(self) -> Result<()> {
+        self.checkpoint().await?;
+        self.store.close().await
+    }
+}
+
+/// What [`Healer::record_outcome`] recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeReport {
+    pub failure_id: String,
+    pub strategy: String,
+    pub success: bool,
+    pub duration_ms: i64,
+    /// Detection to resolution, when resolved.
+    pub time_to_recover_ms: Option<i64>,
+}
+
+/// Carries out one action; `Ok` says what was done, `Err` why it failed.
+async fn execute(c: &dyn Coordinator, action: &Action) -> std::result::Result<String, String> {
+    let e = |e: super::coordinator::CoordinatorError| e.to_string();
+    match action {
+        Action::RestartAgent { agent_id } => {
+            let status = c.agent_status(agent_id).await.map_err(e)?;
+            let Some(status) = status else {
+                return Err(format!("agent {agent_id} is unknown to the coordinator"));
+            };
+            c.unregister_agent(agent_id).await.map_err(e)?;
+            c.register_agent(agent_id, status.metadata)
+                .await
+                .map_err(|err| format!("re-registering {agent_id} failed: {err}"))?;
+            Ok(format!("restarted agent {agent_id}"))
+        }
+        Action::UnregisterAgent { agent_id } => {
+            c.unregister_agent(agent_id).await.map_err(e)?;
+            Ok(format!("unregistered agent {agent_id}"))
+        }
+        Action::RegisterAgent { agent_id, metadata } => {
+            c.register_agent(agent_id, metadata.clone())
+                .await
+                .map_err(e)?;
+            Ok(format!("registered agent {agent_id}"))
+        }
+        Action::RetryTask {
+            task_id,
+            delay_ms,
+            agent_id,
+        } => {
+            let topology = c.topology().await.map_err(e)?;
+            if topology.healthy_count == 0 {
+                return Err("no healthy agent to retry the task on".into());
+            }
+            c.retry_task(task_id, agent_id.as_deref(), *delay_ms)
+                .await
+                .map_err(e)?;
+            Ok(format!(
+                "scheduled task {task_id} to retry in {delay_ms} ms"
+            ))
+        }
+        Action::PauseTasks { priorities } => {
+            let n = c.pause_tasks(priorities).await.map_err(e)?;
+            Ok(format!("paused {n} {priorities:?} tasks"))
+        }
+        Action::ResumeTasks { priorities } => {
+            let n = c.resume_tasks(priorities).await.map_err(e)?;
+            Ok(format!("resumed {n} {priorities:?} tasks"))
+        }
+        Action::SetConcurrency { max_per_agent } => {
+            c.set_concurrency(*max_per_agent).await.map_err(e)?;
+            Ok(format!("set concurrency to {max_per_agent} per agent"))
+        }
+        Action::SetCaching { enabled } => {
+            c.set_caching(*enabled).await.map_err(e)?;
+            Ok(format!(
+                "response caching {}",
+                if *enabled { "on" } else { "off" }
+            ))
+        }
+        Action::SetPromptSimplification { enabled } => {
+            c.set_prompt_simplification(*enabled).await.map_err(e)?;
+            Ok(format!(
+                "prompt simplification {}",
+                if *enabled { "on" } else { "off" }
+            ))
+        }
+        Action::SpawnAgents { count } => {
+            let ids = c.spawn_agents(*count).await.map_err(e)?;
+            if (ids.len() as u32) < *count {
+                return Err(format!("asked for {count} agents, got {}", ids.len()));
+            }
+            Ok(format!("spawned {}", ids.join(", ")))
+        }
+    }
+}

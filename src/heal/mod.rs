@@ -1,0 +1,26 @@
+//! Healing: failures in, decisions and actions out, every step recorded in the log.
+//!
+//! - [`model`]: failures, actions, priorities, agent status.
+//! - [`detect`]: raw events to failures.
+//! - [`strategy`]: the [`Strategy`] contract (pure fold, pure decisions).
+//! - [`strategies`]: the built-in strategies.
+//! - [`coordinator`]: the [`Coordinator`] through which actions reach the fleet.
+//! - [`healer`]: the [`Healer`], which loads, folds, decides, acts and appends.
+
+pub mod coordinator;
+pub mod detect;
+pub mod healer;
+pub mod model;
+pub mod strategies;
+pub mod strategy;
+
+pub use coordinator::{Coordinator, CoordinatorError, NoopCoordinator};
+pub use detect::detect;
+pub use healer::{
+    Attempt, Composite, HealReport, Healer, HealerBuilder, HealerOptions, Limits, Mode,
+    OutcomeReport, ReactionReport, SignalReport, StateView, strategy_stream,
+};
+pub use model::{
+    Action, AgentStatus, Failure, HealingResult, Priority, Severity, Topology, failure_types,
+};
+pub use strategy::{Decision, Reaction, Signal, Strategy, Verdict};
