@@ -1139,12 +1139,20 @@ impl Healer {
 
     /// Records that an agent completed work successfully, and lets strategies react (a
     /// half-open circuit counts it towards closing, for example).
-    pub async fn record_success(&self, agent_id: &str, at: DateTime<Utc>) -> Result<SignalReport> {
+    pub async fn record_success(
+        &self,
+        agent_id: &str,
+        task_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<SignalReport> {
         crate::event::check_id("agent_id", agent_id)?;
+        if let Some(t) = task_id {
+            crate::event::check_id("task_id", t)?;
+        }
         let fact = Self::fact(
             HealEvent::AgentSucceeded(crate::events::AgentSucceeded {
                 agent_id: agent_id.to_owned(),
-                task_id: None,
+                task_id: task_id.map(str::to_owned),
             }),
             at,
         );
@@ -1158,11 +1166,35 @@ impl Healer {
         self.signal(
             &Signal::AgentSucceeded {
                 agent_id: agent_id.to_owned(),
+                task_id: task_id.map(str::to_owned),
             },
             at,
             None,
         )
         .await
+    }
+
+    /// Reports a resource's usage, so that degradation can step back as pressure falls.
+    pub async fn record_usage(
+        &self,
+        resource_type: &str,
+        current_usage: f64,
+        limit: f64,
+        at: DateTime<Utc>,
+    ) -> Result<SignalReport> {
+        crate::event::check_id("resource_type", resource_type)?;
+        if !(current_usage.is_finite() && limit.is_finite() && limit > 0.0 && current_usage >= 0.0)
+        {
+            return Err(Error::InvalidInput(format!(
+                "usage {current_usage} of limit {limit} is not a valid measurement"
+            )));
+        }
+        let signal = Signal::ResourceUsage {
+            resource_type: resource_type.to_owned(),
+            current_usage,
+            limit,
+        };
+        self.signal(&signal, at, None).await
     }
 
     /// An operator command to one strategy (or to every strategy when `strategy` is `None`).
@@ -1471,6 +1503,25 @@ async fn execute(c: &dyn Coordinator, action: &Action) -> std::result::Result<St
             Ok(format!(
                 "prompt simplification {}",
                 if *enabled { "on" } else { "off" }
+            ))
+        }
+        Action::EnsureAgents { min_healthy } => {
+            let t = c.topology().await.map_err(e)?;
+            if t.healthy_count >= *min_healthy {
+                return Ok(format!(
+                    "{} healthy agents already meet the quorum of {min_healthy}",
+                    t.healthy_count
+                ));
+            }
+            let missing = min_healthy - t.healthy_count;
+            let ids = c.spawn_agents(missing).await.map_err(e)?;
+            if (ids.len() as u32) < missing {
+                return Err(format!("needed {missing} agents, got {}", ids.len()));
+            }
+            Ok(format!(
+                "{} healthy of {min_healthy} required: spawned {}",
+                t.healthy_count,
+                ids.join(", ")
             ))
         }
         Action::SpawnAgents { count } => {

@@ -194,6 +194,9 @@ pub enum Action {
     SetPromptSimplification { enabled: bool },
     /// Start new agents.
     SpawnAgents { count: u32 },
+    /// Compare the healthy agents with a quorum and start the missing ones (the comparison
+    /// happens when the action runs, against the coordinator's topology then).
+    EnsureAgents { min_healthy: u32 },
 }
 
 impl Action {
@@ -210,6 +213,7 @@ impl Action {
             Action::SetCaching { .. } => "set_caching",
             Action::SetPromptSimplification { .. } => "set_prompt_simplification",
             Action::SpawnAgents { .. } => "spawn_agents",
+            Action::EnsureAgents { .. } => "ensure_agents",
         }
     }
 
@@ -257,6 +261,9 @@ impl Action {
                 if *enabled { "enable" } else { "disable" }
             ),
             Action::SpawnAgents { count } => format!("spawn {count} agent(s)"),
+            Action::EnsureAgents { min_healthy } => {
+                format!("ensure at least {min_healthy} healthy agents")
+            }
         }
     }
 }

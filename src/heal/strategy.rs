@@ -137,8 +137,17 @@ impl<E> Decision<E> {
 /// Something other than a failure that a strategy may react to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Signal {
-    /// The agent completed work successfully.
-    AgentSucceeded { agent_id: String },
+    /// The agent completed work successfully (a task, when known).
+    AgentSucceeded {
+        agent_id: String,
+        task_id: Option<String>,
+    },
+    /// A resource's usage was reported (pressure rising or falling).
+    ResourceUsage {
+        resource_type: String,
+        current_usage: f64,
+        limit: f64,
+    },
     /// An operator command: `open`, `close` or `reset` (circuit breakers), with a reason.
     Command {
         key: String,
@@ -231,13 +240,14 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// The keys a signal concerns; the healer calls [`Strategy::on_signal`] once per key.
     /// `known` lists the keys that have state. Default: the agent of an agent signal, the key
-    /// of a command, every known key for a tick.
+    /// of a command, the resource type of a usage report, every known key for a tick.
     fn signal_keys(&self, signal: &Signal, known: &[String]) -> Vec<String> {
         match signal {
-            Signal::AgentSucceeded { agent_id } | Signal::Permit { agent_id } => {
+            Signal::AgentSucceeded { agent_id, .. } | Signal::Permit { agent_id } => {
                 vec![agent_id.clone()]
             }
             Signal::Command { key, .. } => vec![key.clone()],
+            Signal::ResourceUsage { resource_type, .. } => vec![resource_type.clone()],
             Signal::Tick => known.to_vec(),
         }
     }
