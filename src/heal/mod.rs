@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod detect;
 pub mod healer;
 pub mod model;
+pub mod sim;
 pub mod strategies;
 pub mod strategy;
 

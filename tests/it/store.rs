@@ -543,7 +543,9 @@ async fn an_atomic_append_across_streams_commits_all_parts_or_none() {
         .await
         .unwrap();
     assert_eq!(
-        ok.iter().map(|a| (a.position, a.stream_version)).collect::<Vec<_>>(),
+        ok.iter()
+            .map(|a| (a.position, a.stream_version))
+            .collect::<Vec<_>>(),
         [(2, 1), (3, 2)]
     );
 }
