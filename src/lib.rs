@@ -29,6 +29,7 @@
 //! ```
 
 pub mod clock;
+pub mod config;
 mod error;
 pub mod event;
 pub mod events;

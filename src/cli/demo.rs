@@ -1,164 +1,285 @@
-//! `healstore demo`: a short, deterministic demonstration of the event log. It writes the
-//! failures and healing attempts of a small simulated fleet, then reads them back. A second
-//! run continues where the first stopped (its events follow the ones already stored).
+//! `healstore demo`: a simulated fleet healed live by the real healer on the real store.
+//!
+//! Flapping agents, slow tasks, token pressure that rises and falls, and a lost quorum are
+//! generated with seeded randomness; every raw event goes through detection and the healer,
+//! which acts through the simulated coordinator. Simulated time advances by a fixed step per
+//! tick (an injected clock, no sleeping). A second run continues where the first stopped: it
+//! starts after the newest recorded event, and the circuits, backoffs and degradation levels
+//! are restored from the log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::Duration;
-use futures_util::StreamExt;
-use healstore::events::{
-    ActionExecuted, FailureDetected, FailureResolved, HealingAttempted, HealingCompleted, Severity,
-};
-use healstore::{EventFilter, ExpectedVersion, HealEvent};
-use serde_json::{Map, json};
+use healstore::heal::sim::{SimRng, SimulatedFleet, Temperament};
+use healstore::heal::{Coordinator, HealReport, Healer};
+use healstore::{EventFilter, ManualClock, Store, StoreOptions};
+use serde_json::{Value, json};
 
 use super::{Cli, Out};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// How many failures to simulate.
-    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    failures: u32,
+    /// Simulated ticks (5 seconds each).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    ticks: u32,
+    /// Agents in the fleet.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    agents: u32,
+    /// Random seed (default: derived from what the log already holds, so that each run
+    /// differs and every run can be reproduced).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+const TICK: i64 = 5;
+
+#[derive(Default, serde::Serialize)]
+struct Tally {
+    failures: u64,
+    healed: u64,
+    not_healed: u64,
+    held: u64,
+    withheld: u64,
+    by_type: BTreeMap<String, u64>,
+    by_strategy: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, r: &HealReport) {
+        self.failures += 1;
+        *self
+            .by_type
+            .entry(r.failure.failure_type.clone())
+            .or_default() += 1;
+        let last = r.attempts.last().map(|a| a.decision.as_str()).unwrap_or("");
+        match last {
+            "held" => self.held += 1,
+            "withheld" => self.withheld += 1,
+            _ if r.result.success => {
+                self.healed += 1;
+                *self
+                    .by_strategy
+                    .entry(r.result.strategy_used.clone())
+                    .or_default() += 1;
+            }
+            _ => self.not_healed += 1,
+        }
+    }
 }
 
 pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()> {
-    let store = cli.open(true).await?;
-    let start_head = store.head_position().await?;
-    let now = cli.now();
-    // Deterministic "randomness": a small linear congruential sequence seeded by how much the
-    // log already holds, so that a second run differs from the first but every run reproduces.
-    let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ start_head as u64;
-    let mut next = move || {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        seed >> 33
-    };
-    let types = [
-        ("agent_down", Severity::High, "AgentRestart"),
-        ("task_timeout", Severity::Medium, "TaskRetry"),
-        ("resource_exhaustion", Severity::High, "GradualDegradation"),
-        ("quorum_loss", Severity::Critical, "QuorumRecovery"),
-    ];
-    let n = args.failures as i64;
-    for i in 0..n {
-        let (failure_type, severity, strategy) = types[(next() % 4) as usize];
-        let agent = format!("agent-{}", next() % 5 + 1);
-        let failure_id = uuid::Uuid::now_v7().to_string();
-        let detected = now - Duration::seconds((n - i) * 60);
-        let took = 100 + (next() % 400) as i64;
-        let success = next() % 10 < 8;
-        let stream = format!("failure-{failure_id}");
-        let mut facts = vec![
-            (
-                detected,
-                HealEvent::FailureDetected(FailureDetected {
-                    failure_id: failure_id.clone(),
-                    failure_type: failure_type.into(),
-                    severity,
-                    agent_id: Some(agent.clone()),
-                    task_id: None,
-                    source_event: None,
-                    metadata: Map::new(),
-                }),
-            ),
-            (
-                detected,
-                HealEvent::HealingAttempted(HealingAttempted {
-                    failure_id: failure_id.clone(),
-                    strategy: strategy.into(),
-                    agent_id: Some(agent.clone()),
-                    failure_type: Some(failure_type.into()),
-                    decision: "act".into(),
-                    reason: format!("{strategy} handles {failure_type}"),
-                    actions: vec![json!({"action": "restart", "target": agent})],
-                    details: Map::new(),
-                }),
-            ),
-            (
-                detected + Duration::milliseconds(took),
-                HealEvent::ActionExecuted(ActionExecuted {
-                    failure_id: Some(failure_id.clone()),
-                    strategy: strategy.into(),
-                    agent_id: Some(agent.clone()),
-                    action: "restart".into(),
-                    target: Some(agent.clone()),
-                    success,
-                    error: (!success).then(|| "agent did not come back".to_string()),
-                    duration_ms: took,
-                }),
-            ),
-            (
-                detected + Duration::milliseconds(took),
-                HealEvent::HealingCompleted(HealingCompleted {
-                    failure_id: failure_id.clone(),
-                    strategy: strategy.into(),
-                    agent_id: Some(agent.clone()),
-                    failure_type: Some(failure_type.into()),
-                    success,
-                    duration_ms: took,
-                    actions_taken: vec![format!("restarted {agent}")],
-                    metadata: Map::new(),
-                }),
-            ),
-        ];
-        if success {
-            facts.push((
-                detected + Duration::milliseconds(took),
-                HealEvent::FailureResolved(FailureResolved {
-                    failure_id: failure_id.clone(),
-                    failure_type: failure_type.into(),
-                    agent_id: Some(agent.clone()),
-                    strategy: Some(strategy.into()),
-                    detected_at: detected,
-                }),
-            ));
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    // Find where the previous run stopped, to continue after it.
+    let probe = cli.open(true).await?;
+    let head = probe.head_position().await?;
+    let mut last = probe.read(EventFilter {
+        after_position: head - 1,
+        ..Default::default()
+    });
+    let last_time = futures_util::StreamExt::next(&mut last)
+        .await
+        .transpose()?
+        .map(|e| e.occurred_at);
+    drop(last);
+    probe.close().await?;
+    let mut start = cli.now();
+    if let Some(t) = last_time {
+        if t >= start {
+            start = t + Duration::seconds(1);
         }
-        let events = facts
-            .iter()
-            .map(|(at, fact)| fact.to_new_event(*at))
-            .collect();
-        store
-            .append(&stream, ExpectedVersion::NoStream, events)
-            .await?;
+    }
+    let clock = Arc::new(ManualClock::new(start));
+    let store = Store::open(
+        &cli.db,
+        StoreOptions {
+            durability: cli.durability,
+            clock: clock.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    config.record(&store).await?;
+    let seed = args.seed.unwrap_or(head as u64);
+    let fleet = Arc::new(SimulatedFleet::new(args.agents as usize, seed));
+    let healer = config
+        .builder()
+        .coordinator(fleet.clone() as Arc<dyn Coordinator>)
+        .open(store)
+        .await?;
+    let mut rng = SimRng::new(seed.wrapping_add(17));
+    let mut tally = Tally::default();
+    let quorum_tick = args.ticks / 2;
+    let mut successes = 0u64;
+    let mut transitions = 0usize;
+
+    for tick in 0..args.ticks {
+        let now = clock.now_value();
+        let snapshot = fleet.snapshot();
+        for (id, agent) in &snapshot.agents {
+            if !agent.registered {
+                continue;
+            }
+            let p_fail = match (agent.healthy, agent.temperament) {
+                (false, _) => 0.6,
+                (true, Temperament::Steady) => 0.01,
+                (true, Temperament::Flapping) => 0.25,
+                (true, Temperament::Broken) => 0.1,
+            };
+            if rng.chance(p_fail) {
+                fleet.fail_agent(id);
+                let raw = json!({"type": "heartbeat_failed", "agent_id": id});
+                heal_raw(&healer, &raw, &mut tally).await?;
+            } else if agent.healthy && rng.chance(0.2) {
+                healer.record_success(id, None, now).await?;
+                successes += 1;
+            }
+        }
+        // Slow tasks: a small pool, so that retries of one task add up.
+        if rng.chance(0.25) {
+            let task = format!("task-{}", rng.below(6) + 1);
+            let agent = format!("agent-{}", rng.below(args.agents as usize) + 1);
+            let raw = json!({"type": "task_timeout", "task_id": task, "agent_id": agent});
+            heal_raw(&healer, &raw, &mut tally).await?;
+        }
+        // Token pressure: a slow wave that crosses the degradation thresholds and falls back.
+        let phase = f64::from(tick) / 12.0;
+        let usage = (0.72 + 0.27 * phase.sin()).clamp(0.0, 1.0);
+        let limit = 100_000.0;
+        if usage >= 0.8 && rng.chance(0.5) {
+            let raw = json!({
+                "type": "resource_exhaustion", "resource_type": "tokens",
+                "current_usage": (usage * limit).round(), "limit": limit,
+            });
+            heal_raw(&healer, &raw, &mut tally).await?;
+        } else if tick % 3 == 0 {
+            healer
+                .record_usage("tokens", (usage * limit).round(), limit, now)
+                .await?;
+        }
+        // Halfway through, part of the fleet drops out and the quorum is lost.
+        if tick == quorum_tick {
+            let lost = fleet.lose_agents((args.agents as usize / 2).max(1));
+            let healthy = fleet.topology().await.map(|t| t.healthy_count).unwrap_or(0);
+            let raw = json!({
+                "type": "quorum_loss", "required_quorum": (args.agents / 2 + 1).max(3),
+                "healthy_agents": healthy, "lost": lost,
+            });
+            heal_raw(&healer, &raw, &mut tally).await?;
+        }
+        transitions += healer.tick().await?.reactions.len();
+        clock.advance(Duration::seconds(TICK));
     }
 
-    let mut stream = store.read(EventFilter::after(start_head).with_types(["healing_completed"]));
-    let (mut ok, mut failed, mut total_ms) = (0u32, 0u32, 0i64);
-    while let Some(e) = stream.next().await {
-        if let Some(HealEvent::HealingCompleted(c)) = e?.decode() {
-            if c.success {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-            total_ms += c.duration_ms;
-        }
-    }
-    drop(stream);
-    let head = store.head_position().await?;
-    store.close().await?;
+    let circuits = healer.states(Some("CircuitBreaker")).await?;
+    let degradation = healer.states(Some("GradualDegradation")).await?;
+    let end = clock.now_value();
+    let head = healer.store().head_position().await?;
+    healer.close().await?;
+    let fleet_state = fleet.snapshot();
+
+    let circuit_rows: Vec<Value> = circuits
+        .iter()
+        .map(|c| {
+            json!({
+                "agent_id": c.key,
+                "state": c.state.get("state").cloned().unwrap_or(Value::Null),
+                "reopen_count": c.state.get("reopen_count").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
     let summary = json!({
         "database": cli.db.display().to_string(),
-        "failures": n,
-        "events_written": head - start_head,
-        "healed": ok,
-        "not_healed": failed,
-        "avg_healing_ms": if ok + failed > 0 { total_ms / (ok + failed) as i64 } else { 0 },
+        "seed": seed,
+        "simulated_from": healstore::time::format_time(start),
+        "simulated_until": healstore::time::format_time(end),
+        "failures": tally,
+        "success_signals": successes,
+        "tick_reactions": transitions,
+        "circuits": circuit_rows,
+        "degradation": degradation.iter().map(|d| json!({"resource": d.key, "state": d.state})).collect::<Vec<_>>(),
+        "fleet": {
+            "registered": fleet_state.agents.values().filter(|a| a.registered).count(),
+            "healthy": fleet_state.agents.values().filter(|a| a.registered && a.healthy).count(),
+            "spawned": fleet_state.spawned,
+            "paused_priorities": fleet_state.paused,
+            "concurrency": fleet_state.concurrency,
+            "caching": fleet_state.caching,
+            "prompt_simplification": fleet_state.prompt_simplification,
+            "retries_scheduled": fleet_state.retries_scheduled,
+        },
         "head_position": head,
     });
     if out.json() {
-        out.json_value(&summary)?;
-    } else {
-        out.line(&format!(
-            "simulated {n} failures: {ok} healed, {failed} not healed, average healing time {} ms",
-            summary["avg_healing_ms"]
-        ))?;
-        out.line(&format!(
-            "wrote {} events to {} (positions {}..={}); `healstore events` lists them",
-            head - start_head,
-            cli.db.display(),
-            start_head + 1,
-            head
-        ))?;
+        return out.json_value(&summary);
+    }
+    out.line(&format!(
+        "simulated {} agents for {} ticks ({} to {}), seed {seed}",
+        args.agents,
+        args.ticks,
+        healstore::time::format_time(start),
+        healstore::time::format_time(end)
+    ))?;
+    out.line(&format!(
+        "failures: {} ({} healed, {} not healed, {} held by an open circuit or backoff, {} withheld by limits)",
+        tally.failures, tally.healed, tally.not_healed, tally.held, tally.withheld
+    ))?;
+    for (t, n) in &tally.by_type {
+        out.line(&format!("  {t:<22} {n}"))?;
+    }
+    out.line("healed by:")?;
+    for (s, n) in &tally.by_strategy {
+        out.line(&format!("  {s:<40} {n}"))?;
+    }
+    out.line(&format!(
+        "fleet: {} registered, {} healthy, {} spawned; paused {:?}; concurrency {}; caching {}; prompt simplification {}",
+        summary["fleet"]["registered"],
+        summary["fleet"]["healthy"],
+        fleet_state.spawned,
+        fleet_state.paused,
+        fleet_state.concurrency,
+        fleet_state.caching,
+        fleet_state.prompt_simplification
+    ))?;
+    let rows: Vec<Vec<String>> = circuits
+        .iter()
+        .map(|c| {
+            let g = |k: &str| match c.state.get(k) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => "-".into(),
+                Some(v) => v.to_string(),
+            };
+            vec![
+                c.key.clone(),
+                g("state"),
+                g("consecutive_failures"),
+                g("reopen_count"),
+                g("next_transition_at"),
+            ]
+        })
+        .collect();
+    out.line("circuits:")?;
+    out.table(
+        &[
+            "AGENT",
+            "STATE",
+            "CONSECUTIVE_FAILURES",
+            "REOPENS",
+            "NEXT_TRANSITION_AT",
+        ],
+        &rows,
+    )?;
+    out.line(&format!(
+        "{head} events in {}; run `healstore demo` again to continue, `healstore circuits`, `healstore audit --agent agent-5`",
+        cli.db.display()
+    ))?;
+    Ok(())
+}
+
+async fn heal_raw(healer: &Healer, raw: &Value, tally: &mut Tally) -> anyhow::Result<()> {
+    if let Some(f) = healstore::heal::detect(raw, healer.now())? {
+        let report = healer.heal(f).await?;
+        tally.add(&report);
     }
     Ok(())
 }

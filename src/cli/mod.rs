@@ -3,6 +3,7 @@
 //! stdout (`healstore events | head`) is not an error.
 
 mod demo;
+mod heal;
 mod log;
 mod output;
 
@@ -42,6 +43,11 @@ pub struct Cli {
     /// Evaluate everything time-dependent at this instant (RFC 3339) instead of the wall clock.
     #[arg(long, global = true, value_parser = parse_time)]
     pub now: Option<DateTime<Utc>>,
+
+    /// The configuration file (default: healstore.toml in the current directory, if present;
+    /// otherwise built-in defaults).
+    #[arg(long, global = true, env = "HEALSTORE_CONFIG")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -84,8 +90,42 @@ pub enum Command {
     },
     /// List events, optionally following new ones as they are appended.
     Events(log::EventsArgs),
-    /// Run a short demonstration that writes a simulated fleet's failures and healing
-    /// attempts, then reads them back.
+    /// Record failures, outcomes and signals (the healer decides on each failure).
+    #[command(subcommand)]
+    Record(heal::Record),
+    /// List circuit breakers and their state.
+    Circuits {
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Operate a circuit breaker by hand, or ask it for permission to call an agent.
+    Circuit {
+        #[arg(value_enum)]
+        command: heal::CircuitCommand,
+        #[arg(long)]
+        agent: String,
+        /// Why (required for open, close and reset; recorded in the log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let time-dependent states move on (open circuits whose wait has passed turn half-open).
+    Tick,
+    /// Every strategy's state.
+    States {
+        /// Only this strategy (e.g. CircuitBreaker, AgentRestart).
+        #[arg(long)]
+        strategy: Option<String>,
+    },
+    /// The decision trail of a failure, or of everything about an agent.
+    Audit {
+        /// The failure id.
+        failure_id: Option<String>,
+        #[arg(long, conflicts_with = "failure_id")]
+        agent: Option<String>,
+    },
+    /// Run a simulated fleet healed live by the real healer on the real store (flapping
+    /// agents, slow tasks, resource pressure, a lost quorum). A second run continues from the
+    /// first one's state.
     Demo(demo::DemoArgs),
 }
 
@@ -155,6 +195,7 @@ fn init_tracing() {
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut out = Out::stdout(cli.format);
+    let mut code = ExitCode::SUCCESS;
     match &cli.command {
         Command::Init => log::init(cli, &mut out).await?,
         Command::Import { file } => log::import(cli, file, &mut out).await?,
@@ -162,7 +203,19 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Export { since, until } => log::export(cli, *since, *until, &mut out).await?,
         Command::Events(args) => log::events(cli, args, &mut out).await?,
         Command::Demo(args) => demo::run(cli, args, &mut out).await?,
+        Command::Record(what) => code = heal::record(cli, what, &mut out).await?,
+        Command::Circuits { agent } => heal::circuits(cli, agent.as_deref(), &mut out).await?,
+        Command::Circuit {
+            command,
+            agent,
+            reason,
+        } => code = heal::circuit(cli, *command, agent, reason.as_deref(), &mut out).await?,
+        Command::Tick => heal::tick(cli, &mut out).await?,
+        Command::States { strategy } => heal::states(cli, strategy.as_deref(), &mut out).await?,
+        Command::Audit { failure_id, agent } => {
+            heal::audit(cli, failure_id.as_deref(), agent.as_deref(), &mut out).await?
+        }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

@@ -236,6 +236,37 @@ pub struct Attempt {
     pub success: Option<bool>,
 }
 
+/// The decisions of one phase of a heal, appended together.
+struct Phase {
+    attempts: Vec<Attempt>,
+    /// The strategy whose decision acts, with that decision.
+    acting: Option<(Arc<dyn ErasedStrategy>, super::strategy::ErasedDecision)>,
+    /// How many members of the route the phase went through.
+    consumed: usize,
+    /// Locks on the states the phase decided on, held until its actions are recorded.
+    guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Attempt {
+    fn new(
+        strategy: &str,
+        decision: &str,
+        reason: String,
+        details: Map<String, Value>,
+        actions: Vec<Action>,
+    ) -> Self {
+        Attempt {
+            strategy: strategy.to_owned(),
+            decision: decision.to_owned(),
+            reason,
+            details,
+            actions,
+            results: Vec::new(),
+            success: None,
+        }
+    }
+}
+
 /// Everything the healer did about one failure.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealReport {
@@ -248,6 +279,8 @@ pub struct HealReport {
     pub delegated: Vec<Action>,
     /// The failure id was already recorded: nothing was done again.
     pub duplicate: bool,
+    /// Microseconds from the call until the failure and the first decision were committed.
+    pub decided_us: u64,
 }
 
 /// What a signal (success, command, tick, permit) changed.
@@ -504,28 +537,22 @@ impl Healer {
 
     /// Heals a failure: records it and every decision, acts (or delegates), records the
     /// outcome. Healing a failure id that is already recorded does nothing again.
+    ///
+    /// The failure and the decisions up to the first one that acts (or holds) are appended in
+    /// one atomic append, together with the strategies' state events: one commit between a
+    /// failure and its decision.
     pub async fn heal(&self, failure: Failure) -> Result<HealReport> {
+        use tracing::Instrument;
         let span = tracing::info_span!("heal", failure_id = %failure.failure_id, failure_type = %failure.failure_type);
-        let _enter = span.enter();
+        self.heal_inner(failure).instrument(span).await
+    }
+
+    async fn heal_inner(&self, failure: Failure) -> Result<HealReport> {
         crate::event::check_id("failure_id", &failure.failure_id)?;
         crate::event::check_id("failure_type", &failure.failure_type)?;
         let now = self.clock.now();
         let started = Instant::now();
-        let detected = Self::fact(
-            HealEvent::FailureDetected(FailureDetected {
-                failure_id: failure.failure_id.clone(),
-                failure_type: failure.failure_type.clone(),
-                severity: failure.severity,
-                agent_id: failure.agent_id.clone(),
-                task_id: failure.task_id.clone(),
-                source_event: failure.source_event.clone(),
-                metadata: failure.metadata.clone(),
-            }),
-            failure.detected_at,
-        )
-        .with_id(format!("{}-detected", failure.failure_id));
         let fstream = failure.stream_id();
-
         let mut report = HealReport {
             failure: failure.clone(),
             route: "none".into(),
@@ -541,68 +568,58 @@ impl Healer {
             },
             delegated: Vec::new(),
             duplicate: false,
+            decided_us: 0,
         };
-
-        let Some(route) = self.routes.get(&failure.failure_type).cloned() else {
-            let attempted = self.attempted_event(
-                &failure,
-                "none",
-                "no_strategy",
-                &format!("no strategy is registered for {}", failure.failure_type),
-                &[],
-                Map::new(),
-                now,
-            );
-            let appended = self
-                .store
-                .append(&fstream, ExpectedVersion::Any, vec![detected, attempted])
-                .await?;
-            report.duplicate = appended.first().is_some_and(|a| a.duplicate);
-            report.attempts.push(Attempt {
-                strategy: "none".into(),
-                decision: "no_strategy".into(),
-                reason: format!("no strategy is registered for {}", failure.failure_type),
-                details: Map::new(),
-                actions: Vec::new(),
-                results: Vec::new(),
-                success: None,
-            });
-            return Ok(report);
-        };
-        report.route = route.name();
-
-        // The failure is recorded first, on its own: a retried heal of the same id stops here.
-        let first = self
-            .store
-            .append(&fstream, ExpectedVersion::Any, vec![detected])
-            .await?;
-        if first.first().is_some_and(|a| a.duplicate) {
-            report.duplicate = true;
-            return Ok(report);
+        let route = self.routes.get(&failure.failure_type).cloned();
+        if let Some(r) = &route {
+            report.route = r.name();
         }
+        let members: Vec<Arc<dyn ErasedStrategy>> = route
+            .as_ref()
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
 
-        for member in &route.members {
-            let attempt = self
-                .attempt(member, &failure, &fstream, now, started)
-                .await?;
-            let decision = attempt.decision.clone();
-            let success = attempt.success;
-            if decision == "delegated" {
-                report.delegated.extend(attempt.actions.iter().cloned());
-            }
-            report.attempts.push(attempt);
-            let stop = match decision.as_str() {
-                "act" => success == Some(true),
-                "declined" | "failed" => false,
-                // Held, delegated, shadow, suggested or withheld: the chain ends here.
-                _ => true,
+        let mut rest: &[Arc<dyn ErasedStrategy>] = &members;
+        let mut first = true;
+        loop {
+            let phase = self.decide_phase(&failure, rest, first, now).await?;
+            let Some(phase) = phase else {
+                report.duplicate = true;
+                return Ok(report);
             };
-            if stop {
-                break;
+            if first {
+                report.decided_us = started.elapsed().as_micros() as u64;
+            }
+            first = false;
+            rest = &rest[phase.consumed..];
+            let last_label = phase.attempts.last().map(|a| a.decision.clone());
+            report.attempts.extend(phase.attempts);
+            match last_label.as_deref() {
+                Some("act") => {
+                    let (strategy, decision) = phase.acting.expect("an acting decision");
+                    let attempt = report.attempts.last_mut().expect("an attempt");
+                    let ok = self
+                        .act(
+                            &strategy, &failure, &fstream, &decision, attempt, now, started,
+                        )
+                        .await?;
+                    drop(phase.guards);
+                    if ok || rest.is_empty() {
+                        break;
+                    }
+                    // A composite chain goes on to its next member.
+                }
+                Some("delegated") => {
+                    let a = report.attempts.last().expect("an attempt");
+                    report.delegated.extend(a.actions.iter().cloned());
+                    break;
+                }
+                _ => break,
             }
         }
 
         // The result, as the seed describes it.
+        let composite = route.as_ref().is_some_and(|r| r.composite);
         let acted = report
             .attempts
             .iter()
@@ -610,7 +627,7 @@ impl Healer {
             .find(|a| matches!(a.decision.as_str(), "act" | "delegated" | "shadow"));
         if let Some(a) = acted {
             report.result.success = a.success == Some(true);
-            report.result.strategy_used = if route.composite {
+            report.result.strategy_used = if composite {
                 format!("Composite[{}]", a.strategy)
             } else {
                 a.strategy.clone()
@@ -644,6 +661,245 @@ impl Healer {
         Ok(report)
     }
 
+    /// Decides with `members` in order until one acts or holds (declines and failures go on),
+    /// and appends every decision of the phase, the strategies' state events and, for the
+    /// first phase, the failure itself, in one atomic append. `None`: the failure was already
+    /// recorded (a retried heal), nothing was written.
+    async fn decide_phase(
+        &self,
+        failure: &Failure,
+        members: &[Arc<dyn ErasedStrategy>],
+        first: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Phase>> {
+        let fstream = failure.stream_id();
+        if first
+            && self
+                .store
+                .event_exists(&format!("{}-detected", failure.failure_id))
+                .await?
+        {
+            return Ok(None);
+        }
+        // Lock every state the phase may touch, in a global order (no deadlock between
+        // routes that list the same strategies in another order).
+        let mut streams: Vec<String> = members
+            .iter()
+            .filter(|m| m.can_heal(failure))
+            .map(|m| strategy_stream(m.name(), &m.key(failure)))
+            .collect();
+        streams.sort();
+        streams.dedup();
+        let mut guards = Vec::with_capacity(streams.len());
+        for s in &streams {
+            guards.push(self.key_lock(s).lock_owned().await);
+        }
+
+        for tries in 1.. {
+            self.catch_up().await?;
+            let mut parts: Vec<StreamAppend> = Vec::new();
+            let mut applied: Vec<(Arc<dyn ErasedStrategy>, String, String, Vec<Value>)> =
+                Vec::new();
+            let mut fevents: Vec<NewEvent> = Vec::new();
+            if first {
+                fevents.push(self.detected_event(failure));
+            }
+            let mut attempts = Vec::new();
+            let mut acting = None;
+            let mut consumed = 0;
+            for member in members {
+                consumed += 1;
+                let name = member.name().to_owned();
+                if !member.can_heal(failure) {
+                    let reason = format!("{name} does not heal {} failures", failure.failure_type);
+                    fevents.push(self.attempted_event(
+                        failure,
+                        &name,
+                        "declined",
+                        &reason,
+                        &[],
+                        Map::new(),
+                        now,
+                    ));
+                    attempts.push(Attempt::new(
+                        &name,
+                        "declined",
+                        reason,
+                        Map::new(),
+                        Vec::new(),
+                    ));
+                    continue;
+                }
+                let key = member.key(failure);
+                let sstream = strategy_stream(&name, &key);
+                let (version, state) = self.current(member, &sstream);
+                let mut d = member.decide(&state, failure, now);
+                d.details.insert("state_version".into(), json!(version));
+                d.details
+                    .insert("state_before".into(), member.describe(&state, now));
+                let mut label = d.verdict.as_str().to_owned();
+                let mut reason = d.reason.clone();
+                let mut record_state = true;
+                if d.verdict == Verdict::Act {
+                    match self.options.mode {
+                        Mode::SuggestOnly => {
+                            label = "suggest_only".into();
+                            record_state = false;
+                        }
+                        Mode::Shadow => label = "shadow".into(),
+                        Mode::Auto => {
+                            if let Some(why) = self.over_limit(failure, &d.actions, now).await? {
+                                label = "withheld".into();
+                                reason = format!("{reason}; withheld: {why}");
+                                record_state = false;
+                            } else if self.coordinator.is_none() {
+                                label = "delegated".into();
+                            }
+                        }
+                    }
+                }
+                if record_state && !d.events.is_empty() {
+                    parts.push(StreamAppend {
+                        stream_id: sstream.clone(),
+                        expected: ExpectedVersion::Exact(version),
+                        events: Self::strategy_events(&name, &key, &d.events, now)?,
+                    });
+                    applied.push((
+                        member.clone(),
+                        sstream.clone(),
+                        key.clone(),
+                        d.events.iter().map(|(_, v)| v.clone()).collect(),
+                    ));
+                } else if !d.events.is_empty() {
+                    d.details.insert(
+                        "events_not_recorded".into(),
+                        json!(d.events.iter().map(|(t, _)| t).collect::<Vec<_>>()),
+                    );
+                }
+                fevents.push(self.attempted_event(
+                    failure,
+                    &name,
+                    &label,
+                    &reason,
+                    &d.actions,
+                    d.details.clone(),
+                    now,
+                ));
+                let mut attempt = Attempt::new(
+                    &name,
+                    &label,
+                    reason.clone(),
+                    d.details.clone(),
+                    d.actions.clone(),
+                );
+                if label == "failed" {
+                    // A failed attempt counts in the statistics.
+                    fevents.push(Self::fact(
+                        HealEvent::HealingCompleted(HealingCompleted {
+                            failure_id: failure.failure_id.clone(),
+                            strategy: name.clone(),
+                            agent_id: failure.agent_id.clone(),
+                            failure_type: Some(failure.failure_type.clone()),
+                            success: false,
+                            duration_ms: 0,
+                            actions_taken: Vec::new(),
+                            metadata: Map::from_iter([("reason".to_owned(), json!(reason))]),
+                        }),
+                        now,
+                    ));
+                    attempt.success = Some(false);
+                }
+                attempts.push(attempt);
+                match label.as_str() {
+                    "declined" | "failed" => continue,
+                    "act" => {
+                        acting = Some((member.clone(), d));
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            if members.is_empty() {
+                let reason = format!("no strategy is registered for {}", failure.failure_type);
+                fevents.push(self.attempted_event(
+                    failure,
+                    "none",
+                    "no_strategy",
+                    &reason,
+                    &[],
+                    Map::new(),
+                    now,
+                ));
+                attempts.push(Attempt::new(
+                    "none",
+                    "no_strategy",
+                    reason,
+                    Map::new(),
+                    Vec::new(),
+                ));
+            }
+            let n_state_parts = parts.len();
+            parts.push(StreamAppend {
+                stream_id: fstream.clone(),
+                // The first phase creates the failure's stream: if it exists, the failure was
+                // recorded meanwhile by another heal of the same id.
+                expected: if first {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::StreamExists
+                },
+                events: fevents,
+            });
+            match self.store.append_atomic(parts).await {
+                Ok(appended) => {
+                    let mut i = 0;
+                    for (strategy, stream, key, values) in applied.iter().take(n_state_parts) {
+                        let versions: Vec<(u64, Value)> = appended[i..i + values.len()]
+                            .iter()
+                            .zip(values)
+                            .map(|(a, v)| (a.stream_version, v.clone()))
+                            .collect();
+                        i += values.len();
+                        self.apply_local(strategy, stream, key, &versions);
+                    }
+                    return Ok(Some(Phase {
+                        attempts,
+                        acting,
+                        consumed,
+                        guards,
+                    }));
+                }
+                Err(Error::WrongExpectedVersion { .. } | Error::InvalidEvent(_))
+                    if first && self.store.stream_version(&fstream).await? > 0 =>
+                {
+                    return Ok(None);
+                }
+                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                    tracing::debug!("lost a race on a strategy state; deciding again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn detected_event(&self, failure: &Failure) -> NewEvent {
+        Self::fact(
+            HealEvent::FailureDetected(FailureDetected {
+                failure_id: failure.failure_id.clone(),
+                failure_type: failure.failure_type.clone(),
+                severity: failure.severity,
+                agent_id: failure.agent_id.clone(),
+                task_id: failure.task_id.clone(),
+                source_event: failure.source_event.clone(),
+                metadata: failure.metadata.clone(),
+            }),
+            failure.detected_at,
+        )
+        .with_id(format!("{}-detected", failure.failure_id))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attempted_event(
         &self,
@@ -673,162 +929,25 @@ impl Healer {
         )
     }
 
-    /// One strategy's turn: decide (retrying on conflicts), record, act, record the outcome.
-    async fn attempt(
+    /// Carries out an acting decision through the coordinator, recording every action's result
+    /// and the outcome (with the strategy's reaction to it). Returns whether it healed.
+    #[allow(clippy::too_many_arguments)]
+    async fn act(
         &self,
         strategy: &Arc<dyn ErasedStrategy>,
         failure: &Failure,
         fstream: &str,
-        now: DateTime<Utc>,
+        decision: &super::strategy::ErasedDecision,
+        attempt: &mut Attempt,
+        _now: DateTime<Utc>,
         started: Instant,
-    ) -> Result<Attempt> {
+    ) -> Result<bool> {
+        let Some(coordinator) = self.coordinator.clone() else {
+            return Ok(false);
+        };
         let name = strategy.name().to_owned();
-        if !strategy.can_heal(failure) {
-            let reason = format!("{name} does not heal {} failures", failure.failure_type);
-            let ev =
-                self.attempted_event(failure, &name, "declined", &reason, &[], Map::new(), now);
-            self.store
-                .append(fstream, ExpectedVersion::Any, vec![ev])
-                .await?;
-            return Ok(Attempt {
-                strategy: name,
-                decision: "declined".into(),
-                reason,
-                details: Map::new(),
-                actions: Vec::new(),
-                results: Vec::new(),
-                success: None,
-            });
-        }
         let key = strategy.key(failure);
         let sstream = strategy_stream(&name, &key);
-        let lock = self.key_lock(&sstream);
-        let _guard = lock.lock().await;
-
-        // Decide and record, atomically with the state change.
-        let mut tries = 0;
-        let (decision, label, reason) = loop {
-            tries += 1;
-            self.catch_up().await?;
-            let (version, state) = self.current(strategy, &sstream);
-            let mut d = strategy.decide(&state, failure, now);
-            d.details.insert("state_version".into(), json!(version));
-            d.details
-                .insert("state_before".into(), strategy.describe(&state, now));
-            let mut label = d.verdict.as_str().to_owned();
-            let mut reason = d.reason.clone();
-            let mut record_state = true;
-            if d.verdict == Verdict::Act {
-                match self.options.mode {
-                    Mode::SuggestOnly => {
-                        label = "suggest_only".into();
-                        record_state = false;
-                    }
-                    Mode::Shadow => label = "shadow".into(),
-                    Mode::Auto => {
-                        if let Some(why) = self.over_limit(failure, &d.actions, now).await? {
-                            label = "withheld".into();
-                            reason = format!("{reason}; withheld: {why}");
-                            record_state = false;
-                        } else if self.coordinator.is_none() {
-                            label = "delegated".into();
-                        }
-                    }
-                }
-            }
-            let mut parts = vec![];
-            let state_events = if record_state {
-                Self::strategy_events(&name, &key, &d.events, now)?
-            } else {
-                if !d.events.is_empty() {
-                    d.details.insert(
-                        "events_not_recorded".into(),
-                        json!(d.events.iter().map(|(t, _)| t).collect::<Vec<_>>()),
-                    );
-                }
-                Vec::new()
-            };
-            let n_state = state_events.len();
-            if n_state > 0 {
-                parts.push(StreamAppend {
-                    stream_id: sstream.clone(),
-                    expected: ExpectedVersion::Exact(version),
-                    events: state_events,
-                });
-            }
-            parts.push(StreamAppend {
-                stream_id: fstream.to_owned(),
-                expected: ExpectedVersion::Any,
-                events: vec![self.attempted_event(
-                    failure,
-                    &name,
-                    &label,
-                    &reason,
-                    &d.actions,
-                    d.details.clone(),
-                    now,
-                )],
-            });
-            match self.store.append_atomic(parts).await {
-                Ok(appended) => {
-                    if n_state > 0 {
-                        let applied: Vec<(u64, Value)> = appended[..n_state]
-                            .iter()
-                            .zip(&d.events)
-                            .map(|(a, (_, v))| (a.stream_version, v.clone()))
-                            .collect();
-                        self.apply_local(strategy, &sstream, &key, &applied);
-                    }
-                    break (d, label, reason);
-                }
-                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
-                    tracing::debug!(stream = %sstream, "lost a race; deciding again");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-
-        let mut attempt = Attempt {
-            strategy: name.clone(),
-            decision: label.clone(),
-            reason,
-            details: decision.details.clone(),
-            actions: decision.actions.clone(),
-            results: Vec::new(),
-            success: None,
-        };
-        match label.as_str() {
-            "act" => {}
-            "failed" => {
-                // A failed attempt counts in the statistics.
-                let ev = Self::fact(
-                    HealEvent::HealingCompleted(HealingCompleted {
-                        failure_id: failure.failure_id.clone(),
-                        strategy: name.clone(),
-                        agent_id: failure.agent_id.clone(),
-                        failure_type: Some(failure.failure_type.clone()),
-                        success: false,
-                        duration_ms: started.elapsed().as_millis() as i64,
-                        actions_taken: Vec::new(),
-                        metadata: Map::from_iter([("reason".to_owned(), json!(attempt.reason))]),
-                    }),
-                    self.clock.now(),
-                );
-                self.store
-                    .append(fstream, ExpectedVersion::Any, vec![ev])
-                    .await?;
-                attempt.success = Some(false);
-                return Ok(attempt);
-            }
-            _ => return Ok(attempt),
-        }
-
-        // Act through the coordinator, recording every action and the outcome.
-        let coordinator = match &self.coordinator {
-            Some(c) => c.clone(),
-            None => return Ok(attempt),
-        };
         let mut events = Vec::new();
         let mut all_ok = true;
         for action in &decision.actions {
@@ -896,7 +1015,7 @@ impl Healer {
             strategy, failure, &sstream, &key, all_ok, fstream, events, end,
         )
         .await?;
-        Ok(attempt)
+        Ok(all_ok)
     }
 
     /// Appends outcome facts to the failure stream with the strategy's reaction to the
@@ -1329,8 +1448,13 @@ impl Healer {
                             results.push(res);
                         }
                         if !facts.is_empty() {
+                            // Not in the state stream: these are results, not state.
                             self.store
-                                .append(&sstream, ExpectedVersion::Any, facts)
+                                .append(
+                                    &format!("actions-{name}-{key}"),
+                                    ExpectedVersion::Any,
+                                    facts,
+                                )
                                 .await?;
                         }
                     }

@@ -179,7 +179,11 @@ impl Coordinator for SimulatedFleet {
         }))
     }
 
-    async fn register_agent(&self, agent_id: &str, _metadata: Map<String, Value>) -> CoordResult<()> {
+    async fn register_agent(
+        &self,
+        agent_id: &str,
+        _metadata: Map<String, Value>,
+    ) -> CoordResult<()> {
         self.with(|s, rng| {
             let a = s.agents.get_mut(agent_id).ok_or_else(|| {
                 CoordinatorError::new(format!("agent {agent_id} is not part of the fleet"))
@@ -264,7 +268,12 @@ impl Coordinator for SimulatedFleet {
         Ok(())
     }
 
-    async fn retry_task(&self, _task: &str, _agent: Option<&str>, _delay_ms: u64) -> CoordResult<()> {
+    async fn retry_task(
+        &self,
+        _task: &str,
+        _agent: Option<&str>,
+        _delay_ms: u64,
+    ) -> CoordResult<()> {
         self.with(|s, _| s.retries_scheduled += 1);
         Ok(())
     }

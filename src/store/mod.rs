@@ -265,6 +265,16 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
+    /// Whether an event id is stored.
+    pub async fn event_exists(&self, event_id: &str) -> Result<bool> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT 1 FROM events WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&self.inner.readers)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(v.is_some())
+    }
+
     /// The number of events in a stream (its current version).
     pub async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         let v: Option<i64> =

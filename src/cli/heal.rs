@@ -1,0 +1,517 @@
+//! Commands of the healing engine: record, circuits, circuit, tick, states, audit.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use healstore::heal::{Failure, HealReport, Healer, Severity, SignalReport};
+use healstore::{EventFilter, RecordedEvent};
+use serde_json::{Map, Value, json};
+
+use super::{Cli, Out};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Record {
+    /// Record a failure and run the healer on it (decision mode: the decision is recorded and
+    /// its actions printed for the caller to carry out; report the outcome with
+    /// `record outcome`).
+    Failure {
+        /// The failure type (agent_down, task_timeout, resource_exhaustion, quorum_loss...).
+        #[arg(long = "type")]
+        failure_type: String,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        /// critical, high, medium or low.
+        #[arg(long, default_value = "high", value_parser = parse_severity)]
+        severity: Severity,
+        /// Strategy inputs as a JSON object (resource_type, current_usage, limit, ...).
+        #[arg(long)]
+        meta: Option<String>,
+        /// The failure id (default: a new UUIDv7). Recording an id twice heals once.
+        #[arg(long)]
+        id: Option<String>,
+        /// When the failure happened (default: now).
+        #[arg(long, value_parser = super::parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Detect a failure in a raw monitoring event and heal it as `record failure` does.
+    Event {
+        /// The raw event, e.g. '{"type":"heartbeat_failed","agent_id":"a-1"}'.
+        #[arg(long)]
+        json: String,
+    },
+    /// Report the outcome of a delegated decision.
+    Outcome {
+        #[arg(long)]
+        failure: String,
+        #[arg(long, conflicts_with = "failed", required_unless_present = "failed")]
+        success: bool,
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        duration_ms: Option<u32>,
+        #[arg(long, value_parser = super::parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Report that an agent completed work successfully (a success signal).
+    Success {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, value_parser = super::parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Report a resource's usage (degradation steps back as pressure falls).
+    Usage {
+        #[arg(long)]
+        resource: String,
+        #[arg(long)]
+        current: f64,
+        #[arg(long)]
+        limit: f64,
+        #[arg(long, value_parser = super::parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CircuitCommand {
+    /// Force the circuit open (the agent is taken out of rotation until closed).
+    Open,
+    /// Force the circuit closed.
+    Close,
+    /// Close the circuit and clear its counters and escalation.
+    Reset,
+    /// Ask whether a call may go to the agent: exit 0 when admitted, 1 when rejected.
+    Permit,
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?} is not one of critical, high, medium, low"))
+}
+
+pub async fn open_healer(cli: &Cli) -> anyhow::Result<Healer> {
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    let store = cli.open(true).await?;
+    config.record(&store).await?;
+    Ok(config.builder().open(store).await?)
+}
+
+pub async fn record(cli: &Cli, what: &Record, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let healer = open_healer(cli).await?;
+    let now = healer.now();
+    let result = record_inner(&healer, what, now, out).await;
+    healer.close().await?;
+    result
+}
+
+async fn record_inner(
+    healer: &Healer,
+    what: &Record,
+    now: DateTime<Utc>,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
+    match what {
+        Record::Failure {
+            failure_type,
+            agent,
+            task,
+            severity,
+            meta,
+            id,
+            at,
+        } => {
+            let mut f = Failure::new(failure_type.clone(), *severity, at.unwrap_or(now));
+            f.agent_id = agent.clone();
+            f.task_id = task.clone();
+            if let Some(id) = id {
+                f.failure_id = id.clone();
+            }
+            if let Some(meta) = meta {
+                let v: Value = serde_json::from_str(meta).context("--meta is not valid JSON")?;
+                let Value::Object(m) = v else {
+                    bail!("--meta must be a JSON object");
+                };
+                f.metadata = m;
+            }
+            let report = healer.heal(f).await?;
+            print_report(out, &report)?;
+        }
+        Record::Event { json } => {
+            let raw: Value = serde_json::from_str(json).context("--json is not valid JSON")?;
+            match healstore::heal::detect(&raw, now)? {
+                Some(f) => {
+                    let report = healer.heal(f).await?;
+                    print_report(out, &report)?;
+                }
+                None => {
+                    if out.json() {
+                        out.json_value(&json!({"detected": false}))?;
+                    } else {
+                        out.line("no failure detected in this event")?;
+                    }
+                }
+            }
+        }
+        Record::Outcome {
+            failure,
+            success,
+            failed: _,
+            duration_ms,
+            at,
+        } => {
+            let r = healer
+                .record_outcome(
+                    failure,
+                    *success,
+                    duration_ms.map(i64::from),
+                    at.unwrap_or(now),
+                )
+                .await?;
+            if out.json() {
+                out.json_value(&r)?;
+            } else {
+                out.line(&format!(
+                    "recorded: {} {} by {} ({} ms){}",
+                    r.failure_id,
+                    if r.success { "healed" } else { "not healed" },
+                    r.strategy,
+                    r.duration_ms,
+                    r.time_to_recover_ms
+                        .map(|t| format!(", recovered {t} ms after detection"))
+                        .unwrap_or_default()
+                ))?;
+            }
+        }
+        Record::Success { agent, task, at } => {
+            let r = healer
+                .record_success(agent, task.as_deref(), at.unwrap_or(now))
+                .await?;
+            print_signal(out, &r)?;
+        }
+        Record::Usage {
+            resource,
+            current,
+            limit,
+            at,
+        } => {
+            let r = healer
+                .record_usage(resource, *current, *limit, at.unwrap_or(now))
+                .await?;
+            print_signal(out, &r)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(out: &mut Out, r: &HealReport) -> anyhow::Result<()> {
+    if out.json() {
+        return out.json_value(&json!({
+            "failure_id": r.failure.failure_id,
+            "failure_type": r.failure.failure_type,
+            "agent_id": r.failure.agent_id,
+            "duplicate": r.duplicate,
+            "route": r.route,
+            "attempts": r.attempts,
+            "delegated_actions": r.delegated,
+            "result": r.result,
+        }));
+    }
+    out.line(&format!("failure_id: {}", r.failure.failure_id))?;
+    if r.duplicate {
+        out.line("this failure id was already recorded: nothing was done again")?;
+        return Ok(());
+    }
+    out.line(&format!("route: {}", r.route))?;
+    for a in &r.attempts {
+        out.line(&format!("  {} {}: {}", a.strategy, a.decision, a.reason))?;
+        for (i, act) in a.actions.iter().enumerate() {
+            let result = match a.results.get(i) {
+                Some(Ok(s)) => format!(" -> {s}"),
+                Some(Err(e)) => format!(" -> failed: {e}"),
+                None => String::new(),
+            };
+            out.line(&format!("    action: {}{result}", act.describe()))?;
+        }
+    }
+    if !r.delegated.is_empty() {
+        out.line("carry out these actions, then run `healstore record outcome`:")?;
+        for a in &r.delegated {
+            out.line(&format!("  {}", serde_json::to_string(a)?))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_signal(out: &mut Out, r: &SignalReport) -> anyhow::Result<()> {
+    if out.json() {
+        return out.json_value(r);
+    }
+    if r.reactions.is_empty() {
+        out.line("recorded; no strategy state changed")?;
+    }
+    for x in &r.reactions {
+        out.line(&format!("{} [{}]: {}", x.strategy, x.key, x.reason))?;
+        for a in &x.actions {
+            out.line(&format!("  action: {}", a.describe()))?;
+        }
+    }
+    if let Some(p) = r.permitted {
+        out.line(if p { "permitted" } else { "rejected" })?;
+    }
+    Ok(())
+}
+
+pub async fn circuits(cli: &Cli, agent: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
+    let healer = open_healer(cli).await?;
+    let states = healer.states(Some("CircuitBreaker")).await;
+    healer.close().await?;
+    let rows: Vec<Value> = states?
+        .into_iter()
+        .filter(|s| agent.is_none_or(|a| a == s.key))
+        .map(|s| {
+            let mut v = s.state;
+            if let Some(o) = v.as_object_mut() {
+                o.entry("agent_id").or_insert(json!(s.key));
+            }
+            v
+        })
+        .collect();
+    if out.json() {
+        return out.json_value(&json!({ "circuits": rows }));
+    }
+    let cell = |v: &Value, k: &str| match v.get(k) {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|v| {
+            [
+                "agent_id",
+                "state",
+                "consecutive_failures",
+                "reopen_count",
+                "opened_at",
+                "next_transition_at",
+            ]
+            .iter()
+            .map(|k| cell(v, k))
+            .collect()
+        })
+        .collect();
+    out.table(
+        &[
+            "AGENT",
+            "STATE",
+            "CONSECUTIVE_FAILURES",
+            "REOPENS",
+            "OPENED_AT",
+            "NEXT_TRANSITION_AT",
+        ],
+        &table,
+    )
+}
+
+pub async fn circuit(
+    cli: &Cli,
+    command: CircuitCommand,
+    agent: &str,
+    reason: Option<&str>,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
+    let healer = open_healer(cli).await?;
+    let result = match command {
+        CircuitCommand::Permit => healer.permit(agent).await,
+        other => {
+            let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+                healer.close().await?;
+                bail!("`circuit {other:?}` needs --reason", other = other);
+            };
+            let word = match other {
+                CircuitCommand::Open => "open",
+                CircuitCommand::Close => "close",
+                _ => "reset",
+            };
+            healer
+                .command(Some("CircuitBreaker"), agent, word, reason)
+                .await
+        }
+    };
+    healer.close().await?;
+    let report = result?;
+    print_signal(out, &report)?;
+    Ok(match report.permitted {
+        Some(false) => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+pub async fn tick(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
+    let healer = open_healer(cli).await?;
+    let r = healer.tick().await;
+    healer.close().await?;
+    print_signal(out, &r?)
+}
+
+pub async fn states(cli: &Cli, strategy: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
+    let healer = open_healer(cli).await?;
+    let r = healer.states(strategy).await;
+    healer.close().await?;
+    let states = r?;
+    if out.json() {
+        return out.json_value(&json!({ "states": states }));
+    }
+    let rows: Vec<Vec<String>> = states
+        .iter()
+        .map(|s| {
+            vec![
+                s.strategy.clone(),
+                s.key.clone(),
+                s.version.to_string(),
+                s.state.to_string(),
+            ]
+        })
+        .collect();
+    out.table(&["STRATEGY", "KEY", "VERSION", "STATE"], &rows)
+}
+
+pub async fn audit(
+    cli: &Cli,
+    failure_id: Option<&str>,
+    agent: Option<&str>,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let store = cli.open(false).await?;
+    let filter = match (failure_id, agent) {
+        (Some(f), None) => EventFilter::stream(healstore::heal::model::failure_stream(f)),
+        (None, Some(a)) => EventFilter {
+            agent_id: Some(a.to_owned()),
+            position_order: true,
+            ..Default::default()
+        },
+        _ => {
+            store.close().await?;
+            bail!("give a failure id or --agent (one of them)");
+        }
+    };
+    let mut events = store.read(filter);
+    let mut n = 0;
+    while let Some(e) = events.next().await {
+        let e = e?;
+        n += 1;
+        if out.json() {
+            out.json_value(&e.to_line())?;
+        } else {
+            out.line(&describe(&e))?;
+        }
+    }
+    drop(events);
+    store.close().await?;
+    if n == 0 {
+        match failure_id {
+            Some(f) => bail!("no failure with id {f:?} is recorded"),
+            None => {
+                if !out.json() {
+                    out.line("no events name this agent")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line of the decision trail, for people.
+fn describe(e: &RecordedEvent) -> String {
+    let p = &e.payload;
+    let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let what = match e.event_type.as_str() {
+        "failure_detected" => format!(
+            "{} detected (severity {}){}{}",
+            s("failure_type"),
+            s("severity"),
+            p.get("agent_id")
+                .and_then(Value::as_str)
+                .map(|a| format!(" on agent {a}"))
+                .unwrap_or_default(),
+            p.get("task_id")
+                .and_then(Value::as_str)
+                .map(|t| format!(" for task {t}"))
+                .unwrap_or_default(),
+        ),
+        "healing_attempted" => {
+            let details = p
+                .get("details")
+                .and_then(Value::as_object)
+                .map(summarize)
+                .unwrap_or_default();
+            format!(
+                "{} decided {}: {}{}",
+                s("strategy"),
+                s("decision"),
+                s("reason"),
+                if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{details}]")
+                }
+            )
+        }
+        "action_executed" => format!(
+            "{} {} {}: {}",
+            s("strategy"),
+            s("action"),
+            s("target"),
+            if p.get("success").and_then(Value::as_bool) == Some(true) {
+                "ok".to_owned()
+            } else {
+                format!("failed ({})", s("error"))
+            }
+        ),
+        "healing_completed" => format!(
+            "{} {} in {} ms",
+            s("strategy"),
+            if p.get("success").and_then(Value::as_bool) == Some(true) {
+                "healed"
+            } else {
+                "did not heal"
+            },
+            p.get("duration_ms").cloned().unwrap_or(Value::Null)
+        ),
+        "failure_resolved" => format!("resolved (detected {})", s("detected_at")),
+        "circuit_transitioned" => format!(
+            "circuit {}: {} -> {} ({})",
+            s("circuit"),
+            s("from"),
+            s("to"),
+            s("reason")
+        ),
+        _ => {
+            let mut m = p.as_object().cloned().unwrap_or_default();
+            m.remove("strategy");
+            m.remove("key");
+            summarize(&m)
+        }
+    };
+    format!(
+        "{}  #{}  {:<22} {}",
+        healstore::time::format_time(e.occurred_at),
+        e.position,
+        e.event_type,
+        what
+    )
+}
+
+fn summarize(m: &Map<String, Value>) -> String {
+    m.iter()
+        .filter(|(k, _)| k.as_str() != "state_before")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
