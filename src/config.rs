@@ -156,12 +156,12 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.circuit_breaker.validate()?;
-        if let Some(f) = self.limits.max_disabled_fraction {
-            if !(0.0..=1.0).contains(&f) {
-                return Err(Error::InvalidInput(format!(
-                    "limits.max_disabled_fraction must be between 0 and 1, not {f}"
-                )));
-            }
+        if let Some(f) = self.limits.max_disabled_fraction
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(Error::InvalidInput(format!(
+                "limits.max_disabled_fraction must be between 0 and 1, not {f}"
+            )));
         }
         for r in &self.route {
             if r.failure_types.is_empty() {

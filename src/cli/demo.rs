@@ -84,10 +84,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     drop(last);
     probe.close().await?;
     let mut start = cli.now();
-    if let Some(t) = last_time {
-        if t >= start {
-            start = t + Duration::seconds(1);
-        }
+    if let Some(t) = last_time
+        && t >= start
+    {
+        start = t + Duration::seconds(1);
     }
     let clock = Arc::new(ManualClock::new(start));
     let store = Store::open(

@@ -294,7 +294,7 @@ pub async fn circuits(cli: &Cli, agent: Option<&str>, out: &mut Out) -> anyhow::
         .iter()
         .map(|v| {
             [
-                "agent_id",
+                "circuit",
                 "state",
                 "consecutive_failures",
                 "reopen_count",
@@ -308,7 +308,7 @@ pub async fn circuits(cli: &Cli, agent: Option<&str>, out: &mut Out) -> anyhow::
         .collect();
     out.table(
         &[
-            "AGENT",
+            "CIRCUIT",
             "STATE",
             "CONSECUTIVE_FAILURES",
             "REOPENS",

@@ -236,6 +236,9 @@ pub struct Attempt {
     pub success: Option<bool>,
 }
 
+/// State events a phase appends: the strategy, its stream, its key, the events.
+type Applied = (Arc<dyn ErasedStrategy>, String, String, Vec<Value>);
+
 /// The decisions of one phase of a heal, appended together.
 struct Phase {
     attempts: Vec<Attempt>,
@@ -698,8 +701,7 @@ impl Healer {
         for tries in 1.. {
             self.catch_up().await?;
             let mut parts: Vec<StreamAppend> = Vec::new();
-            let mut applied: Vec<(Arc<dyn ErasedStrategy>, String, String, Vec<Value>)> =
-                Vec::new();
+            let mut applied: Vec<Applied> = Vec::new();
             let mut fevents: Vec<NewEvent> = Vec::new();
             if first {
                 fevents.push(self.detected_event(failure));
@@ -1241,11 +1243,12 @@ impl Healer {
         let mut disabled = HashSet::new();
         let mut known = HashSet::new();
         for e in map.values() {
-            if e.key == "fleet" {
-                continue;
-            }
             if let Some(s) = self.strategies.get(&e.strategy) {
-                known.insert(e.key.clone());
+                // Only keys that stand for agents count (not `fleet`, resources, tasks...).
+                let Some(agent) = s.agent_of_key(&e.key) else {
+                    continue;
+                };
+                known.insert(agent.to_owned());
                 if s.disables_agent(&e.state, now) {
                     disabled.insert(e.key.clone());
                 }
@@ -1396,7 +1399,10 @@ impl Healer {
                     let Some(r) = strategy.on_signal(&state, &key, signal, now) else {
                         break None;
                     };
-                    let record = self.options.mode != Mode::SuggestOnly;
+                    // Trial accounting is recorded in every mode: a permit's answer is only
+                    // as good as the count it is based on.
+                    let record = self.options.mode != Mode::SuggestOnly
+                        || matches!(signal, Signal::Permit { .. });
                     if r.events.is_empty() || !record {
                         break Some(r);
                     }
@@ -1426,8 +1432,10 @@ impl Healer {
                     report.permitted = Some(report.permitted.unwrap_or(true) && p);
                 }
                 let mut results = Vec::new();
-                if self.options.mode == Mode::Auto {
-                    if let Some(c) = &self.coordinator {
+                if self.options.mode == Mode::Auto
+                    && let Some(c) = &self.coordinator
+                {
+                    {
                         let mut facts = Vec::new();
                         for action in &r.actions {
                             let t = Instant::now();

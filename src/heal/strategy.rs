@@ -287,6 +287,12 @@ pub trait Strategy: Send + Sync + 'static {
     fn disables_agent(&self, _state: &Self::State, _now: DateTime<Utc>) -> bool {
         false
     }
+
+    /// The agent a state key stands for, if it stands for one (the fleet size the healer
+    /// counts, without a coordinator, is the number of such agents). Default: none.
+    fn agent_of_key<'k>(&self, _key: &'k str) -> Option<&'k str> {
+        None
+    }
 }
 
 /// State of any strategy, behind the type-erased interface the healer uses.
@@ -338,6 +344,7 @@ pub(crate) trait ErasedStrategy: Send + Sync {
     fn restore(&self, snapshot: &Value) -> Option<AnyState>;
     fn describe(&self, state: &AnyState, now: DateTime<Utc>) -> Value;
     fn disables_agent(&self, state: &AnyState, now: DateTime<Utc>) -> bool;
+    fn agent_of_key<'k>(&self, key: &'k str) -> Option<&'k str>;
 }
 
 pub(crate) struct Erased<S: Strategy>(pub S);
@@ -438,6 +445,9 @@ impl<S: Strategy> ErasedStrategy for Erased<S> {
     }
     fn disables_agent(&self, state: &AnyState, now: DateTime<Utc>) -> bool {
         self.0.disables_agent(&self.typed(state), now)
+    }
+    fn agent_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        self.0.agent_of_key(key)
     }
 }
 

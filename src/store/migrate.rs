@@ -132,30 +132,28 @@ struct InTransaction<'a, 'c>(&'a mut sqlx::Transaction<'c, sqlx::Sqlite>);
 impl AsyncTransaction for InTransaction<'_, '_> {
     type Error = sqlx::Error;
 
-    fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
         &'a mut self,
         queries: T,
-    ) -> impl Future<Output = std::result::Result<usize, Self::Error>> + Send + 'a {
-        async move {
-            let mut count = 0;
-            for q in queries {
-                // Migration files are trusted text shipped inside the binary.
-                sqlx::raw_sql(AssertSqlSafe(q.to_owned()))
-                    .execute(&mut **self.0)
-                    .await?;
-                count += 1;
-            }
-            Ok(count)
+    ) -> std::result::Result<usize, Self::Error> {
+        let mut count = 0;
+        for q in queries {
+            // Migration files are trusted text shipped inside the binary.
+            sqlx::raw_sql(AssertSqlSafe(q.to_owned()))
+                .execute(&mut **self.0)
+                .await?;
+            count += 1;
         }
+        Ok(count)
     }
 }
 
 impl AsyncQuery<Vec<Migration>> for InTransaction<'_, '_> {
-    fn query<'a>(
+    async fn query<'a>(
         &'a mut self,
         query: &'a str,
-    ) -> impl Future<Output = std::result::Result<Vec<Migration>, Self::Error>> + Send + 'a {
-        async move {
+    ) -> std::result::Result<Vec<Migration>, Self::Error> {
+        {
             let rows = sqlx::query(AssertSqlSafe(query.to_owned()))
                 .fetch_all(&mut **self.0)
                 .await?;

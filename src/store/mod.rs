@@ -387,10 +387,10 @@ fn restrict_permissions(path: &Path) {
             PathBuf::from(format!("{}-wal", path.display())),
             PathBuf::from(format!("{}-shm", path.display())),
         ] {
-            if let Ok(m) = mode(&p) {
-                if m & 0o077 != 0 {
-                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
-                }
+            if let Ok(m) = mode(&p)
+                && m & 0o077 != 0
+            {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
             }
         }
     }

@@ -858,6 +858,16 @@ impl CircuitBreaker {
             task_id: task_id.cloned(),
         };
         match status {
+            // Nothing to reset and no rate to measure: recording the success would change no
+            // decision, so the log is spared an event per success of a healthy agent.
+            CircuitStatus::Closed
+                if s.consecutive_failures == 0 && self.config.failure_rate_threshold.is_none() =>
+            {
+                Reaction::new(
+                    key,
+                    "success: the circuit is closed with no failures to reset",
+                )
+            }
             CircuitStatus::Closed => Reaction::new(
                 key,
                 format!(
@@ -988,6 +998,10 @@ impl CircuitBreaker {
 }
 
 impl Strategy for CircuitBreaker {
+    fn agent_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        agent_of(key)
+    }
+
     type State = CircuitState;
     type Event = CircuitEvent;
 
