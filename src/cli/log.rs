@@ -140,43 +140,48 @@ pub async fn append(cli: &Cli, file: &Path, pipeline: u32, out: &mut Out) -> any
     let mut lines = BufReader::new(input).lines();
     let mut in_flight: VecDeque<(u64, healstore::PendingAppend)> = VecDeque::new();
     let mut line_no = 0u64;
+    let mut eof = false;
     let result: anyhow::Result<()> = async {
-        loop {
-            line_no += 1;
-            let line = match lines.next_line().await {
-                Ok(Some(l)) => l,
-                Ok(None) => break,
-                Err(e) => bail!("line {line_no}: cannot read: {e}"),
-            };
-            if line.trim().is_empty() {
-                continue;
+        // Reads input and acknowledges commits at the same time, in input order: a source
+        // that sends one event and waits for its acknowledgement is answered at once.
+        while !eof || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                r = async { (&mut in_flight.front_mut().expect("not empty").1).await },
+                    if !in_flight.is_empty() =>
+                {
+                    let (n, _) = in_flight.pop_front().expect("not empty");
+                    ack(out, n, r)?;
+                    out.flush()?;
+                }
+                line = lines.next_line(), if !eof && in_flight.len() < pipeline as usize => {
+                    line_no += 1;
+                    let line = match line {
+                        Ok(Some(l)) => l,
+                        Ok(None) => {
+                            eof = true;
+                            continue;
+                        }
+                        Err(e) => bail!("line {line_no}: cannot read: {e}"),
+                    };
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let (stream, event) = EventLine::parse(&line)
+                        .and_then(EventLine::into_append)
+                        .with_context(|| format!("line {line_no}"))?;
+                    let pending = store
+                        .submit(&stream, ExpectedVersion::Any, vec![event])
+                        .await
+                        .with_context(|| format!("line {line_no}"))?;
+                    in_flight.push_back((line_no, pending));
+                }
             }
-            let (stream, event) = EventLine::parse(&line)
-                .and_then(EventLine::into_append)
-                .with_context(|| format!("line {line_no}"))?;
-            let pending = store
-                .submit(&stream, ExpectedVersion::Any, vec![event])
-                .await
-                .with_context(|| format!("line {line_no}"))?;
-            in_flight.push_back((line_no, pending));
-            // Acknowledge, in input order, what has been committed so far.
-            while in_flight.len() >= pipeline as usize
-                || in_flight.front().is_some_and(|(_, p)| p.is_ready())
-            {
-                let Some((n, p)) = in_flight.pop_front() else {
-                    break;
-                };
-                ack(out, n, p.await)?;
-            }
-            out.flush()?;
-        }
-        while let Some((n, p)) = in_flight.pop_front() {
-            ack(out, n, p.await)?;
         }
         Ok(())
     }
     .await;
-    // Whatever happened, appends already queued are committed before exit.
+    // Whatever happened, appends already queued are committed and acknowledged before exit.
     while let Some((n, p)) = in_flight.pop_front() {
         let _ = ack(out, n, p.await);
     }

@@ -35,6 +35,18 @@ const HISTORY_TABLE: &str = "refinery_schema_history";
 /// `PRAGMA application_id` of a healstore file ('HLST').
 pub(crate) const APPLICATION_ID: i64 = 0x484C_5354;
 
+/// Refuses, without writing anything, a file that is some other application's database or
+/// whose schema is newer than this binary.
+pub(crate) async fn refuse_foreign(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    match inspect(conn, path).await? {
+        Found::Newer(found) => Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Brings the database at `conn` to [`SCHEMA_VERSION`], or refuses it.
 pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
     // Fast path without the write lock: an up-to-date database is opened without writing.

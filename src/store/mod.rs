@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::ConnectOptions;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Clock, SystemClock};
@@ -116,10 +114,15 @@ impl Store {
     pub async fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         check_path(&path, options.create)?;
+        // No journal mode here: switching to WAL writes the file's header, and a foreign
+        // database must be refused untouched. `enable_wal` switches once the file is known.
         let base = SqliteConnectOptions::new()
             .filename(&path)
-            .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(options.busy_timeout)
+            // Checkpoints run on their own connection (see `checkpointer`), off the commit
+            // path: an automatic checkpoint inside a commit made that commit tens of
+            // milliseconds slower every thousand pages.
+            .pragma("wal_autocheckpoint", "0")
             .synchronous(match options.durability {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
@@ -139,13 +142,15 @@ impl Store {
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::from_db(e, &path))?;
+        migrate::refuse_foreign(&mut conn, &path).await?;
+        enable_wal(&mut conn, &path, options.busy_timeout).await?;
         restrict_permissions(&path);
         migrate::migrate(&mut conn, &path).await?;
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .min_connections(0)
-            .connect_lazy_with(base.pragma("query_only", "ON"));
+            .connect_lazy_with(base.clone().pragma("query_only", "ON"));
 
         let head_now = writer::head_position(&mut conn)
             .await
@@ -153,8 +158,16 @@ impl Store {
         let (head_tx, head_rx) = watch::channel(head_now);
         let (req_tx, req_rx) = mpsc::channel(1024);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let commits = Arc::new(tokio::sync::Notify::new());
+        let checkpoints = base
+            .clone()
+            .connect()
+            .await
+            .map_err(|e| Error::from_db(e, &path))?;
         let task = writer::Writer::new(conn, path.clone(), options.clone(), head_tx)
+            .with_commit_signal(commits.clone())
             .spawn(req_rx, stop_rx);
+        let checkpointer = tokio::spawn(checkpointer(checkpoints, commits, task));
 
         Ok(Store {
             inner: Arc::new(Inner {
@@ -163,7 +176,7 @@ impl Store {
                 requests: req_tx,
                 readers,
                 head: head_rx,
-                writer: Mutex::new(Some(task)),
+                writer: Mutex::new(Some(checkpointer)),
                 shutdown: Mutex::new(Some(stop_tx)),
             }),
         })
@@ -352,6 +365,65 @@ impl std::future::Future for PendingAppend {
             .poll(cx)
             .map(|r| r.unwrap_or(Err(Error::Closed)))
     }
+}
+
+/// Puts the file in WAL mode (readers never block the writer). SQLite does not wait on its busy
+/// handler for this switch, so another process creating the same file at the same moment
+/// makes it fail at once: retry until the busy timeout has passed.
+async fn enable_wal(
+    conn: &mut sqlx::SqliteConnection,
+    path: &Path,
+    busy_timeout: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let r: std::result::Result<String, sqlx::Error> =
+            sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                .fetch_one(&mut *conn)
+                .await;
+        match r {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(Error::Open {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot use WAL journaling (the file stays in {mode} mode)"),
+                });
+            }
+            Err(e) if Error::is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(Error::from_db(e, path)),
+        }
+    }
+}
+
+/// Runs WAL checkpoints on a connection of its own while the writer runs: passive ones (they
+/// never wait for or block the writer or readers), at most every 50 ms and only after commits,
+/// so that the WAL stays small without a commit ever paying for a checkpoint. Ends with the
+/// writer, after a last checkpoint.
+async fn checkpointer(
+    mut conn: sqlx::SqliteConnection,
+    commits: Arc<tokio::sync::Notify>,
+    mut writer: tokio::task::JoinHandle<()>,
+) {
+    use sqlx::Connection as _;
+    loop {
+        tokio::select! {
+            _ = &mut writer => break,
+            _ = commits.notified() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+                    tracing::debug!(error = %e, "checkpoint skipped");
+                }
+            }
+        }
+    }
+    let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
 }
 
 /// Checks that the path can be a database before SQLite sees it, for clearer errors.

@@ -145,6 +145,8 @@ pub(crate) struct Writer {
     path: PathBuf,
     options: StoreOptions,
     head: watch::Sender<i64>,
+    /// Told after every commit (the checkpointer listens).
+    commits: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Writer {
@@ -159,6 +161,27 @@ impl Writer {
             path,
             options,
             head,
+            commits: None,
+        }
+    }
+
+    pub fn with_commit_signal(mut self, commits: std::sync::Arc<tokio::sync::Notify>) -> Writer {
+        self.commits = Some(commits);
+        self
+    }
+
+    fn committed(&self, last: Option<i64>) {
+        if let Some(last) = last {
+            self.head.send_if_modified(|h| {
+                let newer = last > *h;
+                if newer {
+                    *h = last;
+                }
+                newer
+            });
+        }
+        if let Some(c) = &self.commits {
+            c.notify_one();
         }
     }
 
@@ -246,15 +269,7 @@ impl Writer {
         drop(items);
         match outcome {
             Ok((answers, last)) => {
-                if let Some(last) = last {
-                    self.head.send_if_modified(|h| {
-                        let newer = last > *h;
-                        if newer {
-                            *h = last;
-                        }
-                        newer
-                    });
-                }
+                self.committed(last);
                 for (req, answer) in group.into_iter().zip(answers) {
                     let _ = req.reply.send(answer);
                 }
@@ -370,15 +385,7 @@ impl Writer {
             }
         }
         tx.commit().await.map_err(db)?;
-        if let Some(last) = last {
-            self.head.send_if_modified(|h| {
-                let newer = last > *h;
-                if newer {
-                    *h = last;
-                }
-                newer
-            });
-        }
+        self.committed(last);
         Ok(report)
     }
 }

@@ -32,3 +32,334 @@ pub fn ev(id: &str, at: DateTime<Utc>) -> NewEvent {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_healstore"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the multi-process (`process.rs`) and command-line (`cli.rs`) tests.
+// ---------------------------------------------------------------------------------------------
+
+/// How long any single child process may take before a test gives up on it. Generous: a
+/// loaded two-core CI machine running debug builds is slow, and a hang should fail, not block.
+pub const CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `healstore --db <db>`, isolated from the caller's environment (no `HEALSTORE_*` variables,
+/// no log filter, run in the database's directory so that no stray `healstore.toml` applies),
+/// ready for more arguments.
+pub fn healstore(db: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.arg("--db")
+        .arg(db)
+        .env_remove("HEALSTORE_DB")
+        .env_remove("HEALSTORE_DURABILITY")
+        .env_remove("HEALSTORE_CONFIG")
+        .env_remove("RUST_LOG");
+    if let Some(dir) = db.parent().filter(|d| d.is_dir()) {
+        c.current_dir(dir);
+    }
+    c
+}
+
+/// Runs `healstore --db <db> <args>` with empty standard input, to completion.
+pub fn run(db: &Path, args: &[&str]) -> std::process::Output {
+    run_with_input(db, args, b"")
+}
+
+/// Runs `healstore --db <db> <args>` with `input` on standard input, to completion.
+pub fn run_with_input(db: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = healstore(db)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn healstore");
+    let stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let mut stdin = stdin;
+        // The child may exit without reading everything (an early error): not our concern.
+        let _ = std::io::Write::write_all(&mut stdin, &input);
+    });
+    let out = wait_with_deadline(child, CHILD_TIMEOUT);
+    feeder.join().expect("stdin feeder");
+    out
+}
+
+/// Collects a child's stdout and stderr (those still piped) and waits for it to exit, killing
+/// it and failing the test if it runs past `timeout`.
+pub fn wait_with_deadline(
+    mut child: std::process::Child,
+    timeout: std::time::Duration,
+) -> std::process::Output {
+    use std::io::Read;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "healstore (pid {}) still running after {timeout:?}",
+                child.id()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+pub fn stdout_text(out: &std::process::Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+pub fn stderr_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that the command succeeded and returns its standard output.
+#[track_caller]
+pub fn expect_success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "healstore failed with {}; stderr:\n{}",
+        out.status,
+        stderr_text(out)
+    );
+    stdout_text(out)
+}
+
+/// Asserts the CLI's error contract: exit code 2, nothing on stdout, and stderr a single line
+/// `healstore: error: ...` that contains `needle`. Returns that line.
+#[track_caller]
+pub fn expect_error(out: &std::process::Output, needle: &str) -> String {
+    let stderr = stderr_text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit code 2, got {}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "healstore panicked:\n{stderr}"
+    );
+    let line = stderr.trim_end();
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "expected a one-line error, got:\n{stderr}"
+    );
+    assert!(
+        line.starts_with("healstore: error: "),
+        "error lacks the `healstore: error:` prefix: {line}"
+    );
+    assert!(
+        line.contains(needle),
+        "error does not mention {needle:?}: {line}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "a failed command printed on stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    line.to_owned()
+}
+
+/// The bytes a database consists of on disk: the main file and its write-ahead log (a missing
+/// log counts as an empty one; the `-shm` index is a cache and not compared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbFiles {
+    pub main: Option<Vec<u8>>,
+    pub wal: Vec<u8>,
+}
+
+pub fn db_files(path: &Path) -> DbFiles {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    DbFiles {
+        main: std::fs::read(path).ok(),
+        wal: std::fs::read(wal).unwrap_or_default(),
+    }
+}
+
+/// Asserts that two snapshots are the same bytes, without dumping kilobytes on failure.
+#[track_caller]
+pub fn assert_same_files(before: &DbFiles, after: &DbFiles, what: &str) {
+    let describe = |f: &DbFiles| {
+        format!(
+            "main: {:?} bytes, wal: {} bytes",
+            f.main.as_ref().map(Vec::len),
+            f.wal.len()
+        )
+    };
+    if before != after {
+        let first_diff = match (&before.main, &after.main) {
+            (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y),
+            _ => None,
+        };
+        panic!(
+            "{what}: the database files changed (before {}, after {}; first differing byte of \
+             the main file: {first_diff:?})",
+            describe(before),
+            describe(after)
+        );
+    }
+}
+
+/// A single-threaded runtime for the async parts of otherwise synchronous tests.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// Every event in the database, in position order, read through the library.
+pub async fn read_all(path: &Path) -> Vec<healstore::RecordedEvent> {
+    use futures_util::StreamExt;
+    let options = StoreOptions {
+        create: false,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(path, options).await.expect("open the store");
+    let events: Vec<_> = store
+        .read(healstore::EventFilter::default())
+        .map(|r| r.expect("read an event"))
+        .collect()
+        .await;
+    store.close().await.expect("close the store");
+    events
+}
+
+/// A plain sqlx connection to the file, outside healstore.
+pub async fn raw_connection(path: &Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .expect("connect with sqlx")
+}
+
+/// `PRAGMA integrity_check`, through a plain sqlx connection ("ok" when the file is sound).
+pub async fn integrity_check(path: &Path) -> String {
+    use sqlx::Connection;
+    let mut conn = raw_connection(path).await;
+    let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut conn)
+        .await
+        .expect("integrity_check");
+    conn.close().await.expect("close");
+    rows.join("\n")
+}
+
+/// The log's invariants, for events in position order: positions strictly increase, no event
+/// id appears twice, and each stream's versions are exactly 1, 2, 3, ... in position order.
+#[track_caller]
+pub fn assert_log_invariants(events: &[healstore::RecordedEvent]) {
+    let mut ids = std::collections::HashSet::new();
+    let mut versions: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut last = 0i64;
+    for e in events {
+        assert!(
+            e.position > last,
+            "position {} follows position {last}",
+            e.position
+        );
+        last = e.position;
+        assert!(
+            ids.insert(e.event_id.as_str()),
+            "event id {:?} is stored twice",
+            e.event_id
+        );
+        let v = versions.entry(e.stream_id.as_str()).or_insert(0);
+        *v += 1;
+        assert_eq!(
+            e.stream_version, *v,
+            "stream {:?} is not dense: event {:?} at position {} has version {}, expected {}",
+            e.stream_id, e.event_id, e.position, e.stream_version, *v
+        );
+    }
+}
+
+/// One JSON Lines event of the custom type `test_happened`.
+pub fn test_line(event_id: &str, stream_id: &str, n: u64) -> String {
+    serde_json::json!({
+        "event_id": event_id,
+        "stream_id": stream_id,
+        "event_type": "test_happened",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "payload": {"n": n},
+    })
+    .to_string()
+}
+
+/// What `healstore --format json append` prints for each committed event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub line: u64,
+    pub event_id: String,
+    pub position: i64,
+    pub stream_version: u64,
+    pub duplicate: bool,
+}
+
+/// Parses `append`'s JSON acknowledgements, one a line.
+#[track_caller]
+pub fn parse_acks(stdout: &str) -> Vec<Ack> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad ack {l:?}: {e}")))
+        .collect()
+}
+
+/// A small deterministic generator (SplitMix64) for test randomness; seeded from the clock
+/// unless `HEALSTORE_TEST_SEED` is set, so that a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(what: &str) -> Rng {
+        let seed = std::env::var("HEALSTORE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0x5eed)
+            });
+        eprintln!("{what}: HEALSTORE_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+}
