@@ -38,14 +38,42 @@ fn main() -> anyhow::Result<()> {
             "durab.", "heals", "decide p50", "decide p99", "decide max", "heal p50", "heal p99"
         );
         let mut decide_p99_full = 0.0;
+        let mut raw_p99 = Vec::new();
         for d in [Durability::Full, Durability::Normal] {
             let r = heal_latency(d, 3000 / scale).await?;
             if d == Durability::Full {
                 decide_p99_full = r.1;
             }
+            raw_p99.push((d, r.1));
         }
+        println!("\nbaseline: one INSERT of one event row per transaction, same schema, same run");
+        println!(
+            "{:<8} {:>7} {:>12} {:>12} {:>14}",
+            "durab.", "commits", "p50", "p99", "heal p99/raw"
+        );
+        for (d, heal_p99) in raw_p99 {
+            let (p50, p99) = raw_commit_latency(d, 3000 / scale).await?;
+            println!(
+                "{:<8} {:>7} {:>9.2} ms {:>9.2} ms {:>13.2}x",
+                if d == Durability::Full {
+                    "full"
+                } else {
+                    "normal"
+                },
+                3000 / scale,
+                p50,
+                p99,
+                heal_p99 / p99
+            );
+        }
+        let only_latency = std::env::var("HEALSTORE_BENCH_ONLY").is_ok_and(|v| v == "latency");
         println!("\n== restore: 10,000 circuits ==");
-        let restore = restore(10_000 / scale, 100).await?;
+        let restore = if only_latency {
+            println!("(skipped: HEALSTORE_BENCH_ONLY=latency)");
+            f64::NAN
+        } else {
+            restore(10_000 / scale, 100).await?
+        };
         println!(
             "\npeak memory (VmHWM): {} MiB",
             vm_hwm_kib().map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
@@ -125,6 +153,56 @@ async fn heal_latency(durability: Durability, heals: usize) -> anyhow::Result<(f
         percentile(&whole, 0.99)
     );
     Ok((percentile(&decide, 0.5), percentile(&decide, 0.99)))
+}
+
+/// The engine's floor for "one commit": a plain sqlx connection, WAL, the same `synchronous`,
+/// one single-row INSERT into the events table per `BEGIN IMMEDIATE` transaction.
+async fn raw_commit_latency(durability: Durability, commits: usize) -> anyhow::Result<(f64, f64)> {
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raw.db");
+    Store::open(&path, StoreOptions::default())
+        .await?
+        .close()
+        .await?;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(match durability {
+            Durability::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            Durability::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+        })
+        .connect()
+        .await?;
+    let mut times = Vec::with_capacity(commits);
+    let payload = json!({"failure_id": "f", "agent_id": "agent-1", "failure_type": "agent_down",
+                         "severity": "high", "metadata": {}})
+    .to_string();
+    for i in 0..commits + commits / 10 {
+        let t = Instant::now();
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, \
+             schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, \
+             failure_type) VALUES (?, ?, 1, 'failure_detected', 1, ?, ?, ?, ?, 'agent-1', \
+             'agent_down')",
+        )
+        .bind(format!("e-{i}"))
+        .bind(format!("failure-{i}"))
+        .bind(i as i64)
+        .bind(i as i64)
+        .bind(&payload)
+        .bind(format!("f-{i}"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if i >= commits / 10 {
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    conn.close().await?;
+    times.sort_by(f64::total_cmp);
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
 }
 
 fn circuit_event(agent: usize, n: usize, at: chrono::DateTime<Utc>) -> NewEvent {

@@ -676,14 +676,8 @@ impl Healer {
         now: DateTime<Utc>,
     ) -> Result<Option<Phase>> {
         let fstream = failure.stream_id();
-        if first
-            && self
-                .store
-                .event_exists(&format!("{}-detected", failure.failure_id))
-                .await?
-        {
-            return Ok(None);
-        }
+        // No look-up for duplicates here: the first phase's append expects the failure's
+        // stream not to exist, and a refused append is then checked (one query less per heal).
         // Lock every state the phase may touch, in a global order (no deadlock between
         // routes that list the same strategies in another order).
         let mut streams: Vec<String> = members

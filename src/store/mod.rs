@@ -400,9 +400,12 @@ async fn enable_wal(
 }
 
 /// Runs WAL checkpoints on a connection of its own while the writer runs: passive ones (they
-/// never wait for or block the writer or readers), at most every 50 ms and only after commits,
-/// so that the WAL stays small without a commit ever paying for a checkpoint. Ends with the
-/// writer, after a last checkpoint.
+/// never wait for or block the writer or readers), at most every 100 ms and only after
+/// commits, so that the WAL stays small without a commit ever paying for a checkpoint. (50 ms,
+/// 500 ms and 5 s gave heal latencies within this machine's fsync noise of each other.) Ends
+/// with the writer, after a last checkpoint.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
 async fn checkpointer(
     mut conn: sqlx::SqliteConnection,
     commits: Arc<tokio::sync::Notify>,
@@ -413,7 +416,7 @@ async fn checkpointer(
         tokio::select! {
             _ = &mut writer => break,
             _ = commits.notified() => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(CHECKPOINT_INTERVAL).await;
                 if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
                     tracing::debug!(error = %e, "checkpoint skipped");
                 }

@@ -364,3 +364,61 @@ fn a_healing_loop_killed_with_sigkill_restarts_with_every_circuit_as_it_was() {
         assert!(out.contains("agent-"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn healing_a_failure_id_twice_heals_once() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer(&path, clock.clone()).await;
+    let f = Failure::new("agent_down", Severity::High, t0())
+        .with_agent("a")
+        .with_id("f-1");
+    let first = h.heal(f.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    let head = h.store().head_position().await.unwrap();
+    let states = h.snapshots().await.unwrap();
+
+    let again = h.heal(f).await.unwrap();
+
+    assert!(again.duplicate);
+    assert!(again.attempts.is_empty());
+    assert_eq!(
+        h.store().head_position().await.unwrap(),
+        head,
+        "nothing written"
+    );
+    assert_eq!(
+        h.snapshots().await.unwrap(),
+        states,
+        "no state counted it twice"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_heals_of_one_failure_id_record_it_once() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = Arc::new(healer(&path, clock.clone()).await);
+    let f = Failure::new("agent_down", Severity::High, t0())
+        .with_agent("a")
+        .with_id("f-race");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            let f = f.clone();
+            tokio::spawn(async move { h.heal(f).await.unwrap().duplicate })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in tasks {
+        if !t.await.unwrap() {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(
+        h.store().stream_version("failure-f-race").await.unwrap(),
+        // detected, circuit declined, restart acted, action, completed, resolved
+        6
+    );
+}
