@@ -405,6 +405,8 @@ async fn baseline_once(durability: Durability, rows: usize) -> Result<Duration> 
         .filename(&path)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(synchronous(durability))
+        // The same page cache as the store's writer: the ceiling under the same settings.
+        .pragma("cache_size", format!("-{}", healstore::WRITER_CACHE_KIB))
         .disable_statement_logging()
         .connect()
         .await

@@ -43,5 +43,5 @@ pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{
     Checkpoint, Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend,
-    SCHEMA_VERSION, Snapshot, Store, StoreOptions, StreamAppend,
+    SCHEMA_VERSION, Snapshot, Store, StoreOptions, StreamAppend, WRITER_CACHE_KIB,
 };

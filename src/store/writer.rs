@@ -249,8 +249,7 @@ impl Writer {
 
     /// Writes one group in one transaction and answers every caller.
     async fn commit_group(&mut self, group: Vec<AppendRequest>) {
-        let span = tracing::debug_span!("group_commit", requests = group.len());
-        let _guard = span.enter();
+        tracing::trace!(requests = group.len(), "group commit");
         let items: Vec<PlanItem<'_>> = group
             .iter()
             .map(|r| PlanItem {
@@ -548,12 +547,13 @@ fn plan_part<'a>(
 ) -> Result<Vec<Appended>> {
     let mut duplicates = Vec::new();
     for e in item.events {
-        let payload = canonical(&e.payload);
+        // Serialised for comparison only when the id is already known (rare).
+        let payload = || canonical(&e.payload);
         if let Some(s) = stored.get(&e.event_id) {
             if s.stream_id != item.stream_id
                 || s.event_type != e.event_type
                 || s.occurred_at != to_micros(e.occurred_at)
-                || s.payload != payload
+                || s.payload != payload()
             {
                 return Err(Error::EventIdReused {
                     event_id: e.event_id.clone(),
@@ -570,7 +570,7 @@ fn plan_part<'a>(
             let r = &rows[row];
             if stream != item.stream_id
                 || r.event.event_type != e.event_type
-                || r.payload != payload
+                || r.payload != payload()
             {
                 return Err(Error::EventIdReused {
                     event_id: e.event_id.clone(),
@@ -667,24 +667,33 @@ async fn look_up(
                     .to_owned(),
             );
         }
+        // Lists are padded (by repeating their last item) to a power-of-two length, so that
+        // only a few distinct statements exist and sqlx's prepared-statement cache hits.
         if !ids.is_empty() {
+            let n = ids.len().next_power_of_two();
             parts.push(format!(
                 "SELECT 0, event_id, stream_id, stream_version, position, event_type, \
                  occurred_at, payload FROM events WHERE event_id IN ({})",
-                placeholders(ids.len())
+                placeholders(n)
             ));
-            for id in ids {
-                args.add(*id).map_err(sqlx::Error::Encode)?;
+            for i in 0..n {
+                args.add(ids[i.min(ids.len() - 1)])
+                    .map_err(sqlx::Error::Encode)?;
             }
         }
         if !streams.is_empty() {
+            // One MAX per stream, as a correlated subquery: SQLite answers each from the end
+            // of the (stream_id, stream_version) index. `MAX ... GROUP BY` over an IN list read
+            // every version of every stream, so an append cost grew with its stream's length.
+            let n = streams.len().next_power_of_two();
             parts.push(format!(
-                "SELECT 1, stream_id, NULL, MAX(stream_version), NULL, NULL, NULL, NULL \
-                 FROM events WHERE stream_id IN ({}) GROUP BY stream_id",
-                placeholders(streams.len())
+                "SELECT 1, column1, NULL, (SELECT MAX(stream_version) FROM events \
+                 WHERE stream_id = column1), NULL, NULL, NULL, NULL FROM (VALUES {})",
+                vec!["(?)"; n].join(",")
             ));
-            for s in streams {
-                args.add(*s).map_err(sqlx::Error::Encode)?;
+            for i in 0..n {
+                args.add(streams[i.min(streams.len() - 1)])
+                    .map_err(sqlx::Error::Encode)?;
             }
         }
         first = false;
@@ -700,7 +709,9 @@ async fn look_up(
             match kind {
                 2 => counter = row.try_get(3)?,
                 1 => {
-                    versions.insert(row.try_get(1)?, row.try_get::<i64, _>(3)? as u64);
+                    if let Some(v) = row.try_get::<Option<i64>, _>(3)? {
+                        versions.insert(row.try_get(1)?, v as u64);
+                    }
                 }
                 _ => {
                     stored.insert(
