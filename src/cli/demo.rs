@@ -87,7 +87,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     if let Some(t) = last_time
         && t >= start
     {
-        start = t + Duration::seconds(1);
+        start = t + Duration::seconds(TICK);
     }
     let clock = Arc::new(ManualClock::new(start));
     let store = Store::open(
@@ -173,7 +173,8 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
 
     let circuits = healer.states(Some("CircuitBreaker")).await?;
     let degradation = healer.states(Some("GradualDegradation")).await?;
-    let end = clock.now_value();
+    // The last tick's instant (the clock has already moved one step past it).
+    let end = clock.now_value() - Duration::seconds(TICK);
     let head = healer.store().head_position().await?;
     healer.close().await?;
     let fleet_state = fleet.snapshot();

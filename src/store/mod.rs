@@ -250,6 +250,7 @@ impl Store {
             let _ = reply.send(Ok(Vec::new()));
             return Ok(PendingAppend(answer));
         }
+        let parts = parts.into_iter().map(writer::PreparedPart::from).collect();
         let req = writer::Request::Append(writer::AppendRequest { parts, reply });
         self.inner
             .requests

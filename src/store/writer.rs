@@ -39,8 +39,43 @@ pub(crate) enum Request {
 
 pub(crate) struct AppendRequest {
     /// All parts commit together or not at all.
-    pub parts: Vec<StreamAppend>,
+    pub parts: Vec<PreparedPart>,
     pub reply: oneshot::Sender<Result<Vec<Appended>>>,
+}
+
+/// An event made ready for the writer by the caller's task: its payload serialised and its
+/// indexed fields extracted there, in parallel, rather than in the single writer.
+pub(crate) struct PreparedEvent {
+    pub event: NewEvent,
+    pub payload: String,
+    pub index: IndexFields,
+}
+
+impl PreparedEvent {
+    pub fn new(event: NewEvent) -> Self {
+        PreparedEvent {
+            payload: canonical(&event.payload),
+            index: IndexFields::from_payload(&event.payload),
+            event,
+        }
+    }
+}
+
+/// A [`StreamAppend`] with its events prepared.
+pub(crate) struct PreparedPart {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<PreparedEvent>,
+}
+
+impl From<StreamAppend> for PreparedPart {
+    fn from(p: StreamAppend) -> Self {
+        PreparedPart {
+            stream_id: p.stream_id,
+            expected: p.expected,
+            events: p.events.into_iter().map(PreparedEvent::new).collect(),
+        }
+    }
 }
 
 /// Events for one stream, with the version that stream is expected to be at; part of an
@@ -57,12 +92,15 @@ pub(crate) struct ImportRequest {
     reply: oneshot::Sender<Result<ImportReport>>,
 }
 
+// Nearly every item is an event; boxing it to shrink the rare `Abort` would cost an allocation
+// per imported event.
+#[allow(clippy::large_enum_variant)]
 enum ImportItem {
     Event {
         line: u64,
         stream_id: String,
         expected: ExpectedVersion,
-        event: NewEvent,
+        event: PreparedEvent,
     },
     Abort,
 }
@@ -110,7 +148,7 @@ impl ImportSink {
                 line,
                 stream_id,
                 expected: ExpectedVersion::Any,
-                event,
+                event: PreparedEvent::new(event),
             })
             .await
             .map_err(|_| Error::Closed)
@@ -336,7 +374,7 @@ impl Writer {
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         let mut report = ImportReport::default();
-        let mut chunk: Vec<(u64, String, ExpectedVersion, [NewEvent; 1])> = Vec::new();
+        let mut chunk: Vec<(u64, String, ExpectedVersion, [PreparedEvent; 1])> = Vec::new();
         let mut last = None;
         loop {
             let next = items.recv().await;
@@ -424,7 +462,7 @@ struct PlanItem<'a> {
 struct PlanPart<'a> {
     stream_id: &'a str,
     expected: ExpectedVersion,
-    events: &'a [NewEvent],
+    events: &'a [PreparedEvent],
 }
 
 struct Row<'a> {
@@ -432,9 +470,9 @@ struct Row<'a> {
     stream_id: &'a str,
     stream_version: u64,
     event: &'a NewEvent,
-    payload: String,
+    payload: &'a str,
     recorded_at: i64,
-    index: IndexFields,
+    index: &'a IndexFields,
 }
 
 struct Plan<'a> {
@@ -461,7 +499,7 @@ async fn plan<'a>(
 ) -> sqlx::Result<Plan<'a>> {
     let parts = || items.iter().flat_map(|i| i.parts.iter());
     let mut ids: Vec<&str> = parts()
-        .flat_map(|p| p.events.iter().map(|e| e.event_id.as_str()))
+        .flat_map(|p| p.events.iter().map(|e| e.event.event_id.as_str()))
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -481,7 +519,7 @@ async fn plan<'a>(
         let twice = item
             .parts
             .iter()
-            .flat_map(|p| p.events.iter())
+            .flat_map(|p| p.events.iter().map(|e| &e.event))
             .find(|e| !seen.insert(e.event_id.as_str()));
         if let Some(e) = twice {
             answers.push(Err(Error::InvalidEvent(format!(
@@ -546,9 +584,9 @@ fn plan_part<'a>(
     recorded_at: i64,
 ) -> Result<Vec<Appended>> {
     let mut duplicates = Vec::new();
-    for e in item.events {
-        // Serialised for comparison only when the id is already known (rare).
-        let payload = || canonical(&e.payload);
+    for prepared in item.events {
+        let e = &prepared.event;
+        let payload = || prepared.payload.as_str();
         if let Some(s) = stored.get(&e.event_id) {
             if s.stream_id != item.stream_id
                 || s.event_type != e.event_type
@@ -606,7 +644,8 @@ fn plan_part<'a>(
     }
     let mut out = Vec::with_capacity(item.events.len());
     let mut version = current;
-    for e in item.events {
+    for prepared in item.events {
+        let e = &prepared.event;
         version += 1;
         let position = *next_position;
         *next_position += 1;
@@ -616,9 +655,9 @@ fn plan_part<'a>(
             stream_id: item.stream_id,
             stream_version: version,
             event: e,
-            payload: canonical(&e.payload),
+            payload: &prepared.payload,
             recorded_at: e.recorded_at.map(to_micros).unwrap_or(recorded_at),
-            index: IndexFields::from_payload(&e.payload),
+            index: &prepared.index,
         });
         out.push(Appended {
             event_id: e.event_id.clone(),
@@ -792,7 +831,7 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
             args.add(to_micros(r.event.occurred_at))
                 .map_err(sqlx::Error::Encode)?;
             args.add(r.recorded_at).map_err(sqlx::Error::Encode)?;
-            args.add(r.payload.as_str()).map_err(sqlx::Error::Encode)?;
+            args.add(r.payload).map_err(sqlx::Error::Encode)?;
             args.add(r.index.failure_id.as_deref())
                 .map_err(sqlx::Error::Encode)?;
             args.add(r.index.agent_id.as_deref())

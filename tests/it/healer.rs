@@ -422,3 +422,324 @@ async fn concurrent_heals_of_one_failure_id_record_it_once() {
         6
     );
 }
+
+// ----- a custom strategy, as a user would write one ------------------------------------------
+
+mod custom {
+    use chrono::{DateTime, Utc};
+    use healstore::heal::{Action, Decision, Failure, Strategy};
+    use serde::{Deserialize, Serialize};
+
+    /// Restarts an agent, but at most `max` times in its life.
+    pub struct LimitedRestart {
+        pub max: u32,
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Restarts {
+        pub count: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum RestartEvent {
+        LimitedRestartCounted { at: DateTime<Utc> },
+    }
+
+    impl Strategy for LimitedRestart {
+        type State = Restarts;
+        type Event = RestartEvent;
+        fn name(&self) -> &str {
+            "LimitedRestart"
+        }
+        fn can_heal(&self, f: &Failure) -> bool {
+            f.agent_id.is_some()
+        }
+        fn decide(&self, s: &Restarts, f: &Failure, now: DateTime<Utc>) -> Decision<RestartEvent> {
+            let agent = f.agent_id.clone().unwrap_or_default();
+            if s.count >= self.max {
+                return Decision::fail(format!("{agent} was restarted {} times already", s.count))
+                    .detail("restarts", s.count);
+            }
+            Decision::act(format!("restart {agent}"))
+                .event(RestartEvent::LimitedRestartCounted { at: now })
+                .action(Action::RestartAgent { agent_id: agent })
+        }
+        fn apply(&self, s: &mut Restarts, e: &RestartEvent) {
+            match e {
+                RestartEvent::LimitedRestartCounted { .. } => s.count += 1,
+            }
+        }
+    }
+}
+
+async fn custom_healer(path: &std::path::Path, clock: Arc<ManualClock>) -> Healer {
+    let store = Store::open(path, options(clock)).await.unwrap();
+    Healer::builder()
+        .register(&["agent_down"], custom::LimitedRestart { max: 2 })
+        .coordinator(Arc::new(NoopCoordinator) as Arc<dyn Coordinator>)
+        .open(store)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_custom_strategy_acts_through_the_coordinator_and_its_state_survives_a_restart() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = custom_healer(&path, clock.clone()).await;
+    let down = || Failure::new("agent_down", Severity::High, t0()).with_agent("a");
+
+    for _ in 0..2 {
+        let r = h.heal(down()).await.unwrap();
+        assert!(r.result.success);
+        assert_eq!(r.result.strategy_used, "LimitedRestart");
+        assert_eq!(r.attempts[0].results, [Ok("restarted agent a".to_owned())]);
+    }
+    h.close().await.unwrap();
+
+    // A new process: the count comes back from the log.
+    let h = custom_healer(&path, clock.clone()).await;
+    let r = h.heal(down()).await.unwrap();
+    assert!(!r.result.success);
+    assert_eq!(r.attempts[0].decision, "failed");
+    assert_eq!(r.attempts[0].reason, "a was restarted 2 times already");
+    let states = h.states(Some("LimitedRestart")).await.unwrap();
+    assert_eq!(states[0].state, serde_json::json!({"count": 2}));
+}
+
+// ----- modes and limits ----------------------------------------------------------------------
+
+async fn healer_with(path: &std::path::Path, clock: Arc<ManualClock>, toml: &str) -> Healer {
+    let store = Store::open(path, options(clock)).await.unwrap();
+    Config::parse(toml)
+        .unwrap()
+        .builder()
+        .coordinator(Arc::new(NoopCoordinator) as Arc<dyn Coordinator>)
+        .open(store)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn beyond_the_hourly_action_limit_decisions_are_withheld_and_recorded() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer_with(
+        &path,
+        clock.clone(),
+        "[limits]\nmax_actions_per_agent_per_hour = 2\n[agent_restart]\nbase_ms = 1\nmax_ms = 1\n",
+    )
+    .await;
+    let mut decisions = Vec::new();
+    for _ in 0..3 {
+        let f = Failure::new("agent_down", Severity::High, clock.now_value()).with_agent("a");
+        let r = h.heal(f).await.unwrap();
+        decisions.push(r.attempts.last().unwrap().decision.clone());
+        clock.advance(Duration::seconds(60));
+    }
+    assert_eq!(decisions, ["act", "act", "withheld"]);
+    // An hour after the first action, the budget is back.
+    clock.advance(Duration::minutes(60));
+    let f = Failure::new("agent_down", Severity::High, clock.now_value()).with_agent("a");
+    let r = h.heal(f).await.unwrap();
+    assert_eq!(r.attempts.last().unwrap().decision, "act");
+}
+
+#[tokio::test]
+async fn no_more_than_the_allowed_share_of_the_fleet_is_isolated() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer_with(
+        &path,
+        clock.clone(),
+        "[limits]\nmax_disabled_fraction = 0.25\nfleet_size = 4\n\
+         [[route]]\nfailure_types = [\"agent_down\"]\nstrategies = [\"circuit_breaker\"]\n\
+         [circuit_breaker]\nfailure_threshold = 1\n",
+    )
+    .await;
+    let mut last = Vec::new();
+    for agent in ["a", "b"] {
+        let f = Failure::new("agent_down", Severity::High, t0()).with_agent(agent);
+        let r = h.heal(f).await.unwrap();
+        last.push(r.attempts.last().unwrap().clone());
+    }
+    assert_eq!(last[0].decision, "act", "1 of 4 isolated: within 25 %");
+    assert_eq!(last[1].decision, "withheld", "2 of 4 would be 50 %");
+    assert!(
+        last[1].reason.contains("2 of 4 agents"),
+        "{}",
+        last[1].reason
+    );
+    let circuits = h.states(Some("CircuitBreaker")).await.unwrap();
+    assert!(
+        circuits.iter().all(|c| c.key != "b"),
+        "a withheld decision changes no state"
+    );
+}
+
+#[tokio::test]
+async fn shadow_mode_decides_and_records_but_does_not_act() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer_with(&path, clock.clone(), "mode = \"shadow\"\n").await;
+    let f = Failure::new("task_timeout", Severity::Medium, t0()).with_task("t");
+    let r = h.heal(f).await.unwrap();
+    let a = r.attempts.last().unwrap();
+    assert_eq!(a.decision, "shadow");
+    assert!(a.results.is_empty(), "nothing was carried out");
+    assert!(
+        !a.actions.is_empty(),
+        "what would have been done is recorded"
+    );
+    // The state moved as if it had acted: the next decision is the second attempt.
+    let f = Failure::new("task_timeout", Severity::Medium, t0()).with_task("t");
+    let r = h.heal(f).await.unwrap();
+    assert!(
+        r.attempts[0].reason.contains("attempt 2"),
+        "{}",
+        r.attempts[0].reason
+    );
+}
+
+#[tokio::test]
+async fn with_auto_heal_off_decisions_are_suggestions_and_change_no_state() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer_with(&path, clock.clone(), "mode = \"suggest_only\"\n").await;
+    for _ in 0..2 {
+        let f = Failure::new("task_timeout", Severity::Medium, t0()).with_task("t");
+        let r = h.heal(f).await.unwrap();
+        let a = r.attempts.last().unwrap();
+        assert_eq!(a.decision, "suggest_only");
+        assert!(a.reason.contains("attempt 1"), "{}", a.reason);
+    }
+    assert!(h.states(Some("TaskRetry")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn failures_without_a_strategy_are_recorded_too() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer(&path, clock.clone()).await;
+    let f = Failure::new("cosmic_ray", Severity::Low, t0());
+    let r = h.heal(f.clone()).await.unwrap();
+    assert_eq!(r.attempts[0].decision, "no_strategy");
+    assert_eq!(h.store().stream_version(&f.stream_id()).await.unwrap(), 2);
+}
+
+// ----- the command line of the healing engine ------------------------------------------------
+
+#[test]
+fn the_cli_records_decisions_outcomes_and_shows_the_audit_trail() {
+    let (_dir, path) = temp_db();
+    let (code, out, err) = cli(
+        &path,
+        &[
+            "--now",
+            "2026-11-01T12:00:00Z",
+            "--format",
+            "json",
+            "record",
+            "failure",
+            "--type",
+            "task_timeout",
+            "--task",
+            "t-1",
+            "--agent",
+            "a",
+            "--id",
+            "f-1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["failure_id"], "f-1");
+    assert_eq!(report["attempts"][0]["decision"], "delegated");
+    assert_eq!(report["delegated_actions"][0]["action"], "retry_task");
+
+    let (code, out, err) = cli(
+        &path,
+        &[
+            "--format",
+            "json",
+            "record",
+            "outcome",
+            "--failure",
+            "f-1",
+            "--success",
+            "--duration-ms",
+            "250",
+            "--at",
+            "2026-11-01T12:00:02Z",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["time_to_recover_ms"], 2000);
+    // Reporting twice is refused.
+    let (code, _, err) = cli(
+        &path,
+        &["record", "outcome", "--failure", "f-1", "--failed"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("already recorded"), "{err}");
+
+    let (code, out, err) = cli(&path, &["audit", "f-1"]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "failure_detected",
+        "TaskRetry decided delegated",
+        "healing_completed",
+        "healed in 250 ms",
+        "failure_resolved",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+
+    // A raw event through detection; a manual circuit command with its reason.
+    let (code, out, err) = cli(
+        &path,
+        &[
+            "record",
+            "event",
+            "--json",
+            r#"{"type":"agent_failed","agent_id":"b","health_state":"FAILED"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("failure_id:"), "{out}");
+    let (code, _, err) = cli(
+        &path,
+        &["circuit", "open", "--agent", "b", "--reason", "maintenance"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = cli(&path, &["circuit", "permit", "--agent", "b"]);
+    assert_eq!(code, 1, "a forced-open circuit rejects");
+    let (code, out, _) = cli(&path, &["audit", "--agent", "b"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("maintenance"), "{out}");
+    let (code, _, err) = cli(&path, &["circuit", "close", "--agent", "b"]);
+    assert_eq!(code, 2, "a command needs a reason");
+    assert!(err.starts_with("healstore: error:"), "{err}");
+}
+
+#[test]
+fn a_second_demo_run_continues_after_the_first() {
+    let (_dir, path) = temp_db();
+    let run = || {
+        let (code, out, err) = cli(&path, &["--format", "json", "demo", "--ticks", "30"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let first = run();
+    let second = run();
+    assert!(first["failures"]["failures"].as_u64().unwrap() > 0);
+    let until = healstore::time::parse_time(first["simulated_until"].as_str().unwrap()).unwrap();
+    let from = healstore::time::parse_time(second["simulated_from"].as_str().unwrap()).unwrap();
+    assert!(
+        from > until,
+        "the second run starts after the first one's events"
+    );
+    assert!(second["head_position"].as_i64() > first["head_position"].as_i64());
+}
