@@ -982,31 +982,15 @@ impl Healer {
                 Err(e) => format!("failed: {e}"),
             })
             .collect();
-        events.push(Self::fact(
-            HealEvent::HealingCompleted(HealingCompleted {
-                failure_id: failure.failure_id.clone(),
-                strategy: name.clone(),
-                agent_id: failure.agent_id.clone(),
-                failure_type: Some(failure.failure_type.clone()),
-                success: all_ok,
-                duration_ms: started.elapsed().as_millis() as i64,
-                actions_taken: taken,
-                metadata: Map::new(),
-            }),
+        events.extend(outcome_facts(
+            failure,
+            &name,
+            all_ok,
+            started.elapsed().as_millis() as i64,
+            taken,
+            Map::new(),
             end,
         ));
-        if all_ok {
-            events.push(Self::fact(
-                HealEvent::FailureResolved(FailureResolved {
-                    failure_id: failure.failure_id.clone(),
-                    failure_type: failure.failure_type.clone(),
-                    agent_id: failure.agent_id.clone(),
-                    strategy: Some(name.clone()),
-                    detected_at: failure.detected_at,
-                }),
-                end,
-            ));
-        }
         self.record_outcome_events(
             strategy, failure, &sstream, &key, all_ok, fstream, events, end,
         )
@@ -1121,31 +1105,15 @@ impl Healer {
             ))
         })?;
         let duration = duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
-        let mut facts = vec![Self::fact(
-            HealEvent::HealingCompleted(HealingCompleted {
-                failure_id: failure.failure_id.clone(),
-                strategy: name.clone(),
-                agent_id: failure.agent_id.clone(),
-                failure_type: Some(failure.failure_type.clone()),
-                success,
-                duration_ms: duration,
-                actions_taken: Vec::new(),
-                metadata: Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
-            }),
+        let facts = outcome_facts(
+            &failure,
+            &name,
+            success,
+            duration,
+            Vec::new(),
+            Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
             at,
-        )];
-        if success {
-            facts.push(Self::fact(
-                HealEvent::FailureResolved(FailureResolved {
-                    failure_id: failure.failure_id.clone(),
-                    failure_type: failure.failure_type.clone(),
-                    agent_id: failure.agent_id.clone(),
-                    strategy: Some(name.clone()),
-                    detected_at: failure.detected_at,
-                }),
-                at,
-            ));
-        }
+        );
         let key = strategy.key(&failure);
         let sstream = strategy_stream(&name, &key);
         let lock = self.key_lock(&sstream);
@@ -1562,6 +1530,44 @@ pub struct OutcomeReport {
     pub duration_ms: i64,
     /// Detection to resolution, when resolved.
     pub time_to_recover_ms: Option<i64>,
+}
+
+/// The facts that end an attempt: its completion, and the failure's resolution if it healed.
+fn outcome_facts(
+    failure: &Failure,
+    strategy: &str,
+    success: bool,
+    duration_ms: i64,
+    actions_taken: Vec<String>,
+    metadata: Map<String, Value>,
+    at: DateTime<Utc>,
+) -> Vec<NewEvent> {
+    let mut facts = vec![Healer::fact(
+        HealEvent::HealingCompleted(HealingCompleted {
+            failure_id: failure.failure_id.clone(),
+            strategy: strategy.to_owned(),
+            agent_id: failure.agent_id.clone(),
+            failure_type: Some(failure.failure_type.clone()),
+            success,
+            duration_ms,
+            actions_taken,
+            metadata,
+        }),
+        at,
+    )];
+    if success {
+        facts.push(Healer::fact(
+            HealEvent::FailureResolved(FailureResolved {
+                failure_id: failure.failure_id.clone(),
+                failure_type: failure.failure_type.clone(),
+                agent_id: failure.agent_id.clone(),
+                strategy: Some(strategy.to_owned()),
+                detected_at: failure.detected_at,
+            }),
+            at,
+        ));
+    }
+    facts
 }
 
 /// Carries out one action; `Ok` says what was done, `Err` why it failed.
