@@ -211,6 +211,9 @@ struct States {
     /// The log position the states are caught up to (every strategy event at or below it has
     /// been folded). Held while catching up, so that catch-ups do not overlap.
     cursor: tokio::sync::Mutex<i64>,
+    /// Positions above the cursor that this healer appended itself (their strategy events are
+    /// folded as they are appended).
+    own: Mutex<std::collections::BTreeSet<i64>>,
 }
 
 /// Prefix of every strategy state stream.
@@ -409,6 +412,19 @@ impl Healer {
         if head <= *cursor {
             return Ok(());
         }
+        {
+            // When every position since the cursor was appended by this healer, its strategy
+            // events were folded as they were appended: nothing to read. (Positions are dense:
+            // the writer numbers them under the write lock, and a rolled-back group frees its
+            // numbers for the next.)
+            let mut own = self.states.own.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = own.range(*cursor + 1..=head).count() as i64;
+            if mine == head - *cursor {
+                *cursor = head;
+                own.retain(|p| *p > head);
+                return Ok(());
+            }
+        }
         let filter = EventFilter {
             stream_prefix: Some(STRATEGY_STREAM_PREFIX.to_owned()),
             after_position: *cursor,
@@ -426,6 +442,11 @@ impl Healer {
             self.rebuild_stream(&stream).await?;
         }
         *cursor = head;
+        self.states
+            .own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p > head);
         Ok(())
     }
 
@@ -462,6 +483,13 @@ impl Healer {
         }
         entry.version = e.stream_version;
         entry.dirty = true;
+    }
+
+    /// Remembers the positions of events this healer wrote (not those of duplicates, which
+    /// may be anyone's).
+    fn note_own(&self, appended: &[crate::event::Appended]) {
+        let mut own = self.states.own.lock().unwrap_or_else(|e| e.into_inner());
+        own.extend(appended.iter().filter(|a| !a.duplicate).map(|a| a.position));
     }
 
     fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -848,6 +876,7 @@ impl Healer {
             });
             match self.store.append_atomic(parts).await {
                 Ok(appended) => {
+                    self.note_own(&appended);
                     let mut i = 0;
                     for (strategy, stream, key, values) in applied.iter().take(n_state_parts) {
                         let versions: Vec<(u64, Value)> = appended[i..i + values.len()]
@@ -1034,6 +1063,7 @@ impl Healer {
             });
             match self.store.append_atomic(parts).await {
                 Ok(appended) => {
+                    self.note_own(&appended);
                     let applied: Vec<(u64, Value)> = appended[..n_state]
                         .iter()
                         .zip(&reaction)
@@ -1240,13 +1270,15 @@ impl Healer {
             }),
             at,
         );
-        self.store
+        let appended = self
+            .store
             .append(
                 &format!("agent-{agent_id}"),
                 ExpectedVersion::Any,
                 vec![fact],
             )
             .await?;
+        self.note_own(&appended);
         self.signal(
             &Signal::AgentSucceeded {
                 agent_id: agent_id.to_owned(),
@@ -1375,6 +1407,7 @@ impl Healer {
                         .await
                     {
                         Ok(appended) => {
+                            self.note_own(&appended);
                             let applied: Vec<(u64, Value)> = appended
                                 .iter()
                                 .zip(&r.events)
@@ -1419,13 +1452,15 @@ impl Healer {
                         }
                         if !facts.is_empty() {
                             // Not in the state stream: these are results, not state.
-                            self.store
+                            let appended = self
+                                .store
                                 .append(
                                     &format!("actions-{name}-{key}"),
                                     ExpectedVersion::Any,
                                     facts,
                                 )
                                 .await?;
+                            self.note_own(&appended);
                         }
                     }
                 }
