@@ -743,3 +743,157 @@ fn a_second_demo_run_continues_after_the_first() {
     );
     assert!(second["head_position"].as_i64() > first["head_position"].as_i64());
 }
+
+// ----- concurrency ---------------------------------------------------------------------------
+
+/// A coordinator whose restart of `slow` says it has started and waits until released;
+/// everything else succeeds at once.
+struct Gate {
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Coordinator for Gate {
+    async fn agent_status(
+        &self,
+        agent_id: &str,
+    ) -> healstore::heal::coordinator::CoordResult<Option<healstore::heal::AgentStatus>> {
+        NoopCoordinator.agent_status(agent_id).await
+    }
+    async fn register_agent(
+        &self,
+        agent_id: &str,
+        _: serde_json::Map<String, serde_json::Value>,
+    ) -> healstore::heal::coordinator::CoordResult<()> {
+        if agent_id == "slow" {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+    async fn unregister_agent(&self, _: &str) -> healstore::heal::coordinator::CoordResult<()> {
+        Ok(())
+    }
+    async fn topology(
+        &self,
+    ) -> healstore::heal::coordinator::CoordResult<healstore::heal::Topology> {
+        NoopCoordinator.topology().await
+    }
+    async fn pause_tasks(
+        &self,
+        _: &[healstore::heal::Priority],
+    ) -> healstore::heal::coordinator::CoordResult<u32> {
+        Ok(0)
+    }
+    async fn resume_tasks(
+        &self,
+        _: &[healstore::heal::Priority],
+    ) -> healstore::heal::coordinator::CoordResult<u32> {
+        Ok(0)
+    }
+    async fn set_concurrency(&self, _: u32) -> healstore::heal::coordinator::CoordResult<()> {
+        Ok(())
+    }
+    async fn set_caching(&self, _: bool) -> healstore::heal::coordinator::CoordResult<()> {
+        Ok(())
+    }
+    async fn set_prompt_simplification(
+        &self,
+        _: bool,
+    ) -> healstore::heal::coordinator::CoordResult<()> {
+        Ok(())
+    }
+    async fn retry_task(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: u64,
+    ) -> healstore::heal::coordinator::CoordResult<()> {
+        Ok(())
+    }
+    async fn spawn_agents(&self, _: u32) -> healstore::heal::coordinator::CoordResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healing_one_agent_does_not_wait_for_another_agents_slow_action() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let gate = Arc::new(Gate {
+        reached: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let store = Store::open(&path, options(clock.clone())).await.unwrap();
+    let h = Arc::new(
+        Config::default()
+            .builder()
+            .coordinator(gate.clone() as Arc<dyn Coordinator>)
+            .open(store)
+            .await
+            .unwrap(),
+    );
+    let slow = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let f = Failure::new("agent_down", Severity::High, t0()).with_agent("slow");
+            h.heal(f).await.unwrap()
+        })
+    };
+    // Once the slow heal is inside its action, heal another agent: it must finish while the
+    // slow one is still blocked in the coordinator.
+    gate.reached.notified().await;
+    let f = Failure::new("agent_down", Severity::High, t0()).with_agent("fast");
+    let fast = tokio::time::timeout(std::time::Duration::from_secs(10), h.heal(f))
+        .await
+        .expect("another agent's heal is not blocked")
+        .unwrap();
+    assert!(fast.result.success);
+    assert!(
+        !slow.is_finished(),
+        "the slow heal is still waiting on its action"
+    );
+    gate.release.notify_one();
+    assert!(slow.await.unwrap().result.success);
+}
+
+#[tokio::test]
+async fn two_healers_on_one_database_open_a_circuit_once() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let a = Arc::new(healer(&path, clock.clone()).await);
+    let b = Arc::new(healer(&path, clock.clone()).await);
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let h = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let f = Failure::new("agent_down", Severity::High, t0()).with_agent("x");
+                h.heal(f).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut opened = 0;
+    let mut events = a.store().read(healstore::EventFilter {
+        stream_id: Some(healstore::heal::strategy_stream("CircuitBreaker", "x")),
+        ..Default::default()
+    });
+    use futures_util::StreamExt;
+    while let Some(e) = events.next().await {
+        let e = e.unwrap();
+        if e.event_type == "circuit_transitioned" && e.payload["to"] == "open" {
+            opened += 1;
+        }
+    }
+    assert_eq!(
+        opened, 1,
+        "ten failures across two healers open the circuit once"
+    );
+    let states_a = a.states(Some("CircuitBreaker")).await.unwrap();
+    let states_b = b.states(Some("CircuitBreaker")).await.unwrap();
+    assert_eq!(states_a, states_b, "both healers see the same circuit");
+    assert_eq!(states_a[0].state["state"], "open");
+}
