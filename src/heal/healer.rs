@@ -345,8 +345,11 @@ impl Healer {
     }
 
     /// The instant the healer treats as now.
+    ///
+    /// Truncated to the microsecond, the precision events keep: a state folded in memory must
+    /// equal the same state folded from the log.
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        micros(self.clock.now())
     }
 
     /// The route's name for a failure type, if one is registered.
@@ -578,10 +581,11 @@ impl Healer {
         self.heal_inner(failure).instrument(span).await
     }
 
-    async fn heal_inner(&self, failure: Failure) -> Result<HealReport> {
+    async fn heal_inner(&self, mut failure: Failure) -> Result<HealReport> {
+        failure.detected_at = micros(failure.detected_at);
         crate::event::check_id("failure_id", &failure.failure_id)?;
         crate::event::check_id("failure_type", &failure.failure_type)?;
-        let now = self.clock.now();
+        let now = self.now();
         let started = Instant::now();
         let fstream = failure.stream_id();
         let mut report = HealReport {
@@ -680,7 +684,7 @@ impl Healer {
             report.result.strategy_used = last.decision.clone();
         }
         report.result.duration_ms = started.elapsed().as_millis() as i64;
-        report.result.timestamp = self.clock.now();
+        report.result.timestamp = self.now();
         report
             .result
             .metadata
@@ -994,7 +998,7 @@ impl Healer {
                     error: r.as_ref().err().cloned(),
                     duration_ms: ms,
                 }),
-                self.clock.now(),
+                self.now(),
             ));
             attempt.results.push(r.clone());
             if r.is_err() {
@@ -1002,7 +1006,7 @@ impl Healer {
             }
         }
         attempt.success = Some(all_ok);
-        let end = self.clock.now();
+        let end = self.now();
         let taken: Vec<String> = attempt
             .results
             .iter()
@@ -1087,6 +1091,7 @@ impl Healer {
         duration_ms: Option<i64>,
         at: DateTime<Utc>,
     ) -> Result<OutcomeReport> {
+        let at = micros(at);
         let fstream = failure_stream(failure_id);
         let mut events = self.store.read(EventFilter::stream(&fstream));
         let mut failure = None;
@@ -1259,6 +1264,7 @@ impl Healer {
         task_id: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<SignalReport> {
+        let at = micros(at);
         crate::event::check_id("agent_id", agent_id)?;
         if let Some(t) = task_id {
             crate::event::check_id("task_id", t)?;
@@ -1298,6 +1304,7 @@ impl Healer {
         limit: f64,
         at: DateTime<Utc>,
     ) -> Result<SignalReport> {
+        let at = micros(at);
         crate::event::check_id("resource_type", resource_type)?;
         if !(current_usage.is_finite() && limit.is_finite() && limit > 0.0 && current_usage >= 0.0)
         {
@@ -1330,7 +1337,7 @@ impl Healer {
             command: command.to_owned(),
             reason: reason.to_owned(),
         };
-        self.signal(&signal, self.clock.now(), strategy).await
+        self.signal(&signal, self.now(), strategy).await
     }
 
     /// Asks whether a call may be sent to an agent (half-open circuits admit a limited number
@@ -1340,7 +1347,7 @@ impl Healer {
         let signal = Signal::Permit {
             agent_id: agent_id.to_owned(),
         };
-        let mut report = self.signal(&signal, self.clock.now(), None).await?;
+        let mut report = self.signal(&signal, self.now(), None).await?;
         if report.permitted.is_none() {
             report.permitted = Some(true);
         }
@@ -1350,7 +1357,7 @@ impl Healer {
     /// Lets time-dependent states move on (open circuits whose wait has passed become
     /// half-open and re-register their agent for the trial).
     pub async fn tick(&self) -> Result<SignalReport> {
-        self.signal(&Signal::Tick, self.clock.now(), None).await
+        self.signal(&Signal::Tick, self.now(), None).await
     }
 
     async fn signal(
@@ -1446,7 +1453,7 @@ impl Healer {
                                     error: res.as_ref().err().cloned(),
                                     duration_ms: t.elapsed().as_millis() as i64,
                                 }),
-                                self.clock.now(),
+                                self.now(),
                             ));
                             results.push(res);
                         }
@@ -1482,7 +1489,7 @@ impl Healer {
     /// Every state of a strategy (all strategies when `None`), caught up with the log.
     pub async fn states(&self, strategy: Option<&str>) -> Result<Vec<StateView>> {
         self.catch_up().await?;
-        let now = self.clock.now();
+        let now = self.now();
         let map = self.lock_map();
         let mut out: Vec<StateView> = map
             .values()
@@ -1565,6 +1572,11 @@ pub struct OutcomeReport {
     pub duration_ms: i64,
     /// Detection to resolution, when resolved.
     pub time_to_recover_ms: Option<i64>,
+}
+
+/// An instant truncated to the microsecond (never fails: out-of-range instants are kept).
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    crate::time::truncate(t).unwrap_or(t)
 }
 
 /// The facts that end an attempt: its completion, and the failure's resolution if it healed.

@@ -897,3 +897,26 @@ async fn two_healers_on_one_database_open_a_circuit_once() {
     assert_eq!(states_a, states_b, "both healers see the same circuit");
     assert_eq!(states_a[0].state["state"], "open");
 }
+
+#[tokio::test]
+async fn states_restored_from_the_log_equal_the_ones_in_memory_whatever_the_clock_precision() {
+    let (_dir, path) = temp_db();
+    // A clock with nanoseconds, as the system clock has: the log keeps microseconds.
+    let clock = Arc::new(ManualClock::new(t0() + Duration::nanoseconds(123_456_789)));
+    let h = healer(&path, clock.clone()).await;
+    for i in 0..7 {
+        let f = Failure::new("agent_down", Severity::High, clock.now_value()).with_agent("a");
+        h.heal(f).await.unwrap();
+        let f = Failure::new("task_timeout", Severity::Medium, clock.now_value()).with_task("t");
+        h.heal(f).await.unwrap();
+        clock.advance(Duration::nanoseconds(1_000_000_007 * i));
+    }
+    h.record_success("a", Some("t"), clock.now_value())
+        .await
+        .unwrap();
+    let in_memory = h.snapshots().await.unwrap();
+    h.store().clone().close().await.unwrap();
+    drop(h);
+    let h = healer(&path, clock.clone()).await;
+    assert_eq!(h.snapshots().await.unwrap(), in_memory);
+}
