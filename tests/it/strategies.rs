@@ -4,8 +4,8 @@
 //!
 //! The first part calls the pure strategy functions; the second runs them in the real healer on
 //! a real store, with a recording coordinator that can be told to fail. Tests named
-//! `upstream_*` pin a defect of the upstream design (see `reference/upstream.md`): each one
-//! fails on the upstream behaviour.
+//! `upstream_*` pin a defect of the earlier Python implementation of this design: each one
+//! fails on that implementation's behaviour.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
