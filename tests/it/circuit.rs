@@ -1225,3 +1225,41 @@ async fn without_a_coordinator_the_opening_is_delegated_with_an_unregister_actio
     assert!(decisions[5].attempts[0].reason.contains("isolated until"));
     healer.close().await.unwrap();
 }
+
+#[test]
+fn a_half_open_circuit_whose_trials_never_report_back_re_opens_after_the_maximum_wait() {
+    let mut g = Given::with(CircuitBreakerConfig {
+        half_open_max_wait_ms: Some(30_000),
+        ..CircuitBreakerConfig::default()
+    });
+    g.fails_times("a", 5, 0);
+    g.tick("a", at(64)).expect("half-open at the deadline");
+    assert!(g.permit("a", at(65)).permitted == Some(true));
+    // The trial call never reports back.
+    assert_eq!(g.tick("a", at(93)), None, "29 s: still waiting");
+    let r = g.tick("a", at(94)).expect("30 s without a verdict");
+    assert_eq!(
+        transitions(&r.events),
+        [(CircuitStatus::HalfOpen, CircuitStatus::Open)]
+    );
+    assert_eq!(r.actions, [unregister("a")]);
+    assert_eq!(g.state.reopen_count, 1, "escalated like a failed trial");
+    assert_eq!(
+        open_until(&g),
+        at(94 + 120),
+        "the second opening lasts twice as long"
+    );
+    // Without the setting, the circuit keeps waiting for a verdict.
+    let mut patient = opened("b");
+    patient.tick("b", at(64)).expect("half-open");
+    assert_eq!(patient.tick("b", at(100_000)), None);
+}
+
+#[test]
+fn a_zero_half_open_wait_is_refused() {
+    let c = CircuitBreakerConfig {
+        half_open_max_wait_ms: Some(0),
+        ..CircuitBreakerConfig::default()
+    };
+    assert!(c.validate().is_err());
+}

@@ -146,6 +146,12 @@ pub struct CircuitBreakerConfig {
     pub window: Window,
     /// No rate verdict before the window holds this many outcomes. Default 10.
     pub minimum_calls: u32,
+    /// A circuit that stays half-open this long without reaching a verdict (trial calls that
+    /// never report back) re-opens at the next tick, like resilience4j's
+    /// `maxWaitDurationInHalfOpenState`. Default: none (it waits for a success, a failure or a
+    /// command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_max_wait_ms: Option<u64>,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -171,6 +177,7 @@ impl Default for CircuitBreakerConfig {
             failure_rate_threshold: None,
             window: Window::default(),
             minimum_calls: 10,
+            half_open_max_wait_ms: None,
         }
     }
 }
@@ -239,6 +246,12 @@ impl CircuitBreakerConfig {
                 ));
             }
             _ => {}
+        }
+        if self.half_open_max_wait_ms == Some(0) {
+            return bad(
+                "half_open_max_wait_ms must be above 0: trial calls need time to report back"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -601,6 +614,58 @@ impl CircuitBreaker {
             None,
             s.reopen_count,
         ))
+    }
+
+    /// A recorded half-open period that outlived `half_open_max_wait_ms` without a verdict:
+    /// re-open, escalated like a failed trial.
+    fn half_open_expired(
+        &self,
+        s: &CircuitState,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Reaction<CircuitEvent>> {
+        let wait = self.config.half_open_max_wait_ms?;
+        let since = s.changed_at?;
+        if s.state != CircuitStatus::HalfOpen {
+            return None;
+        }
+        let expires = TimeDelta::try_milliseconds(i64::try_from(wait).unwrap_or(i64::MAX))
+            .and_then(|d| since.checked_add_signed(d))?;
+        if now < expires {
+            return None;
+        }
+        let level = s.reopen_count.saturating_add(1);
+        let (ms, until) = self.deadline(now, level);
+        let mut details = Map::new();
+        details.insert("half_open_since".into(), time_value(Some(since)));
+        details.insert("half_open_max_wait_ms".into(), json!(wait));
+        details.insert("trials_started".into(), json!(s.half_open_trials));
+        details.insert("trial_successes".into(), json!(s.half_open_successes));
+        details.insert("reopen_count".into(), json!(level));
+        details.insert("open_ms".into(), json!(ms));
+        let reason = format!(
+            "{key}: no verdict within {wait} ms of half-open ({} trials, {} successes): \
+             circuit re-opened until {} ({ms} ms, re-open level {level})",
+            s.half_open_trials,
+            s.half_open_successes,
+            format_time(until)
+        );
+        let mut r = Reaction::new(key, reason.clone()).event(self.transition(
+            key,
+            now,
+            CircuitStatus::HalfOpen,
+            CircuitStatus::Open,
+            reason,
+            details,
+            Some(until),
+            level,
+        ));
+        if let Some(agent) = agent_of(key) {
+            r = r.action(Action::UnregisterAgent {
+                agent_id: agent.to_owned(),
+            });
+        }
+        Some(r)
     }
 
     /// The registration that puts an agent back for its half-open trial.
@@ -1089,6 +1154,9 @@ impl Strategy for CircuitBreaker {
                 command, reason, ..
             } => Some(self.on_command(state, key, command, reason, now)),
             Signal::Tick => {
+                if let Some(r) = self.half_open_expired(state, key, now) {
+                    return Some(r);
+                }
                 let due = self.due_half_open(state, key, now)?;
                 let mut r = Reaction::new(
                     key,
