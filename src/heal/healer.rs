@@ -767,13 +767,12 @@ impl Healer {
                     .insert("state_before".into(), member.describe(&state, now));
                 let mut label = d.verdict.as_str().to_owned();
                 let mut reason = d.reason.clone();
-                let mut record_state = true;
+                // Suggest-only never changes strategy state, whatever the verdict: its state
+                // stays what it would be with healing switched off.
+                let mut record_state = self.options.mode != Mode::SuggestOnly;
                 if d.verdict == Verdict::Act {
                     match self.options.mode {
-                        Mode::SuggestOnly => {
-                            label = "suggest_only".into();
-                            record_state = false;
-                        }
+                        Mode::SuggestOnly => label = "suggest_only".into(),
                         Mode::Shadow => label = "shadow".into(),
                         Mode::Auto => {
                             if let Some(why) = self.over_limit(failure, &d.actions, now).await? {

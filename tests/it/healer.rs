@@ -618,6 +618,31 @@ async fn with_auto_heal_off_decisions_are_suggestions_and_change_no_state() {
 }
 
 #[tokio::test]
+async fn with_auto_heal_off_no_verdict_changes_strategy_state() {
+    // Not only acting verdicts: a circuit counting failures below its threshold (a hold) must
+    // leave no state behind either, or the circuit would be half-way open with healing off.
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer_with(&path, clock.clone(), "mode = \"suggest_only\"\n").await;
+    for i in 0..8 {
+        let f = Failure::new("agent_down", Severity::High, t0()).with_agent("a-1");
+        let r = h.heal(f).await.unwrap();
+        assert!(!r.attempts.is_empty(), "round {i}");
+        for a in &r.attempts {
+            assert!(
+                a.details.get("events_not_recorded").is_some() || a.decision != "hold",
+                "round {i}: {a:?}"
+            );
+        }
+    }
+    assert!(
+        h.states(None).await.unwrap().is_empty(),
+        "{:?}",
+        h.states(None).await.unwrap()
+    );
+}
+
+#[tokio::test]
 async fn failures_without_a_strategy_are_recorded_too() {
     let (_dir, path) = temp_db();
     let clock = Arc::new(ManualClock::new(t0()));
