@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::analytics::{Pattern, Prediction};
 use crate::error::{Error, Result};
 use crate::event::NewEvent;
 use crate::time::serde_rfc3339;
@@ -201,6 +202,8 @@ heal_events! {
     AgentSucceeded(AgentSucceeded) = "agent_succeeded" v 1,
     CircuitTransitioned(CircuitTransitioned) = "circuit_transitioned" v 1,
     ConfigurationChanged(ConfigurationChanged) = "configuration_changed" v 1,
+    PatternLearned(Pattern) = "pattern_learned" v 1,
+    PredictionMade(Prediction) = "prediction_made" v 1,
 }
 
 impl HealEvent {

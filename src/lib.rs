@@ -11,6 +11,10 @@
 //! - [`events`]: the typed, versioned facts healstore writes ([`HealEvent`]).
 //! - [`Store`]: the log itself: durable group-commit appends with idempotency and optimistic
 //!   concurrency, paged reads by stream, position and time, and live tails.
+//! - [`heal`]: detection, strategies whose state is folded from their event streams, and the
+//!   healer that records every decision.
+//! - [`analytics`]: SQL over time windows on read models the store maintains with the events:
+//!   statistics, MTTR, effectiveness, recommendations, health, patterns and predictions.
 //! - [`clock`]: injectable time; nothing reads the wall clock but [`SystemClock`].
 //!
 //! ```no_run
@@ -28,6 +32,7 @@
 //! # }
 //! ```
 
+pub mod analytics;
 pub mod clock;
 pub mod config;
 mod error;
@@ -37,6 +42,7 @@ pub mod heal;
 mod store;
 pub mod time;
 
+pub use analytics::{Analytics, Window};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};

@@ -30,6 +30,9 @@ pub struct DemoArgs {
     /// differs and every run can be reproduced).
     #[arg(long)]
     seed: Option<u64>,
+    /// Also write the closing dashboard as a self-contained HTML page to this file.
+    #[arg(long)]
+    html: Option<std::path::PathBuf>,
 }
 
 const TICK: i64 = 5;
@@ -101,7 +104,9 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     .await?;
     config.record(&store).await?;
     let seed = args.seed.unwrap_or(head as u64);
-    let fleet = Arc::new(SimulatedFleet::new(args.agents as usize, seed));
+    let fleet = Arc::new(
+        SimulatedFleet::new(args.agents as usize, seed).with_simulated_latency(clock.clone()),
+    );
     let healer = config
         .builder()
         .coordinator(fleet.clone() as Arc<dyn Coordinator>)
@@ -176,7 +181,15 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     // The last tick's instant (the clock has already moved one step past it).
     let end = clock.now_value() - Duration::seconds(TICK);
     let head = healer.store().head_position().await?;
+    // The run ends with the dashboard over the simulated period.
+    let window = healstore::Window::new(start, end + Duration::seconds(TICK))?;
+    let dashboard = healstore::Analytics::new(healer.store())
+        .dashboard(&window, &Default::default(), end)
+        .await?;
     healer.close().await?;
+    if let Some(path) = &args.html {
+        super::analytics::write_html(path, &dashboard)?;
+    }
     let fleet_state = fleet.snapshot();
 
     let circuit_rows: Vec<Value> = circuits
@@ -210,6 +223,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             "retries_scheduled": fleet_state.retries_scheduled,
         },
         "head_position": head,
+        "dashboard": dashboard,
     });
     if out.json() {
         return out.json_value(&summary);
@@ -274,6 +288,11 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         "{head} events in {}; run `healstore demo` again to continue, `healstore circuits`, `healstore audit --agent agent-5`",
         cli.db.display()
     ))?;
+    out.line("")?;
+    super::analytics::print_dashboard(&dashboard, out)?;
+    if let Some(path) = &args.html {
+        out.line(&format!("\nwrote {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! `healstore:`. Exit codes: 0 success, 1 a negative answer, 2 an error. A closed pipe on
 //! stdout (`healstore events | head`) is not an error.
 
+mod analytics;
 mod demo;
 mod heal;
 mod log;
@@ -127,6 +128,74 @@ pub enum Command {
     /// agents, slow tasks, resource pressure, a lost quorum). A second run continues from the
     /// first one's state.
     Demo(demo::DemoArgs),
+    /// Overall healing statistics over a window (default: the last 24 h).
+    Stats {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+    },
+    /// MTTR (detection to resolution) as a time series.
+    Mttr {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        /// Split each bucket by failure type, resolving strategy or agent.
+        #[arg(long, value_enum)]
+        by: Option<analytics::ByArg>,
+        /// The bucket length (1h, 1d, ...).
+        #[arg(long, default_value = "1h")]
+        bucket: String,
+    },
+    /// Strategy effectiveness with trend and verdict, and which strategy works for which
+    /// failure type (default window: 7 days).
+    Effectiveness {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        #[command(flatten)]
+        verdicts: analytics::VerdictArgs,
+    },
+    /// What to change, from the window's figures.
+    Recommendations {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        #[command(flatten)]
+        verdicts: analytics::VerdictArgs,
+    },
+    /// Every figure against its target, the health score and the recommendations.
+    Dashboard {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        #[command(flatten)]
+        verdicts: analytics::VerdictArgs,
+        /// Also write a self-contained HTML page with charts to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Circuit analytics: time open and half-open, reopenings, flapping circuits.
+    CircuitReport {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        #[command(flatten)]
+        verdicts: analytics::VerdictArgs,
+    },
+    /// Learn failure patterns (sequences, frequencies, correlations, temporal spikes) and
+    /// record them (default window: 7 days).
+    Patterns {
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        #[command(flatten)]
+        learn: analytics::LearnArgs,
+    },
+    /// Predict the next failures from the latest events and the learned patterns, and report
+    /// how earlier predictions turned out.
+    Predict {
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        window: analytics::WindowArgs,
+        #[command(flatten)]
+        learn: analytics::LearnArgs,
+    },
+    /// Drop every read model and rebuild it from the events.
+    Rebuild,
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -242,6 +311,33 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => code = heal::circuit(cli, *command, agent, reason.as_deref(), &mut out).await?,
         Command::Tick => heal::tick(cli, &mut out).await?,
         Command::States { strategy } => heal::states(cli, strategy.as_deref(), &mut out).await?,
+        Command::Stats { window } => analytics::stats(cli, window, &mut out).await?,
+        Command::Mttr { window, by, bucket } => {
+            analytics::mttr(cli, window, *by, bucket, &mut out).await?
+        }
+        Command::Effectiveness { window, verdicts } => {
+            analytics::effectiveness(cli, window, verdicts, &mut out).await?
+        }
+        Command::Recommendations { window, verdicts } => {
+            analytics::recommendations(cli, window, verdicts, &mut out).await?
+        }
+        Command::Dashboard {
+            window,
+            verdicts,
+            html,
+        } => analytics::dashboard(cli, window, verdicts, html.as_ref(), &mut out).await?,
+        Command::CircuitReport { window, verdicts } => {
+            analytics::circuit_report(cli, window, verdicts, &mut out).await?
+        }
+        Command::Patterns { window, learn } => {
+            analytics::patterns(cli, window, learn, &mut out).await?
+        }
+        Command::Predict {
+            agent,
+            window,
+            learn,
+        } => analytics::predict(cli, agent.as_deref(), window, learn, &mut out).await?,
+        Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
         Command::Audit { failure_id, agent } => {
             heal::audit(cli, failure_id.as_deref(), agent.as_deref(), &mut out).await?
         }

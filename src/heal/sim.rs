@@ -87,6 +87,9 @@ pub struct FleetState {
 #[derive(Debug)]
 pub struct SimulatedFleet {
     state: Mutex<(FleetState, SimRng)>,
+    /// When set, every call moves this clock on by a simulated duration, so that healing
+    /// takes (simulated) time and MTTR is not zero.
+    latency: Option<std::sync::Arc<crate::clock::ManualClock>>,
 }
 
 impl SimulatedFleet {
@@ -118,6 +121,28 @@ impl SimulatedFleet {
         }
         SimulatedFleet {
             state: Mutex::new((state, rng)),
+            latency: None,
+        }
+    }
+
+    /// Makes every call take simulated time on `clock` (a restart 150-450 ms, a spawn
+    /// 300-900 ms, a retry 40-200 ms, a setting 5-30 ms).
+    pub fn with_simulated_latency(
+        mut self,
+        clock: std::sync::Arc<crate::clock::ManualClock>,
+    ) -> Self {
+        self.latency = Some(clock);
+        self
+    }
+
+    /// Spends a simulated duration between `lo` and `hi` milliseconds.
+    fn spend(&self, lo: u64, hi: u64) {
+        if let Some(clock) = &self.latency {
+            let ms = {
+                let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                lo + g.1.below((hi - lo + 1) as usize) as u64
+            };
+            clock.advance(chrono::Duration::milliseconds(ms as i64));
         }
     }
 
@@ -184,6 +209,7 @@ impl Coordinator for SimulatedFleet {
         agent_id: &str,
         _metadata: Map<String, Value>,
     ) -> CoordResult<()> {
+        self.spend(150, 450);
         self.with(|s, rng| {
             let a = s.agents.get_mut(agent_id).ok_or_else(|| {
                 CoordinatorError::new(format!("agent {agent_id} is not part of the fleet"))
@@ -209,6 +235,7 @@ impl Coordinator for SimulatedFleet {
     }
 
     async fn unregister_agent(&self, agent_id: &str) -> CoordResult<()> {
+        self.spend(10, 40);
         self.with(|s, _| match s.agents.get_mut(agent_id) {
             Some(a) => {
                 a.registered = false;
@@ -230,6 +257,7 @@ impl Coordinator for SimulatedFleet {
     }
 
     async fn pause_tasks(&self, priorities: &[Priority]) -> CoordResult<u32> {
+        self.spend(5, 30);
         Ok(self.with(|s, _| {
             let mut n = 0;
             for p in priorities {
@@ -243,6 +271,7 @@ impl Coordinator for SimulatedFleet {
     }
 
     async fn resume_tasks(&self, priorities: &[Priority]) -> CoordResult<u32> {
+        self.spend(5, 30);
         Ok(self.with(|s, _| {
             let before = s.paused.len();
             s.paused.retain(|p| !priorities.contains(p));
@@ -251,6 +280,7 @@ impl Coordinator for SimulatedFleet {
     }
 
     async fn set_concurrency(&self, max_per_agent: u32) -> CoordResult<()> {
+        self.spend(5, 30);
         if max_per_agent == 0 {
             return Err(CoordinatorError::new("concurrency must be at least 1"));
         }
@@ -259,11 +289,13 @@ impl Coordinator for SimulatedFleet {
     }
 
     async fn set_caching(&self, enabled: bool) -> CoordResult<()> {
+        self.spend(5, 30);
         self.with(|s, _| s.caching = enabled);
         Ok(())
     }
 
     async fn set_prompt_simplification(&self, enabled: bool) -> CoordResult<()> {
+        self.spend(5, 30);
         self.with(|s, _| s.prompt_simplification = enabled);
         Ok(())
     }
@@ -274,11 +306,15 @@ impl Coordinator for SimulatedFleet {
         _agent: Option<&str>,
         _delay_ms: u64,
     ) -> CoordResult<()> {
+        self.spend(40, 200);
         self.with(|s, _| s.retries_scheduled += 1);
         Ok(())
     }
 
     async fn spawn_agents(&self, count: u32) -> CoordResult<Vec<String>> {
+        for _ in 0..count.min(16) {
+            self.spend(300, 900);
+        }
         Ok(self.with(|s, _| {
             (0..count)
                 .map(|_| {

@@ -24,7 +24,15 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V2__strategy_snapshots",
         include_str!("../../migrations/V2__strategy_snapshots.sql"),
     ),
+    (
+        "V3__read_models",
+        include_str!("../../migrations/V3__read_models.sql"),
+    ),
 ];
+
+/// The first schema version with the analytics read models: a database upgraded across it
+/// gets them built from its existing events in the same transaction.
+const READ_MODELS_VERSION: i64 = 3;
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -90,6 +98,15 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
         .run_async(&mut adapter)
         .await
         .map_err(|e| Error::Migration(e.to_string()))?;
+    if report
+        .applied_migrations()
+        .iter()
+        .any(|m| i64::from(m.version()) == READ_MODELS_VERSION)
+    {
+        crate::analytics::rebuild_read_models(&mut tx)
+            .await
+            .map_err(|e| Error::from_db(e, path))?;
+    }
     tx.commit().await.map_err(|e| Error::from_db(e, path))?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied migration");

@@ -187,6 +187,18 @@ impl Store {
         })
     }
 
+    /// Drops every read model and rebuilds it from the events in one transaction (see
+    /// [`crate::analytics::Analytics::rebuild`]).
+    pub(crate) async fn rebuild_read_models(&self) -> Result<crate::analytics::RebuildReport> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(writer::Request::RebuildReadModels(reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path

@@ -35,6 +35,7 @@ pub(crate) enum Request {
     Import(ImportRequest),
     Checkpoint(super::snapshots::Checkpoint, oneshot::Sender<Result<()>>),
     DropSnapshots(oneshot::Sender<Result<()>>),
+    RebuildReadModels(oneshot::Sender<Result<crate::analytics::RebuildReport>>),
 }
 
 pub(crate) struct AppendRequest {
@@ -260,6 +261,10 @@ impl Writer {
                 }
                 Request::DropSnapshots(reply) => {
                     let r = super::snapshots::drop_all(&mut self.conn).await;
+                    let _ = reply.send(r.map_err(|e| Error::from_db(e, &self.path)));
+                }
+                Request::RebuildReadModels(reply) => {
+                    let r = rebuild_read_models(&mut self.conn).await;
                     let _ = reply.send(r.map_err(|e| Error::from_db(e, &self.path)));
                 }
                 Request::Append(a) => {
@@ -849,4 +854,22 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
         rest = later;
     }
     Ok(())
+}
+
+/// Rebuilds every read model (analytics tables and strategy snapshots) in one transaction.
+async fn rebuild_read_models(
+    conn: &mut SqliteConnection,
+) -> sqlx::Result<crate::analytics::RebuildReport> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    crate::analytics::rebuild_read_models(&mut tx).await?;
+    sqlx::query("DELETE FROM strategy_snapshots")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM strategy_checkpoints")
+        .execute(&mut *tx)
+        .await?;
+    let mut report = crate::analytics::read_model_counts(&mut tx).await?;
+    report.snapshots_dropped = true;
+    tx.commit().await?;
+    Ok(report)
 }

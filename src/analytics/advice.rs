@@ -1,0 +1,602 @@
+//! Recommendations, the health score and the dashboard.
+//!
+//! Recommendation rules (each can fire; the upstream design guessed failure types from ids,
+//! so two of its rules never did, and its "performing well" was unreachable):
+//!
+//! | rule | fires when |
+//! |---|---|
+//! | `low_success_rate` | at least `min_results` healings and a success rate below 0.7 |
+//! | `excellent_success_rate` | at least `min_results` healings and a rate above 0.95 |
+//! | `replace_strategy`, `tune_strategy`, `investigate_strategy` | a strategy's verdict says so |
+//! | `high_mttr` | MTTR above 5,000 ms |
+//! | `rising_mttr` | the second half's MTTR is over 1.5x the first half's, each half with at least 5 resolutions |
+//! | `most_common_failure` | at least `min_results` failures: the most frequent type |
+//! | `enable_degradation` | resource failures seen and GradualDegradation acted on none of them |
+//! | `enable_circuit_breaker` | timeouts seen and CircuitBreaker considered none of them |
+//! | `flapping_circuit` | a circuit opened at least `flap_threshold` times |
+//! | `healer_limits_reached` | decisions withheld by the healer's limits |
+//! | `unresolved_failures` | over 10 % of the window's failures are not resolved by its end |
+//! | `performing_well` | none of the warnings above fired |
+//!
+//! Health score (the seed's formula): `50 x success_rate + 30 x max(0, 1 - mttr / 500) +
+//! 20 x mean strategy success rate (0.5 with none)`, capped at 100, one decimal. Two cases the
+//! formula leaves open are decided here: a window without failures scores 100 (nothing needed
+//! healing), and a window whose failures were all left unresolved gets no MTTR points (an MTTR
+//! of 0 there means "never", not "instantly").
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::effectiveness::{Effectiveness, EffectivenessOptions};
+use super::{Analytics, CircuitReport, MttrPoint, Stats, Window, WindowInfo, round};
+use crate::error::Result;
+use crate::time::format_time;
+
+/// Failure types whose remedy is graceful degradation.
+pub const RESOURCE_FAILURES: &[&str] = &[
+    "resource_exhaustion",
+    "token_exhaustion",
+    "quota_exceeded",
+    "memory_exhaustion",
+    "memory_pressure",
+];
+
+/// Failure types a circuit breaker protects against.
+pub const TIMEOUT_FAILURES: &[&str] = &["task_timeout", "high_latency"];
+
+/// One recommendation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    pub rule: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
+fn rec(rule: &str, severity: &str, message: String) -> Recommendation {
+    Recommendation {
+        rule: rule.into(),
+        severity: severity.into(),
+        message,
+        subject: None,
+        value: None,
+    }
+}
+
+impl Recommendation {
+    fn about(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    fn value(mut self, v: f64) -> Self {
+        self.value = Some(round(v, 4));
+        self
+    }
+}
+
+/// The health score with its three parts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthScore {
+    pub score: f64,
+    pub success_points: f64,
+    pub mttr_points: f64,
+    pub strategy_points: f64,
+}
+
+/// A figure against the seed's target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub metric: String,
+    pub value: f64,
+    /// `>` or `<`.
+    pub comparison: String,
+    pub target: f64,
+    pub met: bool,
+}
+
+/// Thresholds for the advice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdviceOptions {
+    pub effectiveness: EffectivenessOptions,
+    /// Opens in the window from which a circuit counts as flapping.
+    pub flap_threshold: i64,
+}
+
+impl Default for AdviceOptions {
+    fn default() -> Self {
+        AdviceOptions {
+            effectiveness: EffectivenessOptions::default(),
+            flap_threshold: 3,
+        }
+    }
+}
+
+/// Everything the dashboard shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dashboard {
+    pub timestamp: String,
+    pub window: WindowInfo,
+    pub time_range_ms: i64,
+    pub overall: Stats,
+    pub strategies: Vec<super::StrategyEffectiveness>,
+    pub pairs: Vec<super::PairEffectiveness>,
+    pub best_for: BTreeMap<String, String>,
+    pub by_failure_type: BTreeMap<String, i64>,
+    /// Failures detected per hour of day (UTC), 24 entries.
+    pub failures_by_hour: Vec<i64>,
+    /// Failures per hour of the window, on average.
+    pub failures_per_hour: f64,
+    /// The agents with the most failures (at most ten).
+    pub top_agents: Vec<(String, i64)>,
+    pub mttr_series: Vec<MttrPoint>,
+    pub mttr_bucket: String,
+    pub circuits: CircuitReport,
+    pub recommendations: Vec<Recommendation>,
+    pub health: HealthScore,
+    pub health_score: f64,
+    pub targets: Vec<Target>,
+}
+
+/// The seed's health score.
+pub fn health_score(stats: &Stats, effectiveness: &Effectiveness) -> HealthScore {
+    if stats.total_failures == 0 && stats.total_healings == 0 && stats.resolved == 0 {
+        return HealthScore {
+            score: 100.0,
+            success_points: 50.0,
+            mttr_points: 30.0,
+            strategy_points: 20.0,
+        };
+    }
+    let success_points = stats.success_rate * 50.0;
+    let mttr_points = if stats.resolved == 0 {
+        0.0
+    } else {
+        (1.0 - stats.mttr_ms / 500.0).max(0.0) * 30.0
+    };
+    let rates: Vec<f64> = effectiveness
+        .strategies
+        .iter()
+        .map(|s| s.success_rate)
+        .collect();
+    let mean = if rates.is_empty() {
+        0.5
+    } else {
+        rates.iter().sum::<f64>() / rates.len() as f64
+    };
+    let strategy_points = mean * 20.0;
+    HealthScore {
+        score: round(
+            (success_points + mttr_points + strategy_points).min(100.0),
+            1,
+        ),
+        success_points: round(success_points, 2),
+        mttr_points: round(mttr_points, 2),
+        strategy_points: round(strategy_points, 2),
+    }
+}
+
+/// The seed's targets.
+pub fn targets(stats: &Stats, effectiveness: &Effectiveness, health: &HealthScore) -> Vec<Target> {
+    let mut out = vec![
+        Target {
+            metric: "success_rate".into(),
+            value: stats.success_rate,
+            comparison: ">".into(),
+            target: 0.85,
+            met: stats.success_rate > 0.85,
+        },
+        Target {
+            metric: "mttr_ms".into(),
+            value: stats.mttr_ms,
+            comparison: "<".into(),
+            target: 500.0,
+            met: stats.resolved > 0 && stats.mttr_ms < 500.0,
+        },
+    ];
+    for s in &effectiveness.strategies {
+        out.push(Target {
+            metric: format!("strategy:{}", s.strategy),
+            value: s.success_rate,
+            comparison: ">".into(),
+            target: 0.7,
+            met: s.success_rate > 0.7,
+        });
+    }
+    out.push(Target {
+        metric: "health_score".into(),
+        value: health.score,
+        comparison: ">".into(),
+        target: 80.0,
+        met: health.score > 80.0,
+    });
+    out
+}
+
+impl Analytics {
+    /// Recommendations for the window.
+    pub async fn recommendations(
+        &self,
+        window: &Window,
+        options: &AdviceOptions,
+    ) -> Result<Vec<Recommendation>> {
+        let stats = self.stats(window).await?;
+        let eff = self.effectiveness(window, &options.effectiveness).await?;
+        let circuits = self.circuits(window, options.flap_threshold).await?;
+        self.advise(window, options, &stats, &eff, &circuits).await
+    }
+
+    async fn advise(
+        &self,
+        window: &Window,
+        options: &AdviceOptions,
+        stats: &Stats,
+        eff: &Effectiveness,
+        circuits: &CircuitReport,
+    ) -> Result<Vec<Recommendation>> {
+        let min = options.effectiveness.min_results;
+        let mut out = Vec::new();
+        let pct = |x: f64| format!("{:.1}%", x * 100.0);
+
+        if stats.total_healings >= min && stats.success_rate < 0.7 {
+            out.push(
+                rec(
+                    "low_success_rate",
+                    "critical",
+                    format!(
+                        "Healing succeeds only {} of the time ({} healings): review the strategy configuration",
+                        pct(stats.success_rate),
+                        stats.total_healings
+                    ),
+                )
+                .value(stats.success_rate),
+            );
+        } else if stats.total_healings >= min && stats.success_rate > 0.95 {
+            out.push(
+                rec(
+                    "excellent_success_rate",
+                    "info",
+                    format!(
+                        "Excellent healing success rate: {} over {} healings",
+                        pct(stats.success_rate),
+                        stats.total_healings
+                    ),
+                )
+                .value(stats.success_rate),
+            );
+        }
+
+        for s in &eff.strategies {
+            let (rule, sev, text) = match s.recommendation.as_str() {
+                "replace" => (
+                    "replace_strategy",
+                    "warning",
+                    format!(
+                        "{} succeeds only {} of the time: consider replacing it",
+                        s.strategy,
+                        pct(s.success_rate)
+                    ),
+                ),
+                "tune" => (
+                    "tune_strategy",
+                    "warning",
+                    format!(
+                        "{} is degrading ({} recently against {} before): tune its parameters",
+                        s.strategy,
+                        pct(s.recent_success_rate.unwrap_or(0.0)),
+                        pct(s.earlier_success_rate.unwrap_or(0.0))
+                    ),
+                ),
+                "investigate" => (
+                    "investigate_strategy",
+                    "warning",
+                    format!(
+                        "{} is degrading at a {} success rate: investigate",
+                        s.strategy,
+                        pct(s.success_rate)
+                    ),
+                ),
+                _ => continue,
+            };
+            out.push(
+                rec(rule, sev, text)
+                    .about(&s.strategy)
+                    .value(s.success_rate),
+            );
+        }
+
+        if stats.mttr_ms > 5000.0 {
+            out.push(
+                rec(
+                    "high_mttr",
+                    "warning",
+                    format!(
+                        "Mean time to recover is {:.0} ms (over 5,000 ms): look at the slowest strategies",
+                        stats.mttr_ms
+                    ),
+                )
+                .value(stats.mttr_ms),
+            );
+        }
+
+        if let Some((first, second)) = self.mttr_halves(window).await? {
+            out.push(
+                rec(
+                    "rising_mttr",
+                    "warning",
+                    format!(
+                        "MTTR is rising: {:.0} ms in the window's second half against {:.0} ms in its first",
+                        second, first
+                    ),
+                )
+                .value(second),
+            );
+        }
+
+        if stats.total_failures >= min
+            && let Some((t, n)) = stats.by_failure_type.iter().max_by_key(|(_, n)| **n)
+        {
+            let share = *n as f64 / stats.total_failures as f64;
+            out.push(
+                rec(
+                    "most_common_failure",
+                    "info",
+                    format!(
+                        "{t} is the most common failure ({n} of {}, {}): look for its root cause",
+                        stats.total_failures,
+                        pct(share)
+                    ),
+                )
+                .about(t)
+                .value(*n as f64),
+            );
+        }
+
+        let (acted_on_resources, considered_timeouts, withheld) = self.coverage(window).await?;
+        let resource_failures: i64 = RESOURCE_FAILURES
+            .iter()
+            .filter_map(|t| stats.by_failure_type.get(*t))
+            .sum();
+        if resource_failures > 0 && !acted_on_resources {
+            out.push(
+                rec(
+                    "enable_degradation",
+                    "warning",
+                    format!(
+                        "{resource_failures} resource exhaustion failures and no graceful degradation: enable GradualDegradation for them"
+                    ),
+                )
+                .value(resource_failures as f64),
+            );
+        }
+        let timeouts: i64 = TIMEOUT_FAILURES
+            .iter()
+            .filter_map(|t| stats.by_failure_type.get(*t))
+            .sum();
+        if timeouts > 0 && !considered_timeouts {
+            out.push(
+                rec(
+                    "enable_circuit_breaker",
+                    "warning",
+                    format!(
+                        "{timeouts} timeouts and no circuit breaker watching them: route them through CircuitBreaker"
+                    ),
+                )
+                .value(timeouts as f64),
+            );
+        }
+
+        for c in circuits.circuits.iter().filter(|c| c.flapping) {
+            out.push(
+                rec(
+                    "flapping_circuit",
+                    "warning",
+                    format!(
+                        "Circuit {} opened {} times ({} from half-open): the agent keeps failing after recovery; investigate it or lengthen the open timeout",
+                        c.circuit, c.opens, c.reopens
+                    ),
+                )
+                .about(&c.circuit)
+                .value(c.opens as f64),
+            );
+        }
+
+        if withheld > 0 {
+            out.push(
+                rec(
+                    "healer_limits_reached",
+                    "warning",
+                    format!(
+                        "{withheld} healing decisions were withheld by the healer's limits: a failure storm, or limits set too low"
+                    ),
+                )
+                .value(withheld as f64),
+            );
+        }
+
+        if stats.total_failures > 0 {
+            let share = stats.unresolved as f64 / stats.total_failures as f64;
+            if share > 0.1 {
+                out.push(
+                    rec(
+                        "unresolved_failures",
+                        "warning",
+                        format!(
+                            "{} of {} failures ({}) were not resolved by the window's end",
+                            stats.unresolved,
+                            stats.total_failures,
+                            pct(share)
+                        ),
+                    )
+                    .value(stats.unresolved as f64),
+                );
+            }
+        }
+
+        if !out.iter().any(|r| r.severity != "info") {
+            out.push(rec(
+                "performing_well",
+                "info",
+                "Healing is performing well: no warnings in this window".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether GradualDegradation acted on a resource failure, whether CircuitBreaker
+    /// considered a timeout, and how many decisions the healer's limits withheld.
+    async fn coverage(&self, window: &Window) -> Result<(bool, bool, i64)> {
+        let sp = window.split();
+        let resources = sql_list(RESOURCE_FAILURES);
+        let timeouts = sql_list(TIMEOUT_FAILURES);
+        let raw = |a: &str, b: &str| {
+            format!(
+                "SELECT strategy, COALESCE(failure_type, (SELECT f.failure_type FROM failures f \
+                   WHERE f.failure_id = e.failure_id AND f.position < e.position), '') AS failure_type, \
+                   COALESCE(payload ->> '$.decision', '') AS decision, 1 AS n \
+                 FROM events e WHERE event_type = 'healing_attempted' \
+                   AND occurred_at >= {a} AND occurred_at < {b} \
+                   AND failure_id IS NOT NULL AND strategy IS NOT NULL"
+            )
+        };
+        let sql = format!(
+            "WITH a AS ( \
+               SELECT strategy, failure_type, decision, attempts AS n FROM attempt_hourly \
+               WHERE hour >= ?2 AND hour < ?3 \
+               UNION ALL {} UNION ALL {}) \
+             SELECT \
+               COALESCE(SUM(CASE WHEN strategy = 'GradualDegradation' AND failure_type IN ({resources}) \
+                    AND decision IN ('act', 'delegated', 'shadow', 'suggest_only', 'failed') THEN n END), 0), \
+               COALESCE(SUM(CASE WHEN strategy = 'CircuitBreaker' AND failure_type IN ({timeouts}) \
+                    AND decision <> 'declined' THEN n END), 0), \
+               COALESCE(SUM(CASE WHEN decision = 'withheld' THEN n END), 0) \
+             FROM a",
+            raw("?1", "?2"),
+            raw("?3", "?4")
+        );
+        let (deg, cb, withheld): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sp.since)
+            .bind(sp.h1)
+            .bind(sp.h2)
+            .bind(sp.until)
+            .fetch_one(self.pool())
+            .await?;
+        Ok((deg > 0, cb > 0, withheld))
+    }
+
+    /// MTTR in the window's two halves, when it rose by over half with enough resolutions on
+    /// both sides.
+    async fn mttr_halves(&self, window: &Window) -> Result<Option<(f64, f64)>> {
+        let (s, u) = (window.since_us(), window.until_us());
+        let mid = s + (u - s) / 2;
+        let (n1, m1, n2, m2): (i64, Option<f64>, i64, Option<f64>) = sqlx::query_as(
+            "SELECT \
+               COUNT(CASE WHEN resolved_at < ?2 THEN 1 END), \
+               AVG(CASE WHEN resolved_at < ?2 THEN ttr_us END), \
+               COUNT(CASE WHEN resolved_at >= ?2 THEN 1 END), \
+               AVG(CASE WHEN resolved_at >= ?2 THEN ttr_us END) \
+             FROM failures WHERE resolved_at >= ?1 AND resolved_at < ?3",
+        )
+        .bind(s)
+        .bind(mid)
+        .bind(u)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(match (m1, m2) {
+            (Some(a), Some(b)) if n1 >= 5 && n2 >= 5 && b > 1.5 * a && b > 0.0 => {
+                Some((a / 1000.0, b / 1000.0))
+            }
+            _ => None,
+        })
+    }
+
+    /// The dashboard: the seed's fields, the figures against its targets, and the series the
+    /// HTML page charts.
+    pub async fn dashboard(
+        &self,
+        window: &Window,
+        options: &AdviceOptions,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Dashboard> {
+        let stats = self.stats(window).await?;
+        let eff = self.effectiveness(window, &options.effectiveness).await?;
+        let circuits = self.circuits(window, options.flap_threshold).await?;
+        let recommendations = self
+            .advise(window, options, &stats, &eff, &circuits)
+            .await?;
+        let health = health_score(&stats, &eff);
+        let targets = targets(&stats, &eff, &health);
+
+        let by_hour: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT (detected_at / 3600000000) % 24, COUNT(*) FROM failures \
+             WHERE detected_at >= ?1 AND detected_at < ?2 GROUP BY 1",
+        )
+        .bind(window.since_us())
+        .bind(window.until_us())
+        .fetch_all(self.pool())
+        .await?;
+        let mut failures_by_hour = vec![0i64; 24];
+        for (h, n) in by_hour {
+            if let Some(slot) = usize::try_from(h)
+                .ok()
+                .and_then(|h| failures_by_hour.get_mut(h))
+            {
+                *slot = n;
+            }
+        }
+        let top_agents: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT agent_id, COUNT(*) AS n FROM failures \
+             WHERE detected_at >= ?1 AND detected_at < ?2 AND agent_id IS NOT NULL \
+             GROUP BY agent_id ORDER BY n DESC, agent_id LIMIT 10",
+        )
+        .bind(window.since_us())
+        .bind(window.until_us())
+        .fetch_all(self.pool())
+        .await?;
+        let hours = window.length_us() as f64 / super::HOUR_US as f64;
+        let (bucket, label) = if window.length_us() <= 2 * 86_400_000_000 {
+            if window.length_us() <= 3 * super::HOUR_US {
+                (chrono::Duration::minutes(5), "5m")
+            } else {
+                (chrono::Duration::hours(1), "1h")
+            }
+        } else {
+            (chrono::Duration::days(1), "1d")
+        };
+        let mttr_series = self.mttr_series(window, None, bucket).await?;
+
+        Ok(Dashboard {
+            timestamp: format_time(now),
+            window: window.describe(),
+            time_range_ms: window.length_us() / 1000,
+            by_failure_type: stats.by_failure_type.clone(),
+            failures_per_hour: round(stats.total_failures as f64 / hours.max(1e-9), 3),
+            overall: stats,
+            strategies: eff.strategies,
+            pairs: eff.pairs,
+            best_for: eff.best_for,
+            failures_by_hour,
+            top_agents,
+            mttr_series,
+            mttr_bucket: label.into(),
+            circuits,
+            recommendations,
+            health_score: health.score,
+            health,
+            targets,
+        })
+    }
+}
+
+fn sql_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

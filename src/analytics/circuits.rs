@@ -1,0 +1,217 @@
+//! Circuit analytics from `circuit_transitioned` events: time spent open and half-open inside
+//! the window, how often each circuit opened and re-opened from half-open, and which circuits
+//! flap (open at least `flap_threshold` times in the window).
+//!
+//! The state at the window's start is the target of each circuit's last transition before it;
+//! time is clipped to the window.
+
+use std::collections::BTreeMap;
+
+use futures_util::TryStreamExt;
+use serde::Serialize;
+
+use super::{Analytics, Window, WindowInfo};
+use crate::error::Result;
+use crate::time::{format_time, from_micros};
+
+/// One circuit's summary over a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CircuitSummary {
+    pub strategy: String,
+    pub circuit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The state at the end of the window.
+    pub state: String,
+    pub transitions: i64,
+    pub opens: i64,
+    /// Openings straight from half-open (a failed trial).
+    pub reopens: i64,
+    pub open_ms: i64,
+    pub half_open_ms: i64,
+    pub flapping: bool,
+    /// The circuit's states over the window, in order.
+    pub spans: Vec<CircuitSpan>,
+}
+
+/// A stretch of time a circuit spent in one state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CircuitSpan {
+    pub state: String,
+    pub from: String,
+    pub until: String,
+    #[serde(skip)]
+    pub(crate) from_us: i64,
+    #[serde(skip)]
+    pub(crate) until_us: i64,
+}
+
+/// Circuit analytics for a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CircuitReport {
+    pub window: WindowInfo,
+    pub flap_threshold: i64,
+    pub circuits: Vec<CircuitSummary>,
+    pub total_opens: i64,
+    pub total_reopens: i64,
+    pub flapping: Vec<String>,
+}
+
+struct Fold {
+    agent_id: Option<String>,
+    state: String,
+    since: i64,
+    transitions: i64,
+    opens: i64,
+    reopens: i64,
+    open_us: i64,
+    half_open_us: i64,
+    spans: Vec<(String, i64, i64)>,
+}
+
+impl Fold {
+    fn new(state: String, at: i64, agent_id: Option<String>) -> Fold {
+        Fold {
+            agent_id,
+            state,
+            since: at,
+            transitions: 0,
+            opens: 0,
+            reopens: 0,
+            open_us: 0,
+            half_open_us: 0,
+            spans: Vec::new(),
+        }
+    }
+
+    fn close_span(&mut self, at: i64) {
+        let d = (at - self.since).max(0);
+        match self.state.as_str() {
+            "open" => self.open_us += d,
+            "half_open" => self.half_open_us += d,
+            _ => {}
+        }
+        if at > self.since {
+            self.spans.push((self.state.clone(), self.since, at));
+        }
+        self.since = at;
+    }
+}
+
+impl Analytics {
+    /// Circuit analytics over the window.
+    pub async fn circuits(&self, window: &Window, flap_threshold: i64) -> Result<CircuitReport> {
+        let (s, u) = (window.since_us(), window.until_us());
+        let mut folds: BTreeMap<(String, String), Fold> = BTreeMap::new();
+
+        // States at the window's start (only transitions exist in the log, so this looks at
+        // each circuit's last one before it).
+        let prior: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT strategy, circuit, agent_id, st FROM ( \
+               SELECT COALESCE(strategy, '') AS strategy, payload ->> '$.circuit' AS circuit, \
+                      agent_id, payload ->> '$.to' AS st, \
+                      ROW_NUMBER() OVER (PARTITION BY strategy, payload ->> '$.circuit' \
+                                         ORDER BY occurred_at DESC, position DESC) AS rn \
+               FROM events WHERE event_type = 'circuit_transitioned' AND occurred_at < ?1) \
+             WHERE rn = 1 AND circuit IS NOT NULL AND st IS NOT NULL AND st <> 'closed'",
+        )
+        .bind(s)
+        .fetch_all(self.pool())
+        .await?;
+        for (strategy, circuit, agent, st) in prior {
+            folds.insert((strategy, circuit), Fold::new(st, s, agent));
+        }
+
+        let mut rows = sqlx::query_as::<
+            _,
+            (
+                String,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                i64,
+            ),
+        >(
+            "SELECT COALESCE(strategy, ''), payload ->> '$.circuit', agent_id, \
+                    payload ->> '$.from', payload ->> '$.to', occurred_at \
+             FROM events WHERE event_type = 'circuit_transitioned' \
+               AND occurred_at >= ?1 AND occurred_at < ?2 \
+             ORDER BY occurred_at, position",
+        )
+        .bind(s)
+        .bind(u)
+        .fetch(self.pool());
+        while let Some((strategy, circuit, agent, from, to, at)) = rows.try_next().await? {
+            let (Some(circuit), Some(to)) = (circuit, to) else {
+                continue;
+            };
+            let from = from.unwrap_or_else(|| "closed".into());
+            let f = folds
+                .entry((strategy, circuit))
+                .or_insert_with(|| Fold::new(from.clone(), s, agent.clone()));
+            f.close_span(at);
+            f.transitions += 1;
+            if to == "open" {
+                f.opens += 1;
+                if from == "half_open" {
+                    f.reopens += 1;
+                }
+            }
+            f.state = to;
+            if f.agent_id.is_none() {
+                f.agent_id = agent;
+            }
+        }
+        drop(rows);
+
+        let mut circuits = Vec::new();
+        for ((strategy, circuit), mut f) in folds {
+            f.close_span(u);
+            let spans = f
+                .spans
+                .iter()
+                .map(|(state, a, b)| {
+                    Ok(CircuitSpan {
+                        state: state.clone(),
+                        from: format_time(from_micros(*a)?),
+                        until: format_time(from_micros(*b)?),
+                        from_us: *a,
+                        until_us: *b,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            circuits.push(CircuitSummary {
+                strategy,
+                circuit,
+                agent_id: f.agent_id,
+                state: f.state,
+                transitions: f.transitions,
+                opens: f.opens,
+                reopens: f.reopens,
+                open_ms: f.open_us / 1000,
+                half_open_ms: f.half_open_us / 1000,
+                flapping: f.opens >= flap_threshold.max(1),
+                spans,
+            });
+        }
+        circuits.sort_by(|a, b| {
+            b.opens
+                .cmp(&a.opens)
+                .then(b.open_ms.cmp(&a.open_ms))
+                .then(a.circuit.cmp(&b.circuit))
+        });
+        Ok(CircuitReport {
+            window: window.describe(),
+            flap_threshold,
+            total_opens: circuits.iter().map(|c| c.opens).sum(),
+            total_reopens: circuits.iter().map(|c| c.reopens).sum(),
+            flapping: circuits
+                .iter()
+                .filter(|c| c.flapping)
+                .map(|c| c.circuit.clone())
+                .collect(),
+            circuits,
+        })
+    }
+}

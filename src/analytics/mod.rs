@@ -1,0 +1,341 @@
+//! Analytics over time windows, computed by SQL in the database.
+//!
+//! Every figure here is a query over the read models that triggers maintain in the same
+//! transaction as the events ([`rebuild_read_models`] recreates them from the events):
+//!
+//! - `failures`: one row per failure (detection, healing counts, resolution, time to recover);
+//! - `failure_hourly`, `attempt_hourly`, `healing_hourly`: hourly rollups;
+//! - `patterns` and `predictions`: the latest learned patterns and every prediction made.
+//!
+//! A window `[since, until)` is answered from the rollups for its whole hours and from the
+//! per-failure model or the log's indexes for the partial hours at its edges, so a query's cost
+//! grows with the window's length in hours, not with the number of events in it. Nothing here
+//! loads the log into memory.
+//!
+//! - [`stats`]: overall statistics and MTTR history;
+//! - [`effectiveness`]: per strategy and per (strategy, failure type), with trend and verdict;
+//! - [`circuits`]: time open and half-open, reopenings, flapping;
+//! - [`advice`]: recommendations, the health score and the dashboard;
+//! - [`patterns`]: sequence, frequency, correlation and temporal patterns;
+//! - [`predict`]: predictions from the latest events and the learned patterns, and their
+//!   accuracy;
+//! - [`html`]: the dashboard as one self-contained page.
+
+pub mod advice;
+pub mod circuits;
+pub mod effectiveness;
+pub mod html;
+pub mod patterns;
+pub mod predict;
+pub mod stats;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, SqliteConnection, SqlitePool};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::time::{format_time, to_micros};
+
+pub use advice::{Dashboard, HealthScore, Recommendation, Target};
+pub use circuits::{CircuitReport, CircuitSpan, CircuitSummary};
+pub use effectiveness::{
+    Effectiveness, EffectivenessOptions, PairEffectiveness, StrategyEffectiveness,
+};
+pub use patterns::{LearnOptions, Pattern};
+pub use predict::{PredictOptions, Prediction, PredictionOutcome, PredictionReport};
+pub use stats::{MttrBy, MttrPoint, Stats};
+
+/// One hour in microseconds: the rollups' bucket.
+pub(crate) const HOUR_US: i64 = 3_600_000_000;
+
+/// A time window, start inclusive, end exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+impl Window {
+    /// `[since, until)`; the start must come before the end.
+    pub fn new(since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Window> {
+        if since >= until {
+            return Err(Error::InvalidInput(format!(
+                "the window's start {} is not before its end {}",
+                format_time(since),
+                format_time(until)
+            )));
+        }
+        Ok(Window { since, until })
+    }
+
+    /// The `length` ending at `now`.
+    pub fn last(length: Duration, now: DateTime<Utc>) -> Result<Window> {
+        let since = now.checked_sub_signed(length).ok_or_else(|| {
+            Error::InvalidInput(format!("a window of {length} before {now} is out of range"))
+        })?;
+        Window::new(since, now)
+    }
+
+    pub fn since_us(&self) -> i64 {
+        to_micros(self.since)
+    }
+
+    pub fn until_us(&self) -> i64 {
+        to_micros(self.until)
+    }
+
+    pub fn length_us(&self) -> i64 {
+        self.until_us() - self.since_us()
+    }
+
+    /// The window's split for hybrid queries: `[since, h1)` and `[h2, until)` are read from the
+    /// detailed tables, `[h1, h2)` (whole hours) from the hourly rollups.
+    pub(crate) fn split(&self) -> Split {
+        let (s, u) = (self.since_us(), self.until_us());
+        let h1 = ceil_to(s, HOUR_US);
+        let h2 = floor_to(u, HOUR_US);
+        if h1 < h2 {
+            Split {
+                since: s,
+                h1,
+                h2,
+                until: u,
+            }
+        } else {
+            Split {
+                since: s,
+                h1: u,
+                h2: u,
+                until: u,
+            }
+        }
+    }
+
+    /// The window as JSON-friendly text.
+    pub fn describe(&self) -> WindowInfo {
+        WindowInfo {
+            since: format_time(self.since),
+            until: format_time(self.until),
+            time_range_ms: self.length_us() / 1000,
+        }
+    }
+}
+
+/// The window as reported in every answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowInfo {
+    pub since: String,
+    pub until: String,
+    pub time_range_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Split {
+    pub since: i64,
+    pub h1: i64,
+    pub h2: i64,
+    pub until: i64,
+}
+
+pub(crate) fn floor_to(t: i64, step: i64) -> i64 {
+    t.div_euclid(step) * step
+}
+
+pub(crate) fn ceil_to(t: i64, step: i64) -> i64 {
+    let f = floor_to(t, step);
+    if f == t { t } else { f.saturating_add(step) }
+}
+
+/// Parses a length such as `90s`, `15m`, `1h`, `24h`, `7d`, `2w` (a positive whole number and
+/// one unit).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let bad = || {
+        Error::InvalidInput(format!(
+            "{s:?} is not a length; use a whole number and a unit: 90s, 15m, 1h, 24h, 7d, 2w"
+        ))
+    };
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    let secs = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    let total = n
+        .checked_mul(secs)
+        .filter(|t| *t <= 100 * 365 * 86_400)
+        .ok_or_else(bad)?;
+    Ok(Duration::seconds(total))
+}
+
+/// Rates are 0 for empty denominators, never NaN.
+pub(crate) fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 { num / den } else { 0.0 }
+}
+
+/// Rounds for presentation in JSON (keeps documents stable and readable).
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Analytics over one store's read models.
+#[derive(Debug, Clone)]
+pub struct Analytics {
+    pool: SqlitePool,
+    store: Store,
+}
+
+impl Analytics {
+    pub fn new(store: &Store) -> Analytics {
+        Analytics {
+            pool: store.read_pool().clone(),
+            store: store.clone(),
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Drops every read model and rebuilds it from the events, in one transaction: readers
+    /// see the old tables or the new ones, never a half-built state, and a crash part-way
+    /// leaves the old ones. Strategy snapshots are dropped too (the healer rebuilds them by
+    /// replaying its streams).
+    pub async fn rebuild(&self) -> Result<RebuildReport> {
+        self.store.rebuild_read_models().await
+    }
+}
+
+/// What `rebuild` did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RebuildReport {
+    pub failures: i64,
+    pub failure_hourly: i64,
+    pub attempt_hourly: i64,
+    pub healing_hourly: i64,
+    pub patterns: i64,
+    pub predictions: i64,
+    pub snapshots_dropped: bool,
+}
+
+const REBUILD_SQL: &str = include_str!("rebuild.sql");
+
+/// Recreates the analytics read models from the events on `conn`, which must be inside a
+/// write transaction.
+pub(crate) async fn rebuild_read_models(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql(AssertSqlSafe(REBUILD_SQL))
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+}
+
+/// Row counts of the read models (for reports and tests).
+pub(crate) async fn read_model_counts(conn: &mut SqliteConnection) -> sqlx::Result<RebuildReport> {
+    let (failures, failure_hourly, attempt_hourly, healing_hourly, patterns, predictions): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM failures), (SELECT COUNT(*) FROM failure_hourly), \
+         (SELECT COUNT(*) FROM attempt_hourly), (SELECT COUNT(*) FROM healing_hourly), \
+         (SELECT COUNT(*) FROM patterns), (SELECT COUNT(*) FROM predictions)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(RebuildReport {
+        failures,
+        failure_hourly,
+        attempt_hourly,
+        healing_hourly,
+        patterns,
+        predictions,
+        snapshots_dropped: false,
+    })
+}
+
+/// The read models' tables, their columns, and their canonical row order.
+const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
+    (
+        "failures",
+        "position, failure_id, failure_type, agent_id, severity, detected_at, attempts, results, \
+         successes, last_decision, resolved_position, resolved_at, resolved_by, ttr_us",
+        "position",
+    ),
+    (
+        "failure_hourly",
+        "hour, failure_type, detected, resolved, ttr_sum_us",
+        "hour, failure_type",
+    ),
+    (
+        "attempt_hourly",
+        "hour, strategy, failure_type, decision, attempts",
+        "hour, strategy, failure_type, decision",
+    ),
+    (
+        "healing_hourly",
+        "hour, strategy, failure_type, results, successes, duration_sum_ms",
+        "hour, strategy, failure_type",
+    ),
+    (
+        "patterns",
+        "pattern_id, kind, agent_id, support, confidence, learned_at, position, content",
+        "pattern_id",
+    ),
+    (
+        "predictions",
+        "prediction_id, agent_id, failure_type, probability, made_at, expected_at, expected_by, \
+         pattern_id, position, content",
+        "prediction_id",
+    ),
+];
+
+/// One read model's fingerprint: its row count and a SHA-256 over its rows in canonical
+/// order. Two databases with equal digests have equal read models.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableDigest {
+    pub table: String,
+    pub rows: i64,
+    pub sha256: String,
+}
+
+/// Digests of every read model, streamed row by row (memory stays flat however large they are).
+pub async fn read_model_digests(pool: &SqlitePool) -> Result<Vec<TableDigest>> {
+    use futures_util::TryStreamExt;
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    for (table, columns, order) in READ_MODEL_TABLES {
+        let sql = format!("SELECT json_array({columns}) FROM {table} ORDER BY {order}");
+        let mut rows = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).fetch(pool);
+        let mut hash = Sha256::new();
+        let mut n = 0i64;
+        while let Some(row) = rows.try_next().await? {
+            hash.update(row.as_bytes());
+            hash.update(b"\n");
+            n += 1;
+        }
+        let digest = hash.finalize();
+        out.push(TableDigest {
+            table: (*table).to_owned(),
+            rows: n,
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        });
+    }
+    Ok(out)
+}

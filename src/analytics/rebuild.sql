@@ -1,0 +1,105 @@
+-- Rebuilds every analytics read model from the events: the set-based equivalent of the
+-- triggers in migrations/V3__read_models.sql, statement for statement. A test checks that a
+-- rebuild reproduces the incrementally maintained tables exactly.
+--
+-- Where the triggers depend on the order of events (a failure's healing events count only
+-- after its detection; the first resolution wins; the newest pattern version wins), the
+-- statements here compare positions to the same effect.
+
+DELETE FROM failures;
+DELETE FROM failure_hourly;
+DELETE FROM attempt_hourly;
+DELETE FROM healing_hourly;
+DELETE FROM patterns;
+DELETE FROM predictions;
+
+INSERT OR IGNORE INTO failures (position, failure_id, failure_type, agent_id, severity,
+                                detected_at)
+SELECT position, failure_id, failure_type, agent_id, payload ->> '$.severity', occurred_at
+FROM events
+WHERE event_type = 'failure_detected' AND failure_id IS NOT NULL AND failure_type IS NOT NULL
+ORDER BY position;
+
+WITH a AS (
+    SELECT f.failure_id, COUNT(*) AS n, MAX(e.position) AS last_position
+    FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+    WHERE e.event_type = 'healing_attempted' AND e.strategy IS NOT NULL
+    GROUP BY f.failure_id
+)
+UPDATE failures
+SET attempts = a.n,
+    last_decision = (SELECT payload ->> '$.decision' FROM events WHERE position = a.last_position)
+FROM a WHERE failures.failure_id = a.failure_id;
+
+WITH r AS (
+    SELECT f.failure_id, COUNT(*) AS n, SUM(e.success) AS s
+    FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+    WHERE e.event_type = 'healing_completed' AND e.strategy IS NOT NULL
+      AND e.success IS NOT NULL
+    GROUP BY f.failure_id
+)
+UPDATE failures SET results = r.n, successes = r.s
+FROM r WHERE failures.failure_id = r.failure_id;
+
+WITH x AS (
+    SELECT f.failure_id, MIN(e.position) AS p
+    FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+    WHERE e.event_type = 'failure_resolved'
+    GROUP BY f.failure_id
+)
+UPDATE failures
+SET resolved_position = x.p, resolved_at = e.occurred_at, resolved_by = e.strategy,
+    ttr_us = MAX(0, e.occurred_at - failures.detected_at)
+FROM x JOIN events e ON e.position = x.p
+WHERE failures.failure_id = x.failure_id;
+
+INSERT INTO failure_hourly (hour, failure_type, detected, resolved, ttr_sum_us)
+SELECT hour, failure_type, SUM(d), SUM(r), SUM(t)
+FROM (
+    SELECT (detected_at / 3600000000) * 3600000000 AS hour, failure_type,
+           1 AS d, 0 AS r, 0 AS t
+    FROM failures
+    UNION ALL
+    SELECT (resolved_at / 3600000000) * 3600000000, failure_type, 0, 1, ttr_us
+    FROM failures WHERE resolved_at IS NOT NULL
+)
+GROUP BY hour, failure_type;
+
+INSERT INTO attempt_hourly (hour, strategy, failure_type, decision, attempts)
+SELECT (e.occurred_at / 3600000000) * 3600000000, e.strategy,
+       COALESCE(e.failure_type, f.failure_type, ''),
+       COALESCE(e.payload ->> '$.decision', ''), COUNT(*)
+FROM events e LEFT JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+WHERE e.event_type = 'healing_attempted' AND e.failure_id IS NOT NULL
+  AND e.strategy IS NOT NULL
+GROUP BY 1, 2, 3, 4;
+
+INSERT INTO healing_hourly (hour, strategy, failure_type, results, successes, duration_sum_ms)
+SELECT (e.occurred_at / 3600000000) * 3600000000, e.strategy,
+       COALESCE(e.failure_type, f.failure_type, ''),
+       COUNT(*), SUM(e.success), SUM(MAX(0, COALESCE(e.duration_ms, 0)))
+FROM events e LEFT JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+WHERE e.event_type = 'healing_completed' AND e.failure_id IS NOT NULL
+  AND e.strategy IS NOT NULL AND e.success IS NOT NULL
+GROUP BY 1, 2, 3;
+
+INSERT OR REPLACE INTO patterns (pattern_id, kind, agent_id, support, confidence, learned_at,
+                                 position, content)
+SELECT payload ->> '$.pattern_id', COALESCE(payload ->> '$.kind', ''), agent_id,
+       COALESCE(payload ->> '$.support', 0), COALESCE(payload ->> '$.confidence', 0.0),
+       occurred_at, position, payload
+FROM events
+WHERE event_type = 'pattern_learned' AND payload ->> '$.pattern_id' IS NOT NULL
+ORDER BY position;
+
+INSERT OR IGNORE INTO predictions (prediction_id, agent_id, failure_type, probability, made_at,
+                                   expected_at, expected_by, pattern_id, position, content)
+SELECT payload ->> '$.prediction_id', agent_id, failure_type,
+       COALESCE(payload ->> '$.probability', 0.0), occurred_at,
+       occurred_at + 1000 * COALESCE(payload ->> '$.expected_in_ms', 0),
+       occurred_at + 1000 * COALESCE(payload ->> '$.window_ms', 0),
+       payload ->> '$.pattern_id', position, payload
+FROM events
+WHERE event_type = 'prediction_made' AND payload ->> '$.prediction_id' IS NOT NULL
+  AND failure_type IS NOT NULL
+ORDER BY position;

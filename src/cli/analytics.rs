@@ -1,0 +1,643 @@
+//! Analytics commands: stats, mttr, effectiveness, recommendations, dashboard, circuit-report,
+//! patterns, predict, rebuild.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use healstore::analytics::advice::AdviceOptions;
+use healstore::analytics::{
+    Analytics, Dashboard, EffectivenessOptions, LearnOptions, MttrBy, PredictOptions, Window,
+    parse_duration,
+};
+use healstore::config::Config;
+
+use super::{Cli, Out};
+
+/// The time window of an analytics command: `--window` ending now (or at `--now`, or at
+/// `--until`), or `--since` to `--until`. The start is inclusive, the end exclusive.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WindowArgs {
+    /// The window's length, ending now: 90s, 15m, 1h, 24h, 7d, 2w.
+    #[arg(long, conflicts_with = "since")]
+    pub window: Option<String>,
+    /// The window's start (RFC 3339, inclusive).
+    #[arg(long, value_parser = super::parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// The window's end (RFC 3339, exclusive; default: now).
+    #[arg(long, value_parser = super::parse_time)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl WindowArgs {
+    pub fn resolve(&self, now: DateTime<Utc>, default: &str) -> anyhow::Result<Window> {
+        let until = self.until.unwrap_or(now);
+        Ok(match self.since {
+            Some(since) => Window::new(since, until)?,
+            None => {
+                let length = parse_duration(self.window.as_deref().unwrap_or(default))?;
+                Window::last(length, until)?
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ByArg {
+    FailureType,
+    Strategy,
+    Agent,
+}
+
+/// Thresholds shared by the commands that give verdicts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerdictArgs {
+    /// Healing results a strategy needs before it gets a verdict other than `monitor`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
+    pub min_results: i64,
+    /// Opens in the window from which a circuit counts as flapping.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..))]
+    pub flap_threshold: i64,
+}
+
+impl VerdictArgs {
+    fn advice(&self) -> AdviceOptions {
+        AdviceOptions {
+            effectiveness: EffectivenessOptions {
+                min_results: self.min_results,
+                min_results_for_trend: 10,
+            },
+            flap_threshold: self.flap_threshold,
+        }
+    }
+}
+
+/// Pattern-learning thresholds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LearnArgs {
+    /// Occurrences a pattern needs.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..))]
+    pub min_occurrences: i64,
+    /// Confidence a pattern needs (0 to 1).
+    #[arg(long, default_value_t = 0.7, value_parser = parse_unit)]
+    pub min_confidence: f64,
+    /// Longest gap between two steps of a sequence.
+    #[arg(long, default_value = "1h")]
+    pub sequence_gap: String,
+    /// How soon after A a B counts as following it.
+    #[arg(long, default_value = "10s")]
+    pub correlation_window: String,
+    /// Do not record the learned patterns (and predictions) as events.
+    #[arg(long)]
+    pub no_record: bool,
+}
+
+impl LearnArgs {
+    fn options(&self) -> anyhow::Result<LearnOptions> {
+        Ok(LearnOptions {
+            min_occurrences: self.min_occurrences,
+            min_confidence: self.min_confidence,
+            sequence_gap: parse_duration(&self.sequence_gap)?,
+            correlation_window: parse_duration(&self.correlation_window)?,
+            ..LearnOptions::default()
+        })
+    }
+}
+
+fn parse_unit(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+async fn analytics(cli: &Cli) -> anyhow::Result<(healstore::Store, Analytics)> {
+    let store = cli.open(false).await?;
+    let a = Analytics::new(&store);
+    Ok((store, a))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+pub async fn stats(cli: &Cli, w: &WindowArgs, out: &mut Out) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "24h")?;
+    let (store, a) = analytics(cli).await?;
+    let s = a.stats(&window).await;
+    store.close().await?;
+    let s = s?;
+    if out.json() {
+        return out.json_value(&s);
+    }
+    out.line(&format!(
+        "Healing statistics, {} to {}",
+        s.window.since, s.window.until
+    ))?;
+    let rows = vec![
+        vec!["total_failures".into(), s.total_failures.to_string()],
+        vec!["total_healings".into(), s.total_healings.to_string()],
+        vec!["success_rate".into(), pct(s.success_rate)],
+        vec![
+            "avg_healing_time_ms".into(),
+            format!("{:.1}", s.avg_healing_time_ms),
+        ],
+        vec!["resolved".into(), s.resolved.to_string()],
+        vec!["mttr_ms".into(), format!("{:.1}", s.mttr_ms)],
+        vec![
+            "mttr_p50/p90/p99_ms".into(),
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                s.mttr_p50_ms, s.mttr_p90_ms, s.mttr_p99_ms
+            ),
+        ],
+        vec!["unresolved".into(), s.unresolved.to_string()],
+    ];
+    out.table(&[], &rows)?;
+    counts(out, "by strategy (healings)", &s.by_strategy)?;
+    counts(out, "by failure type (detected)", &s.by_failure_type)
+}
+
+fn counts(out: &mut Out, title: &str, m: &BTreeMap<String, i64>) -> anyhow::Result<()> {
+    out.line("")?;
+    out.line(title)?;
+    if m.is_empty() {
+        return out.line("  (none)");
+    }
+    let rows: Vec<Vec<String>> = m
+        .iter()
+        .map(|(k, v)| vec![format!("  {k}"), v.to_string()])
+        .collect();
+    out.table(&[], &rows)
+}
+
+pub async fn mttr(
+    cli: &Cli,
+    w: &WindowArgs,
+    by: Option<ByArg>,
+    bucket: &str,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "24h")?;
+    let bucket_len = parse_duration(bucket)?;
+    let by = by.map(|b| match b {
+        ByArg::FailureType => MttrBy::FailureType,
+        ByArg::Strategy => MttrBy::Strategy,
+        ByArg::Agent => MttrBy::Agent,
+    });
+    let (store, a) = analytics(cli).await?;
+    let series = a.mttr_series(&window, by, bucket_len).await;
+    store.close().await?;
+    let series = series?;
+    if out.json() {
+        return out.json_value(&serde_json::json!({
+            "window": window.describe(),
+            "bucket": bucket,
+            "series": series,
+        }));
+    }
+    let rows: Vec<Vec<String>> = series
+        .iter()
+        .map(|p| {
+            vec![
+                p.bucket_start.clone(),
+                p.group.clone().unwrap_or_else(|| "-".into()),
+                p.resolved.to_string(),
+                format!("{:.1}", p.mttr_ms),
+                format!("{:.1}", p.p50_ms),
+                format!("{:.1}", p.p90_ms),
+                format!("{:.1}", p.max_ms),
+            ]
+        })
+        .collect();
+    out.table(
+        &[
+            "bucket", "group", "resolved", "mttr_ms", "p50_ms", "p90_ms", "max_ms",
+        ],
+        &rows,
+    )
+}
+
+pub async fn effectiveness(
+    cli: &Cli,
+    w: &WindowArgs,
+    v: &VerdictArgs,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "7d")?;
+    let (store, a) = analytics(cli).await?;
+    let e = a.effectiveness(&window, &v.advice().effectiveness).await;
+    store.close().await?;
+    let e = e?;
+    if out.json() {
+        return out.json_value(&e);
+    }
+    let rows: Vec<Vec<String>> = e
+        .strategies
+        .iter()
+        .map(|s| {
+            vec![
+                s.strategy.clone(),
+                s.success_count.to_string(),
+                s.failure_count.to_string(),
+                pct(s.success_rate),
+                format!("{:.1}", s.avg_healing_time_ms),
+                s.trend.clone(),
+                s.recommendation.clone(),
+                s.status.clone(),
+            ]
+        })
+        .collect();
+    out.table(
+        &[
+            "strategy",
+            "success",
+            "failed",
+            "rate",
+            "avg_ms",
+            "trend",
+            "recommendation",
+            "status",
+        ],
+        &rows,
+    )?;
+    out.line("")?;
+    out.line("per failure type")?;
+    let rows: Vec<Vec<String>> = e
+        .pairs
+        .iter()
+        .map(|p| {
+            let best = e.best_for.get(&p.failure_type) == Some(&p.strategy);
+            vec![
+                p.failure_type.clone(),
+                p.strategy.clone(),
+                p.results.to_string(),
+                pct(p.success_rate),
+                format!("{:.1}", p.avg_healing_time_ms),
+                p.trend.clone(),
+                p.recommendation.clone(),
+                if best { "best".into() } else { String::new() },
+            ]
+        })
+        .collect();
+    out.table(
+        &[
+            "failure_type",
+            "strategy",
+            "results",
+            "rate",
+            "avg_ms",
+            "trend",
+            "recommendation",
+            "",
+        ],
+        &rows,
+    )
+}
+
+pub async fn recommendations(
+    cli: &Cli,
+    w: &WindowArgs,
+    v: &VerdictArgs,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "24h")?;
+    let (store, a) = analytics(cli).await?;
+    let r = a.recommendations(&window, &v.advice()).await;
+    store.close().await?;
+    let r = r?;
+    if out.json() {
+        return out.json_value(&serde_json::json!({
+            "window": window.describe(),
+            "recommendations": r,
+        }));
+    }
+    for (i, r) in r.iter().enumerate() {
+        out.line(&format!("{}. [{}] {}", i + 1, r.severity, r.message))?;
+    }
+    Ok(())
+}
+
+pub async fn circuit_report(
+    cli: &Cli,
+    w: &WindowArgs,
+    v: &VerdictArgs,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "24h")?;
+    let (store, a) = analytics(cli).await?;
+    let r = a.circuits(&window, v.flap_threshold).await;
+    store.close().await?;
+    let r = r?;
+    if out.json() {
+        return out.json_value(&r);
+    }
+    let rows: Vec<Vec<String>> = r
+        .circuits
+        .iter()
+        .map(|c| {
+            vec![
+                c.circuit.clone(),
+                c.state.clone(),
+                c.opens.to_string(),
+                c.reopens.to_string(),
+                c.open_ms.to_string(),
+                c.half_open_ms.to_string(),
+                if c.flapping {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
+    out.table(
+        &[
+            "circuit",
+            "state",
+            "opens",
+            "reopens",
+            "open_ms",
+            "half_open_ms",
+            "flapping",
+        ],
+        &rows,
+    )
+}
+
+pub async fn dashboard(
+    cli: &Cli,
+    w: &WindowArgs,
+    v: &VerdictArgs,
+    html: Option<&PathBuf>,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "24h")?;
+    let (store, a) = analytics(cli).await?;
+    let d = a.dashboard(&window, &v.advice(), cli.now()).await;
+    store.close().await?;
+    let d = d?;
+    if let Some(path) = html {
+        write_html(path, &d)?;
+    }
+    if out.json() {
+        return out.json_value(&d);
+    }
+    print_dashboard(&d, out)?;
+    if let Some(path) = html {
+        out.line(&format!("\nwrote {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes the page next to its destination and renames it into place: a reader never sees
+/// half a page.
+pub fn write_html(path: &PathBuf, d: &Dashboard) -> anyhow::Result<()> {
+    let page = healstore::analytics::html::render(d);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("dashboard")
+    ));
+    std::fs::write(&tmp, page).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn print_dashboard(d: &Dashboard, out: &mut Out) -> anyhow::Result<()> {
+    let o = &d.overall;
+    out.line(&format!(
+        "Healing dashboard, {} to {}",
+        d.window.since, d.window.until
+    ))?;
+    out.line(&"=".repeat(60))?;
+    let mark = |metric: &str| match d.targets.iter().find(|t| t.metric == metric) {
+        Some(t) if t.met => format!("(target {} {}: met)", t.comparison, t.target),
+        Some(t) => format!("(target {} {}: MISSED)", t.comparison, t.target),
+        None => String::new(),
+    };
+    let rows = vec![
+        vec![
+            "health score".into(),
+            format!("{:.1}", d.health_score),
+            mark("health_score"),
+        ],
+        vec![
+            "success rate".into(),
+            pct(o.success_rate),
+            mark("success_rate"),
+        ],
+        vec![
+            "MTTR".into(),
+            format!("{:.1} ms", o.mttr_ms),
+            mark("mttr_ms"),
+        ],
+        vec![
+            "MTTR p50/p90/p99".into(),
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                o.mttr_p50_ms, o.mttr_p90_ms, o.mttr_p99_ms
+            ),
+            String::new(),
+        ],
+        vec![
+            "failures".into(),
+            o.total_failures.to_string(),
+            format!("({:.2} per hour)", d.failures_per_hour),
+        ],
+        vec![
+            "healings".into(),
+            o.total_healings.to_string(),
+            format!("avg {:.1} ms", o.avg_healing_time_ms),
+        ],
+        vec!["unresolved".into(), o.unresolved.to_string(), String::new()],
+        vec![
+            "circuit opens".into(),
+            d.circuits.total_opens.to_string(),
+            format!("{} flapping", d.circuits.flapping.len()),
+        ],
+    ];
+    out.table(&[], &rows)?;
+    out.line("")?;
+    out.line("Strategies")?;
+    let rows: Vec<Vec<String>> = d
+        .strategies
+        .iter()
+        .map(|s| {
+            let t = d
+                .targets
+                .iter()
+                .find(|t| t.metric == format!("strategy:{}", s.strategy));
+            vec![
+                format!("  {}", s.strategy),
+                pct(s.success_rate),
+                format!("{} results", s.results),
+                format!("{:.1} ms", s.avg_healing_time_ms),
+                s.trend.clone(),
+                s.recommendation.clone(),
+                match t {
+                    Some(t) if t.met => "(> 70%: met)".into(),
+                    _ => "(> 70%: MISSED)".into(),
+                },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.line("  (no healing results)")?;
+    } else {
+        out.table(&[], &rows)?;
+    }
+    counts(out, "Failures by type", &d.by_failure_type)?;
+    out.line("")?;
+    out.line("Recommendations")?;
+    for (i, r) in d.recommendations.iter().enumerate() {
+        out.line(&format!("  {}. [{}] {}", i + 1, r.severity, r.message))?;
+    }
+    Ok(())
+}
+
+pub async fn patterns(
+    cli: &Cli,
+    w: &WindowArgs,
+    l: &LearnArgs,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let window = w.resolve(cli.now(), "7d")?;
+    let options = l.options()?;
+    let (store, a) = analytics(cli).await?;
+    let r = if l.no_record {
+        a.learn_patterns(&window, &options).await.map(|patterns| {
+            healstore::analytics::patterns::LearnReport {
+                window: window.describe(),
+                patterns,
+                recorded: 0,
+            }
+        })
+    } else {
+        a.learn_and_record(&window, &options, cli.now()).await
+    };
+    store.close().await?;
+    let r = r?;
+    if out.json() {
+        return out.json_value(&r);
+    }
+    let rows: Vec<Vec<String>> = r
+        .patterns
+        .iter()
+        .map(|p| {
+            vec![
+                p.pattern_id.clone(),
+                p.kind.clone(),
+                p.support.to_string(),
+                format!("{:.2}", p.confidence),
+                p.description.clone(),
+            ]
+        })
+        .collect();
+    out.table(
+        &["pattern", "kind", "support", "confidence", "description"],
+        &rows,
+    )?;
+    out.line(&format!(
+        "\n{} patterns, {} recorded as new events",
+        r.patterns.len(),
+        r.recorded
+    ))
+}
+
+pub async fn predict(
+    cli: &Cli,
+    agent: Option<&str>,
+    w: &WindowArgs,
+    l: &LearnArgs,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    let now = w.until.unwrap_or(cli.now());
+    let window = w.resolve(cli.now(), "7d")?;
+    let (config, _) = Config::load(cli.config.as_deref())?;
+    let routes = config
+        .effective_routes()
+        .into_iter()
+        .map(|(t, kinds)| (t, kinds.iter().map(|k| format!("{k:?}")).collect()))
+        .collect();
+    let options = PredictOptions {
+        learn: l.options()?,
+        learn_window: window.until - window.since,
+        agent: agent.map(str::to_owned),
+        routes,
+        record: !l.no_record,
+        ..PredictOptions::default()
+    };
+    let (store, a) = analytics(cli).await?;
+    let r = a.predict(now, &options).await;
+    store.close().await?;
+    let r = r?;
+    if out.json() {
+        return out.json_value(&r);
+    }
+    let rows: Vec<Vec<String>> = r
+        .predictions
+        .iter()
+        .map(|p| {
+            vec![
+                p.agent_id.clone().unwrap_or_else(|| "(fleet)".into()),
+                p.failure_type.clone(),
+                format!("{:.2}", p.probability),
+                p.expected_at.clone(),
+                p.expected_by.clone(),
+                p.source.clone(),
+                p.recommended_action.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.line("No failure is predicted.")?;
+    } else {
+        out.table(
+            &[
+                "agent",
+                "failure_type",
+                "probability",
+                "expected_at",
+                "expected_by",
+                "source",
+                "recommended_action",
+            ],
+            &rows,
+        )?;
+    }
+    out.line(&format!(
+        "\nfrom {} patterns; earlier predictions: {} confirmed, {} missed, {} pending; accuracy {}, false positives {}",
+        r.patterns_used,
+        r.confirmed,
+        r.missed,
+        r.pending,
+        pct(r.accuracy),
+        pct(r.false_positive_rate)
+    ))
+}
+
+pub async fn rebuild(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
+    let (store, a) = analytics(cli).await?;
+    let r = a.rebuild().await;
+    store.close().await?;
+    let r = r?;
+    if out.json() {
+        return out.json_value(&r);
+    }
+    out.line(&format!(
+        "rebuilt from the events: {} failures, {} + {} + {} hourly rollup rows, {} patterns, {} predictions; strategy snapshots dropped (rebuilt on next use)",
+        r.failures, r.failure_hourly, r.attempt_hourly, r.healing_hourly, r.patterns, r.predictions
+    ))
+}
