@@ -1,5 +1,6 @@
 //! healstore's integration tests, in one binary to keep link times down.
 
+mod analytics;
 mod circuit;
 mod cli;
 mod common;

@@ -1,0 +1,809 @@
+//! Analytics over time windows: hand-computed fixtures for every metric, window edges, empty
+//! windows, the hourly rollups against a brute-force count, trends, recommendations, circuits,
+//! and the read models against a rebuild from the events.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use healstore::analytics::advice::AdviceOptions;
+use healstore::analytics::{Analytics, EffectivenessOptions, MttrBy, read_model_digests};
+use healstore::events::{
+    CircuitTransitioned, FailureDetected, FailureResolved, HealingAttempted, HealingCompleted,
+    Severity,
+};
+use healstore::{ExpectedVersion, HealEvent, NewEvent, Store, Window};
+use serde_json::Map;
+
+use crate::common::{Rng, open, t0, temp_db};
+
+// ----- building logs by hand -------------------------------------------------------------------
+
+pub fn ms(n: i64) -> Duration {
+    Duration::milliseconds(n)
+}
+
+/// Writes the story of one failure into its stream: detection, then the given results
+/// (strategy, success, duration, at), then a resolution if `resolved_at` is given.
+pub struct Story<'a> {
+    pub id: &'a str,
+    pub failure_type: &'a str,
+    pub agent: Option<&'a str>,
+    pub detected_at: DateTime<Utc>,
+    pub results: Vec<(&'a str, bool, i64, DateTime<Utc>)>,
+    pub resolved: Option<(&'a str, DateTime<Utc>)>,
+    pub decision: &'a str,
+}
+
+impl<'a> Story<'a> {
+    pub fn new(id: &'a str, failure_type: &'a str, at: DateTime<Utc>) -> Self {
+        Story {
+            id,
+            failure_type,
+            agent: None,
+            detected_at: at,
+            results: Vec::new(),
+            resolved: None,
+            decision: "act",
+        }
+    }
+
+    pub fn agent(mut self, a: &'a str) -> Self {
+        self.agent = Some(a);
+        self
+    }
+
+    pub fn result(mut self, strategy: &'a str, ok: bool, ms: i64, at: DateTime<Utc>) -> Self {
+        self.results.push((strategy, ok, ms, at));
+        self
+    }
+
+    pub fn resolved(mut self, strategy: &'a str, at: DateTime<Utc>) -> Self {
+        self.resolved = Some((strategy, at));
+        self
+    }
+
+    pub fn decision(mut self, d: &'a str) -> Self {
+        self.decision = d;
+        self
+    }
+
+    pub fn events(&self) -> Vec<NewEvent> {
+        let agent = self.agent.map(str::to_owned);
+        let mut out = vec![
+            HealEvent::FailureDetected(FailureDetected {
+                failure_id: self.id.into(),
+                failure_type: self.failure_type.into(),
+                severity: Severity::High,
+                agent_id: agent.clone(),
+                task_id: None,
+                source_event: None,
+                metadata: Map::new(),
+            })
+            .to_new_event(self.detected_at),
+        ];
+        for (strategy, ok, ms, at) in &self.results {
+            out.push(
+                HealEvent::HealingAttempted(HealingAttempted {
+                    failure_id: self.id.into(),
+                    strategy: (*strategy).into(),
+                    agent_id: agent.clone(),
+                    failure_type: Some(self.failure_type.into()),
+                    decision: self.decision.into(),
+                    reason: "test".into(),
+                    actions: Vec::new(),
+                    details: Map::new(),
+                })
+                .to_new_event(*at - Duration::milliseconds(*ms)),
+            );
+            out.push(
+                HealEvent::HealingCompleted(HealingCompleted {
+                    failure_id: self.id.into(),
+                    strategy: (*strategy).into(),
+                    agent_id: agent.clone(),
+                    failure_type: Some(self.failure_type.into()),
+                    success: *ok,
+                    duration_ms: *ms,
+                    actions_taken: Vec::new(),
+                    metadata: Map::new(),
+                })
+                .to_new_event(*at),
+            );
+        }
+        if let Some((strategy, at)) = self.resolved {
+            out.push(
+                HealEvent::FailureResolved(FailureResolved {
+                    failure_id: self.id.into(),
+                    failure_type: self.failure_type.into(),
+                    agent_id: agent.clone(),
+                    strategy: Some(strategy.into()),
+                    detected_at: self.detected_at,
+                })
+                .to_new_event(at),
+            );
+        }
+        out
+    }
+
+    pub async fn write(&self, store: &Store) {
+        store
+            .append(
+                &format!("failure-{}", self.id),
+                ExpectedVersion::NoStream,
+                self.events(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn transition(store: &Store, circuit: &str, from: &str, to: &str, at: DateTime<Utc>) {
+    let e = HealEvent::CircuitTransitioned(CircuitTransitioned {
+        circuit: circuit.into(),
+        agent_id: Some(circuit.into()),
+        from: from.into(),
+        to: to.into(),
+        reason: "test".into(),
+        details: Map::new(),
+    })
+    .to_new_event(at);
+    let mut payload = e.payload.clone();
+    payload["strategy"] = serde_json::json!("CircuitBreaker");
+    let e = NewEvent::new("circuit_transitioned", at, payload);
+    store
+        .append(
+            &format!("strategy-CircuitBreaker-{circuit}"),
+            ExpectedVersion::Any,
+            vec![e],
+        )
+        .await
+        .unwrap();
+}
+
+fn window(from: DateTime<Utc>, to: DateTime<Utc>) -> Window {
+    Window::new(from, to).unwrap()
+}
+
+/// The upstream test data: AgentRestart succeeds in 150 ms and 175 ms, TaskRetry fails in
+/// 250 ms. The two agent failures are resolved 200 ms and 400 ms after detection; the task
+/// timeout is not resolved.
+async fn upstream_fixture(store: &Store) {
+    let t = t0();
+    Story::new("f-1", "agent_down", t)
+        .agent("a-1")
+        .result("AgentRestart", true, 150, t + ms(180))
+        .resolved("AgentRestart", t + ms(200))
+        .write(store)
+        .await;
+    let t2 = t + Duration::seconds(1);
+    Story::new("f-2", "agent_down", t2)
+        .agent("a-2")
+        .result("AgentRestart", true, 175, t2 + ms(390))
+        .resolved("AgentRestart", t2 + ms(400))
+        .write(store)
+        .await;
+    let t3 = t + Duration::seconds(2);
+    Story::new("f-3", "task_timeout", t3)
+        .agent("a-1")
+        .result("TaskRetry", false, 250, t3 + ms(300))
+        .write(store)
+        .await;
+}
+
+// ----- overall statistics ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn stats_match_the_hand_computed_upstream_fixture() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    upstream_fixture(&store).await;
+    let a = Analytics::new(&store);
+    let s = a
+        .stats(&window(t0(), t0() + Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(s.total_failures, 3);
+    assert_eq!(s.total_healings, 3);
+    assert_eq!(s.successful_healings, 2);
+    assert_eq!(s.success_rate, 0.6667);
+    assert_eq!(s.avg_healing_time_ms, 191.667); // (150 + 175 + 250) / 3
+    assert_eq!(s.resolved, 2);
+    // Detection to resolution, not the duration of the heal calls (that would be 162.5).
+    assert_eq!(s.mttr_ms, 300.0);
+    assert_eq!(s.mttr_p50_ms, 200.0);
+    assert_eq!(s.mttr_p90_ms, 400.0);
+    assert_eq!(s.mttr_p99_ms, 400.0);
+    assert_eq!(s.unresolved, 1);
+    assert_eq!(
+        s.by_strategy,
+        BTreeMap::from([("AgentRestart".into(), 2), ("TaskRetry".into(), 1)])
+    );
+    assert_eq!(
+        s.by_failure_type,
+        BTreeMap::from([("agent_down".into(), 2), ("task_timeout".into(), 1)])
+    );
+
+    let e = a
+        .effectiveness(
+            &window(t0(), t0() + Duration::hours(1)),
+            &EffectivenessOptions::default(),
+        )
+        .await
+        .unwrap();
+    let restart = &e.strategies[0];
+    assert_eq!(restart.strategy, "AgentRestart");
+    assert_eq!(
+        (restart.success_count, restart.failure_count),
+        (2, 0),
+        "{restart:?}"
+    );
+    assert_eq!(restart.avg_healing_time_ms, 162.5);
+    assert_eq!(restart.trend, "insufficient_data");
+    assert_eq!(restart.recommendation, "monitor", "too few results");
+    assert_eq!(e.strategies[1].success_rate, 0.0);
+
+    // Health: 50 x 2/3 + 30 x (1 - 300/500) + 20 x mean(1.0, 0.0) = 33.33 + 12 + 10.
+    let d = a
+        .dashboard(
+            &window(t0(), t0() + Duration::hours(1)),
+            &AdviceOptions::default(),
+            t0() + Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.health_score, 55.3);
+    assert_eq!(d.health.mttr_points, 12.0);
+    assert_eq!(d.health.strategy_points, 10.0);
+    let target = |m: &str| d.targets.iter().find(|t| t.metric == m).unwrap().met;
+    assert!(!target("success_rate"));
+    assert!(target("mttr_ms"));
+    assert!(target("strategy:AgentRestart"));
+    assert!(!target("strategy:TaskRetry"));
+    assert!(!target("health_score"));
+    assert_eq!(d.failures_by_hour[12], 3);
+    assert_eq!(d.top_agents[0], ("a-1".to_owned(), 2));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn window_start_is_inclusive_and_end_exclusive() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    upstream_fixture(&store).await;
+    let a = Analytics::new(&store);
+    // Starts exactly at f-1's detection, ends exactly at f-3's: f-1 and f-2 are in.
+    let w = window(t0(), t0() + Duration::seconds(2));
+    let s = a.stats(&w).await.unwrap();
+    assert_eq!(s.total_failures, 2);
+    assert_eq!(s.resolved, 2);
+    // One microsecond later on both sides: f-1 out, f-3 in.
+    let w = window(
+        t0() + Duration::microseconds(1),
+        t0() + Duration::seconds(2) + Duration::microseconds(1),
+    );
+    let s = a.stats(&w).await.unwrap();
+    assert_eq!(s.by_failure_type.get("agent_down"), Some(&1));
+    assert_eq!(s.by_failure_type.get("task_timeout"), Some(&1));
+    // A window ending at f-1's resolution excludes it; one covering only that instant has it.
+    let s = a
+        .stats(&window(t0() + ms(200), t0() + ms(201)))
+        .await
+        .unwrap();
+    assert_eq!((s.total_failures, s.resolved, s.mttr_ms), (0, 1, 200.0));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn empty_windows_give_zeros_and_no_nan() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    upstream_fixture(&store).await;
+    let a = Analytics::new(&store);
+    let w = window(t0() - Duration::days(3), t0() - Duration::days(2));
+    let s = a.stats(&w).await.unwrap();
+    assert_eq!(
+        (s.total_failures, s.total_healings, s.resolved, s.unresolved),
+        (0, 0, 0, 0)
+    );
+    for v in [
+        s.success_rate,
+        s.avg_healing_time_ms,
+        s.mttr_ms,
+        s.mttr_p50_ms,
+        s.mttr_p99_ms,
+    ] {
+        assert_eq!(v, 0.0);
+    }
+    let d = a
+        .dashboard(&w, &AdviceOptions::default(), t0())
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&d).unwrap();
+    assert!(!text.contains("NaN") && !text.contains("null,"), "{text}");
+    assert_eq!(d.health_score, 100.0, "nothing failed");
+    assert_eq!(d.recommendations.len(), 1);
+    assert_eq!(d.recommendations[0].rule, "performing_well");
+    assert!(
+        a.mttr_series(&w, None, Duration::hours(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await.unwrap();
+}
+
+/// A random log over many hours; every statistic of random windows (aligned to hours or not)
+/// must equal a brute-force count over the events read back.
+#[tokio::test]
+async fn rollups_and_edges_agree_with_a_brute_force_count() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let mut rng = Rng::seeded("rollups_and_edges");
+    let types = ["agent_down", "task_timeout", "resource_exhaustion"];
+    let strategies = ["AgentRestart", "TaskRetry", "GradualDegradation"];
+    let span_us = 10 * 3_600_000_000i64;
+    let mut ids = Vec::new();
+    for i in 0..400 {
+        ids.push(format!("r-{i}"));
+    }
+    let mut brute = Vec::new(); // (detected, type, results[(strategy, ok, ms, at)], resolved)
+    for id in &ids {
+        let at = t0() + Duration::microseconds(rng.between(0, span_us as u64 - 1) as i64);
+        let k = rng.between(0, 2) as usize;
+        let mut story = Story::new(id, types[k], at).agent("a");
+        let n = rng.between(0, 2);
+        let mut t = at;
+        let mut results = Vec::new();
+        let mut resolved = None;
+        for _ in 0..n {
+            let d = 1 + rng.between(0, 4_999) as i64;
+            t += Duration::milliseconds(d + rng.between(0, 599_999) as i64);
+            let ok = rng.between(0, 2) != 0;
+            story = story.result(strategies[k], ok, d, t);
+            results.push((strategies[k], ok, d, t));
+            if ok {
+                resolved = Some(t);
+                break;
+            }
+        }
+        if let Some(r) = resolved {
+            story = story.resolved(strategies[k], r);
+        }
+        story.write(&store).await;
+        brute.push((at, types[k], results, resolved));
+    }
+    let a = Analytics::new(&store);
+    let mut windows = vec![
+        window(t0(), t0() + Duration::hours(11)),
+        window(t0() + Duration::hours(2), t0() + Duration::hours(5)),
+    ];
+    for _ in 0..12 {
+        let s = rng.between(0, span_us as u64 - 1) as i64;
+        let len = 1 + rng.between(0, span_us as u64 - 1) as i64;
+        windows.push(window(
+            t0() + Duration::microseconds(s),
+            t0() + Duration::microseconds(s + len),
+        ));
+    }
+    for w in windows {
+        let inside = |t: DateTime<Utc>| t >= w.since && t < w.until;
+        let s = a.stats(&w).await.unwrap();
+        let detected = brute.iter().filter(|b| inside(b.0)).count() as i64;
+        let results: Vec<_> = brute
+            .iter()
+            .flat_map(|b| b.2.iter())
+            .filter(|r| inside(r.3))
+            .collect();
+        let oks = results.iter().filter(|r| r.1).count() as i64;
+        let dur: i64 = results.iter().map(|r| r.2).sum();
+        let ttrs: Vec<i64> = brute
+            .iter()
+            .filter_map(|b| {
+                b.3.filter(|r| inside(*r))
+                    .map(|r| (r - b.0).num_microseconds().unwrap())
+            })
+            .collect();
+        let unresolved = brute
+            .iter()
+            .filter(|b| inside(b.0) && b.3.is_none_or(|r| r >= w.until))
+            .count() as i64;
+        assert_eq!(s.total_failures, detected, "{w:?}");
+        assert_eq!(s.total_healings, results.len() as i64, "{w:?}");
+        assert_eq!(s.successful_healings, oks, "{w:?}");
+        assert_eq!(s.resolved, ttrs.len() as i64, "{w:?}");
+        assert_eq!(s.unresolved, unresolved, "{w:?}");
+        if !results.is_empty() {
+            let avg = dur as f64 / results.len() as f64;
+            assert!((s.avg_healing_time_ms - avg).abs() < 0.001, "{w:?}");
+        }
+        if !ttrs.is_empty() {
+            let mean = ttrs.iter().sum::<i64>() as f64 / ttrs.len() as f64 / 1000.0;
+            assert!(
+                (s.mttr_ms - mean).abs() < 0.001,
+                "{w:?}: {} vs {mean}",
+                s.mttr_ms
+            );
+            let mut sorted = ttrs.clone();
+            sorted.sort();
+            let rank =
+                |p: usize| sorted[((sorted.len() * p).div_ceil(100)).max(1) - 1] as f64 / 1000.0;
+            assert_eq!(s.mttr_p50_ms, rank(50), "{w:?}");
+            assert_eq!(s.mttr_p90_ms, rank(90), "{w:?}");
+            assert_eq!(s.mttr_p99_ms, rank(99), "{w:?}");
+        }
+        let by_type: i64 = s.by_failure_type.values().sum();
+        assert_eq!(by_type, detected);
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn mttr_history_is_bucketed_and_grouped() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    upstream_fixture(&store).await;
+    let t = t0() + Duration::hours(1);
+    Story::new("f-4", "task_timeout", t)
+        .agent("a-3")
+        .result("TaskRetry", true, 10, t + ms(900))
+        .resolved("TaskRetry", t + ms(1000))
+        .write(&store)
+        .await;
+    let a = Analytics::new(&store);
+    let w = window(t0(), t0() + Duration::hours(3));
+    let series = a.mttr_series(&w, None, Duration::hours(1)).await.unwrap();
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[0].bucket_start, "2026-11-01T12:00:00.000000Z");
+    assert_eq!((series[0].resolved, series[0].mttr_ms), (2, 300.0));
+    assert_eq!((series[1].resolved, series[1].mttr_ms), (1, 1000.0));
+    let by = a
+        .mttr_series(&w, Some(MttrBy::FailureType), Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(by.len(), 2);
+    assert_eq!(by[0].group.as_deref(), Some("agent_down"));
+    assert_eq!(by[0].mttr_ms, 300.0);
+    assert_eq!(by[1].group.as_deref(), Some("task_timeout"));
+    let by = a
+        .mttr_series(&w, Some(MttrBy::Agent), Duration::days(1))
+        .await
+        .unwrap();
+    let groups: Vec<_> = by.iter().map(|p| p.group.clone().unwrap()).collect();
+    assert_eq!(groups, ["a-1", "a-2", "a-3"]);
+    store.close().await.unwrap();
+}
+
+// ----- effectiveness and recommendations ---------------------------------------------------------
+
+/// `n` results of `strategy` on `failure_type`, one a minute from `start`, success decided by
+/// `ok(i)`.
+async fn results(
+    store: &Store,
+    prefix: &str,
+    strategy: &str,
+    failure_type: &str,
+    start: DateTime<Utc>,
+    n: usize,
+    ok: impl Fn(usize) -> bool,
+) {
+    for i in 0..n {
+        let at = start + Duration::minutes(i as i64);
+        let id = format!("{prefix}-{i}");
+        let mut s = Story::new(&id, failure_type, at).agent("a-1").result(
+            strategy,
+            ok(i),
+            100,
+            at + ms(100),
+        );
+        if ok(i) {
+            s = s.resolved(strategy, at + ms(100));
+        }
+        s.write(store).await;
+    }
+}
+
+#[tokio::test]
+async fn trends_are_computed_in_time_order() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    // Written newest first, so that log order and time order disagree: the trend must follow
+    // time. Degrading: the last 10 of 30 fail. Improving: the first 10 of 30 fail.
+    for i in (0..30).rev() {
+        let at = t0() + Duration::minutes(i);
+        let id = format!("d-{i}");
+        Story::new(&id, "task_timeout", at)
+            .result("TaskRetry", i < 20, 100, at + ms(100))
+            .write(&store)
+            .await;
+    }
+    results(&store, "i", "AgentRestart", "agent_down", t0(), 30, |i| {
+        i >= 10
+    })
+    .await;
+    let a = Analytics::new(&store);
+    let e = a
+        .effectiveness(
+            &window(t0(), t0() + Duration::hours(1)),
+            &EffectivenessOptions::default(),
+        )
+        .await
+        .unwrap();
+    let get = |n: &str| e.strategies.iter().find(|s| s.strategy == n).unwrap();
+    let retry = get("TaskRetry");
+    assert_eq!(retry.trend, "degrading");
+    assert_eq!(retry.recent_success_rate, Some(0.0));
+    assert_eq!(retry.earlier_success_rate, Some(1.0));
+    assert_eq!(retry.recommendation, "investigate"); // 0.667, degrading
+    let restart = get("AgentRestart");
+    assert_eq!(restart.trend, "improving");
+    assert_eq!(restart.recommendation, "monitor"); // 0.667, not degrading
+    // Per (strategy, failure type), with the best strategy per failure type.
+    assert_eq!(e.pairs.len(), 2);
+    assert_eq!(e.pairs[0].failure_type, "agent_down");
+    assert_eq!(e.pairs[1].trend, "degrading");
+    assert_eq!(e.best_for.get("task_timeout").unwrap(), "TaskRetry");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_verdict_and_the_best_strategy_per_failure_type() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let t = t0();
+    results(&store, "k", "Keeper", "x", t, 20, |_| true).await;
+    results(&store, "r", "Replaced", "x", t, 20, |i| i % 3 == 0).await;
+    results(&store, "t", "Tuned", "y", t, 30, |i| i < 25 || i == 29).await; // 0.87, degrading
+    results(&store, "m", "Monitored", "y", t, 20, |i| i % 5 != 0).await; // 0.8, stable
+    let a = Analytics::new(&store);
+    let e = a
+        .effectiveness(
+            &window(t, t + Duration::hours(1)),
+            &EffectivenessOptions::default(),
+        )
+        .await
+        .unwrap();
+    let verdict: BTreeMap<_, _> = e
+        .strategies
+        .iter()
+        .map(|s| (s.strategy.as_str(), s.recommendation.as_str()))
+        .collect();
+    assert_eq!(
+        verdict,
+        BTreeMap::from([
+            ("Keeper", "keep"),
+            ("Monitored", "monitor"),
+            ("Replaced", "replace"),
+            ("Tuned", "tune"),
+        ])
+    );
+    assert_eq!(e.best_for.get("x").unwrap(), "Keeper");
+    assert_eq!(e.best_for.get("y").unwrap(), "Tuned");
+    let recs = a
+        .recommendations(
+            &window(t, t + Duration::hours(1)),
+            &AdviceOptions::default(),
+        )
+        .await
+        .unwrap();
+    let rules: Vec<_> = recs.iter().map(|r| r.rule.as_str()).collect();
+    assert!(rules.contains(&"replace_strategy"), "{rules:?}");
+    assert!(rules.contains(&"tune_strategy"), "{rules:?}");
+    assert!(!rules.contains(&"performing_well"), "{rules:?}");
+    store.close().await.unwrap();
+}
+
+async fn rules_for(store: &Store, w: Window) -> Vec<String> {
+    Analytics::new(store)
+        .recommendations(&w, &AdviceOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.rule)
+        .collect()
+}
+
+#[tokio::test]
+async fn each_recommendation_rule_fires_on_data_that_calls_for_it() {
+    let t = t0();
+    let w = window(t, t + Duration::hours(2));
+
+    // Low overall success, the most common failure, unresolved failures.
+    let (_d1, p1) = temp_db();
+    let s = open(&p1).await;
+    results(&s, "l", "TaskRetry", "task_timeout", t, 20, |i| i % 2 == 0).await;
+    let rules = rules_for(&s, w).await;
+    for r in [
+        "low_success_rate",
+        "most_common_failure",
+        "unresolved_failures",
+        "enable_circuit_breaker",
+    ] {
+        assert!(rules.iter().any(|x| x == r), "{r} missing from {rules:?}");
+    }
+    s.close().await.unwrap();
+
+    // Excellent success, resource exhaustion without degradation, performing well otherwise
+    // (enable_degradation is a warning, so it is checked apart).
+    let (_d2, p2) = temp_db();
+    let s = open(&p2).await;
+    results(&s, "e", "AgentRestart", "agent_down", t, 20, |_| true).await;
+    let rules = rules_for(&s, w).await;
+    assert!(
+        rules.contains(&"excellent_success_rate".to_owned()),
+        "{rules:?}"
+    );
+    assert!(rules.contains(&"performing_well".to_owned()), "{rules:?}");
+    results(
+        &s,
+        "x",
+        "ResourceRebalance",
+        "resource_exhaustion",
+        t,
+        2,
+        |_| true,
+    )
+    .await;
+    let rules = rules_for(&s, w).await;
+    assert!(
+        rules.contains(&"enable_degradation".to_owned()),
+        "{rules:?}"
+    );
+    assert!(!rules.contains(&"performing_well".to_owned()), "{rules:?}");
+    // Once GradualDegradation acts on them, the advice is gone.
+    results(
+        &s,
+        "g",
+        "GradualDegradation",
+        "resource_exhaustion",
+        t,
+        1,
+        |_| true,
+    )
+    .await;
+    let rules = rules_for(&s, w).await;
+    assert!(
+        !rules.contains(&"enable_degradation".to_owned()),
+        "{rules:?}"
+    );
+    s.close().await.unwrap();
+
+    // High MTTR, rising MTTR.
+    let (_d3, p3) = temp_db();
+    let s = open(&p3).await;
+    for i in 0..10 {
+        let at = t + Duration::minutes(i * 10);
+        let ttr = if i < 5 { 1_000 } else { 12_000 };
+        let id = format!("m-{i}");
+        Story::new(&id, "agent_down", at)
+            .result("AgentRestart", true, 50, at + ms(ttr))
+            .resolved("AgentRestart", at + ms(ttr))
+            .write(&s)
+            .await;
+    }
+    let rules = rules_for(&s, window(t, t + Duration::minutes(100))).await;
+    assert!(rules.contains(&"high_mttr".to_owned()), "{rules:?}");
+    assert!(rules.contains(&"rising_mttr".to_owned()), "{rules:?}");
+    s.close().await.unwrap();
+
+    // Healer limits reached, and a flapping circuit.
+    let (_d4, p4) = temp_db();
+    let s = open(&p4).await;
+    Story::new("w-1", "agent_down", t)
+        .decision("withheld")
+        .result("AgentRestart", false, 0, t + ms(1))
+        .write(&s)
+        .await;
+    for k in 0..3 {
+        let base = t + Duration::minutes(10 * k);
+        transition(&s, "a-9", "closed", "open", base).await;
+        transition(&s, "a-9", "open", "closed", base + Duration::minutes(1)).await;
+    }
+    let rules = rules_for(&s, w).await;
+    assert!(
+        rules.contains(&"healer_limits_reached".to_owned()),
+        "{rules:?}"
+    );
+    assert!(rules.contains(&"flapping_circuit".to_owned()), "{rules:?}");
+    s.close().await.unwrap();
+}
+
+// ----- circuits ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn circuit_time_in_state_reopens_and_flapping() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let t = t0();
+    let s = Duration::seconds;
+    transition(&store, "a-1", "closed", "open", t + s(10)).await;
+    transition(&store, "a-1", "open", "half_open", t + s(70)).await;
+    transition(&store, "a-1", "half_open", "open", t + s(75)).await;
+    transition(&store, "a-1", "open", "half_open", t + s(135)).await;
+    transition(&store, "a-1", "half_open", "closed", t + s(140)).await;
+    transition(&store, "a-2", "closed", "open", t + s(190)).await;
+    let a = Analytics::new(&store);
+    let r = a.circuits(&window(t, t + s(200)), 2).await.unwrap();
+    let c1 = r.circuits.iter().find(|c| c.circuit == "a-1").unwrap();
+    assert_eq!((c1.opens, c1.reopens, c1.transitions), (2, 1, 5));
+    assert_eq!((c1.open_ms, c1.half_open_ms), (120_000, 10_000));
+    assert_eq!(c1.state, "closed");
+    assert!(c1.flapping);
+    assert_eq!(c1.spans.len(), 6);
+    let c2 = r.circuits.iter().find(|c| c.circuit == "a-2").unwrap();
+    assert_eq!(
+        (c2.opens, c2.open_ms, c2.state.as_str()),
+        (1, 10_000, "open")
+    );
+    assert!(!c2.flapping);
+    assert_eq!(r.flapping, ["a-1"]);
+    assert_eq!((r.total_opens, r.total_reopens), (3, 1));
+
+    // A window starting while a-1 is open: its state comes from the transition before.
+    let r = a.circuits(&window(t + s(30), t + s(72)), 3).await.unwrap();
+    let c1 = r.circuits.iter().find(|c| c.circuit == "a-1").unwrap();
+    assert_eq!((c1.opens, c1.open_ms, c1.half_open_ms), (0, 40_000, 2_000));
+    store.close().await.unwrap();
+}
+
+// ----- read models -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    upstream_fixture(&store).await;
+    results(&store, "q", "TaskRetry", "task_timeout", t0(), 40, |i| {
+        i % 4 != 0
+    })
+    .await;
+    // Out-of-order and odd cases: an outcome recorded for an unknown failure, a second
+    // resolution (the first wins), healing recorded before detection in another stream.
+    let late = HealEvent::FailureResolved(FailureResolved {
+        failure_id: "f-1".into(),
+        failure_type: "agent_down".into(),
+        agent_id: None,
+        strategy: Some("Other".into()),
+        detected_at: t0(),
+    })
+    .to_new_event(t0() + Duration::hours(2));
+    store
+        .append("failure-f-1", ExpectedVersion::Any, vec![late])
+        .await
+        .unwrap();
+    let orphan = HealEvent::HealingCompleted(HealingCompleted {
+        failure_id: "nobody".into(),
+        strategy: "TaskRetry".into(),
+        agent_id: None,
+        failure_type: None,
+        success: true,
+        duration_ms: 5,
+        actions_taken: Vec::new(),
+        metadata: Map::new(),
+    })
+    .to_new_event(t0());
+    store
+        .append("elsewhere", ExpectedVersion::Any, vec![orphan])
+        .await
+        .unwrap();
+    transition(&store, "a-1", "closed", "open", t0()).await;
+    let a = Analytics::new(&store);
+    a.learn_and_record(
+        &window(t0(), t0() + Duration::days(1)),
+        &Default::default(),
+        t0() + Duration::days(1),
+    )
+    .await
+    .unwrap();
+
+    let before = read_model_digests(store.read_pool()).await.unwrap();
+    assert!(before.iter().find(|d| d.table == "failures").unwrap().rows == 43);
+    let report = a.rebuild().await.unwrap();
+    assert_eq!(report.failures, 43);
+    let after = read_model_digests(store.read_pool()).await.unwrap();
+    assert_eq!(before, after);
+    let s = a
+        .stats(&window(t0(), t0() + Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(s.mttr_p50_ms, 100.0);
+    store.close().await.unwrap();
+}
