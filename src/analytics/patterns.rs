@@ -1,26 +1,35 @@
 //! Pattern learning in SQL, over the per-failure read model of a window.
 //!
 //! Four kinds, each with a support (how many times it was seen) and a confidence in [0, 1];
-//! a pattern is kept when `support >= min_occurrences` and `confidence >= min_confidence`
-//! (defaults 5 and 0.7, as upstream):
+//! a pattern is kept when `support >= min_occurrences` and its confidence reaches
+//! `min_confidence` (defaults 5 and 0.7, as upstream). For sequences and correlations the
+//! test is on the confidence's lower bound (Wilson score, one-sided 95 %), not the raw ratio:
+//! across the hundreds of type combinations a week of failures holds, a raw 6 of 7 turns up
+//! by chance in random data, while 12 of 12 does not. So a perfect pattern needs about seven
+//! occurrences to be reported.
 //!
 //! - **sequence**: an n-gram (2 or 3) of consecutive failure types, each step within
 //!   `sequence_gap`; per agent (the agent's own history) and fleet-wide (all failures in time
 //!   order). Confidence is `P(next | prefix)`: the n-gram's count over the count of its
 //!   prefix (for 2-grams: all occurrences of the first type in that scope).
 //! - **frequency**: a failure type recurring at a regular interval, per agent and fleet-wide.
-//!   Confidence is `1 - cv`, the coefficient of variation of the intervals (a Poisson process
-//!   has cv near 1, a timer near 0).
+//!   Confidence is `1 - cv'`, where `cv'` is the coefficient of variation of the intervals
+//!   raised by three standard errors (`cv x (1 + 3 / sqrt(2k))` for k intervals): a Poisson
+//!   process has cv near 1, a timer near 0, and a few random intervals that happen to look
+//!   even do not pass. A regular interval also needs at least ten occurrences.
 //! - **correlation**: type B follows type A within `correlation_window`, fleet-wide, more often
 //!   than chance. Support is the number of A occurrences followed by a B, confidence that count
 //!   over all A occurrences, and lift the confidence over the chance that a random window of
 //!   that length holds a B (`1 - exp(-rate_B x window)`); lift must reach `min_lift` (1.5).
 //!   (Upstream capped strength at 1.0 and then required 1.5, so it never found one.)
 //! - **temporal**: a failure type's count in one hour of the day (UTC) at least `spike_factor`
-//!   times its mean hourly count (windows of a day or more), or on one day of the week at least
-//!   that times its daily mean (windows of a week or more). Confidence is the share of the
-//!   window's days (weeks) on which that hour (weekday) saw the type: a daily spike scores
-//!   1.0, a one-off burst 1/days.
+//!   times its mean hourly count, or on one day of the week at least that times its daily
+//!   mean. Confidence is the share of the window's whole days (weeks) on which that hour
+//!   (weekday) held at least `spike_factor` times that day's (week's) mean: a daily spike scores
+//!   1.0, a one-off burst 1/days. A spike must recur to be a pattern, so hour-of-day patterns
+//!   need a window of at least two days (and are judged by the lower bound, as sequences: in
+//!   a one-week window the spike must show on all seven days) and day-of-week patterns one of
+//!   at least two weeks.
 //!
 //! Pattern ids are derived from content (kind, scope, agent, types, hour or weekday), so they
 //! are the same in every run and every process.
@@ -36,6 +45,10 @@ use crate::error::Result;
 use crate::events::HealEvent;
 use crate::time::to_micros;
 use crate::{ExpectedVersion, StreamAppend};
+
+/// Occurrences a regular interval needs, whatever `min_occurrences` says: with fewer, random
+/// failures look regular too often (with five, about one agent and type in a thousand).
+pub const MIN_FREQUENCY_OCCURRENCES: i64 = 10;
 
 /// Learning thresholds.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +89,10 @@ pub struct Pattern {
     pub failure_types: Vec<String>,
     pub support: i64,
     pub confidence: f64,
+    /// Sequences and correlations: the confidence's lower bound (Wilson, one-sided 95 %),
+    /// which must reach the minimum confidence for the pattern to be kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence_lower: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lift: Option<f64>,
     /// Sequence and correlation: the mean time from the previous step to the last one.
@@ -183,6 +200,7 @@ fn make(
         failure_types: types,
         support,
         confidence: round(confidence.clamp(0.0, 1.0), 4),
+        confidence_lower: None,
         lift: lift.map(|l| round(l, 3)),
         mean_gap_ms: gap.map(|g| round(g.0, 3)),
         gap_stddev_ms: gap.map(|g| round(g.1, 3)),
@@ -300,11 +318,15 @@ impl Analytics {
                 .fetch_all(self.pool())
                 .await?;
             for (agent, p2, p1, t, n, base, g, g2) in rows {
+                let lower = wilson_lower(n, base);
+                if lower < o.min_confidence {
+                    continue;
+                }
                 let mut types = Vec::new();
                 types.extend(p2);
                 types.push(p1);
                 types.push(t);
-                out.push(make(
+                let mut p = make(
                     "sequence",
                     scope,
                     agent,
@@ -315,7 +337,9 @@ impl Analytics {
                     Some(gap_stats(g, g2)),
                     None,
                     None,
-                ));
+                );
+                p.confidence_lower = Some(round(lower, 4));
+                out.push(p);
             }
         }
         Ok(())
@@ -353,8 +377,11 @@ impl Analytics {
                     .await?;
             for (agent, t, n, mean, mean2) in rows {
                 let (m, sd) = gap_stats(mean, mean2);
-                let conf = (1.0 - sd / m).max(0.0);
-                if conf >= o.min_confidence {
+                // The coefficient of variation's upper bound (two standard errors): a handful
+                // of random intervals that happen to look even must not make a pattern.
+                let k = (n - 1) as f64;
+                let conf = (1.0 - (sd / m) * (1.0 + 3.0 / (2.0 * k).sqrt())).max(0.0);
+                if conf >= o.min_confidence && n >= MIN_FREQUENCY_OCCURRENCES {
                     out.push(make(
                         "frequency",
                         scope,
@@ -420,8 +447,9 @@ impl Analytics {
             let conf = n as f64 / na.max(1) as f64;
             let chance = 1.0 - (-(nb as f64) * cw as f64 / length).exp();
             let lift = if chance > 0.0 { conf / chance } else { 0.0 };
-            if conf >= o.min_confidence && lift >= o.min_lift {
-                out.push(make(
+            let lower = wilson_lower(n, na);
+            if lower >= o.min_confidence && lift >= o.min_lift {
+                let mut p = make(
                     "correlation",
                     "fleet",
                     None,
@@ -432,7 +460,9 @@ impl Analytics {
                     Some((lag / 1000.0, 0.0)),
                     None,
                     None,
-                ));
+                );
+                p.confidence_lower = Some(round(lower, 4));
+                out.push(p);
             }
         }
         Ok(())
@@ -440,82 +470,102 @@ impl Analytics {
 
     async fn temporal(&self, w: &Window, o: &LearnOptions, out: &mut Vec<Pattern>) -> Result<()> {
         const DAY: i64 = 86_400_000_000;
-        let days = (w.length_us() as f64 / DAY as f64).ceil().max(1.0);
-        // Hour of day, for windows of at least a day.
-        if w.length_us() >= DAY {
-            let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-                "WITH h AS ( \
-                   SELECT failure_type AS t, (detected_at / 3600000000) % 24 AS hour, \
-                          COUNT(*) AS n, COUNT(DISTINCT detected_at / 86400000000) AS days \
-                   FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 \
-                   GROUP BY t, hour), \
-                 tot AS (SELECT t, SUM(n) AS total FROM h GROUP BY t) \
-                 SELECT h.t, h.hour, h.n, h.days, tot.total FROM h JOIN tot USING (t) \
-                 WHERE h.n >= ?3",
-            )
-            .bind(w.since_us())
-            .bind(w.until_us())
-            .bind(o.min_occurrences)
-            .fetch_all(self.pool())
-            .await?;
-            for (t, hour, n, seen_days, total) in rows {
-                let mean = total as f64 / 24.0;
-                let conf = (seen_days as f64 / days).min(1.0);
-                if n as f64 >= o.spike_factor * mean && conf >= o.min_confidence {
-                    out.push(make(
-                        "temporal",
-                        "fleet",
-                        None,
-                        vec![t],
-                        n,
-                        conf,
-                        Some(n as f64 / mean),
-                        None,
-                        Some(hour),
-                        None,
-                    ));
-                }
+        const WEEK: i64 = 7 * DAY;
+        // (slot expression, period expression, slots per period, period length, minimum
+        // periods): hour of day within days, weekday within weeks (day 0 of the epoch was a
+        // Thursday, so weekday = (day + 4) % 7 with 0 = Sunday, and weeks start on Thursdays).
+        for (slot, period, slots, length, min_periods, is_hour) in [
+            (
+                "(detected_at / 3600000000) % 24",
+                "detected_at / 86400000000",
+                24.0,
+                DAY,
+                2,
+                true,
+            ),
+            (
+                "(detected_at / 86400000000 + 4) % 7",
+                "detected_at / 604800000000",
+                7.0,
+                WEEK,
+                2,
+                false,
+            ),
+        ] {
+            let periods = (w.length_us() as f64 / length as f64).floor();
+            if periods < f64::from(min_periods) {
+                continue;
             }
-        }
-        // Day of week, for windows of at least a week. Day 0 of the epoch was a Thursday.
-        if w.length_us() >= 7 * DAY {
-            let weeks = (w.length_us() as f64 / (7 * DAY) as f64).ceil().max(1.0);
-            let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-                "WITH d AS ( \
-                   SELECT failure_type AS t, (detected_at / 86400000000 + 4) % 7 AS wd, \
-                          COUNT(*) AS n, COUNT(DISTINCT detected_at / 604800000000) AS weeks \
+            // Per type, slot and period: the count; a period "spikes" in a slot when the slot
+            // holds at least spike_factor times that period's mean per slot.
+            let sql = format!(
+                "WITH c AS ( \
+                   SELECT failure_type AS t, {period} AS p, {slot} AS s, COUNT(*) AS n \
                    FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 \
-                   GROUP BY t, wd), \
-                 tot AS (SELECT t, SUM(n) AS total FROM d GROUP BY t) \
-                 SELECT d.t, d.wd, d.n, d.weeks, tot.total FROM d JOIN tot USING (t) \
-                 WHERE d.n >= ?3",
-            )
-            .bind(w.since_us())
-            .bind(w.until_us())
-            .bind(o.min_occurrences)
-            .fetch_all(self.pool())
-            .await?;
-            for (t, wd, n, seen_weeks, total) in rows {
-                let mean = total as f64 / 7.0;
-                let conf = (seen_weeks as f64 / weeks).min(1.0);
-                if n as f64 >= o.spike_factor * mean && conf >= o.min_confidence {
-                    out.push(make(
+                   GROUP BY t, p, s), \
+                 per AS (SELECT t, p, SUM(n) AS tot FROM c GROUP BY t, p), \
+                 tot AS (SELECT t, SUM(n) AS total FROM c GROUP BY t) \
+                 SELECT c.t, c.s, SUM(c.n), \
+                   SUM(CASE WHEN c.n * {slots} >= ?3 * per.tot THEN 1 ELSE 0 END), tot.total \
+                 FROM c JOIN per ON per.t = c.t AND per.p = c.p JOIN tot ON tot.t = c.t \
+                 GROUP BY c.t, c.s HAVING SUM(c.n) >= ?4"
+            );
+            let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(w.since_us())
+                .bind(w.until_us())
+                .bind(o.spike_factor)
+                .bind(o.min_occurrences)
+                .fetch_all(self.pool())
+                .await?;
+            for (t, s, n, spiking, total) in rows {
+                let mean = total as f64 / slots;
+                let ratio = n as f64 / mean;
+                let conf = (spiking as f64 / periods).min(1.0);
+                // Days are plentiful: judge a daily spike by its lower bound, as sequences.
+                // Weeks are few: a weekly spike needs the raw share.
+                let lower = wilson_lower(spiking.min(periods as i64), periods as i64);
+                let passes = if is_hour { lower } else { conf };
+                if ratio >= o.spike_factor && passes >= o.min_confidence {
+                    let (hour, weekday) = if is_hour {
+                        (Some(s), None)
+                    } else {
+                        (None, Some(s))
+                    };
+                    let mut p = make(
                         "temporal",
                         "fleet",
                         None,
                         vec![t],
                         n,
                         conf,
-                        Some(n as f64 / mean),
+                        Some(ratio),
                         None,
-                        None,
-                        Some(wd),
-                    ));
+                        hour,
+                        weekday,
+                    );
+                    if is_hour {
+                        p.confidence_lower = Some(round(lower, 4));
+                    }
+                    out.push(p);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The lower bound of the Wilson score interval (one-sided 95 %) for `hits` of `trials`.
+pub fn wilson_lower(hits: i64, trials: i64) -> f64 {
+    if trials <= 0 {
+        return 0.0;
+    }
+    const Z: f64 = 1.645;
+    let n = trials as f64;
+    let p = (hits as f64 / n).clamp(0.0, 1.0);
+    let z2 = Z * Z;
+    let centre = p + z2 / (2.0 * n);
+    let margin = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - margin) / (1.0 + z2 / n)).max(0.0)
 }
 
 /// Mean and standard deviation (in ms) from the mean and mean square of microsecond gaps.

@@ -336,6 +336,11 @@ pub fn parse_acks(stdout: &str) -> Vec<Ack> {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A fixed seed, for tests whose data must be the same in every run.
+    pub fn fixed(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
     pub fn seeded(what: &str) -> Rng {
         let seed = std::env::var("HEALSTORE_TEST_SEED")
             .ok()

@@ -5,6 +5,7 @@ mod circuit;
 mod cli;
 mod common;
 mod healer;
+mod patterns;
 mod process;
 mod store;
 mod strategies;
