@@ -807,3 +807,217 @@ async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
     assert_eq!(s.mttr_p50_ms, 100.0);
     store.close().await.unwrap();
 }
+
+// ----- the command line ----------------------------------------------------------------------------
+
+mod cli {
+    use super::*;
+    use crate::common::{assert_same_files, block_on, db_files, expect_error, expect_success, run};
+
+    fn fixture_db() -> (tempfile::TempDir, std::path::PathBuf) {
+        let (dir, path) = temp_db();
+        block_on(async {
+            let store = open(&path).await;
+            upstream_fixture(&store).await;
+            store.close().await.unwrap();
+        });
+        (dir, path)
+    }
+
+    const SINCE: &str = "2026-11-01T12:00:00Z";
+    const UNTIL: &str = "2026-11-01T13:00:00Z";
+
+    fn json(path: &std::path::Path, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let out = expect_success(&run(path, &all));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    #[test]
+    fn stats_and_effectiveness_as_documented_json() {
+        let (_dir, path) = fixture_db();
+        let s = json(&path, &["stats", "--since", SINCE, "--until", UNTIL]);
+        assert_eq!(s["total_failures"], 3);
+        assert_eq!(s["total_healings"], 3);
+        assert_eq!(s["mttr_ms"], 300.0);
+        assert_eq!(s["mttr_p90_ms"], 400.0);
+        assert_eq!(s["unresolved"], 1);
+        assert_eq!(s["by_strategy"]["AgentRestart"], 2);
+        assert_eq!(s["window"]["time_range_ms"], 3_600_000);
+        // `--window` ends at `--now`.
+        let s = json(
+            &path,
+            &["--now", "2026-11-01T12:00:01Z", "stats", "--window", "1h"],
+        );
+        assert_eq!(s["total_failures"], 1);
+        let e = json(
+            &path,
+            &["effectiveness", "--since", SINCE, "--until", UNTIL],
+        );
+        assert_eq!(e["strategies"][0]["strategy"], "AgentRestart");
+        assert_eq!(e["strategies"][0]["avg_healing_time_ms"], 162.5);
+        let m = json(
+            &path,
+            &[
+                "mttr",
+                "--since",
+                SINCE,
+                "--until",
+                UNTIL,
+                "--by",
+                "failure-type",
+            ],
+        );
+        assert_eq!(m["series"][0]["group"], "agent_down");
+        let r = json(
+            &path,
+            &["recommendations", "--since", SINCE, "--until", UNTIL],
+        );
+        assert!(r["recommendations"].as_array().unwrap().len() >= 1);
+        let c = json(
+            &path,
+            &["circuit-report", "--since", SINCE, "--until", UNTIL],
+        );
+        assert_eq!(c["circuits"].as_array().unwrap().len(), 0);
+        // Tables for people.
+        let table = expect_success(&run(&path, &["stats", "--since", SINCE, "--until", UNTIL]));
+        assert!(
+            table.contains("mttr_ms") && table.contains("300.0"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_dashboard_page_is_self_contained() {
+        let (dir, path) = fixture_db();
+        let page = dir.path().join("dash.html");
+        let out = expect_success(&run(
+            &path,
+            &[
+                "--now",
+                UNTIL,
+                "dashboard",
+                "--since",
+                SINCE,
+                "--html",
+                page.to_str().unwrap(),
+            ],
+        ));
+        assert!(
+            out.contains("health score") && out.contains("55.3"),
+            "{out}"
+        );
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert_eq!(html.matches("<svg").count(), 3, "three charts have data");
+        assert!(html.contains("No circuit left the closed state"));
+        for outside in ["http://", "https://", "<script", "src=", "@import"] {
+            assert!(!html.contains(outside), "the page refers to {outside}");
+        }
+        let d = json(&path, &["--now", UNTIL, "dashboard", "--since", SINCE]);
+        assert_eq!(d["health_score"], 55.3);
+        assert_eq!(d["overall"]["mttr_ms"], 300.0);
+        assert_eq!(d["failures_by_hour"].as_array().unwrap().len(), 24);
+        assert!(
+            d["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["metric"] == "mttr_ms" && t["met"] == true)
+        );
+    }
+
+    #[test]
+    fn bad_windows_are_refused_and_change_nothing() {
+        let (_dir, path) = fixture_db();
+        let before = db_files(&path);
+        for (args, needle) in [
+            (vec!["stats", "--window", "0h"], "is not a length"),
+            (vec!["stats", "--window", "soon"], "is not a length"),
+            (vec!["stats", "--window", "99999999999d"], "is not a length"),
+            (
+                vec!["stats", "--since", UNTIL, "--until", SINCE],
+                "is not before",
+            ),
+            (vec!["stats", "--since", "yesterday"], "RFC 3339"),
+            (
+                vec!["stats", "--window", "1h", "--since", SINCE],
+                "cannot be used with",
+            ),
+            (vec!["mttr", "--bucket", "0s"], "is not a length"),
+            (vec!["mttr", "--by", "planet"], "invalid value"),
+            (
+                vec!["patterns", "--min-confidence", "1.5"],
+                "between 0 and 1",
+            ),
+            (vec!["effectiveness", "--min-results", "0"], "invalid value"),
+            (
+                vec!["dashboard", "--html", "/nonexistent-dir/x.html"],
+                "cannot write",
+            ),
+        ] {
+            expect_error(&run(&path, &args), needle);
+        }
+        assert_same_files(&before, &db_files(&path), "bad analytics arguments");
+    }
+
+    #[test]
+    fn rebuild_reproduces_the_read_models_and_demo_ends_with_the_dashboard() {
+        let (_dir, path) = temp_db();
+        let out = expect_success(&run(
+            &path,
+            &[
+                "--now",
+                "2026-11-01T12:00:00Z",
+                "--format",
+                "json",
+                "demo",
+                "--ticks",
+                "40",
+                "--seed",
+                "3",
+            ],
+        ));
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let d = &summary["dashboard"];
+        assert!(d["overall"]["total_failures"].as_i64().unwrap() > 0, "{d}");
+        assert!(d["health_score"].as_f64().is_some());
+        assert!(
+            d["overall"]["mttr_ms"].as_f64().unwrap() > 0.0,
+            "healing takes time"
+        );
+        let digests = || {
+            block_on(async {
+                let store = open(&path).await;
+                let d = read_model_digests(store.read_pool()).await.unwrap();
+                store.close().await.unwrap();
+                d
+            })
+        };
+        let before = digests();
+        let r = json(&path, &["rebuild"]);
+        assert_eq!(r["failures"], d["overall"]["total_failures"]);
+        assert_eq!(r["snapshots_dropped"], true);
+        assert_eq!(before, digests());
+        let table = expect_success(&run(
+            &path,
+            &["--now", "2026-11-01T12:00:00Z", "demo", "--ticks", "5"],
+        ));
+        assert!(table.contains("Healing dashboard"), "{table}");
+        assert!(table.contains("Recommendations"), "{table}");
+    }
+
+    #[test]
+    fn patterns_and_predictions_from_the_command_line() {
+        let (_dir, path) = fixture_db();
+        let p = json(&path, &["--now", UNTIL, "patterns", "--window", "7d"]);
+        assert_eq!(p["patterns"].as_array().unwrap().len(), 0);
+        assert_eq!(p["recorded"], 0);
+        let r = json(&path, &["--now", UNTIL, "predict", "--agent", "a-1"]);
+        assert_eq!(r["predictions"].as_array().unwrap().len(), 0);
+        assert_eq!(r["accuracy"], 0.0);
+        let out = expect_success(&run(&path, &["--now", UNTIL, "predict"]));
+        assert!(out.contains("No failure is predicted"), "{out}");
+    }
+}
