@@ -1,0 +1,514 @@
+//! Analytics benchmark: 1,000,000 failures with their healing events over 30 days.
+//!
+//! The store is generated once with SQL straight into the event table (the triggers maintain
+//! the read models as they would for appends) and cached under `target/`. Each failure has
+//! its detection, a healing decision, a result (85 % succeed, 50-500 ms) and, when healed, a
+//! resolution 0-2 s later; one failure in a thousand also opens and closes a circuit. About
+//! 3.85 million events in all.
+//!
+//! Timed (median of 5 runs after a warm-up; "now" is deliberately not on an hour boundary, so
+//! every window has partial hours at both edges): stats over 24 h, effectiveness over 7 days,
+//! the whole dashboard over 24 h and each of its parts, and pattern learning over 7 days.
+//! Each is compared, in the same run, with computing the same kind of answer by reading the
+//! raw events into memory through the store's read API (the baseline). Goals: every dashboard
+//! query at most 100 ms; pattern learning over 7 days at most 2 s.
+//!
+//! `cargo bench --bench analytics` (`HEALSTORE_BENCH_QUICK=1` for 50,000 failures). Peak memory
+//! (VmHWM) is reported after the SQL phase and again after the in-memory baselines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use futures_util::TryStreamExt;
+use healstore::analytics::advice::AdviceOptions;
+use healstore::analytics::{Analytics, EffectivenessOptions, LearnOptions};
+use healstore::{EventFilter, RecordedEvent, Store, StoreOptions, Window};
+use sqlx::{ConnectOptions, Connection};
+
+const DAY_US: i64 = 86_400_000_000;
+
+fn end() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+}
+
+/// "Now" for every query: 17 min 23.456789 s before the data ends, off any hour boundary.
+fn now() -> DateTime<Utc> {
+    end() - chrono::Duration::microseconds(1_043_456_789)
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::var("HEALSTORE_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let n: i64 = if quick { 50_000 } else { 1_000_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    print_machine();
+    rt.block_on(async {
+        let path = std::path::PathBuf::from(format!("target/bench-analytics-{n}.db"));
+        let store = prepare(&path, n).await?;
+        let events: i64 = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(store.read_pool())
+            .await?;
+        println!("store: {n} failures, {events} events over 30 days ({})", path.display());
+        let a = Analytics::new(&store);
+        let day = Window::last(chrono::Duration::hours(24), now())?;
+        let week = Window::last(chrono::Duration::days(7), now())?;
+        let month = Window::last(chrono::Duration::days(30), now())?;
+        let advice = AdviceOptions::default();
+        let eff = EffectivenessOptions::default();
+        let learn = LearnOptions::default();
+
+        println!("\n== SQL over the read models (median of 5 after a warm-up) ==");
+        let stats_24h = time(5, || a.stats(&day)).await?;
+        let eff_7d = time(5, || a.effectiveness(&week, &eff)).await?;
+        let dash = time(5, || a.dashboard(&day, &advice, now())).await?;
+        let parts = [
+            ("  stats 24h", time(5, || a.stats(&day)).await?),
+            ("  effectiveness 24h", time(5, || a.effectiveness(&day, &eff)).await?),
+            ("  circuits 24h", time(5, || a.circuits(&day, 3)).await?),
+            ("  recommendations 24h", time(5, || a.recommendations(&day, &advice)).await?),
+            (
+                "  mttr series 24h (1h buckets)",
+                time(5, || a.mttr_series(&day, None, chrono::Duration::hours(1))).await?,
+            ),
+        ];
+        let learn_7d = time(3, || a.learn_patterns(&week, &learn)).await?;
+        let stats_30d = time(3, || a.stats(&month)).await?;
+        let found = a.learn_patterns(&week, &learn).await?.len();
+        println!("{:<34} {:>10}", "query", "median");
+        let row = |name: &str, d: Duration| println!("{name:<34} {:>7.1} ms", ms(d));
+        row("stats 24h", stats_24h);
+        row("effectiveness 7d", eff_7d);
+        row("dashboard 24h (everything)", dash);
+        for (name, d) in &parts {
+            row(name, *d);
+        }
+        row("pattern learning 7d", learn_7d);
+        row("stats 30d", stats_30d);
+        println!("(pattern learning found {found} patterns in the generated data)");
+        let hwm_sql = vm_hwm_kib();
+
+        println!("\n== baseline: the raw events read into memory, same run (median of 3) ==");
+        let b_stats = time(3, || baseline_stats(&store, &day)).await?;
+        let b_eff = time(3, || baseline_effectiveness(&store, &week)).await?;
+        let b_dash = time(3, || baseline_dashboard(&store, &day)).await?;
+        let b_learn = time(3, || baseline_patterns(&store, &week)).await?;
+        println!(
+            "{:<34} {:>10} {:>10} {:>10}",
+            "answer", "SQL", "baseline", "SQL/base"
+        );
+        let cmp = |name: &str, s: Duration, b: Duration| {
+            println!(
+                "{name:<34} {:>7.1} ms {:>7.1} ms {:>9.3}",
+                ms(s),
+                ms(b),
+                s.as_secs_f64() / b.as_secs_f64()
+            )
+        };
+        cmp("stats 24h", stats_24h, b_stats);
+        cmp("effectiveness 7d", eff_7d, b_eff);
+        cmp("dashboard 24h", dash, b_dash);
+        cmp("pattern learning 7d", learn_7d, b_learn);
+        let hwm_all = vm_hwm_kib();
+        println!(
+            "\npeak memory (VmHWM): {} MiB after the SQL phase, {} MiB after the baselines",
+            mib(hwm_sql),
+            mib(hwm_all)
+        );
+
+        let slowest_part = parts.iter().map(|p| p.1).max().unwrap_or_default();
+        println!("\ngoals:");
+        println!(
+            "  every dashboard query <= 100 ms: slowest part {:.1} ms, whole dashboard {:.1} ms  {}",
+            ms(slowest_part),
+            ms(dash),
+            if ms(dash) <= 100.0 { "MET" } else { "NOT MET" }
+        );
+        println!(
+            "  pattern learning over 7 days <= 2 s: {:.2} s  {}",
+            learn_7d.as_secs_f64(),
+            if learn_7d.as_secs_f64() <= 2.0 {
+                "MET"
+            } else {
+                "NOT MET"
+            }
+        );
+        store.close().await?;
+        anyhow::Ok(())
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(k: Option<u64>) -> String {
+    k.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+/// Runs `f` once to warm up, then `runs` times; the median.
+async fn time<T, F, Fut>(runs: usize, mut f: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = healstore::Result<T>>,
+{
+    f().await?;
+    let mut d = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::hint::black_box(f().await?);
+        d.push(t.elapsed());
+    }
+    d.sort();
+    Ok(d[d.len() / 2])
+}
+
+// ----- the generated store -----------------------------------------------------------------------
+
+async fn prepare(path: &std::path::Path, n: i64) -> anyhow::Result<Store> {
+    if path.exists() {
+        let store = Store::open(path, StoreOptions::default()).await?;
+        let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM failures")
+            .fetch_one(store.read_pool())
+            .await
+            .unwrap_or(0);
+        if have == n {
+            println!("reusing {}", path.display());
+            return Ok(store);
+        }
+        store.close().await?;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Create the schema through the store, then fill it on one plain connection.
+    Store::open(path, StoreOptions::default())
+        .await?
+        .close()
+        .await?;
+    let started = Instant::now();
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .pragma("synchronous", "OFF")
+        .pragma("cache_size", "-65536")
+        .connect()
+        .await?;
+    let start_us = (end() - chrono::Duration::days(30)).timestamp_micros();
+    let step = 30 * DAY_US / n;
+    let batch = 50_000.min(n);
+    let mut tx = conn.begin().await?;
+    let mut lo = 0;
+    while lo < n {
+        let hi = (lo + batch).min(n);
+        sqlx::query(GENERATE)
+            .bind(lo)
+            .bind(hi)
+            .bind(start_us)
+            .bind(step)
+            .execute(&mut *tx)
+            .await?;
+        lo = hi;
+        eprint!("\rgenerating: {lo}/{n} failures");
+    }
+    tx.commit().await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    eprintln!(
+        "\rgenerated {n} failures in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Store::open(path, StoreOptions::default()).await?)
+}
+
+/// One batch of failures `[?1, ?2)`: four events each (three when the heal failed), plus a
+/// circuit opening and closing for every thousandth. Pseudo-random fields come from
+/// multiplicative hashes of the failure's number, so the data is the same in every run.
+const GENERATE: &str = r#"
+WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i + 1 < ?2),
+f AS (
+    SELECT i,
+        ?3 + i * ?4 + (i * 2654435761) % ?4 AS t,
+        CASE WHEN (i * 40503 + 11) % 999983 % 100 < 30 THEN 'agent_down'
+             WHEN (i * 40503 + 11) % 999983 % 100 < 60 THEN 'task_timeout'
+             WHEN (i * 40503 + 11) % 999983 % 100 < 75 THEN 'resource_exhaustion'
+             WHEN (i * 40503 + 11) % 999983 % 100 < 85 THEN 'execution_error'
+             WHEN (i * 40503 + 11) % 999983 % 100 < 95 THEN 'heartbeat_failed'
+             ELSE 'quorum_loss' END AS ft,
+        'agent-' || ((i * 2654435761 + 97) % 1000003 % 200) AS agent,
+        ((i * 69069 + 7) % 1000033 % 100) < 85 AS ok,
+        50 + (i * 1103515245) % 450 AS dur,
+        (i * 22695477) % 2000000 AS extra
+    FROM seq
+),
+g AS (
+    SELECT *, CASE WHEN ft IN ('agent_down', 'heartbeat_failed') THEN 'AgentRestart'
+                   WHEN ft IN ('task_timeout', 'execution_error') THEN 'TaskRetry'
+                   WHEN ft = 'resource_exhaustion' THEN 'GradualDegradation'
+                   ELSE 'QuorumRecovery' END AS strat,
+              'b-' || i AS fid
+    FROM f
+),
+k(k) AS (VALUES (1), (2), (3), (4), (5), (6), (7))
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version,
+                    occurred_at, recorded_at, payload, failure_id, agent_id, failure_type,
+                    strategy, success, duration_ms)
+SELECT
+    fid || '-' || k,
+    CASE WHEN k <= 4 THEN 'failure-' || fid ELSE 'cb-' || fid END,
+    CASE WHEN k <= 4 THEN k ELSE k - 4 END,
+    CASE k WHEN 1 THEN 'failure_detected' WHEN 2 THEN 'healing_attempted'
+           WHEN 3 THEN 'healing_completed' WHEN 4 THEN 'failure_resolved'
+           ELSE 'circuit_transitioned' END,
+    1,
+    CASE k WHEN 1 THEN t WHEN 2 THEN t + 1000 WHEN 3 THEN t + dur * 1000
+           WHEN 4 THEN t + dur * 1000 + extra WHEN 5 THEN t + 1
+           WHEN 6 THEN t + 60000000 ELSE t + 65000000 END,
+    t,
+    CASE k
+      WHEN 1 THEN json_object('failure_id', fid, 'failure_type', ft, 'severity', 'high',
+                              'agent_id', agent, 'metadata', json_object())
+      WHEN 2 THEN json_object('failure_id', fid, 'strategy', strat, 'agent_id', agent,
+                              'failure_type', ft, 'decision', 'act', 'reason', 'generated',
+                              'actions', json_array(), 'details', json_object())
+      WHEN 3 THEN json_object('failure_id', fid, 'strategy', strat, 'agent_id', agent,
+                              'failure_type', ft, 'success', json(CASE WHEN ok THEN 'true' ELSE 'false' END),
+                              'duration_ms', dur, 'actions_taken', json_array(),
+                              'metadata', json_object())
+      WHEN 4 THEN json_object('failure_id', fid, 'failure_type', ft, 'agent_id', agent,
+                              'strategy', strat,
+                              'detected_at', strftime('%Y-%m-%dT%H:%M:%fZ', t / 1000000.0, 'unixepoch'))
+      ELSE json_object('circuit', agent, 'agent_id', agent, 'strategy', 'CircuitBreaker',
+                       'from', CASE k WHEN 5 THEN 'closed' WHEN 6 THEN 'open' ELSE 'half_open' END,
+                       'to', CASE k WHEN 5 THEN 'open' WHEN 6 THEN 'half_open' ELSE 'closed' END,
+                       'reason', 'generated', 'details', json_object())
+    END,
+    CASE WHEN k <= 4 THEN fid END,
+    agent,
+    CASE WHEN k <= 4 THEN ft END,
+    CASE WHEN k IN (2, 3, 4) THEN strat WHEN k >= 5 THEN 'CircuitBreaker' END,
+    CASE WHEN k = 3 THEN ok END,
+    CASE WHEN k = 3 THEN dur END
+FROM g JOIN k ON (k <= 3 OR (k = 4 AND ok) OR (k >= 5 AND i % 1000 = 0))
+ORDER BY i, k
+"#;
+
+// ----- baselines: the raw events read into memory ---------------------------------------------
+
+async fn read_all(
+    store: &Store,
+    w: &Window,
+    types: &[&str],
+) -> healstore::Result<Vec<RecordedEvent>> {
+    store
+        .read(
+            EventFilter::time_range(Some(w.since), Some(w.until)).with_types(types.iter().copied()),
+        )
+        .try_collect()
+        .await
+}
+
+fn text<'a>(e: &'a RecordedEvent, k: &str) -> &'a str {
+    e.payload.get(k).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+#[derive(Default)]
+struct Tally {
+    failures: i64,
+    by_type: BTreeMap<String, i64>,
+    results: i64,
+    ok: i64,
+    dur: i64,
+    by_strategy: BTreeMap<String, (i64, i64, i64)>,
+    ttr: Vec<i64>,
+}
+
+fn tally(events: &[RecordedEvent]) -> Tally {
+    let mut t = Tally::default();
+    for e in events {
+        match e.event_type.as_str() {
+            "failure_detected" => {
+                t.failures += 1;
+                *t.by_type
+                    .entry(text(e, "failure_type").to_owned())
+                    .or_default() += 1;
+            }
+            "healing_completed" => {
+                let ok = e
+                    .payload
+                    .get("success")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+                let d = e
+                    .payload
+                    .get("duration_ms")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0);
+                t.results += 1;
+                t.ok += i64::from(ok);
+                t.dur += d;
+                let s = t
+                    .by_strategy
+                    .entry(text(e, "strategy").to_owned())
+                    .or_default();
+                s.0 += 1;
+                s.1 += i64::from(ok);
+                s.2 += d;
+            }
+            "failure_resolved" => {
+                if let Ok(d) = healstore::time::parse_time(text(e, "detected_at")) {
+                    t.ttr
+                        .push((e.occurred_at - d).num_microseconds().unwrap_or(0));
+                }
+            }
+            _ => {}
+        }
+    }
+    t.ttr.sort_unstable();
+    t
+}
+
+async fn baseline_stats(store: &Store, w: &Window) -> healstore::Result<(i64, i64, usize)> {
+    let events = read_all(
+        store,
+        w,
+        &["failure_detected", "healing_completed", "failure_resolved"],
+    )
+    .await?;
+    let t = tally(&events);
+    Ok((t.failures, t.results, t.ttr.len()))
+}
+
+async fn baseline_effectiveness(store: &Store, w: &Window) -> healstore::Result<usize> {
+    let events = read_all(store, w, &["healing_completed"]).await?;
+    let t = tally(&events);
+    // Trends: the newest 20 results per strategy, in time order.
+    let mut newest: HashMap<&str, Vec<bool>> = HashMap::new();
+    for e in events.iter().rev() {
+        let v = newest.entry(text(e, "strategy")).or_default();
+        if v.len() < 20 {
+            v.push(
+                e.payload
+                    .get("success")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+            );
+        }
+    }
+    Ok(t.by_strategy.len() + newest.len())
+}
+
+async fn baseline_dashboard(store: &Store, w: &Window) -> healstore::Result<usize> {
+    let events = read_all(store, w, &[]).await?;
+    let t = tally(&events);
+    let mut hours = [0i64; 24];
+    let mut agents: HashMap<&str, i64> = HashMap::new();
+    let mut circuits: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
+    for e in &events {
+        match e.event_type.as_str() {
+            "failure_detected" => {
+                hours[((e.occurred_at.timestamp() / 3600) % 24) as usize] += 1;
+                *agents.entry(text(e, "agent_id")).or_default() += 1;
+            }
+            "circuit_transitioned" => circuits
+                .entry(text(e, "circuit"))
+                .or_default()
+                .push((text(e, "to"), e.occurred_at.timestamp_micros())),
+            _ => {}
+        }
+    }
+    Ok(t.by_strategy.len() + agents.len() + circuits.len() + hours.len())
+}
+
+async fn baseline_patterns(store: &Store, w: &Window) -> healstore::Result<usize> {
+    let events = read_all(store, w, &["failure_detected"]).await?;
+    let f: Vec<(&str, &str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                text(e, "agent_id"),
+                text(e, "failure_type"),
+                e.occurred_at.timestamp_micros(),
+            )
+        })
+        .collect();
+    // Sequences per agent and fleet-wide, intervals per (agent, type), hour slots.
+    let mut last: HashMap<&str, (&str, i64)> = HashMap::new();
+    let mut bigrams: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    let mut intervals: HashMap<(&str, &str), (i64, f64, f64, i64)> = HashMap::new();
+    let mut slots: HashMap<(&str, i64, i64), i64> = HashMap::new();
+    for (i, &(agent, t, at)) in f.iter().enumerate() {
+        if let Some((p, pat)) = last.insert(agent, (t, at))
+            && at - pat <= 3_600_000_000
+        {
+            *bigrams.entry((agent, p, t)).or_default() += 1;
+        }
+        if i > 0 {
+            *bigrams.entry(("", f[i - 1].1, t)).or_default() += 1;
+        }
+        let e = intervals.entry((agent, t)).or_insert((0, 0.0, 0.0, at));
+        let d = (at - e.3) as f64;
+        e.0 += 1;
+        e.1 += d;
+        e.2 += d * d;
+        e.3 = at;
+        *slots
+            .entry((t, at / DAY_US, (at / 3_600_000_000) % 24))
+            .or_default() += 1;
+    }
+    // Correlations: the types following each failure within 10 s.
+    let mut pairs: HashMap<(&str, &str), i64> = HashMap::new();
+    for (i, &(_, a, at)) in f.iter().enumerate() {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut k = i + 1;
+        while k < f.len() && f[k].2 <= at + 10_000_000 {
+            if f[k].2 > at && !seen.contains(&f[k].1) {
+                seen.push(f[k].1);
+                *pairs.entry((a, f[k].1)).or_default() += 1;
+            }
+            k += 1;
+        }
+    }
+    Ok(bigrams.len() + intervals.len() + slots.len() + pairs.len())
+}
+
+// ----- the machine ------------------------------------------------------------------------------
+
+fn vm_hwm_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |k| {
+            format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0)
+        });
+    let os = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    println!("machine: {cpu}, {cores} cores, {mem} memory, Linux {os}");
+}
