@@ -339,7 +339,8 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "group commit failed; nothing of it was stored");
+                // (every caller is answered with the error: reporting it is theirs to do)
+                tracing::debug!(error = %e, "group commit failed; nothing of it was stored");
                 for req in group {
                     let _ = req.reply.send(Err(replicate(&e)));
                 }
