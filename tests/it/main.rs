@@ -3,6 +3,7 @@
 mod circuit;
 mod cli;
 mod common;
+mod faults;
 mod healer;
 mod process;
 mod store;
