@@ -141,15 +141,38 @@ impl Config {
         let text = std::fs::read_to_string(&file).map_err(|e| {
             Error::InvalidInput(format!("cannot read configuration {}: {e}", file.display()))
         })?;
-        let config = Config::parse(&text)
-            .map_err(|e| Error::InvalidInput(format!("{}: {e}", file.display())))?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", file.display())),
+            other => other,
+        })?;
         Ok((config, Some(file)))
     }
 
     /// Parses TOML text and checks it.
     pub fn parse(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| Error::InvalidInput(format!("invalid configuration: {e}")))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // toml's own rendering quotes the line over several lines: keep one, and the
+            // line's text in it.
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    let source: String = text
+                        .lines()
+                        .nth(line - 1)
+                        .unwrap_or("")
+                        .trim()
+                        .chars()
+                        .take(80)
+                        .collect();
+                    format!(" at line {line}, column {column} (`{source}`)")
+                })
+                .unwrap_or_default();
+            let message = e.message().trim_end().replace('\n', "; ");
+            Error::InvalidInput(format!("invalid configuration{at}: {message}"))
+        })?;
         config.validate()?;
         Ok(config)
     }

@@ -103,16 +103,47 @@ pub async fn open_healer(cli: &Cli) -> anyhow::Result<Healer> {
 }
 
 pub async fn record(cli: &Cli, what: &Record, out: &mut Out) -> anyhow::Result<ExitCode> {
+    // Input is checked before the healer is opened (which records the configuration), so
+    // that a refused command changes nothing.
+    let input = check_input(what, cli.now())?;
     let healer = open_healer(cli).await?;
     let now = healer.now();
-    let result = record_inner(&healer, what, now, out).await;
+    let result = record_inner(&healer, what, input, now, out).await;
     healer.close().await?;
     result
+}
+
+/// The parsed `--meta` of `record failure`, or the failure detected in `record event`.
+enum Input {
+    None,
+    Meta(Option<Map<String, Value>>),
+    Detected(Option<Failure>),
+}
+
+fn check_input(what: &Record, now: DateTime<Utc>) -> anyhow::Result<Input> {
+    Ok(match what {
+        Record::Failure {
+            meta: Some(meta), ..
+        } => {
+            let v: Value = serde_json::from_str(meta).context("--meta is not valid JSON")?;
+            let Value::Object(m) = v else {
+                bail!("--meta must be a JSON object");
+            };
+            Input::Meta(Some(m))
+        }
+        Record::Failure { meta: None, .. } => Input::Meta(None),
+        Record::Event { json } => {
+            let raw: Value = serde_json::from_str(json).context("--json is not valid JSON")?;
+            Input::Detected(healstore::heal::detect(&raw, now)?)
+        }
+        _ => Input::None,
+    })
 }
 
 async fn record_inner(
     healer: &Healer,
     what: &Record,
+    input: Input,
     now: DateTime<Utc>,
     out: &mut Out,
 ) -> anyhow::Result<ExitCode> {
@@ -122,7 +153,7 @@ async fn record_inner(
             agent,
             task,
             severity,
-            meta,
+            meta: _,
             id,
             at,
         } => {
@@ -132,19 +163,17 @@ async fn record_inner(
             if let Some(id) = id {
                 f.failure_id = id.clone();
             }
-            if let Some(meta) = meta {
-                let v: Value = serde_json::from_str(meta).context("--meta is not valid JSON")?;
-                let Value::Object(m) = v else {
-                    bail!("--meta must be a JSON object");
-                };
+            if let Input::Meta(Some(m)) = input {
                 f.metadata = m;
             }
             let report = healer.heal(f).await?;
             print_report(out, &report)?;
         }
-        Record::Event { json } => {
-            let raw: Value = serde_json::from_str(json).context("--json is not valid JSON")?;
-            match healstore::heal::detect(&raw, now)? {
+        Record::Event { json: _ } => {
+            let Input::Detected(detected) = input else {
+                bail!("internal error: the raw event was not checked");
+            };
+            match detected {
                 Some(f) => {
                     let report = healer.heal(f).await?;
                     print_report(out, &report)?;
@@ -326,21 +355,28 @@ pub async fn circuit(
     reason: Option<&str>,
     out: &mut Out,
 ) -> anyhow::Result<ExitCode> {
+    // Refused before the healer is opened (which records the configuration), so that a
+    // refused command changes nothing.
+    let reason = reason.filter(|r| !r.trim().is_empty());
+    if command != CircuitCommand::Permit && reason.is_none() {
+        bail!("`circuit {command:?}` needs --reason");
+    }
     let healer = open_healer(cli).await?;
     let result = match command {
         CircuitCommand::Permit => healer.permit(agent).await,
         other => {
-            let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
-                healer.close().await?;
-                bail!("`circuit {other:?}` needs --reason", other = other);
-            };
             let word = match other {
                 CircuitCommand::Open => "open",
                 CircuitCommand::Close => "close",
                 _ => "reset",
             };
             healer
-                .command(Some("CircuitBreaker"), agent, word, reason)
+                .command(
+                    Some("CircuitBreaker"),
+                    agent,
+                    word,
+                    reason.unwrap_or_default(),
+                )
                 .await
         }
     };

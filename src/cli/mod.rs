@@ -265,12 +265,19 @@ fn usage_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let text = e.to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
+            let mut lines = text.lines().skip_while(|l| l.trim().is_empty());
+            let mut message = lines
+                .next()
                 .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("healstore: error: {first} (see `healstore --help`)");
+                .trim_start_matches("error: ")
+                .to_owned();
+            // What the message refers to (the missing arguments, the possible values, a tip)
+            // follows on indented lines: keep it, on the same line.
+            for detail in lines.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+                message.push(' ');
+                message.push_str(detail.trim());
+            }
+            eprintln!("healstore: error: {message} (see `healstore --help`)");
             ExitCode::from(2)
         }
     }

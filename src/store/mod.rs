@@ -131,13 +131,14 @@ impl Store {
             // Statement-level logging would be one line per append: keep sqlx quiet.
             .log_statements(tracing::log::LevelFilter::Trace);
 
-        let mut conn = base
+        let writer_options = base
             .clone()
             // The writer's page cache: index inserts scatter over many pages (one per stream
             // and agent in a group), and SQLite's default 2 MiB cache made the engine's own
             // ceiling fall from about 110k to 35k rows/s as the file grew past it.
             .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB))
-            .create_if_missing(options.create)
+            .create_if_missing(options.create);
+        let mut conn = writer_options
             .connect()
             .await
             .map_err(|e| Error::from_db(e, &path))?;
@@ -169,9 +170,10 @@ impl Store {
             .connect()
             .await
             .map_err(|e| Error::from_db(e, &path))?;
-        let task = writer::Writer::new(conn, path.clone(), options.clone(), head_tx)
-            .with_commit_signal(commits.clone())
-            .spawn(req_rx, stop_rx);
+        let task =
+            writer::Writer::new(conn, writer_options, path.clone(), options.clone(), head_tx)
+                .with_commit_signal(commits.clone())
+                .spawn(req_rx, stop_rx);
         let checkpointer = tokio::spawn(checkpointer(checkpoints, commits, task));
 
         Ok(Store {

@@ -52,7 +52,8 @@ impl Store {
     }
 
     /// Writes snapshots and checkpoint positions in one transaction. A snapshot never replaces
-    /// one of a higher stream version (another process may know more).
+    /// one of a higher stream version (another process may know more). A position that did not
+    /// move is left as it is, so that a healer that changed nothing leaves the file unchanged.
     pub async fn write_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.inner
@@ -114,7 +115,8 @@ pub(crate) async fn write(
         sqlx::query(
             "INSERT INTO strategy_checkpoints (strategy, position, written_at) VALUES (?, ?, ?) \
              ON CONFLICT (strategy) DO UPDATE SET position = excluded.position, \
-             written_at = excluded.written_at",
+             written_at = excluded.written_at \
+             WHERE excluded.position <> strategy_checkpoints.position",
         )
         .bind(strategy)
         .bind(position)

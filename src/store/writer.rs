@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, AssertSqlSafe, Connection, Row as _, SqliteConnection};
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions};
+use sqlx::{Arguments, AssertSqlSafe, ConnectOptions, Connection, Row as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::StoreOptions;
@@ -181,6 +181,8 @@ const MAX_LOOKUP_PARAMS: usize = 900;
 
 pub(crate) struct Writer {
     conn: SqliteConnection,
+    /// How `conn` was opened, to open it again (see [`Writer::recover`]).
+    connect: SqliteConnectOptions,
     path: PathBuf,
     options: StoreOptions,
     head: watch::Sender<i64>,
@@ -191,12 +193,14 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn new(
         conn: SqliteConnection,
+        connect: SqliteConnectOptions,
         path: PathBuf,
         options: StoreOptions,
         head: watch::Sender<i64>,
     ) -> Writer {
         Writer {
             conn,
+            connect,
             path,
             options,
             head,
@@ -252,6 +256,7 @@ impl Writer {
                     }
                 },
             };
+            self.recover().await;
             match first {
                 Request::Import(imp) => self.import(imp).await,
                 Request::Checkpoint(c, reply) => {
@@ -290,6 +295,28 @@ impl Writer {
         let _ = self.conn.close().await;
     }
 
+    /// A COMMIT that fails (a full disk, an I/O error) can end with SQLite having rolled the
+    /// transaction back while sqlx still counts it as open: sqlx's own ROLLBACK is then refused
+    /// and every later BEGIN would be too, for good. Such a connection is replaced.
+    async fn recover(&mut self) {
+        if !self.conn.is_in_transaction() {
+            return;
+        }
+        // A rollback of the failed transaction may still be queued: let it run first.
+        let _ = self.conn.ping().await;
+        if !self.conn.is_in_transaction() {
+            return;
+        }
+        match self.connect.connect().await {
+            Ok(fresh) => {
+                let stale = std::mem::replace(&mut self.conn, fresh);
+                let _ = stale.close().await;
+                tracing::debug!("writer connection replaced after a failed transaction");
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot reopen the writer connection"),
+        }
+    }
+
     /// Writes one group in one transaction and answers every caller.
     async fn commit_group(&mut self, group: Vec<AppendRequest>) {
         tracing::trace!(requests = group.len(), "group commit");
@@ -317,7 +344,8 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "group commit failed; nothing of it was stored");
+                // (every caller is answered with the error: reporting it is theirs to do)
+                tracing::debug!(error = %e, "group commit failed; nothing of it was stored");
                 for req in group {
                     let _ = req.reply.send(Err(replicate(&e)));
                 }

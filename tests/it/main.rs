@@ -4,6 +4,7 @@ mod analytics;
 mod circuit;
 mod cli;
 mod common;
+mod faults;
 mod healer;
 mod patterns;
 mod process;
