@@ -874,7 +874,7 @@ mod cli {
             &path,
             &["recommendations", "--since", SINCE, "--until", UNTIL],
         );
-        assert!(r["recommendations"].as_array().unwrap().len() >= 1);
+        assert!(!r["recommendations"].as_array().unwrap().is_empty());
         let c = json(
             &path,
             &["circuit-report", "--since", SINCE, "--until", UNTIL],
