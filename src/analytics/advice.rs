@@ -225,26 +225,31 @@ impl Analytics {
         window: &Window,
         options: &AdviceOptions,
     ) -> Result<Vec<Recommendation>> {
-        let stats = self.stats(window).await?;
-        let eff = self.effectiveness(window, &options.effectiveness).await?;
-        let circuits = self.circuits(window, options.flap_threshold).await?;
-        self.advise(window, options, &stats, &eff, &circuits).await
+        let (stats, eff, circuits, coverage, halves) = tokio::try_join!(
+            self.stats(window),
+            self.effectiveness(window, &options.effectiveness),
+            self.circuits(window, options.flap_threshold),
+            self.coverage(window),
+            self.mttr_halves(window),
+        )?;
+        Ok(advise(options, &stats, &eff, &circuits, coverage, halves))
     }
+}
 
-    async fn advise(
-        &self,
-        window: &Window,
-        options: &AdviceOptions,
-        stats: &Stats,
-        eff: &Effectiveness,
-        circuits: &CircuitReport,
-    ) -> Result<Vec<Recommendation>> {
-        let min = options.effectiveness.min_results;
-        let mut out = Vec::new();
-        let pct = |x: f64| format!("{:.1}%", x * 100.0);
+fn advise(
+    options: &AdviceOptions,
+    stats: &Stats,
+    eff: &Effectiveness,
+    circuits: &CircuitReport,
+    coverage: (bool, bool, i64),
+    halves: Option<(f64, f64)>,
+) -> Vec<Recommendation> {
+    let min = options.effectiveness.min_results;
+    let mut out = Vec::new();
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
 
-        if stats.total_healings >= min && stats.success_rate < 0.7 {
-            out.push(
+    if stats.total_healings >= min && stats.success_rate < 0.7 {
+        out.push(
                 rec(
                     "low_success_rate",
                     "critical",
@@ -256,62 +261,62 @@ impl Analytics {
                 )
                 .value(stats.success_rate),
             );
-        } else if stats.total_healings >= min && stats.success_rate > 0.95 {
-            out.push(
-                rec(
-                    "excellent_success_rate",
-                    "info",
-                    format!(
-                        "Excellent healing success rate: {} over {} healings",
-                        pct(stats.success_rate),
-                        stats.total_healings
-                    ),
-                )
-                .value(stats.success_rate),
-            );
-        }
+    } else if stats.total_healings >= min && stats.success_rate > 0.95 {
+        out.push(
+            rec(
+                "excellent_success_rate",
+                "info",
+                format!(
+                    "Excellent healing success rate: {} over {} healings",
+                    pct(stats.success_rate),
+                    stats.total_healings
+                ),
+            )
+            .value(stats.success_rate),
+        );
+    }
 
-        for s in &eff.strategies {
-            let (rule, sev, text) = match s.recommendation.as_str() {
-                "replace" => (
-                    "replace_strategy",
-                    "warning",
-                    format!(
-                        "{} succeeds only {} of the time: consider replacing it",
-                        s.strategy,
-                        pct(s.success_rate)
-                    ),
+    for s in &eff.strategies {
+        let (rule, sev, text) = match s.recommendation.as_str() {
+            "replace" => (
+                "replace_strategy",
+                "warning",
+                format!(
+                    "{} succeeds only {} of the time: consider replacing it",
+                    s.strategy,
+                    pct(s.success_rate)
                 ),
-                "tune" => (
-                    "tune_strategy",
-                    "warning",
-                    format!(
-                        "{} is degrading ({} recently against {} before): tune its parameters",
-                        s.strategy,
-                        pct(s.recent_success_rate.unwrap_or(0.0)),
-                        pct(s.earlier_success_rate.unwrap_or(0.0))
-                    ),
+            ),
+            "tune" => (
+                "tune_strategy",
+                "warning",
+                format!(
+                    "{} is degrading ({} recently against {} before): tune its parameters",
+                    s.strategy,
+                    pct(s.recent_success_rate.unwrap_or(0.0)),
+                    pct(s.earlier_success_rate.unwrap_or(0.0))
                 ),
-                "investigate" => (
-                    "investigate_strategy",
-                    "warning",
-                    format!(
-                        "{} is degrading at a {} success rate: investigate",
-                        s.strategy,
-                        pct(s.success_rate)
-                    ),
+            ),
+            "investigate" => (
+                "investigate_strategy",
+                "warning",
+                format!(
+                    "{} is degrading at a {} success rate: investigate",
+                    s.strategy,
+                    pct(s.success_rate)
                 ),
-                _ => continue,
-            };
-            out.push(
-                rec(rule, sev, text)
-                    .about(&s.strategy)
-                    .value(s.success_rate),
-            );
-        }
+            ),
+            _ => continue,
+        };
+        out.push(
+            rec(rule, sev, text)
+                .about(&s.strategy)
+                .value(s.success_rate),
+        );
+    }
 
-        if stats.mttr_ms > 5000.0 {
-            out.push(
+    if stats.mttr_ms > 5000.0 {
+        out.push(
                 rec(
                     "high_mttr",
                     "warning",
@@ -322,10 +327,10 @@ impl Analytics {
                 )
                 .value(stats.mttr_ms),
             );
-        }
+    }
 
-        if let Some((first, second)) = self.mttr_halves(window).await? {
-            out.push(
+    if let Some((first, second)) = halves {
+        out.push(
                 rec(
                     "rising_mttr",
                     "warning",
@@ -336,34 +341,34 @@ impl Analytics {
                 )
                 .value(second),
             );
-        }
+    }
 
-        if stats.total_failures >= min
-            && let Some((t, n)) = stats.by_failure_type.iter().max_by_key(|(_, n)| **n)
-        {
-            let share = *n as f64 / stats.total_failures as f64;
-            out.push(
-                rec(
-                    "most_common_failure",
-                    "info",
-                    format!(
-                        "{t} is the most common failure ({n} of {}, {}): look for its root cause",
-                        stats.total_failures,
-                        pct(share)
-                    ),
-                )
-                .about(t)
-                .value(*n as f64),
-            );
-        }
+    if stats.total_failures >= min
+        && let Some((t, n)) = stats.by_failure_type.iter().max_by_key(|(_, n)| **n)
+    {
+        let share = *n as f64 / stats.total_failures as f64;
+        out.push(
+            rec(
+                "most_common_failure",
+                "info",
+                format!(
+                    "{t} is the most common failure ({n} of {}, {}): look for its root cause",
+                    stats.total_failures,
+                    pct(share)
+                ),
+            )
+            .about(t)
+            .value(*n as f64),
+        );
+    }
 
-        let (acted_on_resources, considered_timeouts, withheld) = self.coverage(window).await?;
-        let resource_failures: i64 = RESOURCE_FAILURES
-            .iter()
-            .filter_map(|t| stats.by_failure_type.get(*t))
-            .sum();
-        if resource_failures > 0 && !acted_on_resources {
-            out.push(
+    let (acted_on_resources, considered_timeouts, withheld) = coverage;
+    let resource_failures: i64 = RESOURCE_FAILURES
+        .iter()
+        .filter_map(|t| stats.by_failure_type.get(*t))
+        .sum();
+    if resource_failures > 0 && !acted_on_resources {
+        out.push(
                 rec(
                     "enable_degradation",
                     "warning",
@@ -373,13 +378,13 @@ impl Analytics {
                 )
                 .value(resource_failures as f64),
             );
-        }
-        let timeouts: i64 = TIMEOUT_FAILURES
-            .iter()
-            .filter_map(|t| stats.by_failure_type.get(*t))
-            .sum();
-        if timeouts > 0 && !considered_timeouts {
-            out.push(
+    }
+    let timeouts: i64 = TIMEOUT_FAILURES
+        .iter()
+        .filter_map(|t| stats.by_failure_type.get(*t))
+        .sum();
+    if timeouts > 0 && !considered_timeouts {
+        out.push(
                 rec(
                     "enable_circuit_breaker",
                     "warning",
@@ -389,10 +394,10 @@ impl Analytics {
                 )
                 .value(timeouts as f64),
             );
-        }
+    }
 
-        for c in circuits.circuits.iter().filter(|c| c.flapping) {
-            out.push(
+    for c in circuits.circuits.iter().filter(|c| c.flapping) {
+        out.push(
                 rec(
                     "flapping_circuit",
                     "warning",
@@ -404,10 +409,10 @@ impl Analytics {
                 .about(&c.circuit)
                 .value(c.opens as f64),
             );
-        }
+    }
 
-        if withheld > 0 {
-            out.push(
+    if withheld > 0 {
+        out.push(
                 rec(
                     "healer_limits_reached",
                     "warning",
@@ -417,37 +422,38 @@ impl Analytics {
                 )
                 .value(withheld as f64),
             );
-        }
-
-        if stats.total_failures > 0 {
-            let share = stats.unresolved as f64 / stats.total_failures as f64;
-            if share > 0.1 {
-                out.push(
-                    rec(
-                        "unresolved_failures",
-                        "warning",
-                        format!(
-                            "{} of {} failures ({}) were not resolved by the window's end",
-                            stats.unresolved,
-                            stats.total_failures,
-                            pct(share)
-                        ),
-                    )
-                    .value(stats.unresolved as f64),
-                );
-            }
-        }
-
-        if !out.iter().any(|r| r.severity != "info") {
-            out.push(rec(
-                "performing_well",
-                "info",
-                "Healing is performing well: no warnings in this window".into(),
-            ));
-        }
-        Ok(out)
     }
 
+    if stats.total_failures > 0 {
+        let share = stats.unresolved as f64 / stats.total_failures as f64;
+        if share > 0.1 {
+            out.push(
+                rec(
+                    "unresolved_failures",
+                    "warning",
+                    format!(
+                        "{} of {} failures ({}) were not resolved by the window's end",
+                        stats.unresolved,
+                        stats.total_failures,
+                        pct(share)
+                    ),
+                )
+                .value(stats.unresolved as f64),
+            );
+        }
+    }
+
+    if !out.iter().any(|r| r.severity != "info") {
+        out.push(rec(
+            "performing_well",
+            "info",
+            "Healing is performing well: no warnings in this window".into(),
+        ));
+    }
+    out
+}
+
+impl Analytics {
     /// Whether GradualDegradation acted on a resource failure, whether CircuitBreaker
     /// considered a timeout, and how many decisions the healer's limits withheld.
     async fn coverage(&self, window: &Window) -> Result<(bool, bool, i64)> {
@@ -523,42 +529,6 @@ impl Analytics {
         options: &AdviceOptions,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Dashboard> {
-        let stats = self.stats(window).await?;
-        let eff = self.effectiveness(window, &options.effectiveness).await?;
-        let circuits = self.circuits(window, options.flap_threshold).await?;
-        let recommendations = self
-            .advise(window, options, &stats, &eff, &circuits)
-            .await?;
-        let health = health_score(&stats, &eff);
-        let targets = targets(&stats, &eff, &health);
-
-        let by_hour: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT (detected_at / 3600000000) % 24, COUNT(*) FROM failures \
-             WHERE detected_at >= ?1 AND detected_at < ?2 GROUP BY 1",
-        )
-        .bind(window.since_us())
-        .bind(window.until_us())
-        .fetch_all(self.pool())
-        .await?;
-        let mut failures_by_hour = vec![0i64; 24];
-        for (h, n) in by_hour {
-            if let Some(slot) = usize::try_from(h)
-                .ok()
-                .and_then(|h| failures_by_hour.get_mut(h))
-            {
-                *slot = n;
-            }
-        }
-        let top_agents: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT agent_id, COUNT(*) AS n FROM failures \
-             WHERE detected_at >= ?1 AND detected_at < ?2 AND agent_id IS NOT NULL \
-             GROUP BY agent_id ORDER BY n DESC, agent_id LIMIT 10",
-        )
-        .bind(window.since_us())
-        .bind(window.until_us())
-        .fetch_all(self.pool())
-        .await?;
-        let hours = window.length_us() as f64 / super::HOUR_US as f64;
         let (bucket, label) = if window.length_us() <= 2 * 86_400_000_000 {
             if window.length_us() <= 3 * super::HOUR_US {
                 (chrono::Duration::minutes(5), "5m")
@@ -568,8 +538,53 @@ impl Analytics {
         } else {
             (chrono::Duration::days(1), "1d")
         };
-        let mttr_series = self.mttr_series(window, None, bucket).await?;
-
+        let by_hour = async {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT (detected_at / 3600000000) % 24, COUNT(*) FROM failures \
+                 WHERE detected_at >= ?1 AND detected_at < ?2 GROUP BY 1",
+            )
+            .bind(window.since_us())
+            .bind(window.until_us())
+            .fetch_all(self.pool())
+            .await
+            .map_err(crate::Error::from)
+        };
+        let top_agents = async {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT agent_id, COUNT(*) AS n FROM failures \
+                 WHERE detected_at >= ?1 AND detected_at < ?2 AND agent_id IS NOT NULL \
+                 GROUP BY agent_id ORDER BY n DESC, agent_id LIMIT 10",
+            )
+            .bind(window.since_us())
+            .bind(window.until_us())
+            .fetch_all(self.pool())
+            .await
+            .map_err(crate::Error::from)
+        };
+        // Every part at once, on the reader pool's connections.
+        let (stats, eff, circuits, coverage, halves, by_hour, top_agents, mttr_series) = tokio::try_join!(
+            self.stats(window),
+            self.effectiveness(window, &options.effectiveness),
+            self.circuits(window, options.flap_threshold),
+            self.coverage(window),
+            self.mttr_halves(window),
+            by_hour,
+            top_agents,
+            self.mttr_means(window, bucket),
+        )?;
+        let recommendations = advise(options, &stats, &eff, &circuits, coverage, halves);
+        let health = health_score(&stats, &eff);
+        let targets = targets(&stats, &eff, &health);
+        let mut failures_by_hour = vec![0i64; 24];
+        for (h, n) in by_hour {
+            if let Some(slot) = usize::try_from(h)
+                .ok()
+                .and_then(|h| failures_by_hour.get_mut(h))
+            {
+                *slot = n;
+            }
+        }
+        let hours = window.length_us() as f64 / super::HOUR_US as f64;
         Ok(Dashboard {
             timestamp: format_time(now),
             window: window.describe(),

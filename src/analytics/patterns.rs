@@ -213,11 +213,17 @@ fn make(
 impl Analytics {
     /// Learns patterns from the failures detected in the window (nothing is recorded).
     pub async fn learn_patterns(&self, window: &Window, o: &LearnOptions) -> Result<Vec<Pattern>> {
-        let mut out = Vec::new();
-        self.sequences(window, o, &mut out).await?;
-        self.frequencies(window, o, &mut out).await?;
-        self.correlations(window, o, &mut out).await?;
-        self.temporal(window, o, &mut out).await?;
+        // The kinds are independent queries: they run at once, each on its own reader
+        // connection (SQLite runs one query on one core).
+        let (a, b, c, d, e, f) = tokio::try_join!(
+            self.sequences(window, o, "agent"),
+            self.sequences(window, o, "fleet"),
+            self.frequencies(window, o, "agent"),
+            self.frequencies(window, o, "fleet"),
+            self.correlations(window, o),
+            self.temporal(window, o),
+        )?;
+        let mut out: Vec<Pattern> = [a, b, c, d, e, f].into_iter().flatten().collect();
         out.sort_by(|a, b| {
             a.kind
                 .cmp(&b.kind)
@@ -274,18 +280,24 @@ impl Analytics {
         })
     }
 
-    async fn sequences(&self, w: &Window, o: &LearnOptions, out: &mut Vec<Pattern>) -> Result<()> {
+    async fn sequences(&self, w: &Window, o: &LearnOptions, scope: &str) -> Result<Vec<Pattern>> {
+        let mut out = Vec::new();
         let gap = o.sequence_gap.num_microseconds().unwrap_or(i64::MAX);
-        for (scope, partition, agent_col) in [
-            ("agent", "PARTITION BY agent_id", "agent_id"),
-            ("fleet", "", "NULL"),
-        ] {
+        let (partition, agent_col) = if scope == "agent" {
+            ("PARTITION BY agent_id", "agent_id")
+        } else {
+            ("", "NULL")
+        };
+        {
             let filter = if scope == "agent" {
                 "AND agent_id IS NOT NULL"
             } else {
                 ""
             };
-            // s: each failure with the one or two before it (in its scope), if close enough.
+            // s: each failure with the one or two before it (in its scope). g: one grouping
+            // pass for all n-grams: the previous types are kept only when close enough, so
+            // that 1-, 2- and 3-gram counts all derive from g's (at most types^3 per agent)
+            // groups rather than from three sorts of every failure.
             let sql = format!(
                 "WITH s AS ( \
                    SELECT {agent_col} AS agent, failure_type AS t, detected_at AS at, \
@@ -293,14 +305,20 @@ impl Analytics {
                      LAG(failure_type, 2) OVER w AS p2, LAG(detected_at, 2) OVER w AS p2_at \
                    FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 {filter} \
                    WINDOW w AS ({partition} ORDER BY detected_at, position)), \
-                 firsts AS (SELECT agent, t, COUNT(*) AS n FROM s GROUP BY agent, t), \
-                 bi AS (SELECT agent, p1, t, COUNT(*) AS n, AVG(at - p1_at) AS g, \
-                          AVG(CAST(at - p1_at AS REAL) * (at - p1_at)) AS g2 \
-                        FROM s WHERE p1 IS NOT NULL AND at - p1_at <= ?3 GROUP BY agent, p1, t), \
-                 tri AS (SELECT agent, p2, p1, t, COUNT(*) AS n, AVG(at - p1_at) AS g, \
-                           AVG(CAST(at - p1_at AS REAL) * (at - p1_at)) AS g2 \
-                         FROM s WHERE p2 IS NOT NULL AND at - p1_at <= ?3 AND p1_at - p2_at <= ?3 \
-                         GROUP BY agent, p2, p1, t) \
+                 g AS ( \
+                   SELECT agent, \
+                     CASE WHEN p1 IS NOT NULL AND at - p1_at <= ?3 AND p2 IS NOT NULL \
+                          AND p1_at - p2_at <= ?3 THEN p2 END AS q2, \
+                     CASE WHEN p1 IS NOT NULL AND at - p1_at <= ?3 THEN p1 END AS q1, \
+                     t, COUNT(*) AS n, SUM(at - p1_at) AS gs, \
+                     SUM(CAST(at - p1_at AS REAL) * (at - p1_at)) AS gs2 \
+                   FROM s GROUP BY 1, 2, 3, 4), \
+                 firsts AS (SELECT agent, t, SUM(n) AS n FROM g GROUP BY agent, t), \
+                 bi AS (SELECT agent, q1 AS p1, t, SUM(n) AS n, SUM(gs) * 1.0 / SUM(n) AS g, \
+                          SUM(gs2) / SUM(n) AS g2 \
+                        FROM g WHERE q1 IS NOT NULL GROUP BY agent, q1, t), \
+                 tri AS (SELECT agent, q2 AS p2, q1 AS p1, t, n, gs * 1.0 / n AS g, gs2 / n AS g2 \
+                         FROM g WHERE q2 IS NOT NULL) \
                  SELECT bi.agent, NULL, bi.p1, bi.t, bi.n, f.n, bi.g, bi.g2 \
                  FROM bi JOIN firsts f ON f.agent IS bi.agent AND f.t = bi.p1 \
                  WHERE bi.n >= ?4 AND bi.n >= ?5 * f.n \
@@ -342,24 +360,21 @@ impl Analytics {
                 out.push(p);
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    async fn frequencies(
-        &self,
-        w: &Window,
-        o: &LearnOptions,
-        out: &mut Vec<Pattern>,
-    ) -> Result<()> {
-        for (scope, partition, agent_col, filter) in [
+    async fn frequencies(&self, w: &Window, o: &LearnOptions, scope: &str) -> Result<Vec<Pattern>> {
+        let mut out = Vec::new();
+        let (partition, agent_col, filter) = if scope == "agent" {
             (
-                "agent",
                 "PARTITION BY agent_id, failure_type",
                 "agent_id",
                 "AND agent_id IS NOT NULL",
-            ),
-            ("fleet", "PARTITION BY failure_type", "NULL", ""),
-        ] {
+            )
+        } else {
+            ("PARTITION BY failure_type", "NULL", "")
+        };
+        {
             let sql = format!(
                 "WITH i AS ( \
                    SELECT {agent_col} AS agent, failure_type AS t, \
@@ -397,15 +412,11 @@ impl Analytics {
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    async fn correlations(
-        &self,
-        w: &Window,
-        o: &LearnOptions,
-        out: &mut Vec<Pattern>,
-    ) -> Result<()> {
+    async fn correlations(&self, w: &Window, o: &LearnOptions) -> Result<Vec<Pattern>> {
+        let mut out = Vec::new();
         let cw = o.correlation_window.num_microseconds().unwrap_or(i64::MAX);
         // For each A occurrence, the types that follow it within the window (once per type).
         let rows: Vec<(String, String, i64, f64)> = sqlx::query_as(
@@ -427,7 +438,7 @@ impl Analytics {
         .fetch_all(self.pool())
         .await?;
         if rows.is_empty() {
-            return Ok(());
+            return Ok(out);
         }
         let counts: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
             "SELECT failure_type, COUNT(*) FROM failures \
@@ -465,10 +476,11 @@ impl Analytics {
                 out.push(p);
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    async fn temporal(&self, w: &Window, o: &LearnOptions, out: &mut Vec<Pattern>) -> Result<()> {
+    async fn temporal(&self, w: &Window, o: &LearnOptions) -> Result<Vec<Pattern>> {
+        let mut out = Vec::new();
         const DAY: i64 = 86_400_000_000;
         const WEEK: i64 = 7 * DAY;
         // (slot expression, period expression, slots per period, period length, minimum
@@ -550,7 +562,7 @@ impl Analytics {
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
