@@ -39,7 +39,7 @@ mod error;
 pub mod event;
 pub mod events;
 pub mod heal;
-mod store;
+pub mod store;
 pub mod time;
 
 pub use analytics::{Analytics, Window};
@@ -49,5 +49,6 @@ pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{
     Checkpoint, Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend,
-    SCHEMA_VERSION, Snapshot, Store, StoreOptions, StreamAppend, WRITER_CACHE_KIB,
+    SCHEMA_VERSION, Snapshot, Store, StoreOptions, StreamAppend, VerifyOptions, VerifyReport,
+    WRITER_CACHE_KIB,
 };

@@ -317,12 +317,18 @@ pub struct TableDigest {
 
 /// Digests of every read model, streamed row by row (memory stays flat however large they are).
 pub async fn read_model_digests(pool: &SqlitePool) -> Result<Vec<TableDigest>> {
+    let mut conn = pool.acquire().await?;
+    digests_on(&mut conn).await
+}
+
+/// [`read_model_digests`] on one connection (inside its transaction, if one is open).
+pub(crate) async fn digests_on(conn: &mut SqliteConnection) -> Result<Vec<TableDigest>> {
     use futures_util::TryStreamExt;
     use sha2::{Digest, Sha256};
     let mut out = Vec::new();
     for (table, columns, order) in READ_MODEL_TABLES {
         let sql = format!("SELECT json_array({columns}) FROM {table} ORDER BY {order}");
-        let mut rows = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).fetch(pool);
+        let mut rows = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).fetch(&mut *conn);
         let mut hash = Sha256::new();
         let mut n = 0i64;
         while let Some(row) = rows.try_next().await? {

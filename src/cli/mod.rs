@@ -7,6 +7,7 @@ mod demo;
 mod heal;
 mod log;
 mod output;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -196,6 +197,10 @@ pub enum Command {
     },
     /// Drop every read model and rebuild it from the events.
     Rebuild,
+    /// Check the database: SQLite's integrity, the append-only triggers, the hash chain over
+    /// every event, the read models and the strategy snapshots against the events. Exit 0 when
+    /// all holds, 1 naming the first problem.
+    Verify(verify::VerifyArgs),
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -345,6 +350,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             learn,
         } => analytics::predict(cli, agent.as_deref(), window, learn, &mut out).await?,
         Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
+        Command::Verify(args) => code = verify::run(cli, args, &mut out).await?,
         Command::Audit { failure_id, agent } => {
             heal::audit(cli, failure_id.as_deref(), agent.as_deref(), &mut out).await?
         }

@@ -28,7 +28,15 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V3__read_models",
         include_str!("../../migrations/V3__read_models.sql"),
     ),
+    (
+        "V4__hash_chain",
+        include_str!("../../migrations/V4__hash_chain.sql"),
+    ),
 ];
+
+/// The first schema version with the hash chain: events stored before it get their hashes
+/// computed in the migration's transaction.
+const HASH_CHAIN_VERSION: i64 = 4;
 
 /// The first schema version with the analytics read models: a database upgraded across it
 /// gets them built from its existing events in the same transaction.
@@ -107,10 +115,91 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
             .await
             .map_err(|e| Error::from_db(e, path))?;
     }
+    if report
+        .applied_migrations()
+        .iter()
+        .any(|m| i64::from(m.version()) == HASH_CHAIN_VERSION)
+    {
+        backfill_chain(&mut tx)
+            .await
+            .map_err(|e| Error::from_db(e, path))?;
+    }
     tx.commit().await.map_err(|e| Error::from_db(e, path))?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied migration");
     }
+    Ok(())
+}
+
+/// The append-only trigger on UPDATE, as `migrations/V1__event_log.sql` creates it.
+pub(crate) const REFUSE_UPDATE_TRIGGER: &str =
+    "CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'healstore: the event log is append-only; UPDATE refused');
+END";
+
+/// The append-only trigger on DELETE, as `migrations/V1__event_log.sql` creates it.
+pub(crate) const REFUSE_DELETE_TRIGGER: &str =
+    "CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'healstore: the event log is append-only; DELETE refused');
+END";
+
+/// An event's chained columns: position, id, stream, version, type, schema version, times,
+/// payload.
+type StoredRow = (i64, String, String, i64, String, i64, i64, i64, String);
+
+/// Computes the hash chain over events stored before it existed, in position order. The
+/// append-only trigger is lifted for exactly this, inside the migration's transaction.
+async fn backfill_chain(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    use super::chain;
+    let any: Option<i64> = sqlx::query_scalar("SELECT position FROM events LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    if any.is_none() {
+        return Ok(());
+    }
+    sqlx::query("DROP TRIGGER events_refuse_update")
+        .execute(&mut *conn)
+        .await?;
+    let mut prev = chain::GENESIS;
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<StoredRow> = sqlx::query_as(
+            "SELECT position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, occurred_at, recorded_at, payload FROM events \
+                 WHERE position > ? ORDER BY position LIMIT 10000",
+        )
+        .bind(after)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0;
+        for r in &rows {
+            prev = chain::link(
+                &prev,
+                &chain::Content {
+                    position: r.0,
+                    event_id: &r.1,
+                    stream_id: &r.2,
+                    stream_version: r.3,
+                    event_type: &r.4,
+                    schema_version: r.5,
+                    occurred_at: r.6,
+                    recorded_at: r.7,
+                    payload: &r.8,
+                },
+            );
+            sqlx::query("UPDATE events SET hash = ? WHERE position = ?")
+                .bind(&prev[..])
+                .bind(r.0)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    sqlx::query(REFUSE_UPDATE_TRIGGER)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

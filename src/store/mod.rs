@@ -5,9 +5,11 @@
 //! block the writer (SQLite's WAL mode). Several processes may open the same file: SQLite's
 //! write lock, taken with `BEGIN IMMEDIATE`, orders their commits.
 
+pub mod chain;
 mod migrate;
 mod read;
 mod snapshots;
+pub mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ pub use migrate::SCHEMA_VERSION;
 
 pub use read::{EventFilter, EventStream};
 pub use snapshots::{Checkpoint, Snapshot};
+pub use verify::{CheckResult, VerifyOptions, VerifyReport};
 pub use writer::{ImportReport, ImportSink, StreamAppend};
 
 /// How hard a commit tries to survive a crash.

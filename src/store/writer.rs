@@ -172,7 +172,7 @@ impl ImportSink {
 /// Items an import writes per round of look-ups and INSERTs.
 const IMPORT_CHUNK: usize = 512;
 
-/// Largest multi-row INSERT. 15 columns x 128 rows = 1,920 bound parameters, well under
+/// Largest multi-row INSERT. 16 columns x 128 rows = 2,048 bound parameters, well under
 /// SQLite's limit (32,766); larger statements gained nothing measurable.
 const MAX_ROWS_PER_INSERT: usize = 128;
 
@@ -506,6 +506,7 @@ struct Row<'a> {
     payload: &'a str,
     recorded_at: i64,
     index: &'a IndexFields,
+    hash: super::chain::Hash,
 }
 
 struct Plan<'a> {
@@ -539,7 +540,7 @@ async fn plan<'a>(
     let mut streams: Vec<&str> = parts().map(|p| p.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
-    let (stored, mut versions, mut next_position) = look_up(conn, &ids, &streams).await?;
+    let (stored, mut versions, mut next_position, tip) = look_up(conn, &ids, &streams).await?;
     next_position += 1;
 
     // Ids written earlier in this same transaction (a retry queued behind its first try).
@@ -603,6 +604,25 @@ async fn plan<'a>(
             written.retain(|_, w| w.3 < rows_before);
         }
         answers.push(answer);
+    }
+    // The chain, in position order (rows are numbered in order), from the log's tip.
+    let mut prev = tip;
+    for r in &mut rows {
+        r.hash = super::chain::link(
+            &prev,
+            &super::chain::Content {
+                position: r.position,
+                event_id: &r.event.event_id,
+                stream_id: r.stream_id,
+                stream_version: r.stream_version as i64,
+                event_type: &r.event.event_type,
+                schema_version: i64::from(r.event.schema_version),
+                occurred_at: to_micros(r.event.occurred_at),
+                recorded_at: r.recorded_at,
+                payload: r.payload,
+            },
+        );
+        prev = r.hash;
     }
     Ok(Plan { rows, answers })
 }
@@ -691,6 +711,7 @@ fn plan_part<'a>(
             payload: &prepared.payload,
             recorded_at: e.recorded_at.map(to_micros).unwrap_or(recorded_at),
             index: &prepared.index,
+            hash: super::chain::GENESIS,
         });
         out.push(Appended {
             event_id: e.event_id.clone(),
@@ -709,7 +730,12 @@ fn canonical(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
-type LookUp = (HashMap<String, Stored>, HashMap<String, u64>, i64);
+type LookUp = (
+    HashMap<String, Stored>,
+    HashMap<String, u64>,
+    i64,
+    super::chain::Hash,
+);
 
 /// One round trip where possible: stored ids, stream versions and the position counter in a
 /// single UNION ALL statement (each sqlx statement costs a channel hop to its worker thread).
@@ -721,6 +747,7 @@ async fn look_up(
     let mut stored = HashMap::new();
     let mut versions = HashMap::new();
     let mut counter = 0i64;
+    let mut tip = super::chain::GENESIS;
     let mut id_chunks = ids.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut stream_chunks = streams.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut first = true;
@@ -736,6 +763,13 @@ async fn look_up(
             parts.push(
                 "SELECT 2 AS k, NULL, NULL, seq, NULL, NULL, NULL, NULL \
                  FROM sqlite_sequence WHERE name = 'events'"
+                    .to_owned(),
+            );
+            // The chain's tip: the newest event's hash, or the anchor for an empty log.
+            parts.push(
+                "SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, \
+                 COALESCE((SELECT hex(hash) FROM events ORDER BY position DESC LIMIT 1), \
+                          (SELECT hex(hash) FROM chain_anchor WHERE id = 1))"
                     .to_owned(),
             );
         }
@@ -780,6 +814,15 @@ async fn look_up(
             let kind: i64 = row.try_get(0)?;
             match kind {
                 2 => counter = row.try_get(3)?,
+                3 => {
+                    // A newest event without a hash was written behind healstore's back:
+                    // `verify` reports it; appends go on, chained from zeros.
+                    tip = row
+                        .try_get::<Option<String>, _>(7)?
+                        .as_deref()
+                        .and_then(super::chain::from_hex)
+                        .unwrap_or(super::chain::GENESIS);
+                }
                 1 => {
                     if let Some(v) = row.try_get::<Option<i64>, _>(3)? {
                         versions.insert(row.try_get(1)?, v as u64);
@@ -801,7 +844,7 @@ async fn look_up(
             }
         }
     }
-    Ok((stored, versions, counter))
+    Ok((stored, versions, counter, tip))
 }
 
 fn placeholders(n: usize) -> String {
@@ -815,7 +858,7 @@ fn placeholders(n: usize) -> String {
     s
 }
 
-const INSERT_COLUMNS: usize = 15;
+const INSERT_COLUMNS: usize = 16;
 
 /// The INSERT for `n` rows. Rows are written in statements of power-of-two sizes, so that only
 /// eight distinct statements exist and sqlx's prepared-statement cache always hits.
@@ -830,7 +873,7 @@ fn insert_sql(n: usize) -> &'static str {
             v.push(format!(
                 "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
                  schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, \
-                 failure_type, strategy, success, duration_ms) VALUES {rows}"
+                 failure_type, strategy, success, duration_ms, hash) VALUES {rows}"
             ));
             size *= 2;
         }
@@ -875,6 +918,7 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
                 .map_err(sqlx::Error::Encode)?;
             args.add(r.index.success).map_err(sqlx::Error::Encode)?;
             args.add(r.index.duration_ms).map_err(sqlx::Error::Encode)?;
+            args.add(&r.hash[..]).map_err(sqlx::Error::Encode)?;
         }
         sqlx::query_with(insert_sql(n), args)
             .execute(&mut *conn)

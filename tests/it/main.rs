@@ -10,3 +10,4 @@ mod patterns;
 mod process;
 mod store;
 mod strategies;
+mod verify;

@@ -1,0 +1,370 @@
+//! `verify`: proves the log is what healstore wrote.
+//!
+//! Checks, in order: SQLite's own integrity check; the append-only and read-model triggers
+//! are in place and unaltered; the hash chain from the anchor through every event (a changed,
+//! inserted or removed event breaks it, and the first bad position is named); the position
+//! counter agrees with the newest event (removing the newest events leaves the chain intact
+//! but not the counter); and the read models equal a rebuild from the events (computed in a
+//! transaction that is rolled back). Strategy snapshots are checked by the healer
+//! ([`crate::heal::Healer::verify_snapshots`]), which knows the strategies' folds.
+//!
+//! Memory stays flat: events are read in keyset pages and the rebuild's tables are compared
+//! by streamed digests.
+
+use serde::Serialize;
+use sqlx::Connection;
+
+use super::Store;
+use super::chain::{self, Hash};
+use crate::error::{Error, Result};
+
+/// What to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// `PRAGMA integrity_check` (every index against its table) instead of `quick_check`.
+    pub full_integrity: bool,
+    /// Compare the read models with a rebuild from the events.
+    pub read_models: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            full_integrity: true,
+            read_models: true,
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckResult {
+    pub check: String,
+    pub ok: bool,
+    /// The first bad position, for the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    pub detail: String,
+}
+
+/// The answer of `verify`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub events: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_position: Option<i64>,
+    /// The position the chain starts after (0 unless events were archived).
+    pub anchor_position: i64,
+    /// The newest event's hash (hexadecimal): a commitment to the whole log.
+    pub head_hash: String,
+    pub checks: Vec<CheckResult>,
+}
+
+impl VerifyReport {
+    /// The problem to name first: the failed check at the lowest position, else the first
+    /// failed check.
+    pub fn first_problem(&self) -> Option<&CheckResult> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok && c.position.is_some())
+            .min_by_key(|c| c.position)
+            .or_else(|| self.checks.iter().find(|c| !c.ok))
+    }
+
+    pub(crate) fn add(&mut self, check: &str, ok: bool, position: Option<i64>, detail: String) {
+        self.ok &= ok;
+        self.checks.push(CheckResult {
+            check: check.into(),
+            ok,
+            position,
+            detail,
+        });
+    }
+}
+
+/// The read-model triggers, which must exist.
+const READ_MODEL_TRIGGERS: &[&str] = &[
+    "rm_failure_detected",
+    "rm_healing_attempted",
+    "rm_healing_completed",
+    "rm_failure_resolved",
+    "rm_pattern_learned",
+    "rm_prediction_made",
+];
+
+fn normalise(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+type ChainRow = (
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    Option<Vec<u8>>,
+);
+
+impl Store {
+    /// Verifies the database (see the module's documentation).
+    pub async fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+        let pool = self.read_pool();
+        let mut report = VerifyReport {
+            ok: true,
+            events: 0,
+            first_position: None,
+            last_position: None,
+            anchor_position: 0,
+            head_hash: chain::hex(&chain::GENESIS),
+            checks: Vec::new(),
+        };
+
+        // 1. SQLite's integrity check.
+        let pragma = if options.full_integrity {
+            "PRAGMA integrity_check"
+        } else {
+            "PRAGMA quick_check"
+        };
+        let lines: Vec<String> = sqlx::query_scalar(pragma).fetch_all(pool).await?;
+        let ok = lines.len() == 1 && lines[0] == "ok";
+        report.add(
+            "integrity",
+            ok,
+            None,
+            if ok {
+                "SQLite reports no damage".into()
+            } else {
+                lines.into_iter().take(3).collect::<Vec<_>>().join("; ")
+            },
+        );
+
+        // 2. Triggers.
+        let triggers: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'")
+                .fetch_all(pool)
+                .await?;
+        let find = |n: &str| triggers.iter().find(|(name, _)| name == n).map(|t| &t.1);
+        let mut missing = Vec::new();
+        for (name, expected) in [
+            (
+                "events_refuse_update",
+                super::migrate::REFUSE_UPDATE_TRIGGER,
+            ),
+            (
+                "events_refuse_delete",
+                super::migrate::REFUSE_DELETE_TRIGGER,
+            ),
+        ] {
+            match find(name) {
+                Some(sql) if normalise(sql) == normalise(expected) => {}
+                Some(_) => missing.push(format!("{name} was altered")),
+                None => missing.push(format!("{name} is missing")),
+            }
+        }
+        for name in READ_MODEL_TRIGGERS {
+            if find(name).is_none() {
+                missing.push(format!("{name} is missing"));
+            }
+        }
+        report.add(
+            "triggers",
+            missing.is_empty(),
+            None,
+            if missing.is_empty() {
+                "the append-only and read-model triggers are in place".into()
+            } else {
+                missing.join("; ")
+            },
+        );
+
+        // 3. The chain, from the anchor.
+        let (anchor_position, anchor_hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
+                .fetch_one(pool)
+                .await?;
+        report.anchor_position = anchor_position;
+        let anchor = chain::from_blob(&anchor_hash).ok_or_else(|| Error::Corrupt {
+            path: self.path().to_path_buf(),
+            reason: "the chain anchor is not a 32-byte hash".into(),
+        })?;
+        let chain_result = self
+            .walk_chain(anchor_position, anchor, &mut report)
+            .await?;
+        match chain_result {
+            None => {
+                let detail = format!(
+                    "{} events chained from the anchor at position {anchor_position}",
+                    report.events
+                );
+                report.add("chain", true, None, detail);
+            }
+            Some((position, what)) => report.add("chain", false, Some(position), what),
+        }
+
+        // 4. The position counter against the newest event.
+        let (seq, newest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), \
+                    (SELECT MAX(position) FROM events)",
+        )
+        .fetch_one(pool)
+        .await?;
+        let last = newest.unwrap_or(anchor_position);
+        let ok = seq == last;
+        report.add(
+            "counter",
+            ok,
+            (!ok).then_some(last + 1),
+            if ok {
+                format!("positions up to {seq} were assigned, and the newest event is {last}")
+            } else if seq > last {
+                format!(
+                    "positions up to {seq} were assigned but the log ends at {last}: the newest events were removed"
+                )
+            } else {
+                format!("the log ends at {last} beyond the counter {seq}: events were inserted behind healstore's back")
+            },
+        );
+
+        // 5. Read models against a rebuild.
+        if options.read_models {
+            let differing = self.compare_read_models().await?;
+            report.add(
+                "read_models",
+                differing.is_empty(),
+                None,
+                if differing.is_empty() {
+                    "the read models equal a rebuild from the events".into()
+                } else {
+                    format!(
+                        "differ from a rebuild from the events: {}",
+                        differing.join(", ")
+                    )
+                },
+            );
+        }
+        Ok(report)
+    }
+
+    /// Walks the chain; `Some((position, what))` at the first break.
+    async fn walk_chain(
+        &self,
+        anchor_position: i64,
+        anchor: Hash,
+        report: &mut VerifyReport,
+    ) -> Result<Option<(i64, String)>> {
+        let pool = self.read_pool();
+        let mut prev = anchor;
+        let mut prev_position = anchor_position;
+        let mut after = i64::MIN;
+        loop {
+            let rows: Vec<ChainRow> = sqlx::query_as(
+                "SELECT position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, occurred_at, recorded_at, payload, hash FROM events \
+                 WHERE position > ? ORDER BY position LIMIT 5000",
+            )
+            .bind(after)
+            .fetch_all(pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            for r in &rows {
+                if report.first_position.is_none() {
+                    report.first_position = Some(r.0);
+                    if r.0 <= anchor_position {
+                        return Ok(Some((
+                            r.0,
+                            format!(
+                                "position {} lies at or before the chain's anchor {anchor_position}",
+                                r.0
+                            ),
+                        )));
+                    }
+                }
+                if r.0 != prev_position + 1 {
+                    return Ok(Some((
+                        prev_position + 1,
+                        format!(
+                            "positions jump from {prev_position} to {}: event {} was removed behind healstore's back",
+                            r.0,
+                            prev_position + 1
+                        ),
+                    )));
+                }
+                let Some(stored) = r.9.as_deref().and_then(chain::from_blob) else {
+                    return Ok(Some((
+                        r.0,
+                        format!(
+                            "event {} (id {:?}) has no hash: it was inserted behind healstore's back",
+                            r.0, r.1
+                        ),
+                    )));
+                };
+                let expected = chain::link(
+                    &prev,
+                    &chain::Content {
+                        position: r.0,
+                        event_id: &r.1,
+                        stream_id: &r.2,
+                        stream_version: r.3,
+                        event_type: &r.4,
+                        schema_version: r.5,
+                        occurred_at: r.6,
+                        recorded_at: r.7,
+                        payload: &r.8,
+                    },
+                );
+                if expected != stored {
+                    return Ok(Some((
+                        r.0,
+                        format!(
+                            "event {} (id {:?}) does not match its hash: its content was altered, or an event was inserted or removed before it",
+                            r.0, r.1
+                        ),
+                    )));
+                }
+                prev = stored;
+                prev_position = r.0;
+                report.events += 1;
+                report.last_position = Some(r.0);
+                report.head_hash = chain::hex(&stored);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The read models that differ from a rebuild, computed on a separate connection in a
+    /// transaction that is rolled back.
+    async fn compare_read_models(&self) -> Result<Vec<String>> {
+        use sqlx::ConnectOptions as _;
+        let path = self.path().to_path_buf();
+        let db = |e| Error::from_db(e, &path);
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(self.options().busy_timeout)
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .connect()
+            .await
+            .map_err(db)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let before = crate::analytics::digests_on(&mut tx).await?;
+        crate::analytics::rebuild_read_models(&mut tx)
+            .await
+            .map_err(db)?;
+        let after = crate::analytics::digests_on(&mut tx).await?;
+        tx.rollback().await.map_err(db)?;
+        conn.close().await.map_err(db)?;
+        Ok(before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b != a)
+            .map(|(b, a)| format!("{} ({} rows stored, {} rebuilt)", b.table, b.rows, a.rows))
+            .collect())
+    }
+}
