@@ -78,6 +78,9 @@ pub struct StoreOptions {
     /// Rows per page of a long scan. Pages keep read transactions short, so that WAL
     /// checkpoints are never held back by a reader.
     pub page_size: u32,
+    /// Chain every event's hash to the previous one (the default). Off only to measure what
+    /// the chain costs: events appended without it fail `verify`.
+    pub hash_chain: bool,
 }
 
 impl Default for StoreOptions {
@@ -91,6 +94,7 @@ impl Default for StoreOptions {
             max_batch_events: 4096,
             poll_interval: Duration::from_millis(200),
             page_size: 1000,
+            hash_chain: true,
         }
     }
 }

@@ -383,7 +383,7 @@ impl Writer {
     ) -> sqlx::Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        let plan = plan(&mut tx, items, recorded_at).await?;
+        let plan = plan(&mut tx, items, recorded_at, self.options.hash_chain).await?;
         insert_rows(&mut tx, &plan.rows).await?;
         tx.commit().await?;
         Ok((plan.answers, plan.rows.last().map(|r| r.position)))
@@ -438,7 +438,9 @@ impl Writer {
                         }],
                     })
                     .collect();
-                let plan = plan(&mut tx, &plan_items, recorded_at).await.map_err(db)?;
+                let plan = plan(&mut tx, &plan_items, recorded_at, self.options.hash_chain)
+                    .await
+                    .map_err(db)?;
                 for ((line, ..), answer) in chunk.iter().zip(&plan.answers) {
                     match answer {
                         Ok(a) if a[0].duplicate => report.duplicates += 1,
@@ -506,7 +508,7 @@ struct Row<'a> {
     payload: &'a str,
     recorded_at: i64,
     index: &'a IndexFields,
-    hash: super::chain::Hash,
+    hash: Option<super::chain::Hash>,
 }
 
 struct Plan<'a> {
@@ -530,6 +532,7 @@ async fn plan<'a>(
     conn: &mut SqliteConnection,
     items: &'a [PlanItem<'a>],
     recorded_at: i64,
+    chained: bool,
 ) -> sqlx::Result<Plan<'a>> {
     let parts = || items.iter().flat_map(|i| i.parts.iter());
     let mut ids: Vec<&str> = parts()
@@ -607,8 +610,8 @@ async fn plan<'a>(
     }
     // The chain, in position order (rows are numbered in order), from the log's tip.
     let mut prev = tip;
-    for r in &mut rows {
-        r.hash = super::chain::link(
+    for r in rows.iter_mut().filter(|_| chained) {
+        let hash = super::chain::link(
             &prev,
             &super::chain::Content {
                 position: r.position,
@@ -622,7 +625,8 @@ async fn plan<'a>(
                 payload: r.payload,
             },
         );
-        prev = r.hash;
+        r.hash = Some(hash);
+        prev = hash;
     }
     Ok(Plan { rows, answers })
 }
@@ -711,7 +715,7 @@ fn plan_part<'a>(
             payload: &prepared.payload,
             recorded_at: e.recorded_at.map(to_micros).unwrap_or(recorded_at),
             index: &prepared.index,
-            hash: super::chain::GENESIS,
+            hash: None,
         });
         out.push(Appended {
             event_id: e.event_id.clone(),
@@ -918,7 +922,8 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
                 .map_err(sqlx::Error::Encode)?;
             args.add(r.index.success).map_err(sqlx::Error::Encode)?;
             args.add(r.index.duration_ms).map_err(sqlx::Error::Encode)?;
-            args.add(&r.hash[..]).map_err(sqlx::Error::Encode)?;
+            args.add(r.hash.as_ref().map(|h| &h[..]))
+                .map_err(sqlx::Error::Encode)?;
         }
         sqlx::query_with(insert_sql(n), args)
             .execute(&mut *conn)
