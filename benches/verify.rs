@@ -245,10 +245,26 @@ async fn prepare(path: &std::path::Path, failures: usize) -> anyhow::Result<Stor
         let stream = format!("failure-{id}");
         let ok = i % 7 != 0;
         let evs = [
-            ("failure_detected", at, json!({"failure_id": id, "failure_type": ft, "severity": "high", "agent_id": agent, "metadata": {}})),
-            ("healing_attempted", at + chrono::Duration::milliseconds(1), json!({"failure_id": id, "strategy": "AgentRestart", "agent_id": agent, "failure_type": ft, "decision": "act", "reason": "bench", "actions": [], "details": {}})),
-            ("healing_completed", at + chrono::Duration::milliseconds(150), json!({"failure_id": id, "strategy": "AgentRestart", "agent_id": agent, "failure_type": ft, "success": ok, "duration_ms": 150, "actions_taken": [], "metadata": {}})),
-            ("failure_resolved", at + chrono::Duration::milliseconds(200), json!({"failure_id": id, "failure_type": ft, "agent_id": agent, "strategy": "AgentRestart", "detected_at": healstore::time::format_time(at)})),
+            (
+                "failure_detected",
+                at,
+                json!({"failure_id": id, "failure_type": ft, "severity": "high", "agent_id": agent, "metadata": {}}),
+            ),
+            (
+                "healing_attempted",
+                at + chrono::Duration::milliseconds(1),
+                json!({"failure_id": id, "strategy": "AgentRestart", "agent_id": agent, "failure_type": ft, "decision": "act", "reason": "bench", "actions": [], "details": {}}),
+            ),
+            (
+                "healing_completed",
+                at + chrono::Duration::milliseconds(150),
+                json!({"failure_id": id, "strategy": "AgentRestart", "agent_id": agent, "failure_type": ft, "success": ok, "duration_ms": 150, "actions_taken": [], "metadata": {}}),
+            ),
+            (
+                "failure_resolved",
+                at + chrono::Duration::milliseconds(200),
+                json!({"failure_id": id, "failure_type": ft, "agent_id": agent, "strategy": "AgentRestart", "detected_at": healstore::time::format_time(at)}),
+            ),
         ];
         for (n, (t, when, payload)) in evs.into_iter().enumerate() {
             line += 1;

@@ -15,3 +15,10 @@ CREATE TABLE chain_anchor (
 ) STRICT;
 
 INSERT INTO chain_anchor (id, position, hash) VALUES (1, 0, zeroblob(32));
+
+-- Streams whose newest events were archived: their version, so that a stream continues at the
+-- next version after an archive (and a stream that existed is never mistaken for a new one).
+CREATE TABLE archived_streams (
+    stream_id       TEXT    PRIMARY KEY,
+    version         INTEGER NOT NULL CHECK (version >= 1)
+) STRICT, WITHOUT ROWID;

@@ -170,6 +170,7 @@ impl RecordedEvent {
             occurred_at: self.occurred_at,
             recorded_at: Some(self.recorded_at),
             payload: self.payload.clone(),
+            hash: None,
         }
     }
 }
@@ -242,6 +243,10 @@ pub struct EventLine {
     pub recorded_at: Option<DateTime<Utc>>,
     #[serde(default = "empty_object")]
     pub payload: Value,
+    /// The event's link in the hash chain (hexadecimal), in archive files. Ignored on input:
+    /// the receiving store chains events itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 impl EventLine {

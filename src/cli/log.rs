@@ -62,9 +62,21 @@ async fn open_input(
 
 pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()> {
     let (input, size) = open_input(file).await?;
+    // An archive (gzip, with a header line) is read through its decompressor.
+    let mut lines: tokio::io::Lines<Box<dyn tokio::io::AsyncBufRead + Unpin + Send>> =
+        if file != Path::new("-") && healstore::store::archive::is_archive(file).await {
+            drop(input);
+            let (_, lines) = healstore::store::archive::read_archive(file).await?;
+            let inner: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> =
+                Box::new(lines.into_inner());
+            inner.lines()
+        } else {
+            let inner: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> =
+                Box::new(BufReader::new(input));
+            inner.lines()
+        };
     let store = cli.open(true).await?;
     let progress = progress_bar(size);
-    let mut lines = BufReader::new(input).lines();
     let mut sink = store.begin_import().await?;
     let mut line_no = 0u64;
     let mut bytes = 0u64;
@@ -351,4 +363,41 @@ fn row(e: &RecordedEvent) -> Vec<String> {
         e.event_type.clone(),
         payload,
     ]
+}
+
+pub async fn archive(
+    cli: &Cli,
+    before: chrono::DateTime<chrono::Utc>,
+    to: &Path,
+    out: &mut Out,
+) -> anyhow::Result<()> {
+    if to.is_dir() {
+        bail!("cannot write {}: it is a directory", to.display());
+    }
+    // Strategy state must be in snapshots before its events leave the log.
+    let healer = super::heal::open_healer(cli).await?;
+    healer.checkpoint().await?;
+    let report = healer.store().archive(before, to, cli.now()).await;
+    healer.close().await?;
+    let report = report?;
+    match report {
+        None => {
+            if out.json() {
+                out.json_value(&serde_json::json!({ "archived": 0 }))?;
+            } else {
+                out.line("nothing to archive: no event before that time could be moved")?;
+            }
+        }
+        Some(r) => {
+            if out.json() {
+                out.json_value(&r)?;
+            } else {
+                out.line(&format!(
+                    "archived {} events (positions {} to {}) into {}; the log's chain now starts after hash {}",
+                    r.events, r.from_position, r.to_position, r.file, r.end_hash
+                ))?;
+            }
+        }
+    }
+    Ok(())
 }

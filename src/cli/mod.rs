@@ -201,6 +201,17 @@ pub enum Command {
     /// every event, the read models and the strategy snapshots against the events. Exit 0 when
     /// all holds, 1 naming the first problem.
     Verify(verify::VerifyArgs),
+    /// Move the events that occurred before a time into a compressed archive file (readable by
+    /// its owner only), keeping the analytics of the archived periods and the chain verifiable
+    /// across the cut. `import` and `verify --archive` accept the file.
+    Archive {
+        /// Archive the longest prefix of the log whose events all occurred before this time.
+        #[arg(long, value_parser = parse_time)]
+        before: DateTime<Utc>,
+        /// The archive file to write.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -351,6 +362,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => analytics::predict(cli, agent.as_deref(), window, learn, &mut out).await?,
         Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
         Command::Verify(args) => code = verify::run(cli, args, &mut out).await?,
+        Command::Archive { before, to } => log::archive(cli, *before, to, &mut out).await?,
         Command::Audit { failure_id, agent } => {
             heal::audit(cli, failure_id.as_deref(), agent.as_deref(), &mut out).await?
         }

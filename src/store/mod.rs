@@ -5,6 +5,7 @@
 //! block the writer (SQLite's WAL mode). Several processes may open the same file: SQLite's
 //! write lock, taken with `BEGIN IMMEDIATE`, orders their commits.
 
+pub mod archive;
 pub mod chain;
 mod migrate;
 mod read;
@@ -208,6 +209,11 @@ impl Store {
         answer.await.map_err(|_| Error::Closed)?
     }
 
+    /// Sends a request to the writer task.
+    pub(crate) async fn send_request(&self, r: writer::Request) -> Result<()> {
+        self.inner.requests.send(r).await.map_err(|_| Error::Closed)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -317,12 +323,14 @@ impl Store {
 
     /// The number of events in a stream (its current version).
     pub async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(stream_version) FROM events WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_one(&self.inner.readers)
-                .await
-                .map_err(|e| self.db_err(e))?;
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?1), \
+                 (SELECT version FROM archived_streams WHERE stream_id = ?1))",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.inner.readers)
+        .await
+        .map_err(|e| self.db_err(e))?;
         Ok(v.unwrap_or(0) as u64)
     }
 

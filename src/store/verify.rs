@@ -194,6 +194,32 @@ impl Store {
             path: self.path().to_path_buf(),
             reason: "the chain anchor is not a 32-byte hash".into(),
         })?;
+        if anchor_position > 0 {
+            // The anchor must be the one the log's own `events_archived` event recorded.
+            let recorded: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT payload ->> '$.to_position', payload ->> '$.end_hash' FROM events \
+                 WHERE event_type = 'events_archived' ORDER BY position DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?;
+            let ok = recorded.is_some_and(|(p, h)| {
+                p == Some(anchor_position) && h.as_deref() == Some(chain::hex(&anchor).as_str())
+            });
+            report.add(
+                "anchor",
+                ok,
+                (!ok).then_some(anchor_position),
+                if ok {
+                    format!(
+                        "events up to position {anchor_position} are archived, as the log records"
+                    )
+                } else {
+                    format!(
+                        "the chain starts after position {anchor_position}, which no events_archived event records: the anchor was moved behind healstore's back"
+                    )
+                },
+            );
+        }
         let chain_result = self
             .walk_chain(anchor_position, anchor, &mut report)
             .await?;
@@ -233,7 +259,16 @@ impl Store {
         );
 
         // 5. Read models against a rebuild.
-        if options.read_models {
+        if options.read_models && anchor_position > 0 {
+            report.add(
+                "read_models",
+                true,
+                None,
+                format!(
+                    "not compared: events up to position {anchor_position} are archived, and the read models keep their periods"
+                ),
+            );
+        } else if options.read_models {
             let differing = self.compare_read_models().await?;
             report.add(
                 "read_models",

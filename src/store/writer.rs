@@ -36,6 +36,7 @@ pub(crate) enum Request {
     Checkpoint(super::snapshots::Checkpoint, oneshot::Sender<Result<()>>),
     DropSnapshots(oneshot::Sender<Result<()>>),
     RebuildReadModels(oneshot::Sender<Result<crate::analytics::RebuildReport>>),
+    Archive(super::archive::Cut, oneshot::Sender<Result<i64>>),
 }
 
 pub(crate) struct AppendRequest {
@@ -270,7 +271,14 @@ impl Writer {
                 }
                 Request::RebuildReadModels(reply) => {
                     let r = rebuild_read_models(&mut self.conn).await;
-                    let _ = reply.send(r.map_err(|e| Error::from_db(e, &self.path)));
+                    let _ = reply.send(r);
+                }
+                Request::Archive(cut, reply) => {
+                    let r = self.archive(cut).await;
+                    if let Ok(p) = &r {
+                        self.committed(Some(*p));
+                    }
+                    let _ = reply.send(r);
                 }
                 Request::Append(a) => {
                     let mut events = a.events();
@@ -797,8 +805,9 @@ async fn look_up(
             // every version of every stream, so an append cost grew with its stream's length.
             let n = streams.len().next_power_of_two();
             parts.push(format!(
-                "SELECT 1, column1, NULL, (SELECT MAX(stream_version) FROM events \
-                 WHERE stream_id = column1), NULL, NULL, NULL, NULL FROM (VALUES {})",
+                "SELECT 1, column1, NULL, COALESCE((SELECT MAX(stream_version) FROM events \
+                 WHERE stream_id = column1), (SELECT version FROM archived_streams \
+                 WHERE stream_id = column1)), NULL, NULL, NULL, NULL FROM (VALUES {})",
                 vec!["(?)"; n].join(",")
             ));
             for i in 0..n {
@@ -934,19 +943,115 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
 }
 
 /// Rebuilds every read model (analytics tables and strategy snapshots) in one transaction.
+/// A log whose oldest events were archived is refused: the rebuild would lose what the read
+/// models keep of the archived periods, and the strategy states folded from archived events.
 async fn rebuild_read_models(
     conn: &mut SqliteConnection,
-) -> sqlx::Result<crate::analytics::RebuildReport> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    crate::analytics::rebuild_read_models(&mut tx).await?;
+) -> Result<crate::analytics::RebuildReport> {
+    let db = Error::Database;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    let (anchor, file): (i64, Option<String>) =
+        sqlx::query_as("SELECT position, archived_to FROM chain_anchor WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+    if anchor > 0 {
+        return Err(Error::InvalidInput(format!(
+            "events up to position {anchor} are archived{}: a rebuild from the log would lose \
+             the read models' archived periods and strategy states; import the archive and the \
+             log into a new database to rebuild there",
+            file.map(|f| format!(" (in {f})")).unwrap_or_default()
+        )));
+    }
+    crate::analytics::rebuild_read_models(&mut tx)
+        .await
+        .map_err(db)?;
     sqlx::query("DELETE FROM strategy_snapshots")
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
     sqlx::query("DELETE FROM strategy_checkpoints")
         .execute(&mut *tx)
-        .await?;
-    let mut report = crate::analytics::read_model_counts(&mut tx).await?;
+        .await
+        .map_err(db)?;
+    let mut report = crate::analytics::read_model_counts(&mut tx)
+        .await
+        .map_err(db)?;
     report.snapshots_dropped = true;
-    tx.commit().await?;
+    tx.commit().await.map_err(db)?;
     Ok(report)
+}
+
+impl Writer {
+    /// The database side of an archive (see `archive.rs`): in one transaction.
+    async fn archive(&mut self, cut: super::archive::Cut) -> Result<i64> {
+        let path = self.path.clone();
+        let db = |e| Error::from_db(e, &path);
+        let recorded_at = to_micros(self.options.clock.now());
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let anchor: i64 = sqlx::query_scalar("SELECT position FROM chain_anchor WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let end: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM events WHERE position = ?")
+            .bind(cut.to_position)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .flatten();
+        if anchor != cut.anchor_position || end.as_deref() != Some(&cut.end_hash[..]) {
+            return Err(Error::InvalidInput(
+                "the log changed while archiving (another archive ran); nothing was archived"
+                    .into(),
+            ));
+        }
+        for sql in [
+            "INSERT OR REPLACE INTO archived_streams (stream_id, version) \
+             SELECT stream_id, MAX(stream_version) FROM events WHERE position <= ?1 \
+             GROUP BY stream_id",
+            "DROP TRIGGER events_refuse_delete",
+            "DELETE FROM events WHERE position <= ?1",
+        ] {
+            let q = sqlx::query(sql);
+            let q = if sql.contains("?1") {
+                q.bind(cut.to_position)
+            } else {
+                q
+            };
+            q.execute(&mut *tx).await.map_err(db)?;
+        }
+        sqlx::query(super::migrate::REFUSE_DELETE_TRIGGER)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "UPDATE chain_anchor SET position = ?, hash = ?, archived_to = ?, archived_at = ? \
+             WHERE id = 1",
+        )
+        .bind(cut.to_position)
+        .bind(&cut.end_hash[..])
+        .bind(&cut.file)
+        .bind(recorded_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let events = [cut.event];
+        let items = [PlanItem {
+            parts: vec![PlanPart {
+                stream_id: "archive",
+                expected: ExpectedVersion::Any,
+                events: &events,
+            }],
+        }];
+        let plan = plan(&mut tx, &items, recorded_at, self.options.hash_chain)
+            .await
+            .map_err(db)?;
+        if let Some(Err(e)) = plan.answers.into_iter().next() {
+            return Err(e);
+        }
+        insert_rows(&mut tx, &plan.rows).await.map_err(db)?;
+        let position = plan.rows.last().map(|r| r.position).unwrap_or(0);
+        tx.commit().await.map_err(db)?;
+        Ok(position)
+    }
 }

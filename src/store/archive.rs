@@ -1,0 +1,479 @@
+//! Retention: moving the oldest events out of the log into a compressed archive file.
+//!
+//! `archive(before, file)` cuts the longest prefix of the log (in position order) whose events
+//! all occurred before `before`, and never past a strategy checkpoint (strategy state is then
+//! restored from snapshots, not from archived events). In order:
+//!
+//! 1. The prefix is written to `file` (gzip; a header line, then one JSON line per event with
+//!    its position, stream version and chain hash), checking the chain on the way; the file is
+//!    synced and renamed into place, readable by its owner only.
+//! 2. One transaction then deletes the prefix, moves the chain's anchor to the last archived
+//!    event, remembers the versions of streams whose newest events left (so that they continue
+//!    where they were), and appends an `events_archived` event that records the cut and its
+//!    hash. A crash before the commit leaves the log as it was (running the archive again
+//!    rewrites the same file); after it, the file is complete.
+//!
+//! The analytics read models keep every row, so statistics for archived periods stay
+//! available; `rebuild` refuses a log with an archived prefix (it would lose them). The
+//! archive file is accepted by `import` and checked by `verify --archive`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::Store;
+use super::chain::{self, Hash};
+use crate::error::{Error, Result};
+use crate::event::EventLine;
+use crate::time::{format_time, from_micros, to_micros};
+
+/// The first line of an archive file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveHeader {
+    /// Format version (1).
+    pub healstore_archive: u32,
+    pub from_position: i64,
+    pub to_position: i64,
+    pub events: i64,
+    /// The hash the first archived event chains to.
+    pub anchor_hash: String,
+    /// The last archived event's hash: the live log's anchor after the cut.
+    pub end_hash: String,
+    pub before: String,
+    pub created_at: String,
+}
+
+/// What an archive did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchiveReport {
+    pub file: String,
+    pub from_position: i64,
+    pub to_position: i64,
+    pub events: i64,
+    pub end_hash: String,
+    /// The position of the `events_archived` event recording the cut.
+    pub recorded_at_position: i64,
+}
+
+/// What `verify --archive` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchiveCheck {
+    pub ok: bool,
+    pub header: Option<ArchiveHeader>,
+    pub events: i64,
+    /// The first bad position, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    pub detail: String,
+}
+
+/// A request to the writer: the cut, checked again under the write lock.
+pub(crate) struct Cut {
+    pub anchor_position: i64,
+    pub to_position: i64,
+    pub end_hash: Hash,
+    pub file: String,
+    pub event: super::writer::PreparedEvent,
+}
+
+type ArchiveRow = (
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    Option<Vec<u8>>,
+);
+
+impl Store {
+    /// Archives the events before `before` into `file` (see the module's documentation).
+    /// `None` when there is nothing to archive.
+    pub async fn archive(
+        &self,
+        before: DateTime<Utc>,
+        file: &Path,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ArchiveReport>> {
+        let pool = self.read_pool();
+        let (anchor_position, anchor_hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
+                .fetch_one(pool)
+                .await?;
+        let anchor = chain::from_blob(&anchor_hash).ok_or_else(|| Error::Corrupt {
+            path: self.path().to_path_buf(),
+            reason: "the chain anchor is not a 32-byte hash".into(),
+        })?;
+        let mut cut: Option<i64> = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT MIN(position) FROM events WHERE occurred_at >= ?) - 1, \
+                             (SELECT MAX(position) FROM events))",
+        )
+        .bind(to_micros(before))
+        .fetch_one(pool)
+        .await?;
+        // Never past a strategy checkpoint: archived strategy events could not be replayed.
+        let checkpoint: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(position) FROM strategy_checkpoints")
+                .fetch_one(pool)
+                .await?;
+        if let (Some(c), Some(p)) = (checkpoint, cut) {
+            cut = Some(p.min(c));
+        }
+        if let Some(p) = cut {
+            // And every strategy with events in the prefix must have a checkpoint at all.
+            let uncovered: Option<String> = sqlx::query_scalar(
+                "SELECT COALESCE(strategy, stream_id) FROM events \
+                 WHERE stream_id >= 'strategy-' AND stream_id < 'strategy.' AND position <= ? \
+                   AND (strategy IS NULL \
+                        OR strategy NOT IN (SELECT strategy FROM strategy_checkpoints)) \
+                 LIMIT 1",
+            )
+            .bind(p)
+            .fetch_optional(pool)
+            .await?;
+            if let Some(s) = uncovered {
+                return Err(Error::InvalidInput(format!(
+                    "strategy {s} has no snapshot yet: checkpoint the healer before archiving \
+                     (the command line does)"
+                )));
+            }
+        }
+        let Some(to_position) = cut.filter(|p| *p > anchor_position) else {
+            return Ok(None);
+        };
+
+        let (end_hash, events) = write_file(
+            self,
+            file,
+            anchor_position,
+            anchor,
+            to_position,
+            before,
+            now,
+        )
+        .await?;
+
+        let payload = serde_json::json!({
+            "from_position": anchor_position + 1,
+            "to_position": to_position,
+            "events": events,
+            "end_hash": chain::hex(&end_hash),
+            "file": file.display().to_string(),
+            "before": format_time(before),
+        });
+        let event = crate::event::NewEvent::new("events_archived", now, payload);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send_request(super::writer::Request::Archive(
+            Cut {
+                anchor_position,
+                to_position,
+                end_hash,
+                file: file.display().to_string(),
+                event: super::writer::PreparedEvent::new(event),
+            },
+            reply,
+        ))
+        .await?;
+        let recorded_at_position = answer.await.map_err(|_| Error::Closed)??;
+        Ok(Some(ArchiveReport {
+            file: file.display().to_string(),
+            from_position: anchor_position + 1,
+            to_position,
+            events,
+            end_hash: chain::hex(&end_hash),
+            recorded_at_position,
+        }))
+    }
+}
+
+/// Writes `(anchor, to]` to `file` through a temporary file; the last hash and the count.
+async fn write_file(
+    store: &Store,
+    file: &Path,
+    anchor_position: i64,
+    anchor: Hash,
+    to_position: i64,
+    before: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(Hash, i64)> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        Error::InvalidInput(format!("cannot {what} {}: {e}", p.display()))
+    };
+    let end: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM events WHERE position = ?")
+        .bind(to_position)
+        .fetch_optional(store.read_pool())
+        .await?
+        .flatten();
+    let end_hash = end.as_deref().and_then(chain::from_blob).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "event {to_position} has no chain hash: run `healstore verify` before archiving"
+        ))
+    })?;
+    let tmp = partial_path(file);
+    let f = open_private(&tmp)
+        .await
+        .map_err(|e| io("create", &tmp, e))?;
+    let mut gz = async_compression::tokio::write::GzipEncoder::new(tokio::io::BufWriter::new(f));
+    let header = ArchiveHeader {
+        healstore_archive: 1,
+        from_position: anchor_position + 1,
+        to_position,
+        events: to_position - anchor_position,
+        anchor_hash: chain::hex(&anchor),
+        end_hash: chain::hex(&end_hash),
+        before: format_time(before),
+        created_at: format_time(now),
+    };
+    let mut text = serde_json::to_string(&header)
+        .map_err(|e| Error::InvalidInput(format!("cannot write the archive header: {e}")))?;
+    text.push('\n');
+    gz.write_all(text.as_bytes())
+        .await
+        .map_err(|e| io("write", &tmp, e))?;
+    let mut prev = anchor;
+    let mut expected = anchor_position + 1;
+    let mut after = anchor_position;
+    while after < to_position {
+        let rows: Vec<ArchiveRow> = sqlx::query_as(
+            "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+             occurred_at, recorded_at, payload, hash FROM events \
+             WHERE position > ? AND position <= ? ORDER BY position LIMIT 5000",
+        )
+        .bind(after)
+        .bind(to_position)
+        .fetch_all(store.read_pool())
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut chunk = String::new();
+        for r in &rows {
+            let link = chain::link(
+                &prev,
+                &chain::Content {
+                    position: r.0,
+                    event_id: &r.1,
+                    stream_id: &r.2,
+                    stream_version: r.3,
+                    event_type: &r.4,
+                    schema_version: r.5,
+                    occurred_at: r.6,
+                    recorded_at: r.7,
+                    payload: &r.8,
+                },
+            );
+            if r.0 != expected || r.9.as_deref().and_then(chain::from_blob) != Some(link) {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Error::InvalidInput(format!(
+                    "the log fails verification at position {expected}: run `healstore verify`; nothing was archived"
+                )));
+            }
+            let line = EventLine {
+                position: Some(r.0),
+                event_id: Some(r.1.clone()),
+                stream_id: r.2.clone(),
+                stream_version: Some(r.3 as u64),
+                event_type: r.4.clone(),
+                schema_version: r.5 as u32,
+                occurred_at: from_micros(r.6)?,
+                recorded_at: Some(from_micros(r.7)?),
+                payload: serde_json::from_str(&r.8).map_err(|e| {
+                    Error::InvalidEvent(format!("the payload of event {} does not parse: {e}", r.0))
+                })?,
+                hash: Some(chain::hex(&link)),
+            };
+            chunk.push_str(&line.to_json());
+            chunk.push('\n');
+            prev = link;
+            expected += 1;
+            after = r.0;
+        }
+        gz.write_all(chunk.as_bytes())
+            .await
+            .map_err(|e| io("write", &tmp, e))?;
+    }
+    if expected != to_position + 1 || prev != end_hash {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(Error::InvalidInput(format!(
+            "the log changed while archiving (expected position {expected}); nothing was archived"
+        )));
+    }
+    gz.shutdown().await.map_err(|e| io("write", &tmp, e))?;
+    let f = gz.into_inner().into_inner();
+    f.sync_all().await.map_err(|e| io("sync", &tmp, e))?;
+    drop(f);
+    tokio::fs::rename(&tmp, file)
+        .await
+        .map_err(|e| io("write", file, e))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = tokio::fs::File::open(dir).await
+    {
+        let _ = d.sync_all().await;
+    }
+    Ok((end_hash, to_position - anchor_position))
+}
+
+fn partial_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+async fn open_private(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let mut o = tokio::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    o.open(path).await
+}
+
+/// The archive's lines after its header, decompressed, for `import` and `verify --archive`.
+pub async fn read_archive(
+    file: &Path,
+) -> Result<(
+    ArchiveHeader,
+    tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin + Send>>,
+)> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| Error::InvalidInput(format!("cannot read {}: {e}", file.display())))?;
+    let gz = async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(f));
+    let mut lines = BufReader::new(gz).lines();
+    let first = lines
+        .next_line()
+        .await
+        .map_err(|e| {
+            Error::InvalidInput(format!(
+                "{} is not a healstore archive: {e}",
+                file.display()
+            ))
+        })?
+        .ok_or_else(|| Error::InvalidInput(format!("{} is empty", file.display())))?;
+    let header: ArchiveHeader = serde_json::from_str(&first).map_err(|e| {
+        Error::InvalidInput(format!("{} has no archive header: {e}", file.display()))
+    })?;
+    Ok((header, lines))
+}
+
+/// Whether `file` starts like a gzip stream (an archive) rather than JSON Lines.
+pub async fn is_archive(file: &Path) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut f) = tokio::fs::File::open(file).await else {
+        return false;
+    };
+    let mut magic = [0u8; 2];
+    f.read_exact(&mut magic).await.is_ok() && magic == [0x1f, 0x8b]
+}
+
+/// Checks an archive file on its own: its chain from the header's anchor, its positions, and
+/// its end hash. `recorded` says whether the database records a cut with that end hash.
+pub async fn verify_archive(file: &Path) -> Result<ArchiveCheck> {
+    let (header, mut lines) = read_archive(file).await?;
+    let bad = |header: &ArchiveHeader, events, position, detail: String| ArchiveCheck {
+        ok: false,
+        header: Some(header.clone()),
+        events,
+        position,
+        detail,
+    };
+    let Some(mut prev) = chain::from_hex(&header.anchor_hash) else {
+        return Ok(bad(
+            &header,
+            0,
+            None,
+            "the header's anchor hash is malformed".into(),
+        ));
+    };
+    let mut expected = header.from_position;
+    let mut n = 0i64;
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => {
+                return Ok(bad(
+                    &header,
+                    n,
+                    Some(expected),
+                    format!("the file is damaged: {e}"),
+                ));
+            }
+        };
+        let Ok(e) = EventLine::parse(&line) else {
+            return Ok(bad(
+                &header,
+                n,
+                Some(expected),
+                "a line does not parse".into(),
+            ));
+        };
+        let position = e.position.unwrap_or(-1);
+        if position != expected {
+            return Ok(bad(
+                &header,
+                n,
+                Some(expected),
+                format!("position {expected} is missing (found {position})"),
+            ));
+        }
+        let payload = e.payload.to_string();
+        let link = chain::link(
+            &prev,
+            &chain::Content {
+                position,
+                event_id: e.event_id.as_deref().unwrap_or(""),
+                stream_id: &e.stream_id,
+                stream_version: e.stream_version.unwrap_or(0) as i64,
+                event_type: &e.event_type,
+                schema_version: i64::from(e.schema_version),
+                occurred_at: to_micros(e.occurred_at),
+                recorded_at: e.recorded_at.map(to_micros).unwrap_or(0),
+                payload: &payload,
+            },
+        );
+        if e.hash.as_deref().and_then(chain::from_hex) != Some(link) {
+            return Ok(bad(
+                &header,
+                n,
+                Some(position),
+                format!("event {position} does not match its hash: the archive was altered"),
+            ));
+        }
+        prev = link;
+        expected += 1;
+        n += 1;
+    }
+    if expected != header.to_position + 1 {
+        return Ok(bad(
+            &header,
+            n,
+            Some(expected),
+            format!(
+                "the archive ends at position {} but its header says {}",
+                expected - 1,
+                header.to_position
+            ),
+        ));
+    }
+    if chain::hex(&prev) != header.end_hash {
+        return Ok(bad(
+            &header,
+            n,
+            Some(header.to_position),
+            "the chain's end does not match the header's end hash".into(),
+        ));
+    }
+    Ok(ArchiveCheck {
+        ok: true,
+        header: Some(header),
+        events: n,
+        position: None,
+        detail: format!("{n} events chained; the end hash matches"),
+    })
+}
