@@ -1,6 +1,7 @@
 //! healstore's integration tests, in one binary to keep link times down.
 
 mod analytics;
+mod audit_report;
 mod circuit;
 mod cli;
 mod common;
