@@ -5,6 +5,7 @@ mod audit_report;
 mod circuit;
 mod cli;
 mod common;
+mod crash;
 mod faults;
 mod healer;
 mod patterns;
