@@ -512,7 +512,8 @@ fn delegated_shadow_suggest_only_and_withheld_decisions_are_listed_with_their_ou
     let got = report(&db, &["--since", DAY_START, "--until", DAY_END]);
     let events = block_on(read_all(&db));
     assert_eq!(got, expected(&events, DAY_START, DAY_END));
-    let summary: Vec<(&str, &str, &str, &str, Option<i64>, bool)> = got
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a str, Option<i64>, bool);
+    let summary: Vec<Row> = got
         .iter()
         .map(|r| {
             (
