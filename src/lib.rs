@@ -13,6 +13,7 @@
 //!   concurrency, paged reads by stream, position and time, and live tails.
 //! - [`heal`]: detection, strategies whose state is folded from their event streams, and the
 //!   healer that records every decision.
+//! - [`audit`]: audit reports over a time window, one record per automated action.
 //! - [`analytics`]: SQL over time windows on read models the store maintains with the events:
 //!   statistics, MTTR, effectiveness, recommendations, health, patterns and predictions.
 //! - [`clock`]: injectable time; nothing reads the wall clock but [`SystemClock`].
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod analytics;
+pub mod audit;
 pub mod clock;
 pub mod config;
 mod error;

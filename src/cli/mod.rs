@@ -118,12 +118,20 @@ pub enum Command {
         #[arg(long)]
         strategy: Option<String>,
     },
-    /// The decision trail of a failure, or of everything about an agent.
+    /// The decision trail of a failure, or of everything about an agent; with `--since`, an
+    /// audit report: every automated action in the window, one record per action.
     Audit {
         /// The failure id.
         failure_id: Option<String>,
+        /// The agent (with `--since`: only actions naming it).
         #[arg(long, conflicts_with = "failure_id")]
         agent: Option<String>,
+        /// The report's start (RFC 3339, inclusive).
+        #[arg(long, value_parser = parse_time, conflicts_with = "failure_id")]
+        since: Option<DateTime<Utc>>,
+        /// The report's end (RFC 3339, exclusive; default: now).
+        #[arg(long, value_parser = parse_time, requires = "since")]
+        until: Option<DateTime<Utc>>,
     },
     /// Run a simulated fleet healed live by the real healer on the real store (flapping
     /// agents, slow tasks, resource pressure, a lost quorum). A second run continues from the
@@ -363,9 +371,18 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
         Command::Verify(args) => code = verify::run(cli, args, &mut out).await?,
         Command::Archive { before, to } => log::archive(cli, *before, to, &mut out).await?,
-        Command::Audit { failure_id, agent } => {
-            heal::audit(cli, failure_id.as_deref(), agent.as_deref(), &mut out).await?
+        Command::Audit {
+            failure_id: _,
+            agent,
+            since: Some(since),
+            until,
+        } => {
+            let window = healstore::Window::new(*since, until.unwrap_or_else(|| cli.now()))?;
+            heal::audit_report(cli, window, agent.as_deref(), &mut out).await?
         }
+        Command::Audit {
+            failure_id, agent, ..
+        } => heal::audit(cli, failure_id.as_deref(), agent.as_deref(), &mut out).await?,
     }
     out.flush()?;
     Ok(code)

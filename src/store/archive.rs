@@ -170,13 +170,13 @@ impl Store {
         let event = crate::event::NewEvent::new("events_archived", now, payload);
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send_request(super::writer::Request::Archive(
-            Cut {
+            Box::new(Cut {
                 anchor_position,
                 to_position,
                 end_hash,
                 file: file.display().to_string(),
                 event: super::writer::PreparedEvent::new(event),
-            },
+            }),
             reply,
         ))
         .await?;

@@ -36,7 +36,7 @@ pub(crate) enum Request {
     Checkpoint(super::snapshots::Checkpoint, oneshot::Sender<Result<()>>),
     DropSnapshots(oneshot::Sender<Result<()>>),
     RebuildReadModels(oneshot::Sender<Result<crate::analytics::RebuildReport>>),
-    Archive(super::archive::Cut, oneshot::Sender<Result<i64>>),
+    Archive(Box<super::archive::Cut>, oneshot::Sender<Result<i64>>),
 }
 
 pub(crate) struct AppendRequest {
@@ -274,7 +274,7 @@ impl Writer {
                     let _ = reply.send(r);
                 }
                 Request::Archive(cut, reply) => {
-                    let r = self.archive(cut).await;
+                    let r = self.archive(*cut).await;
                     if let Ok(p) = &r {
                         self.committed(Some(*p));
                     }

@@ -1,9 +1,11 @@
 //! healstore's integration tests, in one binary to keep link times down.
 
 mod analytics;
+mod audit_report;
 mod circuit;
 mod cli;
 mod common;
+mod crash;
 mod faults;
 mod healer;
 mod patterns;
