@@ -278,6 +278,7 @@ fn a_database_from_before_the_chain_gets_it_on_upgrade() {
             "DROP TRIGGER events_refuse_update",
             "ALTER TABLE events DROP COLUMN hash",
             "DROP TABLE chain_anchor",
+            "DROP TABLE archived_streams",
             "DELETE FROM refinery_schema_history WHERE version = 4",
             "CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
 BEGIN
