@@ -1,6 +1,7 @@
 //! healstore's integration tests, in one binary to keep link times down.
 
 mod analytics;
+mod archive;
 mod audit_report;
 mod circuit;
 mod cli;
