@@ -72,7 +72,7 @@ impl NewEvent {
 }
 
 /// Ids are non-empty, bounded, printable text.
-pub(crate) fn check_id(what: &str, id: &str) -> Result<()> {
+pub fn check_id(what: &str, id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::InvalidEvent(format!("{what} must not be empty")));
     }

@@ -270,6 +270,16 @@ pub(crate) async fn read_model_counts(conn: &mut SqliteConnection) -> sqlx::Resu
     })
 }
 
+/// The read models' tables.
+pub(crate) const READ_MODEL_TABLE_NAMES: &[&str] = &[
+    "failures",
+    "failure_hourly",
+    "attempt_hourly",
+    "healing_hourly",
+    "patterns",
+    "predictions",
+];
+
 /// The read models' tables, their columns, and their canonical row order.
 const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
     (

@@ -32,7 +32,8 @@
 //!   at least two weeks.
 //!
 //! Pattern ids are derived from content (kind, scope, agent, types, hour or weekday), so they
-//! are the same in every run and every process.
+//! are the same in every run and every process. Failures are ordered by detection time; ties
+//! (the same microsecond) in index order, which costs no sort where an index gives the order.
 
 use std::collections::BTreeMap;
 
@@ -304,7 +305,7 @@ impl Analytics {
                      LAG(failure_type) OVER w AS p1, LAG(detected_at) OVER w AS p1_at, \
                      LAG(failure_type, 2) OVER w AS p2, LAG(detected_at, 2) OVER w AS p2_at \
                    FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 {filter} \
-                   WINDOW w AS ({partition} ORDER BY detected_at, position)), \
+                   WINDOW w AS ({partition} ORDER BY detected_at)), \
                  g AS ( \
                    SELECT agent, \
                      CASE WHEN p1 IS NOT NULL AND at - p1_at <= ?3 AND p2 IS NOT NULL \
@@ -378,7 +379,7 @@ impl Analytics {
             let sql = format!(
                 "WITH i AS ( \
                    SELECT {agent_col} AS agent, failure_type AS t, \
-                     detected_at - LAG(detected_at) OVER ({partition} ORDER BY detected_at, position) AS d \
+                     detected_at - LAG(detected_at) OVER ({partition} ORDER BY detected_at) AS d \
                    FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 {filter}) \
                  SELECT agent, t, COUNT(d) + 1, AVG(d), AVG(CAST(d AS REAL) * d) FROM i WHERE d IS NOT NULL \
                  GROUP BY agent, t HAVING COUNT(d) + 1 >= ?3 AND AVG(d) > 0"

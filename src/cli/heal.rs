@@ -106,7 +106,17 @@ pub async fn record(cli: &Cli, what: &Record, out: &mut Out) -> anyhow::Result<E
     // Input is checked before the healer is opened (which records the configuration), so
     // that a refused command changes nothing.
     let input = check_input(what, cli.now())?;
-    let healer = open_healer(cli).await?;
+    // The healer is opened without recording the configuration, so that a command the healer
+    // would refuse is refused before anything is written.
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    let store = cli.open(true).await?;
+    let healer = config.builder().open(store.clone()).await?;
+    if let Err(e) = precheck(&healer, what).await {
+        drop(healer);
+        store.close().await?;
+        return Err(e);
+    }
+    config.record(&store).await?;
     let now = healer.now();
     let result = record_inner(&healer, what, input, now, out).await;
     healer.close().await?;
@@ -118,6 +128,47 @@ enum Input {
     None,
     Meta(Option<Map<String, Value>>),
     Detected(Option<Failure>),
+}
+
+/// What the healer would refuse, checked before anything is written.
+async fn precheck(healer: &Healer, what: &Record) -> anyhow::Result<()> {
+    use healstore::event::check_id;
+    match what {
+        Record::Failure {
+            failure_type,
+            agent,
+            task,
+            id,
+            ..
+        } => {
+            check_id("failure_type", failure_type)?;
+            for (name, v) in [("agent_id", agent), ("task_id", task), ("failure_id", id)] {
+                if let Some(v) = v {
+                    check_id(name, v)?;
+                }
+            }
+        }
+        Record::Outcome { failure, .. } => healer.check_outcome(failure).await?,
+        Record::Success { agent, task, .. } => {
+            check_id("agent_id", agent)?;
+            if let Some(t) = task {
+                check_id("task_id", t)?;
+            }
+        }
+        Record::Usage {
+            resource,
+            current,
+            limit,
+            ..
+        } => {
+            check_id("resource_type", resource)?;
+            if !(current.is_finite() && limit.is_finite() && *limit > 0.0 && *current >= 0.0) {
+                bail!("usage {current} of limit {limit} is not a valid measurement");
+            }
+        }
+        Record::Event { .. } => {}
+    }
+    Ok(())
 }
 
 fn check_input(what: &Record, now: DateTime<Utc>) -> anyhow::Result<Input> {

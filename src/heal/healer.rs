@@ -1092,6 +1092,47 @@ impl Healer {
     ) -> Result<OutcomeReport> {
         let at = micros(at);
         let fstream = failure_stream(failure_id);
+        let (failure, name, decided_at, strategy) = self.awaiting_outcome(failure_id).await?;
+        let duration = duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
+        let facts = outcome_facts(
+            &failure,
+            &name,
+            success,
+            duration,
+            Vec::new(),
+            Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
+            at,
+        );
+        let key = strategy.key(&failure);
+        let sstream = strategy_stream(&name, &key);
+        let lock = self.key_lock(&sstream);
+        let _guard = lock.lock().await;
+        self.record_outcome_events(
+            &strategy, &failure, &sstream, &key, success, &fstream, facts, at,
+        )
+        .await?;
+        Ok(OutcomeReport {
+            failure_id: failure.failure_id,
+            strategy: name,
+            success,
+            duration_ms: duration,
+            time_to_recover_ms: success.then(|| (at - failure.detected_at).num_milliseconds()),
+        })
+    }
+
+    /// Checks, without writing anything, that `failure_id` has a delegated decision awaiting
+    /// its outcome: the failure, the deciding strategy's name, when it decided, and the
+    /// strategy.
+    pub async fn check_outcome(&self, failure_id: &str) -> Result<()> {
+        self.awaiting_outcome(failure_id).await.map(|_| ())
+    }
+
+    async fn awaiting_outcome(
+        &self,
+        failure_id: &str,
+    ) -> Result<(Failure, String, DateTime<Utc>, Arc<dyn ErasedStrategy>)> {
+        crate::event::check_id("failure_id", failure_id)?;
+        let fstream = failure_stream(failure_id);
         let mut events = self.store.read(EventFilter::stream(&fstream));
         let mut failure = None;
         let mut delegated: Option<(String, DateTime<Utc>)> = None;
@@ -1138,31 +1179,7 @@ impl Healer {
                 "strategy {name} decided failure {failure_id} but is not configured now"
             ))
         })?;
-        let duration = duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
-        let facts = outcome_facts(
-            &failure,
-            &name,
-            success,
-            duration,
-            Vec::new(),
-            Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
-            at,
-        );
-        let key = strategy.key(&failure);
-        let sstream = strategy_stream(&name, &key);
-        let lock = self.key_lock(&sstream);
-        let _guard = lock.lock().await;
-        self.record_outcome_events(
-            &strategy, &failure, &sstream, &key, success, &fstream, facts, at,
-        )
-        .await?;
-        Ok(OutcomeReport {
-            failure_id: failure.failure_id,
-            strategy: name,
-            success,
-            duration_ms: duration,
-            time_to_recover_ms: success.then(|| (at - failure.detected_at).num_milliseconds()),
-        })
+        Ok((failure, name, decided_at, strategy))
     }
 
     /// Checks the healer's own limits for a decision that would act.

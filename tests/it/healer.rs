@@ -945,3 +945,42 @@ async fn states_restored_from_the_log_equal_the_ones_in_memory_whatever_the_cloc
     let h = healer(&path, clock.clone()).await;
     assert_eq!(h.snapshots().await.unwrap(), in_memory);
 }
+
+#[test]
+fn refused_record_commands_on_a_database_the_healer_never_opened_change_nothing() {
+    use crate::common::{assert_same_files, db_files, expect_error, run, run_with_input};
+    let (_dir, path) = temp_db();
+    let line = r#"{"stream_id":"s","event_type":"note","occurred_at":"2026-11-01T12:00:00Z"}"#;
+    crate::common::expect_success(&run_with_input(&path, &["import", "-"], line.as_bytes()));
+    let before = db_files(&path);
+    for (args, needle) in [
+        (
+            vec!["record", "outcome", "--failure", "nope", "--success"],
+            "no failure",
+        ),
+        (
+            vec![
+                "record",
+                "usage",
+                "--resource",
+                "tokens",
+                "--current",
+                "NaN",
+                "--limit",
+                "10",
+            ],
+            "not a valid measurement",
+        ),
+        (
+            vec!["record", "failure", "--type", "agent_down", "--id", ""],
+            "must not be empty",
+        ),
+        (
+            vec!["record", "success", "--agent", ""],
+            "must not be empty",
+        ),
+    ] {
+        expect_error(&run(&path, &args), needle);
+        assert_same_files(&before, &db_files(&path), &format!("{args:?}"));
+    }
+}
