@@ -14,6 +14,9 @@
 //! `cargo bench --bench heal` (`HEALSTORE_BENCH_QUICK=1` for a 20x smaller run). Peak memory is
 //! the process's VmHWM.
 
+mod common;
+
+use common::{print_machine, vm_hwm_kib};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -326,38 +329,4 @@ async fn restore(agents: usize, per_agent: usize) -> anyhow::Result<f64> {
         ratio * 100.0
     );
     Ok(ratio)
-}
-
-fn vm_hwm_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn print_machine() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-        })
-        .map_or("?".into(), |k| {
-            format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0)
-        });
-    let os = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    println!("machine: {cpu}, {cores} cores, {mem} memory, Linux {os}");
 }

@@ -79,19 +79,6 @@ pub(crate) struct Cut {
     pub event: super::writer::PreparedEvent,
 }
 
-type ArchiveRow = (
-    i64,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    i64,
-    i64,
-    String,
-    Option<Vec<u8>>,
-);
-
 impl Store {
     /// Archives the events before `before` into `file` (see the module's documentation).
     /// `None` when there is nothing to archive.
@@ -240,7 +227,7 @@ async fn write_file(
     let mut expected = anchor_position + 1;
     let mut after = anchor_position;
     while after < to_position {
-        let rows: Vec<ArchiveRow> = sqlx::query_as(
+        let rows: Vec<chain::StoredEvent> = sqlx::query_as(
             "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
              occurred_at, recorded_at, payload, hash FROM events \
              WHERE position > ? AND position <= ? ORDER BY position LIMIT 5000",
@@ -254,37 +241,27 @@ async fn write_file(
         }
         let mut chunk = String::new();
         for r in &rows {
-            let link = chain::link(
-                &prev,
-                &chain::Content {
-                    position: r.0,
-                    event_id: &r.1,
-                    stream_id: &r.2,
-                    stream_version: r.3,
-                    event_type: &r.4,
-                    schema_version: r.5,
-                    occurred_at: r.6,
-                    recorded_at: r.7,
-                    payload: &r.8,
-                },
-            );
-            if r.0 != expected || r.9.as_deref().and_then(chain::from_blob) != Some(link) {
+            let link = chain::link(&prev, &r.content());
+            if r.position != expected || r.stored_hash() != Some(link) {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(Error::InvalidInput(format!(
                     "the log fails verification at position {expected}: run `healstore verify`; nothing was archived"
                 )));
             }
             let line = EventLine {
-                position: Some(r.0),
-                event_id: Some(r.1.clone()),
-                stream_id: r.2.clone(),
-                stream_version: Some(r.3 as u64),
-                event_type: r.4.clone(),
-                schema_version: r.5 as u32,
-                occurred_at: from_micros(r.6)?,
-                recorded_at: Some(from_micros(r.7)?),
-                payload: serde_json::from_str(&r.8).map_err(|e| {
-                    Error::InvalidEvent(format!("the payload of event {} does not parse: {e}", r.0))
+                position: Some(r.position),
+                event_id: Some(r.event_id.clone()),
+                stream_id: r.stream_id.clone(),
+                stream_version: Some(r.stream_version as u64),
+                event_type: r.event_type.clone(),
+                schema_version: r.schema_version as u32,
+                occurred_at: from_micros(r.occurred_at)?,
+                recorded_at: Some(from_micros(r.recorded_at)?),
+                payload: serde_json::from_str(&r.payload).map_err(|e| {
+                    Error::InvalidEvent(format!(
+                        "the payload of event {} does not parse: {e}",
+                        r.position
+                    ))
                 })?,
                 hash: Some(chain::hex(&link)),
             };
@@ -292,7 +269,7 @@ async fn write_file(
             chunk.push('\n');
             prev = link;
             expected += 1;
-            after = r.0;
+            after = r.position;
         }
         gz.write_all(chunk.as_bytes())
             .await

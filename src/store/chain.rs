@@ -30,6 +30,62 @@ pub struct Content<'a> {
     pub payload: &'a str,
 }
 
+/// The stored columns of an event that the chain covers, and its stored hash.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEvent {
+    pub position: i64,
+    pub event_id: String,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub schema_version: i64,
+    pub occurred_at: i64,
+    pub recorded_at: i64,
+    pub payload: String,
+    pub hash: Option<Vec<u8>>,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for StoredEvent {
+    /// By column index: position, event_id, stream_id, stream_version, event_type,
+    /// schema_version, occurred_at, recorded_at, payload, hash.
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
+        use sqlx::Row as _;
+        Ok(StoredEvent {
+            position: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            stream_id: row.try_get(2)?,
+            stream_version: row.try_get(3)?,
+            event_type: row.try_get(4)?,
+            schema_version: row.try_get(5)?,
+            occurred_at: row.try_get(6)?,
+            recorded_at: row.try_get(7)?,
+            payload: row.try_get(8)?,
+            hash: row.try_get(9)?,
+        })
+    }
+}
+
+impl StoredEvent {
+    pub fn content(&self) -> Content<'_> {
+        Content {
+            position: self.position,
+            event_id: &self.event_id,
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            payload: &self.payload,
+        }
+    }
+
+    /// The stored hash, when it is one.
+    pub fn stored_hash(&self) -> Option<Hash> {
+        self.hash.as_deref().and_then(from_blob)
+    }
+}
+
 /// The next link: `SHA-256(prev || content)`.
 pub fn link(prev: &Hash, c: &Content<'_>) -> Hash {
     let mut h = Sha256::new();

@@ -145,10 +145,6 @@ BEGIN
     SELECT RAISE(ABORT, 'healstore: the event log is append-only; DELETE refused');
 END";
 
-/// An event's chained columns: position, id, stream, version, type, schema version, times,
-/// payload.
-type StoredRow = (i64, String, String, i64, String, i64, i64, i64, String);
-
 /// Computes the hash chain over events stored before it existed, in position order. The
 /// append-only trigger is lifted for exactly this, inside the migration's transaction.
 async fn backfill_chain(conn: &mut SqliteConnection) -> sqlx::Result<()> {
@@ -165,35 +161,22 @@ async fn backfill_chain(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     let mut prev = chain::GENESIS;
     let mut after = 0i64;
     loop {
-        let rows: Vec<StoredRow> = sqlx::query_as(
+        let rows: Vec<chain::StoredEvent> = sqlx::query_as(
             "SELECT position, event_id, stream_id, stream_version, event_type, \
-                 schema_version, occurred_at, recorded_at, payload FROM events \
+                 schema_version, occurred_at, recorded_at, payload, hash FROM events \
                  WHERE position > ? ORDER BY position LIMIT 10000",
         )
         .bind(after)
         .fetch_all(&mut *conn)
         .await?;
         let Some(last) = rows.last() else { break };
-        after = last.0;
+        after = last.position;
         // Written 500 rows per statement: one UPDATE per row made upgrades of large logs slow.
         for chunk in rows.chunks(500) {
             let mut args = sqlx::sqlite::SqliteArguments::default();
             for r in chunk {
-                prev = chain::link(
-                    &prev,
-                    &chain::Content {
-                        position: r.0,
-                        event_id: &r.1,
-                        stream_id: &r.2,
-                        stream_version: r.3,
-                        event_type: &r.4,
-                        schema_version: r.5,
-                        occurred_at: r.6,
-                        recorded_at: r.7,
-                        payload: &r.8,
-                    },
-                );
-                args.add(r.0).map_err(sqlx::Error::Encode)?;
+                prev = chain::link(&prev, &r.content());
+                args.add(r.position).map_err(sqlx::Error::Encode)?;
                 args.add(prev.to_vec()).map_err(sqlx::Error::Encode)?;
             }
             let values = vec!["(?, ?)"; chunk.len()].join(",");

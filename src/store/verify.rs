@@ -100,19 +100,6 @@ fn normalise(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-type ChainRow = (
-    i64,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    i64,
-    i64,
-    String,
-    Option<Vec<u8>>,
-);
-
 impl Store {
     /// Verifies the database (see the module's documentation).
     pub async fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
@@ -330,7 +317,7 @@ impl Store {
         let mut prev_position = anchor_position;
         let mut after = i64::MIN;
         loop {
-            let rows: Vec<ChainRow> = sqlx::query_as(
+            let rows: Vec<chain::StoredEvent> = sqlx::query_as(
                 "SELECT position, event_id, stream_id, stream_version, event_type, \
                  schema_version, occurred_at, recorded_at, payload, hash FROM events \
                  WHERE position > ? ORDER BY position LIMIT 5000",
@@ -339,66 +326,53 @@ impl Store {
             .fetch_all(pool)
             .await?;
             let Some(last) = rows.last() else { break };
-            after = last.0;
+            after = last.position;
             for r in &rows {
                 if report.first_position.is_none() {
-                    report.first_position = Some(r.0);
-                    if r.0 <= anchor_position {
+                    report.first_position = Some(r.position);
+                    if r.position <= anchor_position {
                         return Ok(Some((
-                            r.0,
+                            r.position,
                             format!(
                                 "position {} lies at or before the chain's anchor {anchor_position}",
-                                r.0
+                                r.position
                             ),
                         )));
                     }
                 }
-                if r.0 != prev_position + 1 {
+                if r.position != prev_position + 1 {
                     return Ok(Some((
                         prev_position + 1,
                         format!(
                             "positions jump from {prev_position} to {}: event {} was removed behind healstore's back",
-                            r.0,
+                            r.position,
                             prev_position + 1
                         ),
                     )));
                 }
-                let Some(stored) = r.9.as_deref().and_then(chain::from_blob) else {
+                let Some(stored) = r.stored_hash() else {
                     return Ok(Some((
-                        r.0,
+                        r.position,
                         format!(
                             "event {} (id {:?}) has no hash: it was inserted behind healstore's back",
-                            r.0, r.1
+                            r.position, r.event_id
                         ),
                     )));
                 };
-                let expected = chain::link(
-                    &prev,
-                    &chain::Content {
-                        position: r.0,
-                        event_id: &r.1,
-                        stream_id: &r.2,
-                        stream_version: r.3,
-                        event_type: &r.4,
-                        schema_version: r.5,
-                        occurred_at: r.6,
-                        recorded_at: r.7,
-                        payload: &r.8,
-                    },
-                );
+                let expected = chain::link(&prev, &r.content());
                 if expected != stored {
                     return Ok(Some((
-                        r.0,
+                        r.position,
                         format!(
                             "event {} (id {:?}) does not match its hash: its content was altered, or an event was inserted or removed before it",
-                            r.0, r.1
+                            r.position, r.event_id
                         ),
                     )));
                 }
                 prev = stored;
-                prev_position = r.0;
+                prev_position = r.position;
                 report.events += 1;
-                report.last_position = Some(r.0);
+                report.last_position = Some(r.position);
                 report.head_hash = chain::hex(&stored);
             }
         }
