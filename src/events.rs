@@ -134,6 +134,14 @@ pub struct CircuitTransitioned {
     pub details: Map<String, Value>,
 }
 
+/// A resource's usage was reported (the input of resource-trend predictions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceUsageReported {
+    pub resource_type: String,
+    pub current_usage: f64,
+    pub limit: f64,
+}
+
 /// The effective configuration changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigurationChanged {
@@ -202,6 +210,7 @@ heal_events! {
     AgentSucceeded(AgentSucceeded) = "agent_succeeded" v 1,
     CircuitTransitioned(CircuitTransitioned) = "circuit_transitioned" v 1,
     ConfigurationChanged(ConfigurationChanged) = "configuration_changed" v 1,
+    ResourceUsageReported(ResourceUsageReported) = "resource_usage_reported" v 1,
     PatternLearned(Pattern) = "pattern_learned" v 1,
     PredictionMade(Prediction) = "prediction_made" v 1,
 }

@@ -10,7 +10,10 @@
 //! - **correlation** patterns: a failure that is usually followed by another just happened;
 //! - **success rate**: an agent whose success rate over the learning window is under 0.7
 //!   (with at least 10 observations: `agent_succeeded` events and failures) is likely to fail
-//!   again within the hour.
+//!   again within the hour;
+//! - **resource trend**: a resource whose reported usage (`resource_usage_reported`) is above
+//!   80 % of its limit (85 % for memory) and rising over the last hour's reports is likely to
+//!   be exhausted when the trend line reaches the limit (probability: the current share).
 //!
 //! Each prediction carries the recommended strategy: the one with the best success rate on
 //! that failure type in the learning window, else the configured route's first. Predictions
@@ -40,7 +43,8 @@ pub struct PredictOptions {
     pub learn_window: chrono::Duration,
     /// Only this agent's predictions.
     pub agent: Option<String>,
-    /// Failure type to configured strategy names (the fallback recommendation).
+    /// Failure type to configured strategy names (the fallback recommendation). Default: the
+    /// built-in routes.
     pub routes: BTreeMap<String, Vec<String>>,
     /// Record the predictions (and the learned patterns) as events.
     pub record: bool,
@@ -54,7 +58,11 @@ impl Default for PredictOptions {
             learn: LearnOptions::default(),
             learn_window: chrono::Duration::days(7),
             agent: None,
-            routes: BTreeMap::new(),
+            routes: crate::config::Config::default()
+                .effective_routes()
+                .into_iter()
+                .map(|(t, kinds)| (t, kinds.iter().map(|k| format!("{k:?}")).collect()))
+                .collect(),
             record: true,
             min_observations: 10,
             success_rate_threshold: 0.7,
@@ -70,7 +78,7 @@ pub struct Prediction {
     pub agent_id: Option<String>,
     pub failure_type: String,
     pub probability: f64,
-    /// `sequence`, `frequency`, `correlation` or `success_rate`.
+    /// `sequence`, `frequency`, `correlation`, `success_rate` or `resource_trend`.
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern_id: Option<String>,
@@ -153,6 +161,10 @@ impl Analytics {
             .await?;
         self.predict_by_success_rates(&window, o, now_us, &mut candidates)
             .await?;
+        if o.agent.is_none() {
+            self.predict_by_resource_trends(now_us, &mut candidates)
+                .await?;
+        }
         if let Some(a) = &o.agent {
             candidates.retain(|c| c.agent.as_deref() == Some(a.as_str()));
         }
@@ -472,6 +484,84 @@ impl Analytics {
                 trigger: id,
                 expected_at: at + (p.mean_gap_ms.unwrap_or(0.0) * 1000.0) as i64,
                 expected_by: at + cw,
+            });
+        }
+        Ok(())
+    }
+
+    /// Resources whose usage share is high (0.85 for memory, 0.8 otherwise) and rising over
+    /// the last hour's reports (at least three): exhaustion expected when the least-squares
+    /// line reaches the limit.
+    async fn predict_by_resource_trends(&self, now: i64, out: &mut Vec<Candidate>) -> Result<()> {
+        let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
+            "SELECT payload ->> '$.resource_type', position, occurred_at, \
+                    CAST(payload ->> '$.current_usage' AS REAL) / CAST(payload ->> '$.limit' AS REAL) \
+             FROM events WHERE event_type = 'resource_usage_reported' \
+               AND occurred_at >= ?1 AND occurred_at < ?2 \
+               AND CAST(payload ->> '$.limit' AS REAL) > 0 \
+             ORDER BY occurred_at, position",
+        )
+        .bind(now.saturating_sub(super::HOUR_US))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut by_resource: BTreeMap<String, Vec<(i64, i64, f64)>> = BTreeMap::new();
+        for (r, position, at, share) in rows {
+            by_resource
+                .entry(r)
+                .or_default()
+                .push((position, at, share));
+        }
+        for (resource, points) in by_resource {
+            let Some(&(last_position, last_at, last)) = points.last() else {
+                continue;
+            };
+            let threshold = if resource.contains("memory") {
+                0.85
+            } else {
+                0.8
+            };
+            if points.len() < 3 || last < threshold {
+                continue;
+            }
+            // Least squares over (seconds, share).
+            let n = points.len() as f64;
+            let xs: Vec<f64> = points
+                .iter()
+                .map(|p| (p.1 - points[0].1) as f64 / 1e6)
+                .collect();
+            let mx = xs.iter().sum::<f64>() / n;
+            let my = points.iter().map(|p| p.2).sum::<f64>() / n;
+            let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+            let sxy: f64 = xs
+                .iter()
+                .zip(&points)
+                .map(|(x, p)| (x - mx) * (p.2 - my))
+                .sum();
+            if sxx <= 0.0 || sxy <= 0.0 {
+                continue; // flat or falling
+            }
+            let slope = sxy / sxx; // share per second
+            let seconds = ((1.0 - last) / slope).clamp(0.0, 86_400.0);
+            let expected = last_at + (seconds * 1e6) as i64;
+            let by = expected + ((seconds * 1e6) as i64).max(5 * 60 * 1_000_000);
+            if by <= now {
+                continue;
+            }
+            out.push(Candidate {
+                agent: None,
+                failure_type: "resource_exhaustion".into(),
+                probability: last.clamp(0.0, 0.99),
+                source: "resource_trend",
+                pattern_id: None,
+                basis: format!(
+                    "{resource} at {:.0}% of its limit and rising {:.2} points a minute",
+                    last * 100.0,
+                    slope * 6000.0
+                ),
+                trigger: format!("{resource}:{last_position}"),
+                expected_at: expected,
+                expected_by: by,
             });
         }
         Ok(())

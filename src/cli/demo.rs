@@ -184,7 +184,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     // The run ends with the dashboard over the simulated period.
     let window = healstore::Window::new(start, end + Duration::seconds(TICK))?;
     let dashboard = healstore::Analytics::new(healer.store())
-        .dashboard(&window, &Default::default(), end)
+        .dashboard(&window, &Default::default(), end + Duration::seconds(TICK))
         .await?;
     healer.close().await?;
     if let Some(path) = &args.html {

@@ -1328,6 +1328,24 @@ impl Healer {
                 "usage {current_usage} of limit {limit} is not a valid measurement"
             )));
         }
+        // The measurement itself is a fact: resource-trend predictions read it.
+        let fact = Self::fact(
+            HealEvent::ResourceUsageReported(crate::events::ResourceUsageReported {
+                resource_type: resource_type.to_owned(),
+                current_usage,
+                limit,
+            }),
+            at,
+        );
+        let appended = self
+            .store
+            .append(
+                &format!("usage-{resource_type}"),
+                ExpectedVersion::Any,
+                vec![fact],
+            )
+            .await?;
+        self.note_own(&appended);
         let signal = Signal::ResourceUsage {
             resource_type: resource_type.to_owned(),
             current_usage,

@@ -984,3 +984,67 @@ fn refused_record_commands_on_a_database_the_healer_never_opened_change_nothing(
         assert_same_files(&before, &db_files(&path), &format!("{args:?}"));
     }
 }
+
+#[tokio::test]
+async fn rising_resource_usage_predicts_exhaustion_and_falling_usage_does_not() {
+    use healstore::analytics::{Analytics, PredictOptions};
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer(&path, clock.clone()).await;
+    // Tokens at 70, 78, 86 and 92 % of the limit, a minute apart: the usage is recorded as
+    // facts, and the least-squares line reaches the limit about 65 s after the last report.
+    for (i, share) in [0.70, 0.78, 0.86, 0.92].into_iter().enumerate() {
+        let at = t0() + chrono::Duration::minutes(i as i64);
+        h.record_usage("tokens", share * 1000.0, 1000.0, at)
+            .await
+            .unwrap();
+    }
+    let facts: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE event_type = 'resource_usage_reported'",
+    )
+    .fetch_one(h.store().read_pool())
+    .await
+    .unwrap();
+    assert_eq!(facts, 4);
+    let a = Analytics::new(h.store());
+    let now = t0() + chrono::Duration::minutes(3) + chrono::Duration::seconds(10);
+    let r = a.predict(now, &PredictOptions::default()).await.unwrap();
+    let p = r
+        .predictions
+        .iter()
+        .find(|p| p.source == "resource_trend")
+        .unwrap_or_else(|| panic!("{r:#?}"));
+    assert_eq!(p.failure_type, "resource_exhaustion");
+    assert_eq!(p.probability, 0.92);
+    // Slope 0.0744 a minute: 0.08 / 0.0744 min = 64.5 s after the last report, 54.5 s from now.
+    assert!((50_000..60_000).contains(&p.expected_in_ms), "{p:?}");
+    assert!(p.basis.contains("tokens"), "{}", p.basis);
+    assert_eq!(
+        p.recommended_strategy.as_deref(),
+        Some("GradualDegradation")
+    );
+
+    // Memory high but falling: nothing predicted for it.
+    for (i, share) in [0.97, 0.95, 0.93].into_iter().enumerate() {
+        let at = t0() + chrono::Duration::minutes(10 + i as i64);
+        h.record_usage("memory", share * 100.0, 100.0, at)
+            .await
+            .unwrap();
+    }
+    let later = t0() + chrono::Duration::minutes(13);
+    let r = a
+        .predict(
+            later,
+            &PredictOptions {
+                record: false,
+                ..PredictOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        !r.predictions.iter().any(|p| p.basis.contains("memory")),
+        "{r:#?}"
+    );
+    h.close().await.unwrap();
+}
