@@ -82,6 +82,10 @@ pub struct StoreOptions {
     /// Chain every event's hash to the previous one (the default). Off only to measure what
     /// the chain costs: events appended without it fail `verify`.
     pub hash_chain: bool,
+    /// A cap on the database file's size, in pages (SQLite's `max_page_count`; pages are
+    /// 4 KiB): appends that would grow the file further fail with [`Error::DiskFull`] and write
+    /// nothing, as on a full disk. `None`: no cap beyond the disk's.
+    pub max_pages: Option<u32>,
 }
 
 impl Default for StoreOptions {
@@ -96,6 +100,7 @@ impl Default for StoreOptions {
             poll_interval: Duration::from_millis(200),
             page_size: 1000,
             hash_chain: true,
+            max_pages: None,
         }
     }
 }
@@ -146,6 +151,10 @@ impl Store {
             // ceiling fall from about 110k to 35k rows/s as the file grew past it.
             .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB))
             .create_if_missing(options.create);
+        let writer_options = match options.max_pages {
+            Some(pages) => writer_options.pragma("max_page_count", pages.to_string()),
+            None => writer_options,
+        };
         let mut conn = writer_options
             .connect()
             .await

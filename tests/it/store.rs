@@ -549,3 +549,73 @@ async fn an_atomic_append_across_streams_commits_all_parts_or_none() {
         [(2, 1), (3, 2)]
     );
 }
+
+/// A size-limited database file (SQLite's own "database or disk is full"): the append that does
+/// not fit fails with `DiskFull` and writes nothing, every acknowledged event stays, the store
+/// still answers reads, and appending resumes once the limit is lifted.
+#[tokio::test]
+async fn a_full_database_file_refuses_appends_cleanly_and_resumes_when_space_returns() {
+    let (_dir, path) = temp_db();
+    open(&path).await.close().await.unwrap();
+    let mut c = crate::common::raw_connection(&path).await;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let capped = |pages: u32| healstore::StoreOptions {
+        max_pages: Some(pages),
+        ..healstore::StoreOptions::default()
+    };
+    let store = healstore::Store::open(&path, capped(pages as u32 + 40))
+        .await
+        .unwrap();
+    let big = "x".repeat(2000);
+    let mut acknowledged = Vec::new();
+    let mut full = None;
+    for i in 0..2000 {
+        let e = healstore::NewEvent::new("note", t0(), serde_json::json!({"i": i, "pad": big}))
+            .with_id(format!("n-{i}"));
+        match store
+            .append(&format!("s-{}", i % 5), ExpectedVersion::Any, vec![e])
+            .await
+        {
+            Ok(a) => acknowledged.push((format!("n-{i}"), a[0].position)),
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("the cap is reached");
+    assert!(matches!(err, Error::DiskFull(_)), "{err:?}");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(acknowledged.len() > 10, "{}", acknowledged.len());
+    // The store still answers reads.
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        acknowledged.last().unwrap().1
+    );
+    store.close().await.unwrap();
+
+    // Space returns: the same file, no cap.
+    let store = open(&path).await;
+    for (id, position) in &acknowledged {
+        assert!(
+            store.event_exists(id).await.unwrap(),
+            "{id} at {position} lost"
+        );
+    }
+    let a = store
+        .append("s-0", ExpectedVersion::Any, vec![ev("after", t0())])
+        .await
+        .unwrap();
+    assert_eq!(a[0].position, acknowledged.last().unwrap().1 + 1);
+    let report = store
+        .verify(&healstore::VerifyOptions::default())
+        .await
+        .unwrap();
+    assert!(report.ok, "{:?}", report.first_problem());
+    store.close().await.unwrap();
+    assert_eq!(crate::common::integrity_check(&path).await, "ok");
+}
