@@ -117,10 +117,15 @@ fn parse_unit(s: &str) -> Result<f64, String> {
     }
 }
 
-async fn analytics(cli: &Cli) -> anyhow::Result<(healstore::Store, Analytics)> {
+/// Opens the store read for analytics, runs `f`, and closes the store whatever `f` answered.
+async fn query<T>(
+    cli: &Cli,
+    f: impl AsyncFnOnce(&Analytics) -> healstore::Result<T>,
+) -> anyhow::Result<T> {
     let store = cli.open(false).await?;
-    let a = Analytics::new(&store);
-    Ok((store, a))
+    let result = f(&Analytics::new(&store)).await;
+    store.close().await?;
+    Ok(result?)
 }
 
 fn pct(x: f64) -> String {
@@ -129,10 +134,7 @@ fn pct(x: f64) -> String {
 
 pub async fn stats(cli: &Cli, w: &WindowArgs, out: &mut Out) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
-    let (store, a) = analytics(cli).await?;
-    let s = a.stats(&window).await;
-    store.close().await?;
-    let s = s?;
+    let s = query(cli, async |a| a.stats(&window).await).await?;
     if out.json() {
         return out.json_value(&s);
     }
@@ -191,10 +193,7 @@ pub async fn mttr(
         ByArg::Strategy => MttrBy::Strategy,
         ByArg::Agent => MttrBy::Agent,
     });
-    let (store, a) = analytics(cli).await?;
-    let series = a.mttr_series(&window, by, bucket_len).await;
-    store.close().await?;
-    let series = series?;
+    let series = query(cli, async |a| a.mttr_series(&window, by, bucket_len).await).await?;
     if out.json() {
         return out.json_value(&serde_json::json!({
             "window": window.describe(),
@@ -231,10 +230,10 @@ pub async fn effectiveness(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "7d")?;
-    let (store, a) = analytics(cli).await?;
-    let e = a.effectiveness(&window, &v.advice().effectiveness).await;
-    store.close().await?;
-    let e = e?;
+    let e = query(cli, async |a| {
+        a.effectiveness(&window, &v.advice().effectiveness).await
+    })
+    .await?;
     if out.json() {
         return out.json_value(&e);
     }
@@ -308,10 +307,7 @@ pub async fn recommendations(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
-    let (store, a) = analytics(cli).await?;
-    let r = a.recommendations(&window, &v.advice()).await;
-    store.close().await?;
-    let r = r?;
+    let r = query(cli, async |a| a.recommendations(&window, &v.advice()).await).await?;
     if out.json() {
         return out.json_value(&serde_json::json!({
             "window": window.describe(),
@@ -331,10 +327,7 @@ pub async fn circuit_report(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
-    let (store, a) = analytics(cli).await?;
-    let r = a.circuits(&window, v.flap_threshold).await;
-    store.close().await?;
-    let r = r?;
+    let r = query(cli, async |a| a.circuits(&window, v.flap_threshold).await).await?;
     if out.json() {
         return out.json_value(&r);
     }
@@ -379,10 +372,10 @@ pub async fn dashboard(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
-    let (store, a) = analytics(cli).await?;
-    let d = a.dashboard(&window, &v.advice(), cli.now()).await;
-    store.close().await?;
-    let d = d?;
+    let d = query(cli, async |a| {
+        a.dashboard(&window, &v.advice(), cli.now()).await
+    })
+    .await?;
     if let Some(path) = html {
         write_html(path, &d)?;
     }
@@ -515,20 +508,20 @@ pub async fn patterns(
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "7d")?;
     let options = l.options()?;
-    let (store, a) = analytics(cli).await?;
-    let r = if l.no_record {
-        a.learn_patterns(&window, &options).await.map(|patterns| {
-            healstore::analytics::patterns::LearnReport {
-                window: window.describe(),
-                patterns,
-                recorded: 0,
-            }
-        })
-    } else {
-        a.learn_and_record(&window, &options, cli.now()).await
-    };
-    store.close().await?;
-    let r = r?;
+    let r = query(cli, async |a| {
+        if l.no_record {
+            a.learn_patterns(&window, &options).await.map(|patterns| {
+                healstore::analytics::patterns::LearnReport {
+                    window: window.describe(),
+                    patterns,
+                    recorded: 0,
+                }
+            })
+        } else {
+            a.learn_and_record(&window, &options, cli.now()).await
+        }
+    })
+    .await?;
     if out.json() {
         return out.json_value(&r);
     }
@@ -579,10 +572,7 @@ pub async fn predict(
         record: !l.no_record,
         ..PredictOptions::default()
     };
-    let (store, a) = analytics(cli).await?;
-    let r = a.predict(now, &options).await;
-    store.close().await?;
-    let r = r?;
+    let r = query(cli, async |a| a.predict(now, &options).await).await?;
     if out.json() {
         return out.json_value(&r);
     }
@@ -629,10 +619,7 @@ pub async fn predict(
 }
 
 pub async fn rebuild(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
-    let (store, a) = analytics(cli).await?;
-    let r = a.rebuild().await;
-    store.close().await?;
-    let r = r?;
+    let r = query(cli, async |a| a.rebuild().await).await?;
     if out.json() {
         return out.json_value(&r);
     }
