@@ -3,7 +3,8 @@
 //! flap (open at least `flap_threshold` times in the window).
 //!
 //! The state at the window's start is the target of each circuit's last transition before it;
-//! time is clipped to the window.
+//! time is clipped to the window. Transitions come from the `circuit_transitions` read model, so
+//! circuit history outlives archived events.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +58,9 @@ pub struct CircuitReport {
     pub flapping: Vec<String>,
 }
 
+/// strategy, circuit, agent, from, to, at.
+type TransitionRow = (String, String, Option<String>, String, String, i64);
+
 struct Fold {
     agent_id: Option<String>,
     state: String,
@@ -107,13 +111,12 @@ impl Analytics {
         // States at the window's start (only transitions exist in the log, so this looks at
         // each circuit's last one before it).
         let prior: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-            "SELECT strategy, circuit, agent_id, st FROM ( \
-               SELECT COALESCE(strategy, '') AS strategy, payload ->> '$.circuit' AS circuit, \
-                      agent_id, payload ->> '$.to' AS st, \
-                      ROW_NUMBER() OVER (PARTITION BY strategy, payload ->> '$.circuit' \
-                                         ORDER BY occurred_at DESC, position DESC) AS rn \
-               FROM events WHERE event_type = 'circuit_transitioned' AND occurred_at < ?1) \
-             WHERE rn = 1 AND circuit IS NOT NULL AND st IS NOT NULL AND st <> 'closed'",
+            "SELECT strategy, circuit, agent_id, to_state FROM ( \
+               SELECT strategy, circuit, agent_id, to_state, \
+                      ROW_NUMBER() OVER (PARTITION BY strategy, circuit \
+                                         ORDER BY at DESC, position DESC) AS rn \
+               FROM circuit_transitions WHERE at < ?1) \
+             WHERE rn = 1 AND to_state <> 'closed'",
         )
         .bind(s)
         .fetch_all(self.pool())
@@ -122,31 +125,14 @@ impl Analytics {
             folds.insert((strategy, circuit), Fold::new(st, s, agent));
         }
 
-        let mut rows = sqlx::query_as::<
-            _,
-            (
-                String,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                i64,
-            ),
-        >(
-            "SELECT COALESCE(strategy, ''), payload ->> '$.circuit', agent_id, \
-                    payload ->> '$.from', payload ->> '$.to', occurred_at \
-             FROM events WHERE event_type = 'circuit_transitioned' \
-               AND occurred_at >= ?1 AND occurred_at < ?2 \
-             ORDER BY occurred_at, position",
+        let mut rows = sqlx::query_as::<_, TransitionRow>(
+            "SELECT strategy, circuit, agent_id, from_state, to_state, at \
+             FROM circuit_transitions WHERE at >= ?1 AND at < ?2 ORDER BY at, position",
         )
         .bind(s)
         .bind(u)
         .fetch(self.pool());
         while let Some((strategy, circuit, agent, from, to, at)) = rows.try_next().await? {
-            let (Some(circuit), Some(to)) = (circuit, to) else {
-                continue;
-            };
-            let from = from.unwrap_or_else(|| "closed".into());
             let f = folds
                 .entry((strategy, circuit))
                 .or_insert_with(|| Fold::new(from.clone(), s, agent.clone()));

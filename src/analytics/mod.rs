@@ -229,6 +229,7 @@ pub struct RebuildReport {
     pub healing_hourly: i64,
     pub patterns: i64,
     pub predictions: i64,
+    pub circuit_transitions: i64,
     pub snapshots_dropped: bool,
 }
 
@@ -266,6 +267,9 @@ pub(crate) async fn read_model_counts(conn: &mut SqliteConnection) -> sqlx::Resu
         healing_hourly,
         patterns,
         predictions,
+        circuit_transitions: sqlx::query_scalar("SELECT COUNT(*) FROM circuit_transitions")
+            .fetch_one(&mut *conn)
+            .await?,
         snapshots_dropped: false,
     })
 }
@@ -278,6 +282,7 @@ pub(crate) const READ_MODEL_TABLE_NAMES: &[&str] = &[
     "healing_hourly",
     "patterns",
     "predictions",
+    "circuit_transitions",
 ];
 
 /// The read models' tables, their columns, and their canonical row order.
@@ -313,6 +318,11 @@ const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
         "prediction_id, agent_id, failure_type, probability, made_at, expected_at, expected_by, \
          pattern_id, position, content",
         "prediction_id",
+    ),
+    (
+        "circuit_transitions",
+        "position, strategy, circuit, agent_id, from_state, to_state, at",
+        "position",
     ),
 ];
 

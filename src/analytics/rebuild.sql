@@ -12,6 +12,7 @@ DELETE FROM attempt_hourly;
 DELETE FROM healing_hourly;
 DELETE FROM patterns;
 DELETE FROM predictions;
+DELETE FROM circuit_transitions;
 
 INSERT OR IGNORE INTO failures (position, failure_id, failure_type, agent_id, severity,
                                 detected_at)
@@ -103,3 +104,10 @@ FROM events
 WHERE event_type = 'prediction_made' AND payload ->> '$.prediction_id' IS NOT NULL
   AND failure_type IS NOT NULL
 ORDER BY position;
+
+INSERT INTO circuit_transitions (position, strategy, circuit, agent_id, from_state, to_state, at)
+SELECT position, COALESCE(strategy, ''), payload ->> '$.circuit', agent_id,
+       COALESCE(payload ->> '$.from', 'closed'), payload ->> '$.to', occurred_at
+FROM events
+WHERE event_type = 'circuit_transitioned'
+  AND payload ->> '$.circuit' IS NOT NULL AND payload ->> '$.to' IS NOT NULL;

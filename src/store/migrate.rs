@@ -32,6 +32,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V4__hash_chain",
         include_str!("../../migrations/V4__hash_chain.sql"),
     ),
+    (
+        "V5__circuit_transitions",
+        include_str!("../../migrations/V5__circuit_transitions.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

@@ -94,6 +94,7 @@ const READ_MODEL_TRIGGERS: &[&str] = &[
     "rm_failure_resolved",
     "rm_pattern_learned",
     "rm_prediction_made",
+    "rm_circuit_transitioned",
 ];
 
 fn normalise(sql: &str) -> String {

@@ -48,6 +48,20 @@ fn archiving_keeps_analytics_the_chain_and_strategy_state() {
     let (dir, path) = temp_db();
     demo(&path, NOW, "60");
     let stats_before = json(&path, &["--now", NOW, "stats", "--window", "1h"]);
+    let circuits_before = json(
+        &path,
+        &[
+            "circuit-report",
+            "--since",
+            NOW,
+            "--until",
+            "2026-11-01T13:00:00Z",
+        ],
+    );
+    assert!(
+        circuits_before["total_opens"].as_i64().unwrap() > 0,
+        "the demo opens circuits: {circuits_before}"
+    );
     let states_before = json(&path, &["states"]);
     let events_before = scalar(&path, "SELECT COUNT(*) FROM events");
     let file = dir.path().join("old.jsonl.gz");
@@ -91,6 +105,20 @@ fn archiving_keeps_analytics_the_chain_and_strategy_state() {
     assert_eq!(
         json(&path, &["--now", NOW, "stats", "--window", "1h"]),
         stats_before
+    );
+    // So is the circuits' history.
+    assert_eq!(
+        json(
+            &path,
+            &[
+                "circuit-report",
+                "--since",
+                NOW,
+                "--until",
+                "2026-11-01T13:00:00Z"
+            ]
+        ),
+        circuits_before
     );
     // Strategy state is unchanged.
     assert_eq!(json(&path, &["states"]), states_before);

@@ -456,25 +456,29 @@ fn sigkill_during_concurrent_first_migrations_leaves_a_file_that_opens_with_the_
     assert!(killed > 0, "no kill landed while init was running");
 }
 
-/// Turns a current database back into one at the previous schema version: the last
-/// migration's objects dropped and its history row deleted (what an older healstore left).
-/// The last migration computes the hash chain over every stored event, so its upgrade takes
-/// time in proportion to the log.
+/// Turns a current database back into one two schema versions behind: the last two
+/// migrations' objects dropped and their history rows deleted (what an older healstore left).
+/// Migration 4 computes the hash chain over every stored event, so the upgrade takes time in
+/// proportion to the log.
 fn downgrade_to_previous_version(db: &Path) {
-    let last = include_str!("../../migrations/V4__hash_chain.sql");
     let mut statements = Vec::new();
-    for line in last.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["CREATE", "TRIGGER", name, ..] => statements.push(format!("DROP TRIGGER {name}")),
-            ["CREATE", "TABLE", name, ..] => statements.push(format!("DROP TABLE {name}")),
-            ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
-                statements.push(format!("ALTER TABLE {table} DROP COLUMN {column}"))
+    for migration in [
+        include_str!("../../migrations/V5__circuit_transitions.sql"),
+        include_str!("../../migrations/V4__hash_chain.sql"),
+    ] {
+        for line in migration.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["CREATE", "TRIGGER", name, ..] => statements.push(format!("DROP TRIGGER {name}")),
+                ["CREATE", "TABLE", name, ..] => statements.push(format!("DROP TABLE {name}")),
+                ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
+                    statements.push(format!("ALTER TABLE {table} DROP COLUMN {column}"))
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
-    assert!(statements.len() >= 2, "{statements:?}");
+    assert!(statements.len() >= 4, "{statements:?}");
     block_on(async {
         let mut conn = raw_connection(db).await;
         for s in &statements {
@@ -483,11 +487,10 @@ fn downgrade_to_previous_version(db: &Path) {
                 .await
                 .unwrap_or_else(|e| panic!("{s}: {e}"));
         }
-        sqlx::query("DELETE FROM refinery_schema_history WHERE version = ?")
-            .bind(healstore::SCHEMA_VERSION)
+        sqlx::query("DELETE FROM refinery_schema_history WHERE version >= 4")
             .execute(&mut conn)
             .await
-            .expect("forget the migration");
+            .expect("forget the migrations");
         sqlx::Connection::close(conn).await.expect("close");
     });
 }

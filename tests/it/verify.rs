@@ -271,15 +271,18 @@ fn altered_read_models_and_snapshots_are_caught() {
 fn a_database_from_before_the_chain_gets_it_on_upgrade() {
     let (_dir, path) = healed_db();
     let (_, before) = verify(&path);
-    // Make it look like a schema-3 database: no hashes, no anchor, no record of migration 4.
+    // Make it look like a schema-3 database: no hashes, no anchor, no record of migrations 4
+    // and 5.
     sql(
         &path,
         &[
+            "DROP TRIGGER rm_circuit_transitioned",
+            "DROP TABLE circuit_transitions",
             "DROP TRIGGER events_refuse_update",
             "ALTER TABLE events DROP COLUMN hash",
             "DROP TABLE chain_anchor",
             "DROP TABLE archived_streams",
-            "DELETE FROM refinery_schema_history WHERE version = 4",
+            "DELETE FROM refinery_schema_history WHERE version >= 4",
             "CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
 BEGIN
     SELECT RAISE(ABORT, 'healstore: the event log is append-only; UPDATE refused');
