@@ -98,6 +98,9 @@ pub struct Target {
     pub comparison: String,
     pub target: f64,
     pub met: bool,
+    /// False when the window holds nothing to measure the figure on (no healing results, no
+    /// resolved failure): then `met` is false and the figure says nothing.
+    pub measured: bool,
 }
 
 /// Thresholds for the advice.
@@ -190,6 +193,7 @@ pub fn targets(stats: &Stats, effectiveness: &Effectiveness, health: &HealthScor
             comparison: ">".into(),
             target: 0.85,
             met: stats.success_rate > 0.85,
+            measured: stats.total_healings > 0,
         },
         Target {
             metric: "mttr_ms".into(),
@@ -197,6 +201,7 @@ pub fn targets(stats: &Stats, effectiveness: &Effectiveness, health: &HealthScor
             comparison: "<".into(),
             target: 500.0,
             met: stats.resolved > 0 && stats.mttr_ms < 500.0,
+            measured: stats.resolved > 0,
         },
     ];
     for s in &effectiveness.strategies {
@@ -206,6 +211,7 @@ pub fn targets(stats: &Stats, effectiveness: &Effectiveness, health: &HealthScor
             comparison: ">".into(),
             target: 0.7,
             met: s.success_rate > 0.7,
+            measured: s.results > 0,
         });
     }
     out.push(Target {
@@ -214,6 +220,7 @@ pub fn targets(stats: &Stats, effectiveness: &Effectiveness, health: &HealthScor
         comparison: ">".into(),
         target: 80.0,
         met: health.score > 80.0,
+        measured: true,
     });
     out
 }

@@ -223,7 +223,12 @@ svg{{width:100%;height:auto;background:#fafafa;border:1px solid #eee}}.empty{{co
             escape(&value)
         )
     };
-    let met = |metric: &str| d.targets.iter().find(|t| t.metric == metric).map(|t| t.met);
+    let met = |metric: &str| {
+        d.targets
+            .iter()
+            .find(|t| t.metric == metric && t.measured)
+            .map(|t| t.met)
+    };
     page.push_str(&card(
         "Health score (target > 80)",
         format!("{:.1}", d.health_score),

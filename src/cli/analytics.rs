@@ -416,6 +416,7 @@ pub fn print_dashboard(d: &Dashboard, out: &mut Out) -> anyhow::Result<()> {
     ))?;
     out.line(&"=".repeat(60))?;
     let mark = |metric: &str| match d.targets.iter().find(|t| t.metric == metric) {
+        Some(t) if !t.measured => format!("(target {} {}: no data)", t.comparison, t.target),
         Some(t) if t.met => format!("(target {} {}: met)", t.comparison, t.target),
         Some(t) => format!("(target {} {}: MISSED)", t.comparison, t.target),
         None => String::new(),

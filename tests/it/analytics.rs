@@ -320,6 +320,9 @@ async fn empty_windows_give_zeros_and_no_nan() {
     let text = serde_json::to_string(&d).unwrap();
     assert!(!text.contains("NaN") && !text.contains("null,"), "{text}");
     assert_eq!(d.health_score, 100.0, "nothing failed");
+    let target = |m: &str| d.targets.iter().find(|t| t.metric == m).unwrap();
+    assert!(!target("success_rate").measured && !target("mttr_ms").measured);
+    assert!(target("health_score").measured && target("health_score").met);
     assert_eq!(d.recommendations.len(), 1);
     assert_eq!(d.recommendations[0].rule, "performing_well");
     assert!(
