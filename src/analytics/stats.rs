@@ -197,12 +197,7 @@ impl Analytics {
         by: Option<MttrBy>,
         bucket: chrono::Duration,
     ) -> Result<Vec<MttrPoint>> {
-        let b = bucket
-            .num_microseconds()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!("a bucket of {bucket} is not a positive length"))
-            })?;
+        let b = bucket_us(bucket)?;
         let key = match by {
             None => "''",
             Some(MttrBy::FailureType) => "failure_type",
@@ -253,12 +248,7 @@ impl Analytics {
         window: &Window,
         bucket: chrono::Duration,
     ) -> Result<Vec<MttrPoint>> {
-        let b = bucket
-            .num_microseconds()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!("a bucket of {bucket} is not a positive length"))
-            })?;
+        let b = bucket_us(bucket)?;
         let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT (resolved_at - ((resolved_at % ?3) + ?3) % ?3) AS bucket, COUNT(*), \
                     SUM(ttr_us), MAX(ttr_us) \
@@ -284,6 +274,13 @@ impl Analytics {
             })
             .collect()
     }
+}
+
+/// A bucket length in microseconds; it must be positive.
+fn bucket_us(bucket: chrono::Duration) -> Result<i64> {
+    bucket.num_microseconds().filter(|b| *b > 0).ok_or_else(|| {
+        Error::InvalidInput(format!("a bucket of {bucket} is not a positive length"))
+    })
 }
 
 /// What an MTTR series is grouped by, besides time.

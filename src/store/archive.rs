@@ -155,19 +155,16 @@ impl Store {
             "before": format_time(before),
         });
         let event = crate::event::NewEvent::new("events_archived", now, payload);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send_request(super::writer::Request::Archive(
-            Box::new(Cut {
-                anchor_position,
-                to_position,
-                end_hash,
-                file: file.display().to_string(),
-                event: super::writer::PreparedEvent::new(event),
-            }),
-            reply,
-        ))
-        .await?;
-        let recorded_at_position = answer.await.map_err(|_| Error::Closed)??;
+        let cut = Box::new(Cut {
+            anchor_position,
+            to_position,
+            end_hash,
+            file: file.display().to_string(),
+            event: super::writer::PreparedEvent::new(event),
+        });
+        let recorded_at_position = self
+            .ask(|reply| super::writer::Request::Archive(cut, reply))
+            .await?;
         Ok(Some(ArchiveReport {
             file: file.display().to_string(),
             from_position: anchor_position + 1,

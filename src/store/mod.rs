@@ -209,18 +209,21 @@ impl Store {
     /// Drops every read model and rebuilds it from the events in one transaction (see
     /// [`crate::analytics::Analytics::rebuild`]).
     pub(crate) async fn rebuild_read_models(&self) -> Result<crate::analytics::RebuildReport> {
+        self.ask(writer::Request::RebuildReadModels).await
+    }
+
+    /// Sends the writer a request built around a reply channel, and awaits the reply.
+    pub(crate) async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Request,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .requests
-            .send(writer::Request::RebuildReadModels(reply))
+            .send(request(reply))
             .await
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
-    }
-
-    /// Sends a request to the writer task.
-    pub(crate) async fn send_request(&self, r: writer::Request) -> Result<()> {
-        self.inner.requests.send(r).await.map_err(|_| Error::Closed)
     }
 
     /// The database file.

@@ -5,7 +5,7 @@ use sqlx::Row as _;
 
 use super::Store;
 use super::writer::Request;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// One strategy state stream's folded state.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,24 +55,13 @@ impl Store {
     /// one of a higher stream version (another process may know more). A position that did not
     /// move is left as it is, so that a healer that changed nothing leaves the file unchanged.
     pub async fn write_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner
-            .requests
-            .send(Request::Checkpoint(checkpoint, reply))
+        self.ask(|reply| Request::Checkpoint(checkpoint, reply))
             .await
-            .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
     }
 
     /// Deletes every snapshot and checkpoint (they are rebuilt from the events).
     pub async fn drop_snapshots(&self) -> Result<()> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner
-            .requests
-            .send(Request::DropSnapshots(reply))
-            .await
-            .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        self.ask(Request::DropSnapshots).await
     }
 }
 

@@ -118,10 +118,14 @@ impl Store {
         // The three long parts run at once, each on its own connection: SQLite's integrity
         // check, the chain walk (with the trigger, anchor and counter checks), and the
         // comparison of the read models with a rebuild.
-        let anchor_position: i64 =
-            sqlx::query_scalar("SELECT position FROM chain_anchor WHERE id = 1")
+        let (anchor_position, anchor_hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
                 .fetch_one(pool)
                 .await?;
+        let anchor = chain::from_blob(&anchor_hash).ok_or_else(|| Error::Corrupt {
+            path: self.path().to_path_buf(),
+            reason: "the chain anchor is not a 32-byte hash".into(),
+        })?;
         let integrity = async {
             let pragma = if options.full_integrity {
                 "PRAGMA integrity_check"
@@ -184,15 +188,7 @@ impl Store {
             );
 
             // 3. The chain, from the anchor.
-            let (anchor_position, anchor_hash): (i64, Vec<u8>) =
-                sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
-                    .fetch_one(pool)
-                    .await?;
             report.anchor_position = anchor_position;
-            let anchor = chain::from_blob(&anchor_hash).ok_or_else(|| Error::Corrupt {
-                path: self.path().to_path_buf(),
-                reason: "the chain anchor is not a 32-byte hash".into(),
-            })?;
             if anchor_position > 0 {
                 // The anchor must be the one the log's own `events_archived` event recorded.
                 let recorded: Option<(Option<i64>, Option<String>)> = sqlx::query_as(

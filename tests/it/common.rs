@@ -368,3 +368,37 @@ impl Rng {
         lo + self.next_u64() % (hi - lo + 1)
     }
 }
+
+/// Starts `healstore --format json append -` fed with `lines` (then end of input) in chunks of
+/// `chunk`; before each chunk the feeder meets the other feeders at `lockstep`, so that the
+/// appenders' inputs, and so their commits, overlap in time. A child that died stops taking
+/// input; its feeder keeps meeting the others at the barrier (without writing) so that they
+/// are not stranded, and the test fails on that child's exit status.
+pub fn spawn_appender(
+    db: &Path,
+    lines: Vec<String>,
+    lockstep: std::sync::Arc<std::sync::Barrier>,
+    chunk: usize,
+) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    use std::process::Stdio;
+    let mut child = healstore(db)
+        .args(["--format", "json", "append", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn healstore append");
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    let feeder = std::thread::spawn(move || {
+        let mut alive = true;
+        for chunk in lines.chunks(chunk) {
+            lockstep.wait();
+            if alive {
+                let mut text = chunk.join("\n");
+                text.push('\n');
+                alive = std::io::Write::write_all(&mut stdin, text.as_bytes()).is_ok();
+            }
+        }
+    });
+    (child, feeder)
+}

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
@@ -44,38 +44,6 @@ fn writer_input(w: usize) -> Vec<String> {
             test_line(&format!("w{w}-{n}"), &stream, n as u64)
         })
         .collect()
-}
-
-/// Starts `healstore --format json append -` and a thread feeding it `lines` in chunks; before
-/// each chunk the feeder meets the other writers' feeders at `lockstep`, so that all writers'
-/// commits overlap in time.
-fn start_writer(
-    db: &Path,
-    lines: Vec<String>,
-    lockstep: Arc<Barrier>,
-) -> (Child, std::thread::JoinHandle<()>) {
-    let mut child = healstore(db)
-        .args(["--format", "json", "append", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn healstore append");
-    let mut stdin = child.stdin.take().expect("stdin piped");
-    let feeder = std::thread::spawn(move || {
-        // A writer that died stops taking input; its feeder keeps meeting the others at the
-        // barrier so that they are not stranded (the test then fails on its exit status).
-        let mut alive = true;
-        for chunk in lines.chunks(25) {
-            lockstep.wait();
-            if alive {
-                let mut text = chunk.join("\n");
-                text.push('\n');
-                alive = stdin.write_all(text.as_bytes()).is_ok();
-            }
-        }
-    });
-    (child, feeder)
 }
 
 /// What a reader process saw: (position, event id) in the order printed.
@@ -193,7 +161,8 @@ fn eight_writers_and_two_readers_share_one_file_without_errors_losses_or_gaps() 
     let lockstep = Arc::new(Barrier::new(WRITERS));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let (child, feeder) = start_writer(&db, writer_input(w), Arc::clone(&lockstep));
+            let (child, feeder) =
+                common::spawn_appender(&db, writer_input(w), Arc::clone(&lockstep), 25);
             // (every output is drained at once: a writer blocked on a full stdout would stall
             // the other feeders at the barrier)
             let wait = std::thread::spawn(move || {

@@ -247,39 +247,6 @@ fn sigkill_during_appends_loses_no_acknowledged_event_and_leaves_a_sound_file() 
     }
 }
 
-/// Starts `healstore --format json append -` fed with `lines` (then end of input), in chunks;
-/// before each chunk the feeder meets the other producers' feeders at `lockstep`, so that the
-/// producers' inputs, and so their commits, overlap in time.
-fn spawn_appender(
-    db: &Path,
-    lines: Vec<String>,
-    lockstep: Arc<std::sync::Barrier>,
-) -> (Child, std::thread::JoinHandle<()>) {
-    let mut child = healstore(db)
-        .args(["--format", "json", "append", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn healstore append");
-    let mut stdin = child.stdin.take().expect("stdin piped");
-    let feeder = std::thread::spawn(move || {
-        // A producer that died stops taking input; its feeder keeps meeting the others at
-        // the barrier (without writing) so that they are not stranded. The test then fails on
-        // that producer's exit status.
-        let mut alive = true;
-        for chunk in lines.chunks(20) {
-            lockstep.wait();
-            if alive {
-                let mut text = chunk.join("\n");
-                text.push('\n');
-                alive = stdin.write_all(text.as_bytes()).is_ok();
-            }
-        }
-    });
-    (child, feeder)
-}
-
 #[test]
 fn two_processes_appending_at_once_share_one_gapless_total_order() {
     // Given a new, empty database,
@@ -303,8 +270,8 @@ fn two_processes_appending_at_once_share_one_gapless_total_order() {
 
     // when two `healstore append` processes write to it at the same time,
     let lockstep = Arc::new(std::sync::Barrier::new(2));
-    let (a, feed_a) = spawn_appender(&db, input("a"), Arc::clone(&lockstep));
-    let (b, feed_b) = spawn_appender(&db, input("b"), lockstep);
+    let (a, feed_a) = common::spawn_appender(&db, input("a"), Arc::clone(&lockstep), 20);
+    let (b, feed_b) = common::spawn_appender(&db, input("b"), lockstep, 20);
     // (both outputs are drained at once: a producer blocked on its full stdout would stall
     // the other one's feeder at the lockstep barrier)
     let wait_a = std::thread::spawn(move || common::wait_with_deadline(a, common::CHILD_TIMEOUT));
