@@ -2,7 +2,8 @@
 //! engine underneath it.
 //!
 //! Run with `cargo bench --bench append` (`HEALSTORE_BENCH_QUICK=1` for a smoke run with about
-//! 20x fewer events). Results are printed as a table and written to
+//! 20x fewer events; `HEALSTORE_BENCH_ONLY=normal` or `HEALSTORE_BENCH_ONLY=full-256` for only
+//! the configurations so named, with their baseline). Results are printed as a table and written to
 //! `target/bench-append.json`.
 //!
 //! # What is measured
@@ -187,8 +188,20 @@ async fn run_all(scale: usize) -> Result<Report> {
         baselines: Vec::new(),
         runs: Vec::new(),
     };
-    let specs = specs(scale);
+    // `HEALSTORE_BENCH_ONLY=normal` or `=normal-256`: only the configurations so named (and
+    // the baselines they are compared with).
+    let only = std::env::var("HEALSTORE_BENCH_ONLY").unwrap_or_default();
+    let specs: Vec<Spec> = specs(scale)
+        .into_iter()
+        .filter(|s| {
+            let name = format!("{}-{}", durability_name(s.durability), s.appenders);
+            only.is_empty() || name == only || name.starts_with(&format!("{only}-"))
+        })
+        .collect();
     for durability in [Durability::Full, Durability::Normal] {
+        if !specs.iter().any(|s| s.durability == durability) {
+            continue;
+        }
         let b = baseline(durability, BASELINE_ROWS / scale).await?;
         println!(
             "baseline {:<6} {:>8} rows  {:>7.2} s  {:>10.0} rows/s (median of {})  other CPU \
