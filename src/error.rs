@@ -84,6 +84,7 @@ pub(crate) mod sqlite_code {
     pub const BUSY: i64 = 5;
     pub const LOCKED: i64 = 6;
     pub const CORRUPT: i64 = 11;
+    pub const CONSTRAINT: i64 = 19;
     pub const FULL: i64 = 13;
     pub const CANTOPEN: i64 = 14;
     pub const NOTADB: i64 = 26;

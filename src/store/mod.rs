@@ -1,8 +1,8 @@
 //! The event store: an append-only log in one SQLite file.
 //!
-//! One writer task per process owns the only writing connection and commits appends in groups
-//! (see [`writer`]); readers use a separate pool of query-only connections, so reads never
-//! block the writer (SQLite's WAL mode). Several processes may open the same file: SQLite's
+//! One writer per process, on a thread of its own, owns the only writing connection and
+//! commits appends in groups (see [`writer`]); readers use a separate pool of query-only
+//! connections, so reads never block the writer (SQLite's WAL mode). Several processes may open the same file: SQLite's
 //! write lock, taken with `BEGIN IMMEDIATE`, orders their commits.
 
 pub mod archive;
@@ -137,6 +137,9 @@ impl Store {
             // path: an automatic checkpoint inside a commit made that commit tens of
             // milliseconds slower every thousand pages.
             .pragma("wal_autocheckpoint", "0")
+            // A WAL that a burst (or a reader holding an old snapshot) let grow is cut back to
+            // this size when it next starts over, rather than keeping its largest size.
+            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
             .synchronous(match options.durability {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
@@ -150,6 +153,8 @@ impl Store {
             // and agent in a group), and SQLite's default 2 MiB cache made the engine's own
             // ceiling fall from about 110k to 35k rows/s as the file grew past it.
             .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB))
+            // Room for an INSERT of every group size the fast path writes (see `writer`).
+            .statement_cache_capacity(512)
             .create_if_missing(options.create);
         let writer_options = match options.max_pages {
             Some(pages) => writer_options.pragma("max_page_count", pages.to_string()),
@@ -187,11 +192,16 @@ impl Store {
             .connect()
             .await
             .map_err(|e| Error::from_db(e, &path))?;
+        let wal = Arc::new(WalLength::default());
         let task =
             writer::Writer::new(conn, writer_options, path.clone(), options.clone(), head_tx)
-                .with_commit_signal(commits.clone())
-                .spawn(req_rx, stop_rx);
-        let checkpointer = tokio::spawn(checkpointer(checkpoints, commits, task));
+                .with_commit_signal(commits.clone(), wal.clone())
+                .spawn(req_rx, stop_rx)
+                .map_err(|e| Error::Open {
+                    path: path.clone(),
+                    reason: format!("cannot start the writer thread: {e}"),
+                })?;
+        let checkpointer = tokio::spawn(checkpointer(checkpoints, commits, wal, task));
 
         Ok(Store {
             inner: Arc::new(Inner {
@@ -456,10 +466,21 @@ pub const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The WAL's length in frames (pages) as the checkpointer last measured it.
+#[derive(Debug, Default)]
+pub(crate) struct WalLength {
+    pub frames: std::sync::atomic::AtomicI64,
+}
+
+/// A WAL longer than this (16 MiB of 4 KiB pages) is made to start over (see
+/// `Writer::restart_wal`).
+pub(crate) const WAL_RESTART_FRAMES: i64 = 4096;
+
 async fn checkpointer(
     mut conn: sqlx::SqliteConnection,
     commits: Arc<tokio::sync::Notify>,
-    mut writer: tokio::task::JoinHandle<()>,
+    wal: Arc<WalLength>,
+    mut writer: oneshot::Receiver<()>,
 ) {
     use sqlx::Connection as _;
     loop {
@@ -467,8 +488,12 @@ async fn checkpointer(
             _ = &mut writer => break,
             _ = commits.notified() => {
                 tokio::time::sleep(CHECKPOINT_INTERVAL).await;
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
-                    tracing::debug!(error = %e, "checkpoint skipped");
+                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&mut conn)
+                    .await
+                {
+                    Ok((_, log, _)) => wal.frames.store(log, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => tracing::debug!(error = %e, "checkpoint skipped"),
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! The single writer: group commit.
 //!
-//! Every append in the process is sent to one task that owns the only writing connection.
-//! The task takes whatever requests are waiting (up to `max_batch_events`), writes them all in
-//! one `BEGIN IMMEDIATE` transaction with multi-row INSERTs, commits, and only then answers
-//! each caller. While one group commits (and waits for its fsync), the next group gathers, so
+//! Every append in the process is sent to one task, on a thread of its own (see
+//! [`Writer::spawn`]), that owns the only writing connection. The task takes whatever requests
+//! are waiting (up to `max_batch_events`), writes them all in one `BEGIN IMMEDIATE`
+//! transaction, usually in two round trips to SQLite (see [`Writer::try_fast`]), commits, and
+//! only then answers each caller. While one group commits (and waits for its fsync), the next group gathers, so
 //! the number of commits per second stays near the disk's fsync rate while the number of
 //! events per commit grows with the load.
 //!
@@ -26,7 +27,7 @@ use sqlx::{Arguments, AssertSqlSafe, ConnectOptions, Connection, Row as _, Sqlit
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::StoreOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, sqlite_code};
 use crate::event::{Appended, ExpectedVersion, IndexFields, NewEvent};
 use crate::time::to_micros;
 
@@ -54,10 +55,15 @@ pub(crate) struct PreparedEvent {
 }
 
 impl PreparedEvent {
-    pub fn new(event: NewEvent) -> Self {
+    pub fn new(mut event: NewEvent) -> Self {
+        let payload = canonical(&event.payload);
+        let index = IndexFields::from_payload(&event.payload);
+        // The writer needs only the text: the tree is freed here, by the caller's task, rather
+        // than by the single writer after the commit.
+        drop(std::mem::take(&mut event.payload));
         PreparedEvent {
-            payload: canonical(&event.payload),
-            index: IndexFields::from_payload(&event.payload),
+            payload,
+            index,
             event,
         }
     }
@@ -189,6 +195,49 @@ pub(crate) struct Writer {
     head: watch::Sender<i64>,
     /// Told after every commit (the checkpointer listens).
     commits: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The WAL's length as last measured (see [`Writer::restart_wal`]).
+    wal: std::sync::Arc<super::WalLength>,
+    versions: VersionCache,
+}
+
+/// Stream versions as this writer left them, valid while the position counter is still where
+/// its last commit left it (no other process has appended since). It spares the fast path
+/// (see [`Writer::try_fast`]) a look-up per stream; a stream the cache does not know is looked
+/// up, and the UNIQUE (stream, version) key stands behind it.
+#[derive(Default)]
+struct VersionCache {
+    /// The position counter after this writer's last commit; `None`: nothing is cached.
+    head: Option<i64>,
+    map: HashMap<String, u64>,
+}
+
+/// Streams the cache holds at most; past that it starts afresh.
+const VERSION_CACHE_STREAMS: usize = 100_000;
+
+impl VersionCache {
+    fn forget(&mut self) {
+        self.head = None;
+        self.map.clear();
+    }
+
+    fn remember(&mut self, counter: i64, versions: HashMap<String, u64>) {
+        if self.head.is_none() || self.map.len() + versions.len() > VERSION_CACHE_STREAMS {
+            self.map.clear();
+        }
+        self.map.extend(versions);
+        self.head = Some(counter);
+    }
+}
+
+/// True when an event id appears twice in a group (a retry queued behind its first try, or a
+/// caller's mistake): such a group is planned with every look-up.
+fn repeats_an_id(items: &[PlanItem<'_>]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .iter()
+        .flat_map(|i| i.parts.iter())
+        .flat_map(|p| p.events.iter())
+        .any(|e| !seen.insert(e.event.event_id.as_str()))
 }
 
 impl Writer {
@@ -206,12 +255,53 @@ impl Writer {
             options,
             head,
             commits: None,
+            wal: Default::default(),
+            versions: VersionCache::default(),
         }
     }
 
-    pub fn with_commit_signal(mut self, commits: std::sync::Arc<tokio::sync::Notify>) -> Writer {
+    pub fn with_commit_signal(
+        mut self,
+        commits: std::sync::Arc<tokio::sync::Notify>,
+        wal: std::sync::Arc<super::WalLength>,
+    ) -> Writer {
         self.commits = Some(commits);
+        self.wal = wal;
         self
+    }
+
+    /// Lets the WAL start over from its beginning once it has grown long.
+    ///
+    /// The checkpointer copies the WAL into the database file in the background, but SQLite
+    /// rewinds the WAL only when a write transaction begins with every frame already copied,
+    /// and under a steady stream of commits that never happens: the WAL grew by about 9 KB per
+    /// event without bound (1.8 GB for 200,000 events), and every page written to its growing
+    /// end cost the file system a new zeroed block. So when the checkpointer reports a long WAL,
+    /// the writer itself, between two groups, copies the few frames the checkpointer has not
+    /// yet copied (a passive checkpoint: it never waits for readers); the next commit then
+    /// writes from the WAL's start, over blocks that already exist. A reader still holding an
+    /// older snapshot only postpones this to a later report.
+    async fn restart_wal(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.wal.frames.load(Ordering::Relaxed) < super::WAL_RESTART_FRAMES {
+            return;
+        }
+        // Until the checkpointer measures again.
+        self.wal.frames.store(0, Ordering::Relaxed);
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut self.conn)
+            .await
+        {
+            Ok((busy, log, copied)) => {
+                tracing::debug!(
+                    busy,
+                    log,
+                    copied,
+                    "writer checkpoint before the WAL restarts"
+                )
+            }
+            Err(e) => tracing::debug!(error = %e, "writer checkpoint skipped"),
+        }
     }
 
     fn committed(&self, last: Option<i64>) {
@@ -229,12 +319,30 @@ impl Writer {
         }
     }
 
+    /// Starts the writer on a thread of its own, with a runtime of its own; the receiver
+    /// returned is told when it has stopped.
+    ///
+    /// Why not a task on the caller's runtime: every statement's answer comes back from
+    /// SQLite's worker thread, from outside the runtime, and such a wake-up joins the runtime's
+    /// global queue, which is served after the local ones. Under load those hold the appenders
+    /// that the last commit just answered, so the writer waited behind them at every statement
+    /// of every group, and SQLite sat idle for about a quarter of the time.
     pub fn spawn(
         self,
         requests: mpsc::Receiver<Request>,
         stop: oneshot::Receiver<()>,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run(requests, stop))
+    ) -> std::io::Result<oneshot::Receiver<()>> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("healstore-writer".into())
+            .spawn(move || {
+                runtime.block_on(self.run(requests, stop));
+                let _ = done_tx.send(());
+            })?;
+        Ok(done_rx)
     }
 
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, mut stop: oneshot::Receiver<()>) {
@@ -297,6 +405,7 @@ impl Writer {
                         }
                     }
                     self.commit_group(group).await;
+                    self.restart_wal().await;
                 }
             }
         }
@@ -315,6 +424,10 @@ impl Writer {
         if !self.conn.is_in_transaction() {
             return;
         }
+        self.reconnect().await;
+    }
+
+    async fn reconnect(&mut self) {
         match self.connect.connect().await {
             Ok(fresh) => {
                 let stale = std::mem::replace(&mut self.conn, fresh);
@@ -389,12 +502,111 @@ impl Writer {
         &mut self,
         items: &[PlanItem<'_>],
     ) -> sqlx::Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
+        if !repeats_an_id(items)
+            && let Some(done) = self.try_fast(items).await?
+        {
+            return Ok(done);
+        }
+        self.versions.forget();
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         let plan = plan(&mut tx, items, recorded_at, self.options.hash_chain).await?;
         insert_rows(&mut tx, &plan.rows).await?;
         tx.commit().await?;
         Ok((plan.answers, plan.rows.last().map(|r| r.position)))
+    }
+
+    /// The group in two round trips to SQLite, on the assumption that no event id in it is
+    /// already stored (so nothing is looked up by id): `BEGIN IMMEDIATE` with the position
+    /// counter, the chain's tip and the versions of streams not in [`VersionCache`]; then the
+    /// INSERT (`OR ROLLBACK`, which needs no statement journal) and `COMMIT`. Should a
+    /// constraint refuse the rows (an id stored before: a retry), the transaction is rolled
+    /// back and `None` tells the caller to plan the group with every look-up.
+    async fn try_fast(
+        &mut self,
+        items: &[PlanItem<'_>],
+    ) -> sqlx::Result<Option<(Vec<Result<Vec<Appended>>>, Option<i64>)>> {
+        let outcome = self.fast(items).await;
+        if !matches!(outcome, Ok(Some(_))) {
+            self.versions.forget();
+            self.roll_back().await;
+        }
+        outcome
+    }
+
+    async fn fast(
+        &mut self,
+        items: &[PlanItem<'_>],
+    ) -> sqlx::Result<Option<(Vec<Result<Vec<Appended>>>, Option<i64>)>> {
+        let recorded_at = to_micros(self.options.clock.now());
+        let streams = streams_of(items);
+        let uncached: Vec<&str> = streams
+            .iter()
+            .copied()
+            .filter(|s| !self.versions.map.contains_key(*s))
+            .collect();
+        let (stored, mut versions, counter, tip) =
+            look_up(&mut self.conn, &[], &uncached, true).await?;
+        if self.versions.head == Some(counter) {
+            for s in &streams {
+                if let Some(v) = self.versions.map.get(*s) {
+                    versions.insert((*s).to_owned(), *v);
+                }
+            }
+        } else {
+            // Another process appended since this one last did: what is cached may be stale.
+            self.versions.forget();
+            let rest: Vec<&str> = streams
+                .iter()
+                .copied()
+                .filter(|s| !uncached.contains(s))
+                .collect();
+            if !rest.is_empty() {
+                let (_, more, ..) = look_up(&mut self.conn, &[], &rest, false).await?;
+                versions.extend(more);
+            }
+        }
+        let plan = plan_with(
+            items,
+            (stored, versions, counter, tip),
+            recorded_at,
+            self.options.hash_chain,
+        );
+        // A refused append may be the retry of one already stored, which is answered with its
+        // positions whatever version it states: only the look-up by id can tell.
+        if plan.answers.iter().any(|a| a.is_err()) {
+            return Ok(None);
+        }
+        for rows in plan.rows.chunks(FAST_ROWS_PER_INSERT) {
+            let sql = insert_sql_for(rows.len(), "INSERT OR ROLLBACK");
+            match sqlx::query_with(AssertSqlSafe(sql), bind_rows(rows)?)
+                .execute(&mut self.conn)
+                .await
+            {
+                Err(e) if sqlite_code::of(&e) == Some(sqlite_code::CONSTRAINT) => {
+                    tracing::debug!(error = %e, "a constraint refused the group; planning it again");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        self.versions.remember(plan.counter, plan.versions);
+        Ok(Some((plan.answers, plan.rows.last().map(|r| r.position))))
+    }
+
+    /// Ends a transaction begun by [`Writer::fast`], if one is still open. A connection that
+    /// cannot even roll back is replaced.
+    async fn roll_back(&mut self) {
+        match sqlx::query("ROLLBACK").execute(&mut self.conn).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("no transaction is active") => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "rollback failed; replacing the writer connection");
+                self.reconnect().await;
+            }
+        }
     }
 
     /// An all-or-nothing import in one transaction; items arrive while it runs.
@@ -522,6 +734,10 @@ struct Row<'a> {
 struct Plan<'a> {
     rows: Vec<Row<'a>>,
     answers: Vec<Result<Vec<Appended>>>,
+    /// Every stream's version once the rows are written.
+    versions: HashMap<String, u64>,
+    /// The position counter once the rows are written.
+    counter: i64,
 }
 
 /// What the database already holds of an event id.
@@ -548,10 +764,30 @@ async fn plan<'a>(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut streams: Vec<&str> = parts().map(|p| p.stream_id).collect();
+    let streams = streams_of(items);
+    let found = look_up(conn, &ids, &streams, false).await?;
+    Ok(plan_with(items, found, recorded_at, chained))
+}
+
+/// The distinct streams a group appends to.
+fn streams_of<'a>(items: &'a [PlanItem<'a>]) -> Vec<&'a str> {
+    let mut streams: Vec<&str> = items
+        .iter()
+        .flat_map(|i| i.parts.iter().map(|p| p.stream_id))
+        .collect();
     streams.sort_unstable();
     streams.dedup();
-    let (stored, mut versions, mut next_position, tip) = look_up(conn, &ids, &streams).await?;
+    streams
+}
+
+/// [`plan`] given what the database holds: stored ids, stream versions, the position counter
+/// and the chain's tip.
+fn plan_with<'a>(
+    items: &'a [PlanItem<'a>],
+    (stored, mut versions, mut next_position, tip): LookUp,
+    recorded_at: i64,
+    chained: bool,
+) -> Plan<'a> {
     next_position += 1;
 
     // Ids written earlier in this same transaction (a retry queued behind its first try).
@@ -636,7 +872,12 @@ async fn plan<'a>(
         r.hash = Some(hash);
         prev = hash;
     }
-    Ok(Plan { rows, answers })
+    Plan {
+        rows,
+        answers,
+        versions,
+        counter: next_position - 1,
+    }
 }
 
 fn plan_part<'a>(
@@ -751,10 +992,13 @@ type LookUp = (
 
 /// One round trip where possible: stored ids, stream versions and the position counter in a
 /// single UNION ALL statement (each sqlx statement costs a channel hop to its worker thread).
+///
+/// With `begin`, the same round trip first begins the transaction (`BEGIN IMMEDIATE`).
 async fn look_up(
     conn: &mut SqliteConnection,
     ids: &[&str],
     streams: &[&str],
+    begin: bool,
 ) -> sqlx::Result<LookUp> {
     let mut stored = HashMap::new();
     let mut versions = HashMap::new();
@@ -763,6 +1007,7 @@ async fn look_up(
     let mut id_chunks = ids.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut stream_chunks = streams.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut first = true;
+    let mut first_round = true;
     loop {
         let ids = id_chunks.next().unwrap_or(&[]);
         let streams = stream_chunks.next().unwrap_or(&[]);
@@ -819,7 +1064,11 @@ async fn look_up(
         if parts.is_empty() {
             break;
         }
-        let sql = parts.join(" UNION ALL ");
+        let mut sql = parts.join(" UNION ALL ");
+        if begin && first_round {
+            sql.insert_str(0, "BEGIN IMMEDIATE; ");
+        }
+        first_round = false;
         let rows = sqlx::query_with(AssertSqlSafe(sql), args)
             .fetch_all(&mut *conn)
             .await?;
@@ -873,6 +1122,22 @@ fn placeholders(n: usize) -> String {
 
 const INSERT_COLUMNS: usize = 16;
 
+/// Rows per INSERT on the fast path: 16 columns x 256 rows = 4,096 bound parameters. Groups
+/// are written in one statement of their exact size (the writer's statement cache keeps every
+/// size), rather than in power-of-two pieces, each a round trip.
+const FAST_ROWS_PER_INSERT: usize = 256;
+
+/// An INSERT of `n` rows into the event log, beginning with `verb`.
+fn insert_sql_for(n: usize, verb: &str) -> String {
+    let row = format!("({})", placeholders(INSERT_COLUMNS));
+    let rows = vec![row; n].join(",");
+    format!(
+        "{verb} INTO events (position, event_id, stream_id, stream_version, event_type, \
+         schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, \
+         failure_type, strategy, success, duration_ms, hash) VALUES {rows}"
+    )
+}
+
 /// The INSERT for `n` rows. Rows are written in statements of power-of-two sizes, so that only
 /// eight distinct statements exist and sqlx's prepared-statement cache always hits.
 fn insert_sql(n: usize) -> &'static str {
@@ -881,13 +1146,7 @@ fn insert_sql(n: usize) -> &'static str {
         let mut v = Vec::new();
         let mut size = 1;
         while size <= MAX_ROWS_PER_INSERT {
-            let row = format!("({})", placeholders(INSERT_COLUMNS));
-            let rows = vec![row; size].join(",");
-            v.push(format!(
-                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-                 schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, \
-                 failure_type, strategy, success, duration_ms, hash) VALUES {rows}"
-            ));
+            v.push(insert_sql_for(size, "INSERT"));
             size *= 2;
         }
         v
@@ -905,8 +1164,19 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
             1 << (usize::BITS - 1 - rest.len().leading_zeros())
         };
         let (now, later) = rest.split_at(n);
-        let mut args = SqliteArguments::default();
-        for r in now {
+        sqlx::query_with(insert_sql(n), bind_rows(now)?)
+            .execute(&mut *conn)
+            .await?;
+        rest = later;
+    }
+    Ok(())
+}
+
+/// The arguments of an INSERT of `rows`, in [`insert_sql`]'s column order.
+fn bind_rows(rows: &[Row<'_>]) -> sqlx::Result<SqliteArguments> {
+    let mut args = SqliteArguments::default();
+    {
+        for r in rows {
             args.add(r.position).map_err(sqlx::Error::Encode)?;
             args.add(r.event.event_id.as_str())
                 .map_err(sqlx::Error::Encode)?;
@@ -934,12 +1204,8 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> sqlx::Res
             args.add(r.hash.as_ref().map(|h| &h[..]))
                 .map_err(sqlx::Error::Encode)?;
         }
-        sqlx::query_with(insert_sql(n), args)
-            .execute(&mut *conn)
-            .await?;
-        rest = later;
     }
-    Ok(())
+    Ok(args)
 }
 
 /// Rebuilds every read model (analytics tables and strategy snapshots) in one transaction.
