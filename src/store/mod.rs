@@ -153,8 +153,8 @@ impl Store {
             // and agent in a group), and SQLite's default 2 MiB cache made the engine's own
             // ceiling fall from about 110k to 35k rows/s as the file grew past it.
             .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB))
-            // Room for an INSERT of every group size the fast path writes (see `writer`).
-            .statement_cache_capacity(512)
+            // Room for every INSERT size the fast path writes (see `writer`) and the look-ups.
+            .statement_cache_capacity(128)
             .create_if_missing(options.create);
         let writer_options = match options.max_pages {
             Some(pages) => writer_options.pragma("max_page_count", pages.to_string()),
