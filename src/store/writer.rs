@@ -540,29 +540,20 @@ impl Writer {
     ) -> sqlx::Result<Option<(Vec<Result<Vec<Appended>>>, Option<i64>)>> {
         let recorded_at = to_micros(self.options.clock.now());
         let streams = streams_of(items);
-        let uncached: Vec<&str> = streams
+        let (cached, uncached): (Vec<&str>, Vec<&str>) = streams
             .iter()
-            .copied()
-            .filter(|s| !self.versions.map.contains_key(*s))
-            .collect();
+            .partition(|s| self.versions.map.contains_key(**s));
         let (stored, mut versions, counter, tip) =
             look_up(&mut self.conn, &[], &uncached, true).await?;
         if self.versions.head == Some(counter) {
-            for s in &streams {
-                if let Some(v) = self.versions.map.get(*s) {
-                    versions.insert((*s).to_owned(), *v);
-                }
+            for s in cached {
+                versions.insert(s.to_owned(), self.versions.map[s]);
             }
         } else {
             // Another process appended since this one last did: what is cached may be stale.
             self.versions.forget();
-            let rest: Vec<&str> = streams
-                .iter()
-                .copied()
-                .filter(|s| !uncached.contains(s))
-                .collect();
-            if !rest.is_empty() {
-                let (_, more, ..) = look_up(&mut self.conn, &[], &rest, false).await?;
+            if !cached.is_empty() {
+                let (_, more, ..) = look_up(&mut self.conn, &[], &cached, false).await?;
                 versions.extend(more);
             }
         }
@@ -582,8 +573,7 @@ impl Writer {
             let n = fast_insert_rows(rest.len());
             let (rows, later) = rest.split_at(n);
             rest = later;
-            let sql = insert_sql_for(n, "INSERT OR ROLLBACK");
-            match sqlx::query_with(AssertSqlSafe(sql), bind_rows(rows)?)
+            match sqlx::query_with(fast_insert_sql(n), bind_rows(rows)?)
                 .execute(&mut self.conn)
                 .await
             {
@@ -1144,6 +1134,19 @@ fn fast_insert_rows(left: usize) -> usize {
     }
 }
 
+/// The fast path's `INSERT OR ROLLBACK` of `n` rows, one of the sizes [`fast_insert_rows`]
+/// gives, built once.
+fn fast_insert_sql(n: usize) -> &'static str {
+    static CACHE: OnceLock<Vec<String>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        (1..16)
+            .chain((16..=FAST_ROWS_PER_INSERT).step_by(16))
+            .map(|n| insert_sql_for(n, "INSERT OR ROLLBACK"))
+            .collect()
+    });
+    &cache[if n < 16 { n - 1 } else { 15 + n / 16 - 1 }]
+}
+
 /// An INSERT of `n` rows into the event log, beginning with `verb`.
 fn insert_sql_for(n: usize, verb: &str) -> String {
     let row = format!("({})", placeholders(INSERT_COLUMNS));
@@ -1336,5 +1339,20 @@ impl Writer {
         let position = plan.rows.last().map(|r| r.position).unwrap_or(0);
         tx.commit().await.map_err(db)?;
         Ok(position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fast_insert_size_has_a_statement_of_that_many_rows() {
+        for left in 1..=600 {
+            let n = fast_insert_rows(left);
+            assert!(n >= 1 && n <= left.min(FAST_ROWS_PER_INSERT));
+            let params = fast_insert_sql(n).matches('?').count();
+            assert_eq!(params, n * INSERT_COLUMNS, "{left} rows left");
+        }
     }
 }
