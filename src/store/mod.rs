@@ -144,8 +144,11 @@ impl Store {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            // Statement-level logging would be one line per append: keep sqlx quiet.
-            .log_statements(tracing::log::LevelFilter::Trace);
+            // Statement-level logging would be one line per append: keep sqlx quiet. A slow
+            // statement is most often an append waiting for another process's write lock,
+            // which is normal under contention: a debug line, not a warning on stderr.
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1));
 
         let writer_options = base
             .clone()

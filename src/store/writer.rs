@@ -2,14 +2,14 @@
 //!
 //! Every append in the process is sent to one task, on a thread of its own (see
 //! [`Writer::spawn`]), that owns the only writing connection. The task takes whatever requests
-//! are waiting (up to `max_batch_events`), writes them all in one `BEGIN IMMEDIATE`
-//! transaction, usually in two round trips to SQLite (see [`Writer::try_fast`]), commits, and
-//! only then answers each caller. While one group commits (and waits for its fsync), the next group gathers, so
+//! are waiting (up to `max_batch_events`), writes them all in one transaction, usually a single
+//! guarded INSERT in one round trip to SQLite (see [`Writer::try_fast`]), and only then answers
+//! each caller. While one group commits (and waits for its fsync), the next group gathers, so
 //! the number of commits per second stays near the disk's fsync rate while the number of
 //! events per commit grows with the load.
 //!
-//! Why `BEGIN IMMEDIATE`: the transaction reads (ids already stored, stream versions) and then
-//! writes. A deferred transaction would take the write lock only at its first write, and when
+//! Why `BEGIN IMMEDIATE` where a group cannot take that way: the transaction reads (ids
+//! already stored, stream versions) and then writes. A deferred transaction would take the write lock only at its first write, and when
 //! another process holds it, SQLite fails that upgrade at once with SQLITE_BUSY instead of
 //! waiting. IMMEDIATE takes the lock first, waiting up to the busy timeout.
 //!
@@ -200,14 +200,17 @@ pub(crate) struct Writer {
     versions: VersionCache,
 }
 
-/// Stream versions as this writer left them, valid while the position counter is still where
-/// its last commit left it (no other process has appended since). It spares the fast path
-/// (see [`Writer::try_fast`]) a look-up per stream; a stream the cache does not know is looked
-/// up, and the UNIQUE (stream, version) key stands behind it.
+/// Stream versions and the chain's tip as this writer left them, valid while the position
+/// counter is still where its last commit left it (no other process has appended since). They
+/// spare the fast path (see [`Writer::try_fast`]) every look-up while it appends to streams it
+/// has seen; a stream the cache does not know is looked up, and the UNIQUE (stream, version)
+/// key stands behind it.
 #[derive(Default)]
 struct VersionCache {
     /// The position counter after this writer's last commit; `None`: nothing is cached.
     head: Option<i64>,
+    /// The newest event's hash after that commit.
+    tip: super::chain::Hash,
     map: HashMap<String, u64>,
 }
 
@@ -220,12 +223,13 @@ impl VersionCache {
         self.map.clear();
     }
 
-    fn remember(&mut self, counter: i64, versions: HashMap<String, u64>) {
+    fn remember(&mut self, counter: i64, tip: super::chain::Hash, versions: HashMap<String, u64>) {
         if self.head.is_none() || self.map.len() + versions.len() > VERSION_CACHE_STREAMS {
             self.map.clear();
         }
         self.map.extend(versions);
         self.head = Some(counter);
+        self.tip = tip;
     }
 }
 
@@ -516,12 +520,22 @@ impl Writer {
         Ok((plan.answers, plan.rows.last().map(|r| r.position)))
     }
 
-    /// The group in two round trips to SQLite, on the assumption that no event id in it is
-    /// already stored (so nothing is looked up by id): `BEGIN IMMEDIATE` with the position
-    /// counter, the chain's tip and the versions of streams not in [`VersionCache`]; then the
-    /// INSERT (`OR ROLLBACK`, which needs no statement journal) and `COMMIT`. Should a
-    /// constraint refuse the rows (an id stored before: a retry), the transaction is rolled
-    /// back and `None` tells the caller to plan the group with every look-up.
+    /// The group on the assumption that no event id in it is already stored (so nothing is
+    /// looked up by id), in as little as one round trip to SQLite.
+    ///
+    /// Stream versions, the position counter and the chain's tip come from [`VersionCache`]
+    /// when it knows every stream of the group; otherwise from one look-up, outside any
+    /// transaction. Either way they are only a guess until the INSERT checks, under the write
+    /// lock, that the counter is still the one they were read at: every fast-path INSERT is
+    /// guarded so (see [`fast_insert_sql`]) and writes nothing when another process appended
+    /// in between. A group of at most [`FAST_ROWS_PER_INSERT`] rows is then one statement in
+    /// SQLite's autocommit mode: its own transaction, which needs no statement journal (inside
+    /// `BEGIN`, the read models' triggers made SQLite copy every page the INSERT touched into
+    /// a temporary file first, about a third of the writer's time). Larger groups are written
+    /// inside `BEGIN IMMEDIATE` ... `COMMIT`.
+    ///
+    /// Should the guard or a constraint refuse the rows (an id stored before: a retry), nothing
+    /// is written and `None` tells the caller to plan the group with every look-up.
     async fn try_fast(
         &mut self,
         items: &[PlanItem<'_>],
@@ -543,37 +557,60 @@ impl Writer {
         let (cached, uncached): (Vec<&str>, Vec<&str>) = streams
             .iter()
             .partition(|s| self.versions.map.contains_key(**s));
-        let (stored, mut versions, counter, tip) =
-            look_up(&mut self.conn, &[], &uncached, true).await?;
-        if self.versions.head == Some(counter) {
-            for s in cached {
-                versions.insert(s.to_owned(), self.versions.map[s]);
+        let found = match self.versions.head {
+            Some(head) if uncached.is_empty() => {
+                let versions = cached
+                    .iter()
+                    .map(|s| ((*s).to_owned(), self.versions.map[*s]))
+                    .collect();
+                (HashMap::new(), versions, head, self.versions.tip)
             }
-        } else {
-            // Another process appended since this one last did: what is cached may be stale.
-            self.versions.forget();
-            if !cached.is_empty() {
-                let (_, more, ..) = look_up(&mut self.conn, &[], &cached, false).await?;
-                versions.extend(more);
+            _ => {
+                let (stored, mut versions, counter, tip) =
+                    look_up(&mut self.conn, &[], &uncached).await?;
+                if self.versions.head == Some(counter) {
+                    for s in cached {
+                        versions.insert(s.to_owned(), self.versions.map[s]);
+                    }
+                } else {
+                    // Another process appended since this one last did: what is cached may
+                    // be stale. (Should it append again before these are read, the guard
+                    // refuses the INSERT.)
+                    self.versions.forget();
+                    if !cached.is_empty() {
+                        let (_, more, ..) = look_up(&mut self.conn, &[], &cached).await?;
+                        versions.extend(more);
+                    }
+                }
+                (stored, versions, counter, tip)
             }
-        }
-        let plan = plan_with(
-            items,
-            (stored, versions, counter, tip),
-            recorded_at,
-            self.options.hash_chain,
-        );
+        };
+        let counter_before = found.2;
+        let tip_before = found.3;
+        let plan = plan_with(items, found, recorded_at, self.options.hash_chain);
         // A refused append may be the retry of one already stored, which is answered with its
         // positions whatever version it states: only the look-up by id can tell.
         if plan.answers.iter().any(|a| a.is_err()) {
             return Ok(None);
         }
+        let one_statement = plan.rows.len() <= FAST_ROWS_PER_INSERT;
+        if !one_statement {
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut self.conn)
+                .await?;
+        }
+        let mut counter = counter_before;
         let mut rest = &plan.rows[..];
         while !rest.is_empty() {
-            let n = fast_insert_rows(rest.len());
-            let (rows, later) = rest.split_at(n);
+            let (rows, later) = rest.split_at(rest.len().min(FAST_ROWS_PER_INSERT));
             rest = later;
-            match sqlx::query_with(fast_insert_sql(n), bind_rows(rows)?)
+            let size = fast_insert_size(rows.len());
+            let mut args = bind_rows(rows)?;
+            for _ in rows.len()..size {
+                bind_padding(&mut args)?;
+            }
+            args.add(counter).map_err(sqlx::Error::Encode)?;
+            match sqlx::query_with(fast_insert_sql(size), args)
                 .execute(&mut self.conn)
                 .await
             {
@@ -582,11 +619,18 @@ impl Writer {
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
-                Ok(_) => {}
+                Ok(done) if done.rows_affected() != rows.len() as u64 => {
+                    tracing::debug!("another writer appended since the look-up; planning again");
+                    return Ok(None);
+                }
+                Ok(_) => counter += rows.len() as i64,
             }
         }
-        sqlx::query("COMMIT").execute(&mut self.conn).await?;
-        self.versions.remember(plan.counter, plan.versions);
+        if !one_statement {
+            sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        }
+        let tip = plan.rows.last().and_then(|r| r.hash).unwrap_or(tip_before);
+        self.versions.remember(plan.counter, tip, plan.versions);
         Ok(Some((plan.answers, plan.rows.last().map(|r| r.position))))
     }
 
@@ -759,7 +803,7 @@ async fn plan<'a>(
     ids.sort_unstable();
     ids.dedup();
     let streams = streams_of(items);
-    let found = look_up(conn, &ids, &streams, false).await?;
+    let found = look_up(conn, &ids, &streams).await?;
     Ok(plan_with(items, found, recorded_at, chained))
 }
 
@@ -985,14 +1029,12 @@ type LookUp = (
 );
 
 /// One round trip where possible: stored ids, stream versions and the position counter in a
-/// single UNION ALL statement (each sqlx statement costs a channel hop to its worker thread).
-///
-/// With `begin`, the same round trip first begins the transaction (`BEGIN IMMEDIATE`).
+/// single UNION ALL statement (each sqlx statement costs a channel hop to its worker thread),
+/// so that they are read from one snapshot of the database.
 async fn look_up(
     conn: &mut SqliteConnection,
     ids: &[&str],
     streams: &[&str],
-    begin: bool,
 ) -> sqlx::Result<LookUp> {
     let mut stored = HashMap::new();
     let mut versions = HashMap::new();
@@ -1001,7 +1043,6 @@ async fn look_up(
     let mut id_chunks = ids.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut stream_chunks = streams.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut first = true;
-    let mut first_round = true;
     loop {
         let ids = id_chunks.next().unwrap_or(&[]);
         let streams = stream_chunks.next().unwrap_or(&[]);
@@ -1058,11 +1099,7 @@ async fn look_up(
         if parts.is_empty() {
             break;
         }
-        let mut sql = parts.join(" UNION ALL ");
-        if begin && first_round {
-            sql.insert_str(0, "BEGIN IMMEDIATE; ");
-        }
-        first_round = false;
+        let sql = parts.join(" UNION ALL ");
         let rows = sqlx::query_with(AssertSqlSafe(sql), args)
             .fetch_all(&mut *conn)
             .await?;
@@ -1119,44 +1156,50 @@ const INSERT_COLUMNS: usize = 16;
 /// Most rows per INSERT on the fast path: 16 columns x 256 rows = 4,096 bound parameters.
 const FAST_ROWS_PER_INSERT: usize = 256;
 
-/// Rows of the next INSERT on the fast path when `left` rows remain: a multiple of 16, then
-/// the rest. A group takes one or two statements (each a round trip), and the writer's
-/// statement cache holds 31 sizes of INSERT rather than one per group size (with those, the
-/// quick append benchmark's peak memory was 40-43 MiB rather than 33-34 MiB), while the eight
-/// power-of-two sizes used before made a group up to eight round trips.
-fn fast_insert_rows(left: usize) -> usize {
-    if left >= FAST_ROWS_PER_INSERT {
-        FAST_ROWS_PER_INSERT
-    } else if left >= 16 {
-        left / 16 * 16
-    } else {
-        left
-    }
+/// Rows of the statement that writes `rows` rows on the fast path: `rows` rounded up to a
+/// multiple of 16, the rest padding (see [`fast_insert_sql`]). The writer's statement cache
+/// holds 16 sizes of INSERT rather than one per group size (with those, the quick append
+/// benchmark's peak memory was 40-43 MiB rather than 33-34 MiB), and a group of up to
+/// [`FAST_ROWS_PER_INSERT`] rows is one statement.
+fn fast_insert_size(rows: usize) -> usize {
+    rows.div_ceil(16) * 16
 }
 
-/// The fast path's `INSERT OR ROLLBACK` of `n` rows, one of the sizes [`fast_insert_rows`]
-/// gives, built once.
+/// The fast path's guarded INSERT of `n` rows (a multiple of 16), built once: it writes its
+/// rows only while the position counter is the one bound last (the counter the group was
+/// planned at), and skips padding rows (all NULL). `OR ROLLBACK`: a constraint that refuses a
+/// row ends the transaction with nothing of the group written.
 fn fast_insert_sql(n: usize) -> &'static str {
     static CACHE: OnceLock<Vec<String>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| {
-        (1..16)
-            .chain((16..=FAST_ROWS_PER_INSERT).step_by(16))
-            .map(|n| insert_sql_for(n, "INSERT OR ROLLBACK"))
+        (16..=FAST_ROWS_PER_INSERT)
+            .step_by(16)
+            .map(|n| {
+                let row = format!("({})", placeholders(INSERT_COLUMNS));
+                format!(
+                    "INSERT OR ROLLBACK INTO events ({INSERT_COLUMN_NAMES}) \
+                     SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
+                     AND COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) = ?",
+                    vec![row; n].join(",")
+                )
+            })
             .collect()
     });
-    &cache[if n < 16 { n - 1 } else { 15 + n / 16 - 1 }]
+    &cache[n / 16 - 1]
 }
 
-/// An INSERT of `n` rows into the event log, beginning with `verb`.
-fn insert_sql_for(n: usize, verb: &str) -> String {
-    let row = format!("({})", placeholders(INSERT_COLUMNS));
-    let rows = vec![row; n].join(",");
-    format!(
-        "{verb} INTO events (position, event_id, stream_id, stream_version, event_type, \
-         schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, \
-         failure_type, strategy, success, duration_ms, hash) VALUES {rows}"
-    )
+/// A padding row of a fast-path INSERT: all NULL, skipped by its `WHERE`.
+fn bind_padding(args: &mut SqliteArguments) -> sqlx::Result<()> {
+    for _ in 0..INSERT_COLUMNS {
+        args.add(Option::<i64>::None).map_err(sqlx::Error::Encode)?;
+    }
+    Ok(())
 }
+
+/// The event log's columns an INSERT writes, in [`bind_rows`]'s order.
+const INSERT_COLUMN_NAMES: &str = "position, event_id, stream_id, stream_version, event_type, \
+     schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, failure_type, \
+     strategy, success, duration_ms, hash";
 
 /// The INSERT for `n` rows. Rows are written in statements of power-of-two sizes, so that only
 /// eight distinct statements exist and sqlx's prepared-statement cache always hits.
@@ -1166,7 +1209,11 @@ fn insert_sql(n: usize) -> &'static str {
         let mut v = Vec::new();
         let mut size = 1;
         while size <= MAX_ROWS_PER_INSERT {
-            v.push(insert_sql_for(size, "INSERT"));
+            let row = format!("({})", placeholders(INSERT_COLUMNS));
+            let rows = vec![row; size].join(",");
+            v.push(format!(
+                "INSERT INTO events ({INSERT_COLUMN_NAMES}) VALUES {rows}"
+            ));
             size *= 2;
         }
         v
@@ -1347,12 +1394,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_fast_insert_size_has_a_statement_of_that_many_rows() {
-        for left in 1..=600 {
-            let n = fast_insert_rows(left);
-            assert!(n >= 1 && n <= left.min(FAST_ROWS_PER_INSERT));
-            let params = fast_insert_sql(n).matches('?').count();
-            assert_eq!(params, n * INSERT_COLUMNS, "{left} rows left");
+    fn every_fast_insert_size_has_a_statement_with_room_for_its_rows_and_the_guard() {
+        for rows in 1..=FAST_ROWS_PER_INSERT {
+            let size = fast_insert_size(rows);
+            assert!(
+                size >= rows && size - rows < 16 && size.is_multiple_of(16),
+                "{rows} rows"
+            );
+            let params = fast_insert_sql(size).matches('?').count();
+            assert_eq!(params, size * INSERT_COLUMNS + 1, "{rows} rows");
         }
     }
 }

@@ -659,6 +659,46 @@ async fn two_stores_on_one_file_see_each_others_stream_versions() {
 }
 
 #[tokio::test]
+async fn two_stores_taking_turns_on_their_own_streams_keep_positions_dense_and_the_chain_whole() {
+    // Given two stores on one file, each appending to streams only it writes (so that each
+    // one's cached versions stay right, and only the log's head moves behind its back),
+    let (_dir, path) = temp_db();
+    let a = open(&path).await;
+    let b = open(&path).await;
+    // when they take turns, each appending to a stream it has appended to before,
+    for n in 0..30u64 {
+        let (writer, name) = if n % 3 == 0 { (&b, "b") } else { (&a, "a") };
+        let stream = format!("{name}-{}", n % 2);
+        let appended = writer
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![ev(&format!("e{n}"), t0())],
+            )
+            .await
+            .unwrap();
+        // then every append lands right after the other's,
+        assert_eq!(appended[0].position, n as i64 + 1, "append {n}");
+    }
+    // and the log is dense, its streams numbered without gaps, and its hash chain verifies.
+    let log = all(&a, EventFilter::default()).await;
+    assert_eq!(log.len(), 30);
+    for stream in ["a-0", "a-1", "b-0", "b-1"] {
+        let versions: Vec<u64> = log
+            .iter()
+            .filter(|e| e.stream_id == stream)
+            .map(|e| e.stream_version)
+            .collect();
+        let dense: Vec<u64> = (1..=versions.len() as u64).collect();
+        assert_eq!(versions, dense, "{stream}");
+    }
+    let report = b.verify(&Default::default()).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_retry_queued_among_new_appends_is_answered_and_the_new_ones_are_written() {
     // Given a store holding event "a",
     let (_dir, path) = temp_db();
