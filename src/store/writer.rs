@@ -198,6 +198,13 @@ pub(crate) struct Writer {
     /// The WAL's length as last measured (see [`Writer::restart_wal`]).
     wal: std::sync::Arc<super::WalLength>,
     versions: VersionCache,
+    /// The fast path has begun a transaction (`BEGIN IMMEDIATE`, for a group too large for one
+    /// statement) that sqlx does not track: [`Writer::try_fast`] ends it if the group fails.
+    open_transaction: bool,
+    /// A connection could not be replaced after a failed transaction: it may still hold a
+    /// transaction, so nothing may run on it in autocommit mode (see [`Writer::fast`]) until
+    /// [`Writer::recover`] replaces it.
+    suspect: bool,
 }
 
 /// Stream versions and the chain's tip as this writer left them, valid while the position
@@ -261,6 +268,8 @@ impl Writer {
             commits: None,
             wal: Default::default(),
             versions: VersionCache::default(),
+            open_transaction: false,
+            suspect: false,
         }
     }
 
@@ -420,6 +429,10 @@ impl Writer {
     /// transaction back while sqlx still counts it as open: sqlx's own ROLLBACK is then refused
     /// and every later BEGIN would be too, for good. Such a connection is replaced.
     async fn recover(&mut self) {
+        if self.suspect {
+            self.reconnect().await;
+            return;
+        }
         if !self.conn.is_in_transaction() {
             return;
         }
@@ -436,9 +449,17 @@ impl Writer {
             Ok(fresh) => {
                 let stale = std::mem::replace(&mut self.conn, fresh);
                 let _ = stale.close().await;
+                self.suspect = false;
                 tracing::debug!("writer connection replaced after a failed transaction");
             }
-            Err(e) => tracing::debug!(error = %e, "cannot reopen the writer connection"),
+            Err(e) => {
+                // Kept, but only for work that begins its own transaction: should it still
+                // hold one, that BEGIN fails and the callers are told, rather than a group being
+                // written into a transaction that is never committed.
+                self.suspect = true;
+                self.versions.forget();
+                tracing::debug!(error = %e, "cannot reopen the writer connection");
+            }
         }
     }
 
@@ -543,7 +564,9 @@ impl Writer {
         let outcome = self.fast(items).await;
         if !matches!(outcome, Ok(Some(_))) {
             self.versions.forget();
-            self.roll_back().await;
+            if std::mem::take(&mut self.open_transaction) {
+                self.roll_back().await;
+            }
         }
         outcome
     }
@@ -552,6 +575,9 @@ impl Writer {
         &mut self,
         items: &[PlanItem<'_>],
     ) -> sqlx::Result<Option<(Vec<Result<Vec<Appended>>>, Option<i64>)>> {
+        if self.suspect {
+            return Ok(None);
+        }
         let recorded_at = to_micros(self.options.clock.now());
         let streams = streams_of(items);
         let (cached, uncached): (Vec<&str>, Vec<&str>) = streams
@@ -598,6 +624,7 @@ impl Writer {
             sqlx::query("BEGIN IMMEDIATE")
                 .execute(&mut self.conn)
                 .await?;
+            self.open_transaction = true;
         }
         let mut counter = counter_before;
         let mut rest = &plan.rows[..];
@@ -628,6 +655,7 @@ impl Writer {
         }
         if !one_statement {
             sqlx::query("COMMIT").execute(&mut self.conn).await?;
+            self.open_transaction = false;
         }
         let tip = plan.rows.last().and_then(|r| r.hash).unwrap_or(tip_before);
         self.versions.remember(plan.counter, tip, plan.versions);
@@ -1108,8 +1136,9 @@ async fn look_up(
             match kind {
                 2 => counter = row.try_get(3)?,
                 3 => {
-                    // A newest event without a hash was written behind healstore's back:
-                    // `verify` reports it; appends go on, chained from zeros.
+                    // A newest event without a hash was written behind healstore's back (or
+                    // with the chain turned off): `verify` reports it; appends go on, chained
+                    // from the anchor's hash.
                     tip = row
                         .try_get::<Option<String>, _>(7)?
                         .as_deref()
@@ -1167,8 +1196,11 @@ fn fast_insert_size(rows: usize) -> usize {
 
 /// The fast path's guarded INSERT of `n` rows (a multiple of 16), built once: it writes its
 /// rows only while the position counter is the one bound last (the counter the group was
-/// planned at), and skips padding rows (all NULL). `OR ROLLBACK`: a constraint that refuses a
-/// row ends the transaction with nothing of the group written.
+/// planned at), and skips padding rows (all NULL). A plain INSERT, not `OR ROLLBACK`: an outer
+/// conflict clause overrides those of the statements in triggers, and the read models' `OR
+/// IGNORE` and `OR REPLACE` (a failure detected twice, a pattern learned again) would have
+/// failed the group. A constraint that refuses a row aborts the statement, which in autocommit
+/// mode is its whole transaction; inside `BEGIN` the caller rolls back.
 fn fast_insert_sql(n: usize) -> &'static str {
     static CACHE: OnceLock<Vec<String>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| {
@@ -1177,7 +1209,7 @@ fn fast_insert_sql(n: usize) -> &'static str {
             .map(|n| {
                 let row = format!("({})", placeholders(INSERT_COLUMNS));
                 format!(
-                    "INSERT OR ROLLBACK INTO events ({INSERT_COLUMN_NAMES}) \
+                    "INSERT INTO events ({INSERT_COLUMN_NAMES}) \
                      SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
                      AND COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) = ?",
                     vec![row; n].join(",")

@@ -699,6 +699,66 @@ async fn two_stores_taking_turns_on_their_own_streams_keep_positions_dense_and_t
 }
 
 #[tokio::test]
+async fn a_failure_detected_twice_is_stored_twice_and_counted_once_in_the_read_model() {
+    // Given a store (its writer warmed up on the failure's stream),
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let detected = |id: &str, minute: i64| {
+        NewEvent::new(
+            "failure_detected",
+            t0() + Duration::minutes(minute),
+            serde_json::json!({
+                "failure_id": "f1", "failure_type": "timeout", "severity": "high", "agent_id": "a"
+            }),
+        )
+        .with_id(id)
+    };
+    store
+        .append_one("other", ev("warm-up", t0()))
+        .await
+        .unwrap();
+    // when the same failure is detected twice, by separate appends and then in one group with
+    // other events (the read model's trigger ignores the second detection),
+    store
+        .append_one("failure-f1", detected("d1", 0))
+        .await
+        .unwrap();
+    store
+        .append_one("failure-f1", detected("d2", 1))
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for (stream, event) in [
+        ("other", ev("x", t0())),
+        ("failure-f1", detected("d3", 2)),
+        ("other", ev("y", t0())),
+    ] {
+        pending.push(
+            store
+                .submit(stream, ExpectedVersion::Any, vec![event])
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    // then every event is stored, in order,
+    let log = all(&store, EventFilter::default()).await;
+    let ids: Vec<&str> = log.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["warm-up", "d1", "d2", "x", "d3", "y"]);
+    store.close().await.unwrap();
+    // and the read model holds the failure once, as first detected.
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT failure_id, position FROM failures")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, [("f1".to_owned(), 2)]);
+}
+
+#[tokio::test]
 async fn a_retry_queued_among_new_appends_is_answered_and_the_new_ones_are_written() {
     // Given a store holding event "a",
     let (_dir, path) = temp_db();
