@@ -379,6 +379,11 @@ impl Writer {
                 },
             };
             self.recover().await;
+            if !matches!(first, Request::Append(_)) {
+                // An import or an archive moves the position counter: what the fast path
+                // remembers would only fail its guard once.
+                self.versions.forget();
+            }
             match first {
                 Request::Import(imp) => self.import(imp).await,
                 Request::Checkpoint(c, reply) => {
