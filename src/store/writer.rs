@@ -9,9 +9,10 @@
 //! events per commit grows with the load.
 //!
 //! Why `BEGIN IMMEDIATE` where a group cannot take that way: the transaction reads (ids
-//! already stored, stream versions) and then writes. A deferred transaction would take the write lock only at its first write, and when
-//! another process holds it, SQLite fails that upgrade at once with SQLITE_BUSY instead of
-//! waiting. IMMEDIATE takes the lock first, waiting up to the busy timeout.
+//! already stored, stream versions) and then writes. A deferred transaction would take the
+//! write lock only at its first write, and when another process holds it, SQLite fails that
+//! upgrade at once with SQLITE_BUSY instead of waiting. IMMEDIATE takes the lock first, waiting
+//! up to the busy timeout.
 //!
 //! Why explicit positions: under the write lock nobody else can insert, so the writer reads
 //! the AUTOINCREMENT counter once and numbers the rows itself, which gives each caller its
@@ -616,8 +617,7 @@ impl Writer {
                 (stored, versions, counter, tip)
             }
         };
-        let counter_before = found.2;
-        let tip_before = found.3;
+        let (_, _, counter_before, tip_before) = found;
         let plan = plan_with(items, found, recorded_at, self.options.hash_chain);
         // A refused append may be the retry of one already stored, which is answered with its
         // positions whatever version it states: only the look-up by id can tell.
@@ -1212,12 +1212,11 @@ fn fast_insert_sql(n: usize) -> &'static str {
         (16..=FAST_ROWS_PER_INSERT)
             .step_by(16)
             .map(|n| {
-                let row = format!("({})", placeholders(INSERT_COLUMNS));
                 format!(
                     "INSERT INTO events ({INSERT_COLUMN_NAMES}) \
                      SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
                      AND COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) = ?",
-                    vec![row; n].join(",")
+                    value_rows(n)
                 )
             })
             .collect()
@@ -1233,6 +1232,11 @@ fn bind_padding(args: &mut SqliteArguments) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// `n` rows of placeholders for [`INSERT_COLUMN_NAMES`]: `(?,...),(?,...)`.
+fn value_rows(n: usize) -> String {
+    vec![format!("({})", placeholders(INSERT_COLUMNS)); n].join(",")
+}
+
 /// The event log's columns an INSERT writes, in [`bind_rows`]'s order.
 const INSERT_COLUMN_NAMES: &str = "position, event_id, stream_id, stream_version, event_type, \
      schema_version, occurred_at, recorded_at, payload, failure_id, agent_id, failure_type, \
@@ -1246,10 +1250,9 @@ fn insert_sql(n: usize) -> &'static str {
         let mut v = Vec::new();
         let mut size = 1;
         while size <= MAX_ROWS_PER_INSERT {
-            let row = format!("({})", placeholders(INSERT_COLUMNS));
-            let rows = vec![row; size].join(",");
             v.push(format!(
-                "INSERT INTO events ({INSERT_COLUMN_NAMES}) VALUES {rows}"
+                "INSERT INTO events ({INSERT_COLUMN_NAMES}) VALUES {}",
+                value_rows(size)
             ));
             size *= 2;
         }
