@@ -142,6 +142,37 @@ pub struct ResourceUsageReported {
     pub limit: f64,
 }
 
+/// An acting decision counted against one of the healer's limits. Appended with the decision,
+/// at the version of the limit's stream (`limits-fleet`, `limits-agent-<agent>`) that the check
+/// read: two processes checking at once cannot both pass on the same count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitCounted {
+    /// `fleet_disabled` (agents isolated at once) or `agent_actions` (actions on one agent in
+    /// the last hour).
+    pub limit: String,
+    pub failure_id: String,
+    /// The strategy whose decision was counted.
+    pub decided_by: String,
+    /// The agent whose actions are counted (`agent_actions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The count with this decision, and the most the limit allows.
+    pub count: u64,
+    pub allowed: u64,
+    /// `fleet_disabled`: every agent disabled with this decision, by the strategy stream (and
+    /// its version) whose state disables it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled: Vec<DisabledAgent>,
+}
+
+/// An agent disabled by a strategy state, as of that state stream's version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisabledAgent {
+    pub agent: String,
+    pub stream: String,
+    pub version: u64,
+}
+
 /// The effective configuration changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigurationChanged {
@@ -211,6 +242,7 @@ heal_events! {
     CircuitTransitioned(CircuitTransitioned) = "circuit_transitioned" v 1,
     ConfigurationChanged(ConfigurationChanged) = "configuration_changed" v 1,
     ResourceUsageReported(ResourceUsageReported) = "resource_usage_reported" v 1,
+    LimitCounted(LimitCounted) = "limit_counted" v 1,
     PatternLearned(Pattern) = "pattern_learned" v 1,
     PredictionMade(Prediction) = "prediction_made" v 1,
 }

@@ -28,7 +28,8 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{ExpectedVersion, NewEvent, RecordedEvent};
 use crate::events::{
-    ActionExecuted, FailureDetected, FailureResolved, HealEvent, HealingAttempted, HealingCompleted,
+    ActionExecuted, DisabledAgent, FailureDetected, FailureResolved, HealEvent, HealingAttempted,
+    HealingCompleted, LimitCounted,
 };
 use crate::store::{Checkpoint, EventFilter, Snapshot, Store, StreamAppend};
 
@@ -222,6 +223,30 @@ pub const STRATEGY_STREAM_PREFIX: &str = "strategy-";
 /// The stream of one strategy state.
 pub fn strategy_stream(strategy: &str, key: &str) -> String {
     format!("{STRATEGY_STREAM_PREFIX}{strategy}-{key}")
+}
+
+/// The stream of the facts counted against the fleet-wide limit (agents disabled at once).
+pub const FLEET_LIMIT_STREAM: &str = "limits-fleet";
+
+/// The stream of the facts counted against one agent's hourly action limit.
+pub fn agent_limit_stream(agent: &str) -> String {
+    format!("limits-agent-{agent}")
+}
+
+/// Locks on limit streams a heal took while deciding, kept until its actions are recorded.
+#[derive(Default)]
+struct LimitGuards {
+    held: Vec<(String, tokio::sync::OwnedMutexGuard<()>)>,
+}
+
+impl LimitGuards {
+    async fn lock(&mut self, healer: &Healer, stream: &str) {
+        if self.held.iter().any(|(s, _)| s == stream) {
+            return;
+        }
+        let guard = healer.key_lock(stream).lock_owned().await;
+        self.held.push((stream.to_owned(), guard));
+    }
 }
 
 /// What happened to one strategy considered for a failure.
@@ -723,6 +748,7 @@ impl Healer {
         for s in &streams {
             guards.push(self.key_lock(s).lock_owned().await);
         }
+        let mut limit_guards = LimitGuards::default();
 
         for tries in 1.. {
             self.catch_up().await?;
@@ -735,6 +761,7 @@ impl Healer {
             let mut attempts = Vec::new();
             let mut acting = None;
             let mut consumed = 0;
+            let mut limit_parts: Vec<StreamAppend> = Vec::new();
             for member in members {
                 consumed += 1;
                 let name = member.name().to_owned();
@@ -775,12 +802,30 @@ impl Healer {
                         Mode::SuggestOnly => label = "suggest_only".into(),
                         Mode::Shadow => label = "shadow".into(),
                         Mode::Auto => {
-                            if let Some(why) = self.over_limit(failure, &d.actions, now).await? {
-                                label = "withheld".into();
-                                reason = format!("{reason}; withheld: {why}");
-                                record_state = false;
-                            } else if self.coordinator.is_none() {
-                                label = "delegated".into();
+                            let version_after = version + d.events.len() as u64;
+                            match self
+                                .check_limits(
+                                    failure,
+                                    &name,
+                                    &sstream,
+                                    version_after,
+                                    &d.actions,
+                                    now,
+                                    &mut limit_guards,
+                                )
+                                .await?
+                            {
+                                Err(why) => {
+                                    label = "withheld".into();
+                                    reason = format!("{reason}; withheld: {why}");
+                                    record_state = false;
+                                }
+                                Ok(facts) => {
+                                    limit_parts = facts;
+                                    if self.coordinator.is_none() {
+                                        label = "delegated".into();
+                                    }
+                                }
                             }
                         }
                     }
@@ -866,6 +911,8 @@ impl Healer {
                 ));
             }
             let n_state_parts = parts.len();
+            // The limit facts come after the state events: `applied` indexes the answer.
+            parts.extend(limit_parts);
             parts.push(StreamAppend {
                 stream_id: fstream.clone(),
                 // The first phase creates the failure's stream: if it exists, the failure was
@@ -890,6 +937,7 @@ impl Healer {
                         i += values.len();
                         self.apply_local(strategy, stream, key, &versions);
                     }
+                    guards.extend(limit_guards.held.into_iter().map(|(_, g)| g));
                     return Ok(Some(Phase {
                         attempts,
                         acting,
@@ -1182,36 +1230,69 @@ impl Healer {
         Ok((failure, name, decided_at, strategy))
     }
 
-    /// Checks the healer's own limits for a decision that would act.
-    async fn over_limit(
+    /// Checks the healer's own limits for a decision of `strategy` that would act, its state
+    /// stream at `version_after` once appended. `Ok(Err(why))`: over a limit. `Ok(Ok(parts))`:
+    /// within them; `parts` are the limit facts to append with the decision, each at the
+    /// version of its limit stream that the check read, so that another process's decision
+    /// counted meanwhile makes the append conflict (and the decision is taken again).
+    ///
+    /// The limit streams are locked in this process too (the fleet's last: a heal holding it
+    /// takes no other lock), so that concurrent heals here queue instead of conflicting.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_limits(
         &self,
         failure: &Failure,
+        strategy: &str,
+        sstream: &str,
+        version_after: u64,
         actions: &[Action],
         now: DateTime<Utc>,
-    ) -> Result<Option<String>> {
+        guards: &mut LimitGuards,
+    ) -> Result<std::result::Result<Vec<StreamAppend>, String>> {
+        let mut parts = Vec::new();
         if actions.is_empty() {
-            return Ok(None);
+            return Ok(Ok(parts));
         }
         let limits = self.options.limits;
         if let (Some(max), Some(agent)) = (limits.max_actions_per_agent_per_hour, &failure.agent_id)
         {
+            let stream = agent_limit_stream(agent);
+            guards.lock(self, &stream).await;
             let since = now - Duration::hours(1);
-            let count: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM events WHERE agent_id = ? AND event_type = 'healing_attempted' \
-                 AND occurred_at > ? AND occurred_at <= ? \
-                 AND payload ->> 'decision' IN ('act', 'delegated')",
+            // One statement, so the count and the version are read from one snapshot.
+            let (count, version): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM events WHERE agent_id = ?1 AND occurred_at > ?2 \
+                         AND occurred_at <= ?3 AND event_type = 'limit_counted' \
+                         AND stream_id = ?4), \
+                        COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?4), \
+                                 (SELECT version FROM archived_streams WHERE stream_id = ?4), 0)",
             )
             .bind(agent)
             .bind(crate::time::to_micros(since))
             .bind(crate::time::to_micros(now))
+            .bind(&stream)
             .fetch_one(self.store.read_pool())
             .await
             .map_err(Error::Database)?;
             if count >= i64::from(max) {
-                return Ok(Some(format!(
+                return Ok(Err(format!(
                     "{count} automated actions on {agent} in the last hour (limit {max})"
                 )));
             }
+            let fact = LimitCounted {
+                limit: "agent_actions".into(),
+                failure_id: failure.failure_id.clone(),
+                decided_by: strategy.to_owned(),
+                agent_id: Some(agent.clone()),
+                count: count as u64 + 1,
+                allowed: u64::from(max),
+                disabled: Vec::new(),
+            };
+            parts.push(StreamAppend {
+                stream_id: stream,
+                expected: ExpectedVersion::Exact(version as u64),
+                events: vec![Self::fact(HealEvent::LimitCounted(fact), now)],
+            });
         }
         if let Some(max_share) = limits.max_disabled_fraction {
             let disabling: Vec<&str> = actions
@@ -1222,7 +1303,9 @@ impl Healer {
                 })
                 .collect();
             if !disabling.is_empty() {
-                let (disabled, known) = self.disabled_agents(now);
+                guards.lock(self, FLEET_LIMIT_STREAM).await;
+                let (version, listed) = self.fleet_limit_facts().await?;
+                let (mut disabled, known) = self.disabled_agents(now, &listed);
                 let total = match (limits.fleet_size, &self.coordinator) {
                     (Some(n), _) => n as usize,
                     (None, Some(c)) => match c.topology().await {
@@ -1232,30 +1315,81 @@ impl Healer {
                     (None, None) => known,
                 }
                 .max(1);
-                let after = disabled
-                    .iter()
-                    .filter(|a| !disabling.contains(&a.as_str()))
-                    .count()
-                    + disabling.len();
+                disabled.retain(|d| !disabling.contains(&d.agent.as_str()));
+                for agent in &disabling {
+                    disabled.push(DisabledAgent {
+                        agent: (*agent).to_owned(),
+                        stream: sstream.to_owned(),
+                        version: version_after,
+                    });
+                }
+                let after = disabled.len();
                 let share = after as f64 / total as f64;
                 if share > max_share {
-                    return Ok(Some(format!(
+                    return Ok(Err(format!(
                         "{after} of {total} agents would be disabled ({:.0} %, limit {:.0} %)",
                         share * 100.0,
                         max_share * 100.0
                     )));
                 }
+                disabled.sort_by(|a, b| a.agent.cmp(&b.agent));
+                let fact = LimitCounted {
+                    limit: "fleet_disabled".into(),
+                    failure_id: failure.failure_id.clone(),
+                    decided_by: strategy.to_owned(),
+                    agent_id: None,
+                    count: after as u64,
+                    allowed: (max_share * total as f64 + 1e-9).floor() as u64,
+                    disabled,
+                };
+                parts.push(StreamAppend {
+                    stream_id: FLEET_LIMIT_STREAM.to_owned(),
+                    expected: ExpectedVersion::Exact(version),
+                    events: vec![Self::fact(HealEvent::LimitCounted(fact), now)],
+                });
             }
         }
-        Ok(None)
+        Ok(Ok(parts))
     }
 
-    /// Agents currently disabled by some strategy's state, and how many agents have state.
-    fn disabled_agents(&self, now: DateTime<Utc>) -> (HashSet<String>, usize) {
+    /// The fleet limit stream's version and the agents its last fact counted as disabled.
+    async fn fleet_limit_facts(&self) -> Result<(u64, Vec<DisabledAgent>)> {
+        let row: Option<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT stream_version, event_type, schema_version, payload FROM events \
+             WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(FLEET_LIMIT_STREAM)
+        .fetch_optional(self.store.read_pool())
+        .await
+        .map_err(Error::Database)?;
+        let Some((version, event_type, schema_version, payload)) = row else {
+            // Never written, or archived: every agent it counted was disabled before the cut,
+            // and this healer's states (restored from snapshots) know them.
+            return Ok((
+                self.store.stream_version(FLEET_LIMIT_STREAM).await?,
+                Vec::new(),
+            ));
+        };
+        let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+        let listed = match HealEvent::decode(&event_type, schema_version.max(1) as u32, &payload) {
+            Some(HealEvent::LimitCounted(c)) => c.disabled,
+            _ => Vec::new(),
+        };
+        Ok((version as u64, listed))
+    }
+
+    /// Agents disabled now: those some strategy's state disables, and those the fleet limit's
+    /// last fact counted whose state this healer has not folded up to that fact's version (it
+    /// may be behind: they count until it knows better). Also how many agents have state.
+    fn disabled_agents(
+        &self,
+        now: DateTime<Utc>,
+        listed: &[DisabledAgent],
+    ) -> (Vec<DisabledAgent>, usize) {
         let map = self.lock_map();
-        let mut disabled = HashSet::new();
+        let mut disabled: HashMap<String, DisabledAgent> = HashMap::new();
         let mut known = HashSet::new();
-        for e in map.values() {
+        for (stream, e) in map.iter() {
             if let Some(s) = self.strategies.get(&e.strategy) {
                 // Only keys that stand for agents count (not `fleet`, resources, tasks...).
                 let Some(agent) = s.agent_of_key(&e.key) else {
@@ -1263,11 +1397,25 @@ impl Healer {
                 };
                 known.insert(agent.to_owned());
                 if s.disables_agent(&e.state, now) {
-                    disabled.insert(e.key.clone());
+                    disabled.insert(
+                        agent.to_owned(),
+                        DisabledAgent {
+                            agent: agent.to_owned(),
+                            stream: stream.clone(),
+                            version: e.version,
+                        },
+                    );
                 }
             }
         }
-        (disabled, known.len())
+        for l in listed {
+            let behind = map.get(&l.stream).is_none_or(|e| e.version < l.version);
+            if behind {
+                known.insert(l.agent.clone());
+                disabled.entry(l.agent.clone()).or_insert_with(|| l.clone());
+            }
+        }
+        (disabled.into_values().collect(), known.len())
     }
 
     // ----- signals --------------------------------------------------------------------------

@@ -556,3 +556,145 @@ fn append_acknowledges_each_line_once_committed_without_waiting_for_more_input()
     assert!(out.status.success(), "{}", out.status);
     assert!(acks.recv().is_err(), "an acknowledgement was printed twice");
 }
+
+/// Runs every argument list as its own `healstore` process, all started before any is
+/// awaited (so that their decisions overlap), and returns their outputs in order.
+fn run_at_once(db: &Path, runs: &[Vec<String>]) -> Vec<std::process::Output> {
+    let children: Vec<Child> = runs
+        .iter()
+        .map(|args| {
+            healstore(db)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn healstore")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| common::wait_with_deadline(c, common::CHILD_TIMEOUT))
+        .collect()
+}
+
+/// The decision label of each `record failure` answer (its first attempt's).
+fn first_decisions(outputs: &[std::process::Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .map(|o| {
+            let doc: serde_json::Value =
+                serde_json::from_str(&expect_success(o)).expect("record prints JSON");
+            doc["attempts"][0]["decision"]
+                .as_str()
+                .expect("a decision")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A database next to a `healstore.toml` holding `config`, with the configuration already
+/// recorded (so that the concurrent processes only race on their decisions).
+fn db_with_config(config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, db) = common::temp_db();
+    std::fs::write(dir.path().join("healstore.toml"), config).expect("write the configuration");
+    expect_success(&run(&db, &["--now", "2026-11-01T12:00:00Z", "states"]));
+    (dir, db)
+}
+
+#[test]
+fn concurrent_processes_never_isolate_more_than_the_fleet_share_allows() {
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        // Given a fleet of 8, at most a quarter of which may be isolated, and circuits that
+        // open at the first failure,
+        let (_dir, db) = db_with_config(
+            "[limits]\nmax_disabled_fraction = 0.25\nfleet_size = 8\n\n\
+             [circuit_breaker]\nfailure_threshold = 1\n",
+        );
+        // when eight processes record a failure of a different agent each, at once,
+        let runs: Vec<Vec<String>> = (1..=8)
+            .map(|i| {
+                [
+                    "--now",
+                    "2026-11-01T12:00:01Z",
+                    "--format",
+                    "json",
+                    "record",
+                    "failure",
+                    "--type",
+                    "agent_down",
+                    "--agent",
+                    &format!("G{i}"),
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            })
+            .collect();
+        let decisions = first_decisions(&run_at_once(&db, &runs));
+
+        // then exactly two agents are isolated and the other six decisions are withheld,
+        let isolated = decisions.iter().filter(|d| *d == "delegated").count();
+        let withheld = decisions.iter().filter(|d| *d == "withheld").count();
+        assert_eq!(
+            (isolated, withheld),
+            (2, 6),
+            "round {round}: decisions {decisions:?}"
+        );
+        // and the circuits agree: two open.
+        let circuits = expect_success(&run(
+            &db,
+            &[
+                "--now",
+                "2026-11-01T12:00:02Z",
+                "--format",
+                "json",
+                "circuits",
+            ],
+        ));
+        let open = circuits.matches("\"state\":\"open\"").count();
+        assert_eq!(open, 2, "round {round}: {circuits}");
+        assert_log_invariants(&block_on(read_all(&db)));
+    }
+}
+
+#[test]
+fn concurrent_processes_never_act_on_one_agent_more_often_than_its_hourly_limit() {
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        // Given at most three automated actions per agent and hour,
+        let (_dir, db) = db_with_config("[limits]\nmax_actions_per_agent_per_hour = 3\n");
+        // when twelve processes record a timeout of a different task of agent A, at once,
+        let runs: Vec<Vec<String>> = (1..=12)
+            .map(|i| {
+                [
+                    "--now",
+                    "2026-11-01T12:00:01Z",
+                    "--format",
+                    "json",
+                    "record",
+                    "failure",
+                    "--type",
+                    "task_timeout",
+                    "--agent",
+                    "A",
+                    "--task",
+                    &format!("T{i}"),
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            })
+            .collect();
+        let decisions = first_decisions(&run_at_once(&db, &runs));
+
+        // then exactly three retries are handed out and nine are withheld.
+        let acted = decisions.iter().filter(|d| *d == "delegated").count();
+        let withheld = decisions.iter().filter(|d| *d == "withheld").count();
+        assert_eq!(
+            (acted, withheld),
+            (3, 9),
+            "round {round}: decisions {decisions:?}"
+        );
+        assert_log_invariants(&block_on(read_all(&db)));
+    }
+}
