@@ -30,7 +30,8 @@ pub enum Record {
         /// Strategy inputs as a JSON object (resource_type, current_usage, limit, ...).
         #[arg(long)]
         meta: Option<String>,
-        /// The failure id (default: a new UUIDv7). Recording an id twice heals once.
+        /// The failure id (default: a new UUIDv7). Recording an id twice heals once; the retry
+        /// prints the recorded answer.
         #[arg(long)]
         id: Option<String>,
         /// When the failure happened (default: now).
@@ -218,7 +219,7 @@ async fn record_inner(
                 f.metadata = m;
             }
             let report = healer.heal(f).await?;
-            print_report(out, &report)?;
+            answer(out, &report)?;
         }
         Record::Event { json: _ } => {
             let Input::Detected(detected) = input else {
@@ -227,7 +228,7 @@ async fn record_inner(
             match detected {
                 Some(f) => {
                     let report = healer.heal(f).await?;
-                    print_report(out, &report)?;
+                    answer(out, &report)?;
                 }
                 None => {
                     if out.json() {
@@ -289,6 +290,32 @@ async fn record_inner(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints a heal's answer and flushes it. The failure is recorded by now: when the answer
+/// cannot be written, the error says so, and how to get the answer again.
+fn answer(out: &mut Out, r: &HealReport) -> anyhow::Result<()> {
+    print_report(out, r)
+        .and_then(|()| out.flush())
+        .with_context(|| {
+            let f = &r.failure;
+            format!(
+                "failure {id} was recorded, but its answer could not be written; `healstore \
+                 record failure --type {ty}{agent}{task} --id {id}` again returns it",
+                id = f.failure_id,
+                ty = f.failure_type,
+                agent = f
+                    .agent_id
+                    .as_ref()
+                    .map(|a| format!(" --agent {a}"))
+                    .unwrap_or_default(),
+                task = f
+                    .task_id
+                    .as_ref()
+                    .map(|t| format!(" --task {t}"))
+                    .unwrap_or_default(),
+            )
+        })
+}
+
 fn print_report(out: &mut Out, r: &HealReport) -> anyhow::Result<()> {
     if out.json() {
         return out.json_value(&json!({
@@ -304,8 +331,7 @@ fn print_report(out: &mut Out, r: &HealReport) -> anyhow::Result<()> {
     }
     out.line(&format!("failure_id: {}", r.failure.failure_id))?;
     if r.duplicate {
-        out.line("this failure id was already recorded: nothing was done again")?;
-        return Ok(());
+        out.line("this failure id was already recorded: its recorded answer follows (nothing was done again)")?;
     }
     out.line(&format!("route: {}", r.route))?;
     for a in &r.attempts {

@@ -644,8 +644,8 @@ impl Healer {
         loop {
             let phase = self.decide_phase(&failure, rest, first, now).await?;
             let Some(phase) = phase else {
-                report.duplicate = true;
-                return Ok(report);
+                // A retry: answered with what the first heal recorded.
+                return self.recorded_report(&failure, report).await;
             };
             if first {
                 report.decided_us = started.elapsed().as_micros() as u64;
@@ -678,46 +678,130 @@ impl Healer {
             }
         }
 
-        // The result, as the seed describes it.
         let composite = route.as_ref().is_some_and(|r| r.composite);
-        let acted = report
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| matches!(a.decision.as_str(), "act" | "delegated" | "shadow"));
-        if let Some(a) = acted {
-            report.result.success = a.success == Some(true);
-            report.result.strategy_used = if composite {
-                format!("Composite[{}]", a.strategy)
-            } else {
-                a.strategy.clone()
-            };
-            report.result.actions_taken = report
-                .attempts
-                .iter()
-                .flat_map(|a| {
-                    a.actions
-                        .iter()
-                        .zip(a.results.iter())
-                        .map(|(act, r)| match r {
-                            Ok(done) => done.clone(),
-                            Err(e) => format!("{} failed: {e}", act.describe()),
-                        })
-                })
-                .collect();
-        } else if let Some(last) = report.attempts.last() {
-            report.result.strategy_used = last.decision.clone();
-        }
+        summarize(&mut report, composite);
         report.result.duration_ms = started.elapsed().as_millis() as i64;
         report.result.timestamp = self.now();
-        report
-            .result
-            .metadata
-            .insert("route".into(), json!(report.route));
-        report
-            .result
-            .metadata
-            .insert("attempts".into(), json!(report.attempts.len()));
+        Ok(report)
+    }
+
+    /// The answer to a retried heal: the decisions, actions, results and outcome recorded in
+    /// the failure's stream by the heal that recorded it first. A retry must repeat the
+    /// failure's type, agent and task (its times and the rest may differ): other facts under
+    /// a recorded id are refused as a conflict.
+    async fn recorded_report(&self, asked: &Failure, mut report: HealReport) -> Result<HealReport> {
+        report.duplicate = true;
+        let mut recorded: Option<Failure> = None;
+        let mut decided_at = None;
+        let mut duration_ms = 0;
+        let mut events = self.store.read(EventFilter::stream(asked.stream_id()));
+        while let Some(e) = events.next().await {
+            let e = e?;
+            match e.decode() {
+                Some(HealEvent::FailureDetected(d)) => {
+                    recorded = Some(Failure {
+                        failure_id: d.failure_id,
+                        failure_type: d.failure_type,
+                        agent_id: d.agent_id,
+                        task_id: d.task_id,
+                        severity: d.severity,
+                        detected_at: e.occurred_at,
+                        source_event: d.source_event,
+                        metadata: d.metadata,
+                    });
+                }
+                Some(HealEvent::HealingAttempted(a)) => {
+                    decided_at.get_or_insert(e.occurred_at);
+                    let actions = a
+                        .actions
+                        .into_iter()
+                        .filter_map(|v| serde_json::from_value(v).ok())
+                        .collect();
+                    report.attempts.push(Attempt::new(
+                        &a.strategy,
+                        &a.decision,
+                        a.reason,
+                        a.details,
+                        actions,
+                    ));
+                }
+                Some(HealEvent::ActionExecuted(x)) if x.failure_id.is_some() => {
+                    if let Some(a) = report
+                        .attempts
+                        .iter_mut()
+                        .rev()
+                        .find(|a| a.strategy == x.strategy)
+                    {
+                        a.results.push(if x.success {
+                            Ok(String::new())
+                        } else {
+                            Err(x.error.unwrap_or_default())
+                        });
+                    }
+                }
+                Some(HealEvent::HealingCompleted(c)) => {
+                    if let Some(a) = report
+                        .attempts
+                        .iter_mut()
+                        .rev()
+                        .find(|a| a.strategy == c.strategy)
+                    {
+                        a.success = Some(c.success);
+                        // What each action did, as its heal described it.
+                        for (r, taken) in a.results.iter_mut().zip(&c.actions_taken) {
+                            if let Ok(done) = r {
+                                done.clone_from(taken);
+                            }
+                        }
+                    }
+                    duration_ms = c.duration_ms;
+                }
+                _ => {}
+            }
+        }
+        drop(events);
+        let id = &asked.failure_id;
+        let Some(recorded) = recorded else {
+            // Its events were archived: the answer is in the archive.
+            tracing::warn!(failure_id = %id, "a retried failure's events are archived");
+            return Ok(report);
+        };
+        let show = |v: &Option<String>| v.as_deref().unwrap_or("none").to_owned();
+        let differs = [
+            (
+                "type",
+                recorded.failure_type.clone(),
+                asked.failure_type.clone(),
+            ),
+            ("agent", show(&recorded.agent_id), show(&asked.agent_id)),
+            ("task", show(&recorded.task_id), show(&asked.task_id)),
+        ]
+        .into_iter()
+        .filter(|(_, was, is)| was != is)
+        .map(|(what, was, is)| format!("{what} {is}, recorded {was}"))
+        .collect::<Vec<_>>();
+        if !differs.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "conflict: failure {id} is already recorded with other facts ({}); a retry \
+                 must repeat its type, agent and task",
+                differs.join(", ")
+            )));
+        }
+        report.failure = recorded;
+        // The actions handed to the caller, while their outcome is awaited.
+        if let Some(a) = report.attempts.last()
+            && a.decision == "delegated"
+            && a.success.is_none()
+        {
+            report.delegated = a.actions.clone();
+        }
+        let composite = self
+            .routes
+            .get(&report.failure.failure_type)
+            .is_some_and(|r| r.composite);
+        summarize(&mut report, composite);
+        report.result.duration_ms = duration_ms;
+        report.result.timestamp = decided_at.unwrap_or(report.failure.detected_at);
         Ok(report)
     }
 
@@ -945,9 +1029,11 @@ impl Healer {
                         guards,
                     }));
                 }
-                Err(Error::WrongExpectedVersion { .. } | Error::InvalidEvent(_))
-                    if first && self.store.stream_version(&fstream).await? > 0 =>
-                {
+                Err(
+                    Error::WrongExpectedVersion { .. }
+                    | Error::InvalidEvent(_)
+                    | Error::EventIdReused { .. },
+                ) if first && self.store.stream_version(&fstream).await? > 0 => {
                     return Ok(None);
                 }
                 Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
@@ -1796,6 +1882,46 @@ pub struct OutcomeReport {
     pub duration_ms: i64,
     /// Detection to resolution, when resolved.
     pub time_to_recover_ms: Option<i64>,
+}
+
+/// The result of a heal, as the seed describes it, from its attempts.
+fn summarize(report: &mut HealReport, composite: bool) {
+    let acted = report
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| matches!(a.decision.as_str(), "act" | "delegated" | "shadow"));
+    if let Some(a) = acted {
+        report.result.success = a.success == Some(true);
+        report.result.strategy_used = if composite {
+            format!("Composite[{}]", a.strategy)
+        } else {
+            a.strategy.clone()
+        };
+        report.result.actions_taken = report
+            .attempts
+            .iter()
+            .flat_map(|a| {
+                a.actions
+                    .iter()
+                    .zip(a.results.iter())
+                    .map(|(act, r)| match r {
+                        Ok(done) => done.clone(),
+                        Err(e) => format!("{} failed: {e}", act.describe()),
+                    })
+            })
+            .collect();
+    } else if let Some(last) = report.attempts.last() {
+        report.result.strategy_used = last.decision.clone();
+    }
+    report
+        .result
+        .metadata
+        .insert("route".into(), json!(report.route));
+    report
+        .result
+        .metadata
+        .insert("attempts".into(), json!(report.attempts.len()));
 }
 
 /// An instant truncated to the microsecond (never fails: out-of-range instants are kept).

@@ -381,7 +381,7 @@ async fn healing_a_failure_id_twice_heals_once() {
     let again = h.heal(f).await.unwrap();
 
     assert!(again.duplicate);
-    assert!(again.attempts.is_empty());
+    assert_eq!(again.attempts, first.attempts, "answered as first recorded");
     assert_eq!(
         h.store().head_position().await.unwrap(),
         head,
@@ -1047,4 +1047,249 @@ async fn rising_resource_usage_predicts_exhaustion_and_falling_usage_does_not() 
         "{r:#?}"
     );
     h.close().await.unwrap();
+}
+
+// ----- retried heals -------------------------------------------------------------------------
+
+/// A healer in decision mode (no coordinator: acting decisions are delegated to the caller).
+async fn deciding_healer(path: &std::path::Path, clock: Arc<ManualClock>) -> Healer {
+    let store = Store::open(path, options(clock)).await.unwrap();
+    Config::default().builder().open(store).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_retried_heal_returns_the_original_decision_and_actions_whatever_its_detection_time() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = deciding_healer(&path, clock.clone()).await;
+    // Given a failure whose restart was delegated to the caller,
+    let f = Failure::new("agent_down", Severity::High, t0())
+        .with_agent("a1")
+        .with_id("F1");
+    let first = h.heal(f.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(
+        !first.delegated.is_empty(),
+        "a delegated restart: {first:?}"
+    );
+    let version = h.store().stream_version("failure-F1").await.unwrap();
+
+    // when the caller, whose answer was lost, heals it again a minute later (detected anew),
+    clock.advance(Duration::minutes(1));
+    let mut again = f.clone();
+    again.detected_at = t0() + Duration::minutes(1);
+    let second = h.heal(again.clone()).await.unwrap();
+
+    // then it is answered with the original decision and the actions to carry out,
+    assert!(second.duplicate);
+    assert_eq!(second.attempts, first.attempts);
+    assert_eq!(second.delegated, first.delegated);
+    assert_eq!(
+        second.failure, first.failure,
+        "the failure as first recorded"
+    );
+    assert_eq!(second.result.strategy_used, first.result.strategy_used);
+    // and nothing is recorded again.
+    assert_eq!(
+        h.store().stream_version("failure-F1").await.unwrap(),
+        version
+    );
+    h.close().await.unwrap();
+
+    // Another process (a new healer on the same file) answers the same.
+    let h = deciding_healer(&path, clock.clone()).await;
+    let third = h.heal(again).await.unwrap();
+    assert!(third.duplicate);
+    assert_eq!(third.attempts, first.attempts);
+    assert_eq!(third.delegated, first.delegated);
+    h.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_heal_that_acted_returns_the_actions_results_and_outcome() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer(&path, clock.clone()).await;
+    let f = Failure::new("agent_down", Severity::High, t0())
+        .with_agent("a1")
+        .with_id("F2");
+    let first = h.heal(f.clone()).await.unwrap();
+    assert!(first.result.success, "{first:?}");
+    clock.advance(Duration::seconds(5));
+    let mut again = f;
+    again.detected_at = t0() + Duration::seconds(5);
+    let second = h.heal(again).await.unwrap();
+    assert!(second.duplicate);
+    assert_eq!(
+        second.attempts, first.attempts,
+        "decisions, results, success"
+    );
+    assert_eq!(second.result.success, first.result.success);
+    assert_eq!(second.result.actions_taken, first.result.actions_taken);
+    assert!(second.delegated.is_empty());
+}
+
+#[tokio::test]
+async fn a_retried_heal_with_other_facts_is_refused_as_a_conflict_and_records_nothing() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = deciding_healer(&path, clock.clone()).await;
+    let f = Failure::new("task_timeout", Severity::High, t0())
+        .with_agent("a1")
+        .with_task("t1")
+        .with_id("F3");
+    h.heal(f.clone()).await.unwrap();
+    let head = h.store().head_position().await.unwrap();
+    let other_type = Failure {
+        failure_type: "agent_down".into(),
+        ..f.clone()
+    };
+    let other_agent = f.clone().with_agent("a2");
+    let other_task = f.clone().with_task("t2");
+    let no_task = Failure {
+        task_id: None,
+        ..f.clone()
+    };
+    for (what, retry) in [
+        ("type", other_type),
+        ("agent", other_agent),
+        ("task", other_task),
+        ("task", no_task),
+    ] {
+        let err = h.heal(retry).await.unwrap_err().to_string();
+        assert!(
+            err.contains("F3") && err.contains("conflict") && err.contains(what),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(h.store().head_position().await.unwrap(), head);
+}
+
+#[test]
+fn record_failure_retried_without_at_returns_the_first_answer() {
+    use crate::common::{expect_error, expect_success, run};
+    let (_dir, db) = temp_db();
+    let record = |now: &str, agent: &str| {
+        run(
+            &db,
+            &[
+                "--now",
+                now,
+                "--format",
+                "json",
+                "record",
+                "failure",
+                "--type",
+                "agent_down",
+                "--agent",
+                agent,
+                "--id",
+                "F1",
+            ],
+        )
+    };
+    let first: serde_json::Value =
+        serde_json::from_str(&expect_success(&record("2026-11-01T12:00:00Z", "a1"))).unwrap();
+    assert_eq!(first["duplicate"], false);
+    assert!(
+        !first["delegated_actions"].as_array().unwrap().is_empty(),
+        "{first}"
+    );
+    // The retry has no `--at`: its detection time is its own now, a minute later.
+    let second: serde_json::Value =
+        serde_json::from_str(&expect_success(&record("2026-11-01T12:01:00Z", "a1"))).unwrap();
+    assert_eq!(second["duplicate"], true);
+    for key in [
+        "attempts",
+        "delegated_actions",
+        "route",
+        "failure_type",
+        "agent_id",
+    ] {
+        assert_eq!(second[key], first[key], "{key}");
+    }
+    // The text form shows the recorded decision and its actions too.
+    let text = expect_success(&run(
+        &db,
+        &[
+            "--now",
+            "2026-11-01T12:02:00Z",
+            "record",
+            "failure",
+            "--type",
+            "agent_down",
+            "--agent",
+            "a1",
+            "--id",
+            "F1",
+        ],
+    ));
+    assert!(text.contains("already recorded"), "{text}");
+    assert!(text.contains("restart_agent"), "{text}");
+    // A retry naming another agent is a conflict: exit 2, one line, nothing recorded.
+    let before = crate::common::block_on(crate::common::read_all(&db)).len();
+    expect_error(&record("2026-11-01T12:03:00Z", "a2"), "conflict");
+    assert_eq!(
+        crate::common::block_on(crate::common::read_all(&db)).len(),
+        before
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn record_failure_whose_answer_cannot_be_written_says_it_was_recorded_and_how_to_get_it() {
+    use crate::common::{expect_success, healstore, run, stderr_text};
+    let (_dir, db) = temp_db();
+    // Given standard output on a full device,
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = healstore(&db)
+        .args([
+            "--now",
+            "2026-11-01T12:00:00Z",
+            "record",
+            "failure",
+            "--type",
+            "agent_down",
+            "--agent",
+            "a1",
+            "--id",
+            "F9",
+        ])
+        .stdout(full)
+        .output()
+        .unwrap();
+    // then the command fails (its answer is lost), saying that the failure was recorded and
+    // that a retry with the same id returns the answer,
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_text(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("F9") && err.contains("was recorded"), "{err}");
+    assert!(err.contains("--id F9"), "{err}");
+    // and the retry does.
+    let retry: serde_json::Value = serde_json::from_str(&expect_success(&run(
+        &db,
+        &[
+            "--now",
+            "2026-11-01T12:00:30Z",
+            "--format",
+            "json",
+            "record",
+            "failure",
+            "--type",
+            "agent_down",
+            "--agent",
+            "a1",
+            "--id",
+            "F9",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(retry["duplicate"], true);
+    assert!(
+        !retry["delegated_actions"].as_array().unwrap().is_empty(),
+        "{retry}"
+    );
 }
