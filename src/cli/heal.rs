@@ -96,7 +96,16 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
         .map_err(|_| format!("{s:?} is not one of critical, high, medium, low"))
 }
 
+/// Opens the healer for one command: states are loaded as the command needs them.
 pub async fn open_healer(cli: &Cli) -> anyhow::Result<Healer> {
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    let store = cli.open(true).await?;
+    config.record(&store).await?;
+    Ok(config.builder().open_lazy(store).await?)
+}
+
+/// Opens the healer with every state restored (what a checkpoint before an archive needs).
+pub async fn open_full_healer(cli: &Cli) -> anyhow::Result<Healer> {
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
     let store = cli.open(true).await?;
     config.record(&store).await?;
@@ -111,7 +120,7 @@ pub async fn record(cli: &Cli, what: &Record, out: &mut Out) -> anyhow::Result<E
     // would refuse is refused before anything is written.
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
     let store = cli.open(true).await?;
-    let healer = config.builder().open(store.clone()).await?;
+    let healer = config.builder().open_lazy(store.clone()).await?;
     if let Err(e) = precheck(&healer, what).await {
         drop(healer);
         store.close().await?;

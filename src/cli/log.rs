@@ -375,7 +375,7 @@ pub async fn archive(
         bail!("cannot write {}: it is a directory", to.display());
     }
     // Strategy state must be in snapshots before its events leave the log.
-    let healer = super::heal::open_healer(cli).await?;
+    let healer = super::heal::open_full_healer(cli).await?;
     healer.checkpoint().await?;
     let report = healer.store().archive(before, to, cli.now()).await;
     healer.close().await?;

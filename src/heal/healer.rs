@@ -173,14 +173,7 @@ impl HealerBuilder {
 
     /// Restores every strategy's state from snapshots and the log, and returns the healer.
     pub async fn open(self, store: Store) -> Result<Healer> {
-        let mut strategies: HashMap<String, Arc<dyn ErasedStrategy>> = HashMap::new();
-        for route in self.routes.values() {
-            for m in &route.members {
-                strategies
-                    .entry(m.name().to_owned())
-                    .or_insert_with(|| m.clone());
-            }
-        }
+        let strategies = self.strategies();
         let healer = Healer {
             clock: store.options().clock.clone(),
             store,
@@ -189,10 +182,44 @@ impl HealerBuilder {
             options: self.options,
             coordinator: self.coordinator,
             states: States::default(),
-            locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(KeyLocks::default()),
         };
         healer.restore().await?;
         Ok(healer)
+    }
+
+    /// Opens the healer without restoring anything: each strategy state is loaded when first
+    /// needed (its snapshot and its stream's later events), and the listings (`tick`,
+    /// [`Healer::states`]) restore what they list. For short-lived processes that touch a few
+    /// states. Its checkpoints write the snapshots of the states it changed but move no
+    /// checkpoint position (it does not know every state).
+    pub async fn open_lazy(self, store: Store) -> Result<Healer> {
+        let strategies = self.strategies();
+        let head = store.head_position().await?;
+        let healer = Healer {
+            clock: store.options().clock.clone(),
+            store,
+            routes: self.routes,
+            strategies,
+            options: self.options,
+            coordinator: self.coordinator,
+            states: States::default(),
+            locks: Mutex::new(KeyLocks::default()),
+        };
+        *healer.states.cursor.lock().await = head;
+        Ok(healer)
+    }
+
+    fn strategies(&self) -> HashMap<String, Arc<dyn ErasedStrategy>> {
+        let mut strategies: HashMap<String, Arc<dyn ErasedStrategy>> = HashMap::new();
+        for route in self.routes.values() {
+            for m in &route.members {
+                strategies
+                    .entry(m.name().to_owned())
+                    .or_insert_with(|| m.clone());
+            }
+        }
+        strategies
     }
 }
 
@@ -202,20 +229,37 @@ struct Entry {
     key: String,
     version: u64,
     state: AnyState,
-    /// Changed since the last checkpoint.
+    /// Changed since the last committed checkpoint.
     dirty: bool,
+    /// A snapshot of this stream may be stored (it was loaded from one, or written one).
+    stored: bool,
 }
 
 #[derive(Default)]
 struct States {
     map: Mutex<HashMap<String, Entry>>,
-    /// The log position the states are caught up to (every strategy event at or below it has
-    /// been folded). Held while catching up, so that catch-ups do not overlap.
+    /// The log position the states are caught up to with other processes' appends. Held
+    /// only while catching up (decisions do not wait for it: their appends state the stream
+    /// version they were taken on).
     cursor: tokio::sync::Mutex<i64>,
     /// Positions above the cursor that this healer appended itself (their strategy events are
     /// folded as they are appended).
     own: Mutex<std::collections::BTreeSet<i64>>,
+    /// The map holds every state not at rest (a full restore ran): a stream missing from it
+    /// is at rest. Otherwise a missing stream is loaded from its snapshot and events.
+    complete: std::sync::atomic::AtomicBool,
 }
+
+/// The per-stream locks: an entry lives while someone holds or awaits it.
+#[derive(Default)]
+struct KeyLocks {
+    map: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// The map's size after the last pruning: it is pruned again when it doubles.
+    pruned_at: usize,
+}
+
+/// How many of this healer's own positions are remembered before a catch-up folds them away.
+const OWN_POSITIONS_MAX: usize = 4096;
 
 /// Prefix of every strategy state stream.
 pub const STRATEGY_STREAM_PREFIX: &str = "strategy-";
@@ -350,7 +394,7 @@ pub struct Healer {
     options: HealerOptions,
     coordinator: Option<Arc<dyn Coordinator>>,
     states: States,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<KeyLocks>,
 }
 
 /// How often a decision is retried after losing a race to another process.
@@ -384,9 +428,13 @@ impl Healer {
 
     // ----- restore and catch-up -------------------------------------------------------------
 
+    /// Restores every state not at rest: the snapshots, then the strategy events after the
+    /// lowest checkpoint position (a position scan). A damaged snapshot, or a stream whose
+    /// events do not follow on from what is known of it, is loaded on its own
+    /// ([`Healer::load_stream`]).
     async fn restore(&self) -> Result<()> {
         let mut start = i64::MAX;
-        let mut rebuild = Vec::new();
+        let mut damaged = Vec::new();
         for (name, strategy) in &self.strategies {
             let position = self.store.checkpoint_position(name).await?;
             start = start.min(position);
@@ -402,12 +450,19 @@ impl Healer {
                             version: snap.stream_version,
                             state,
                             dirty: false,
+                            stored: true,
                         };
-                        self.lock_map().insert(snap.stream_id, entry);
+                        let mut map = self.lock_map();
+                        match map.get_mut(&snap.stream_id) {
+                            Some(e) if e.version >= entry.version => e.stored = true,
+                            _ => {
+                                map.insert(snap.stream_id, entry);
+                            }
+                        }
                     }
                     None => {
                         tracing::warn!(stream = %snap.stream_id, "damaged snapshot; rebuilding from events");
-                        rebuild.push(snap.stream_id);
+                        damaged.push((strategy.clone(), snap.stream_id, snap.key));
                     }
                 }
             }
@@ -415,59 +470,142 @@ impl Healer {
         if start == i64::MAX {
             start = 0;
         }
-        for stream in rebuild {
-            self.rebuild_stream(&stream).await?;
+        for (strategy, stream, key) in damaged {
+            self.load_stream(&strategy, &stream, &key, false).await?;
         }
         *self.states.cursor.lock().await = start;
+        self.states
+            .complete
+            .store(true, std::sync::atomic::Ordering::Release);
         self.catch_up().await
     }
 
-    /// Folds one stream from its first event.
-    async fn rebuild_stream(&self, stream: &str) -> Result<()> {
-        self.lock_map().remove(stream);
-        let mut events = self.store.read(EventFilter::stream(stream));
-        let mut gaps = Vec::new();
+    fn is_complete(&self) -> bool {
+        self.states
+            .complete
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes the map hold every state not at rest (a lazily opened healer's listings).
+    async fn ensure_complete(&self) -> Result<()> {
+        if self.is_complete() {
+            return Ok(());
+        }
+        // What is already loaded is exact at its version; the restore only adds to it.
+        self.restore().await
+    }
+
+    /// The one way a stream's state is loaded: its snapshot (unless `skip_snapshot`, or it
+    /// does not decode), then the stream's events after the snapshot's version. Replaces the
+    /// stream's entry unless that one is newer.
+    async fn load_stream(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        stream: &str,
+        key: &str,
+        skip_snapshot: bool,
+    ) -> Result<()> {
+        let name = strategy.name();
+        let mut entry = Entry {
+            strategy: name.to_owned(),
+            key: key.to_owned(),
+            version: 0,
+            state: strategy.new_state(),
+            dirty: false,
+            stored: false,
+        };
+        if !skip_snapshot && let Some(snap) = self.store.load_snapshot(stream).await? {
+            entry.stored = true;
+            match serde_json::from_str::<Value>(&snap.state)
+                .ok()
+                .and_then(|v| strategy.restore(&v))
+            {
+                Some(state) => {
+                    entry.state = state;
+                    entry.version = snap.stream_version;
+                }
+                None => {
+                    tracing::warn!(stream = %stream, "damaged snapshot; rebuilding from events");
+                    entry.dirty = true;
+                }
+            }
+        }
+        let mut events = self.store.read_stream_after(stream, entry.version);
         while let Some(e) = events.next().await {
-            self.fold(&e?, &mut gaps);
+            let e = e?;
+            if e.stream_version != entry.version + 1 {
+                return Err(Error::InvalidInput(format!(
+                    "the state of {stream} cannot be rebuilt: its events start at version {} \
+                     after version {} (its snapshot is missing and its earlier events were \
+                     archived)",
+                    e.stream_version, entry.version
+                )));
+            }
+            if e.payload.get("strategy").and_then(Value::as_str) == Some(name)
+                && let Err(err) = strategy.apply_json(&mut entry.state, &e.payload)
+            {
+                tracing::warn!(position = e.position, error = %err, "strategy event does not decode; skipped");
+            }
+            entry.version = e.stream_version;
+            entry.dirty = true;
+        }
+        drop(events);
+        let mut map = self.lock_map();
+        match map.get(stream) {
+            Some(current) if current.version > entry.version => {}
+            Some(current) if current.version == entry.version && !skip_snapshot => {}
+            _ => {
+                map.insert(stream.to_owned(), entry);
+            }
         }
         Ok(())
     }
 
-    /// Brings every state up to the log's head: other processes' decisions count.
+    /// Brings the states in memory up to the log's head with other processes' appends (this
+    /// healer's own were folded as they were appended, and are not read again).
     async fn catch_up(&self) -> Result<()> {
         let mut cursor = self.states.cursor.lock().await;
         let head = self.store.head_position().await?;
         if head <= *cursor {
             return Ok(());
         }
+        // The stretches since the cursor that other processes appended (positions are dense:
+        // the writer numbers them under the write lock).
+        let mut foreign: Vec<(i64, i64)> = Vec::new();
         {
-            // When every position since the cursor was appended by this healer, its strategy
-            // events were folded as they were appended: nothing to read. (Positions are dense:
-            // the writer numbers them under the write lock, and a rolled-back group frees its
-            // numbers for the next.)
-            let mut own = self.states.own.lock().unwrap_or_else(|e| e.into_inner());
-            let mine = own.range(*cursor + 1..=head).count() as i64;
-            if mine == head - *cursor {
-                *cursor = head;
-                own.retain(|p| *p > head);
-                return Ok(());
+            let own = self.states.own.lock().unwrap_or_else(|e| e.into_inner());
+            let mut from = *cursor + 1;
+            for &p in own.range(*cursor + 1..=head) {
+                if p > from {
+                    foreign.push((from, p - 1));
+                }
+                from = p + 1;
+            }
+            if from <= head {
+                foreign.push((from, head));
             }
         }
-        let filter = EventFilter {
-            stream_prefix: Some(STRATEGY_STREAM_PREFIX.to_owned()),
-            after_position: *cursor,
-            up_to_position: Some(head),
-            position_order: true,
-            ..Default::default()
-        };
-        let mut events = self.store.read(filter);
+        let complete = self.is_complete();
         let mut gaps = Vec::new();
-        while let Some(e) = events.next().await {
-            self.fold(&e?, &mut gaps);
+        for (from, to) in foreign {
+            let filter = EventFilter {
+                stream_prefix: Some(STRATEGY_STREAM_PREFIX.to_owned()),
+                after_position: from - 1,
+                up_to_position: Some(to),
+                position_order: true,
+                ..Default::default()
+            };
+            let mut events = self.store.read(filter);
+            while let Some(e) = events.next().await {
+                self.fold(&e?, complete, &mut gaps);
+            }
         }
-        drop(events);
-        for stream in gaps {
-            self.rebuild_stream(&stream).await?;
+        gaps.sort();
+        gaps.dedup();
+        for (name, stream, key) in gaps {
+            if let Some(strategy) = self.strategies.get(&name).cloned() {
+                self.load_stream(&strategy, &stream, &key, false).await?;
+            }
         }
         *cursor = head;
         self.states
@@ -478,8 +616,10 @@ impl Healer {
         Ok(())
     }
 
-    /// Applies one stored strategy event, once (by stream version).
-    fn fold(&self, e: &RecordedEvent, gaps: &mut Vec<String>) {
+    /// Applies one stored strategy event, once (by stream version). A stream not in memory is
+    /// started only when the map is complete (otherwise it is loaded when needed); an event
+    /// that does not follow on from the state in memory marks a gap, loaded on its own.
+    fn fold(&self, e: &RecordedEvent, complete: bool, gaps: &mut Vec<(String, String, String)>) {
         let Some(name) = e.payload.get("strategy").and_then(Value::as_str) else {
             return;
         };
@@ -492,45 +632,175 @@ impl Healer {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let mut map = self.lock_map();
+        let known = map.get(&e.stream_id).map(|x| x.version);
+        let version = match known {
+            Some(v) => v,
+            None if complete => 0,
+            None => return,
+        };
+        if e.stream_version <= version {
+            return;
+        }
+        if e.stream_version > version + 1 {
+            gaps.push((name.to_owned(), e.stream_id.clone(), key.to_owned()));
+            return;
+        }
         let entry = map.entry(e.stream_id.clone()).or_insert_with(|| Entry {
             strategy: name.to_owned(),
             key: key.to_owned(),
             version: 0,
             state: strategy.new_state(),
             dirty: false,
+            stored: false,
         });
-        if e.stream_version <= entry.version {
-            return;
-        }
-        if e.stream_version > entry.version + 1 {
-            gaps.push(e.stream_id.clone());
-            return;
-        }
         if let Err(err) = strategy.apply_json(&mut entry.state, &e.payload) {
             tracing::warn!(position = e.position, error = %err, "strategy event does not decode; skipped");
         }
         entry.version = e.stream_version;
         entry.dirty = true;
+        let now = self.now();
+        Self::rest(strategy, &mut map, &e.stream_id, now);
+    }
+
+    /// A state at rest of which no snapshot is stored leaves memory: it needs none (one that
+    /// has a snapshot leaves at the next checkpoint, which deletes the snapshot).
+    fn rest(
+        strategy: &Arc<dyn ErasedStrategy>,
+        map: &mut HashMap<String, Entry>,
+        stream: &str,
+        now: DateTime<Utc>,
+    ) {
+        if let Some(e) = map.get(stream)
+            && !e.stored
+            && strategy.at_rest(&e.state, now)
+        {
+            map.remove(stream);
+        }
     }
 
     /// Remembers the positions of events this healer wrote (not those of duplicates, which
-    /// may be anyone's).
+    /// may be anyone's), so that catch-up does not read them again. Bounded: past
+    /// [`OWN_POSITIONS_MAX`] the oldest are forgotten (a catch-up then reads them, and folds
+    /// nothing twice: folds go by stream version).
     fn note_own(&self, appended: &[crate::event::Appended]) {
         let mut own = self.states.own.lock().unwrap_or_else(|e| e.into_inner());
         own.extend(appended.iter().filter(|a| !a.duplicate).map(|a| a.position));
+        while own.len() > OWN_POSITIONS_MAX {
+            own.pop_first();
+        }
+    }
+
+    /// The number of strategy states in memory and of per-stream locks (for tests and
+    /// benchmarks: both stay bounded by the states not at rest and the heals in flight).
+    pub fn memory_counts(&self) -> (usize, usize) {
+        let states = self.lock_map().len();
+        let locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len();
+        (states, locks)
     }
 
     fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.states.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The version and a copy of one state (a fresh state when none is stored).
-    fn current(&self, strategy: &Arc<dyn ErasedStrategy>, stream: &str) -> (u64, AnyState) {
-        let map = self.lock_map();
-        match map.get(stream) {
-            Some(e) => (e.version, strategy.clone_state(&e.state)),
-            None => (0, strategy.new_state()),
+    /// The version and a copy of one state, loaded from its snapshot and stream when it is not
+    /// in memory (a decision never takes a missing state for a fresh one).
+    async fn current(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        stream: &str,
+        key: &str,
+    ) -> Result<(u64, AnyState)> {
+        if let Some(found) = self.cached(strategy, stream) {
+            return Ok(found);
         }
+        self.load_stream(strategy, stream, key, false).await?;
+        Ok(self
+            .cached(strategy, stream)
+            .unwrap_or_else(|| (0, strategy.new_state())))
+    }
+
+    fn cached(&self, strategy: &Arc<dyn ErasedStrategy>, stream: &str) -> Option<(u64, AnyState)> {
+        let map = self.lock_map();
+        map.get(stream)
+            .map(|e| (e.version, strategy.clone_state(&e.state)))
+    }
+
+    /// A signal's view of one state: in a complete map a missing stream is at rest, and a
+    /// state at rest reacts as the default one (an append it leads to states version 0, and
+    /// a conflict loads the stream); otherwise it is loaded.
+    async fn current_for_signal(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        stream: &str,
+        key: &str,
+    ) -> Result<(u64, AnyState)> {
+        if let Some(found) = self.cached(strategy, stream) {
+            return Ok(found);
+        }
+        if self.is_complete() {
+            return Ok((0, strategy.new_state()));
+        }
+        self.current(strategy, stream, key).await
+    }
+
+    /// After a conflict on `stream`: reads that stream's events after the version in memory
+    /// (or loads it), whatever the other streams.
+    async fn refresh(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        stream: &str,
+        key: &str,
+    ) -> Result<()> {
+        let known = self.lock_map().get(stream).map(|e| e.version);
+        let Some(from) = known else {
+            return self.load_stream(strategy, stream, key, false).await;
+        };
+        let mut events = self.store.read_stream_after(stream, from);
+        let mut read = Vec::new();
+        while let Some(e) = events.next().await {
+            read.push(e?);
+        }
+        drop(events);
+        let gap = self.fold_read(strategy, stream, &read);
+        if gap {
+            self.load_stream(strategy, stream, key, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Folds a stream's events read after the version in memory; true when they do not
+    /// follow on from it (or the state left memory meanwhile): the stream must be loaded.
+    fn fold_read(
+        &self,
+        strategy: &Arc<dyn ErasedStrategy>,
+        stream: &str,
+        read: &[RecordedEvent],
+    ) -> bool {
+        let mut map = self.lock_map();
+        let Some(entry) = map.get_mut(stream) else {
+            return true;
+        };
+        {
+            for e in read {
+                if e.stream_version <= entry.version {
+                    continue;
+                }
+                if e.stream_version != entry.version + 1 {
+                    return true;
+                }
+                if e.payload.get("strategy").and_then(Value::as_str) == Some(strategy.name()) {
+                    let _ = strategy.apply_json(&mut entry.state, &e.payload);
+                }
+                entry.version = e.stream_version;
+                entry.dirty = true;
+            }
+        }
+        false
     }
 
     /// Folds events this healer just appended (they are applied once, by version).
@@ -548,6 +818,7 @@ impl Healer {
             version: 0,
             state: strategy.new_state(),
             dirty: false,
+            stored: false,
         });
         for (version, payload) in events {
             if *version == entry.version + 1 {
@@ -556,11 +827,19 @@ impl Healer {
                 entry.dirty = true;
             }
         }
+        let now = self.now();
+        Self::rest(strategy, &mut map, stream, now);
     }
 
     fn key_lock(&self, stream: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(stream.to_owned()).or_default().clone()
+        if locks.map.len() > 2 * locks.pruned_at.max(64) {
+            // A lock nobody holds or awaits (only the map refers to it) can go: the next
+            // user makes a new one.
+            locks.map.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.pruned_at = locks.map.len();
+        }
+        locks.map.entry(stream.to_owned()).or_default().clone()
     }
 
     /// Strategy events as stored: the event's JSON object, plus its strategy and key.
@@ -834,8 +1113,9 @@ impl Healer {
         }
         let mut limit_guards = LimitGuards::default();
 
+        // No catch-up with the log before deciding: each decision states the version of the
+        // state it was taken on, and a conflict re-reads the streams it was on.
         for tries in 1.. {
-            self.catch_up().await?;
             let mut parts: Vec<StreamAppend> = Vec::new();
             let mut applied: Vec<Applied> = Vec::new();
             let mut fevents: Vec<NewEvent> = Vec::new();
@@ -871,7 +1151,7 @@ impl Healer {
                 }
                 let key = member.key(failure);
                 let sstream = strategy_stream(&name, &key);
-                let (version, state) = self.current(member, &sstream);
+                let (version, state) = self.current(member, &sstream, &key).await?;
                 let mut d = member.decide(&state, failure, now);
                 d.details.insert("state_version".into(), json!(version));
                 d.details
@@ -1038,6 +1318,9 @@ impl Healer {
                 }
                 Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
                     tracing::debug!("lost a race on a strategy state; deciding again");
+                    for (strategy, stream, key, _) in &applied {
+                        self.refresh(strategy, stream, key).await?;
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -1180,8 +1463,7 @@ impl Healer {
     ) -> Result<()> {
         let name = strategy.name().to_owned();
         for tries in 1.. {
-            self.catch_up().await?;
-            let (version, state) = self.current(strategy, sstream);
+            let (version, state) = self.current(strategy, sstream, key).await?;
             let reaction = strategy.on_result(&state, failure, success, now);
             let state_events = Self::strategy_events(&name, key, &reaction, now)?;
             let n_state = state_events.len();
@@ -1209,7 +1491,10 @@ impl Healer {
                     self.apply_local(strategy, sstream, key, &applied);
                     return Ok(());
                 }
-                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => continue,
+                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                    self.refresh(strategy, sstream, key).await?;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -1389,6 +1674,8 @@ impl Healer {
                 })
                 .collect();
             if !disabling.is_empty() {
+                // Every state not at rest counts: the map must hold them all.
+                self.ensure_complete().await?;
                 guards.lock(self, FLEET_LIMIT_STREAM).await;
                 let (version, listed) = self.fleet_limit_facts().await?;
                 let (mut disabled, known) = self.disabled_agents(now, &listed);
@@ -1634,6 +1921,12 @@ impl Healer {
         now: DateTime<Utc>,
         only: Option<&str>,
     ) -> Result<SignalReport> {
+        if matches!(signal, Signal::Tick) {
+            // A tick concerns every state not at rest: the map must hold them all.
+            self.ensure_complete().await?;
+        }
+        // One catch-up for the whole signal (a tick of a thousand circuits reads the log
+        // once); a conflict re-reads only the stream it was on.
         self.catch_up().await?;
         let mut report = SignalReport {
             reactions: Vec::new(),
@@ -1646,7 +1939,8 @@ impl Healer {
                 continue;
             }
             let strategy = self.strategies[name].clone();
-            let known: Vec<String> = {
+            // Only a tick needs the known keys (a permit or a success names its key).
+            let known: Vec<String> = if matches!(signal, Signal::Tick) {
                 let map = self.lock_map();
                 let mut k: Vec<String> = map
                     .values()
@@ -1655,6 +1949,8 @@ impl Healer {
                     .collect();
                 k.sort();
                 k
+            } else {
+                Vec::new()
             };
             for key in strategy.signal_keys(signal, &known) {
                 let sstream = strategy_stream(name, &key);
@@ -1663,8 +1959,8 @@ impl Healer {
                 let mut tries = 0;
                 let reaction = loop {
                     tries += 1;
-                    self.catch_up().await?;
-                    let (version, state) = self.current(&strategy, &sstream);
+                    let (version, state) =
+                        self.current_for_signal(&strategy, &sstream, &key).await?;
                     let Some(r) = strategy.on_signal(&state, &key, signal, now) else {
                         break None;
                     };
@@ -1692,6 +1988,7 @@ impl Healer {
                             break Some(r);
                         }
                         Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                            self.refresh(&strategy, &sstream, &key).await?;
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -1754,8 +2051,10 @@ impl Healer {
 
     // ----- views, checkpoints, shutdown -----------------------------------------------------
 
-    /// Every state of a strategy (all strategies when `None`), caught up with the log.
+    /// Every state of a strategy (all strategies when `None`) not at rest, caught up with the
+    /// log.
     pub async fn states(&self, strategy: Option<&str>) -> Result<Vec<StateView>> {
+        self.ensure_complete().await?;
         self.catch_up().await?;
         let now = self.now();
         let map = self.lock_map();
@@ -1764,6 +2063,9 @@ impl Healer {
             .filter(|e| strategy.is_none_or(|s| s == e.strategy))
             .filter_map(|e| {
                 let s = self.strategies.get(&e.strategy)?;
+                if s.at_rest(&e.state, now) {
+                    return None;
+                }
                 Some(StateView {
                     strategy: e.strategy.clone(),
                     key: e.key.clone(),
@@ -1818,51 +2120,91 @@ impl Healer {
         Ok(bad)
     }
 
-    /// Raw snapshots of every state (for tests and verification: equal to a fresh fold).
+    /// Raw snapshots of every state not at rest (for tests and verification: equal to a
+    /// fresh fold).
     pub async fn snapshots(&self) -> Result<HashMap<String, (u64, Value)>> {
+        self.ensure_complete().await?;
         self.catch_up().await?;
+        let now = self.now();
         let map = self.lock_map();
         Ok(map
             .iter()
             .filter_map(|(stream, e)| {
                 let s = self.strategies.get(&e.strategy)?;
+                if s.at_rest(&e.state, now) {
+                    return None;
+                }
                 Some((stream.clone(), (e.version, s.snapshot(&e.state))))
             })
             .collect())
     }
 
-    /// Writes snapshots of the states changed since the last checkpoint. Returns how many.
+    /// Writes snapshots of the states changed since the last checkpoint, and deletes those of
+    /// states now at rest (which then leave memory). Returns how many snapshots it wrote.
+    ///
+    /// Nothing is marked saved before the write committed: after a failed checkpoint the next
+    /// one writes everything again. A healer opened with [`HealerBuilder::open_lazy`] writes
+    /// snapshots but moves no checkpoint position.
     pub async fn checkpoint(&self) -> Result<usize> {
         let cursor = self.states.cursor.lock().await;
-        let snapshots: Vec<Snapshot> = {
-            let mut map = self.lock_map();
-            map.iter_mut()
-                .filter(|(_, e)| e.dirty)
-                .filter_map(|(stream, e)| {
-                    let s = self.strategies.get(&e.strategy)?;
-                    e.dirty = false;
-                    Some(Snapshot {
+        let now = self.now();
+        let mut snapshots = Vec::new();
+        let mut deleted = Vec::new();
+        // (stream, version written, at rest)
+        let mut written: Vec<(String, u64, bool)> = Vec::new();
+        {
+            let map = self.lock_map();
+            for (stream, e) in map.iter() {
+                let Some(s) = self.strategies.get(&e.strategy) else {
+                    continue;
+                };
+                let rest = s.at_rest(&e.state, now);
+                if rest && (e.stored || e.dirty) {
+                    deleted.push((stream.clone(), e.version));
+                    written.push((stream.clone(), e.version, true));
+                } else if e.dirty {
+                    snapshots.push(Snapshot {
                         stream_id: stream.clone(),
                         strategy: e.strategy.clone(),
                         key: e.key.clone(),
                         stream_version: e.version,
                         state: s.snapshot(&e.state).to_string(),
-                    })
-                })
-                .collect()
-        };
+                    });
+                    written.push((stream.clone(), e.version, false));
+                }
+            }
+        }
         let n = snapshots.len();
-        let positions = self
-            .strategies
-            .keys()
-            .map(|name| (name.clone(), *cursor))
-            .collect();
+        let positions = if self.is_complete() {
+            self.strategies
+                .keys()
+                .map(|name| (name.clone(), *cursor))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.store
             .write_checkpoint(Checkpoint {
                 positions,
                 snapshots,
+                deleted,
             })
             .await?;
+        // Committed: only now are the states saved (unless they changed meanwhile).
+        let mut map = self.lock_map();
+        for (stream, version, rest) in written {
+            let Some(e) = map.get_mut(&stream) else {
+                continue;
+            };
+            if e.version != version {
+                continue;
+            }
+            e.dirty = false;
+            e.stored = !rest;
+            if rest {
+                map.remove(&stream);
+            }
+        }
         Ok(n)
     }
 

@@ -293,6 +293,15 @@ pub trait Strategy: Send + Sync + 'static {
     fn agent_of_key<'k>(&self, _key: &'k str) -> Option<&'k str> {
         None
     }
+
+    /// Whether a state is at rest at `now`: it decides and reacts to signals as the default
+    /// state does, now and later (a closed circuit with nothing counted, a task whose retries
+    /// were forgotten). A state at rest leaves the healer's memory and needs no snapshot; it
+    /// is folded again from its stream when a decision needs it. Default: equal to the
+    /// default state.
+    fn at_rest(&self, state: &Self::State, _now: DateTime<Utc>) -> bool {
+        *state == Self::State::default()
+    }
 }
 
 /// State of any strategy, behind the type-erased interface the healer uses.
@@ -345,6 +354,7 @@ pub(crate) trait ErasedStrategy: Send + Sync {
     fn describe(&self, state: &AnyState, now: DateTime<Utc>) -> Value;
     fn disables_agent(&self, state: &AnyState, now: DateTime<Utc>) -> bool;
     fn agent_of_key<'k>(&self, key: &'k str) -> Option<&'k str>;
+    fn at_rest(&self, state: &AnyState, now: DateTime<Utc>) -> bool;
 }
 
 pub(crate) struct Erased<S: Strategy>(pub S);
@@ -448,6 +458,9 @@ impl<S: Strategy> ErasedStrategy for Erased<S> {
     }
     fn agent_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
         self.0.agent_of_key(key)
+    }
+    fn at_rest(&self, state: &AnyState, now: DateTime<Utc>) -> bool {
+        self.0.at_rest(&self.typed(state), now)
     }
 }
 

@@ -364,6 +364,11 @@ impl Store {
         read::stream(self.clone(), filter, false)
     }
 
+    /// One stream's events after `after_version`, in version order (paged like [`Store::read`]).
+    pub fn read_stream_after(&self, stream_id: &str, after_version: u64) -> EventStream {
+        read::stream_after(self.clone(), stream_id, after_version)
+    }
+
     /// Like [`Store::read`] in position order, then waits for new events and delivers them
     /// as they are committed, by this process or any other. Ends only when dropped.
     pub fn follow(&self, filter: EventFilter) -> EventStream {

@@ -104,6 +104,20 @@ struct Scan {
 }
 
 pub(crate) fn stream(store: Store, filter: EventFilter, follow: bool) -> EventStream {
+    scan(store, filter, follow, 0)
+}
+
+/// One stream's events after `after_version`, in version order.
+pub(crate) fn stream_after(store: Store, stream_id: &str, after_version: u64) -> EventStream {
+    scan(
+        store,
+        EventFilter::stream(stream_id),
+        false,
+        i64::try_from(after_version).unwrap_or(i64::MAX),
+    )
+}
+
+fn scan(store: Store, filter: EventFilter, follow: bool, after_version: i64) -> EventStream {
     let order = if follow || filter.position_order {
         Order::Position
     } else if filter.stream_id.is_some() {
@@ -115,7 +129,7 @@ pub(crate) fn stream(store: Store, filter: EventFilter, follow: bool) -> EventSt
     };
     let cursor = match order {
         Order::Position => Cursor::Position(filter.after_position),
-        Order::Stream => Cursor::Stream(0),
+        Order::Stream => Cursor::Stream(after_version),
         Order::Time => Cursor::Time(i64::MIN, i64::MIN),
     };
     let head = store.inner.head.clone();

@@ -24,6 +24,9 @@ pub struct Snapshot {
 pub struct Checkpoint {
     pub positions: Vec<(String, i64)>,
     pub snapshots: Vec<Snapshot>,
+    /// Streams whose state is back at rest and needs no snapshot: `(stream, version)`; the
+    /// stored snapshot is deleted unless it is of a higher version.
+    pub deleted: Vec<(String, u64)>,
 }
 
 impl Store {
@@ -38,6 +41,19 @@ impl Store {
         .await
         .map_err(|e| self.db_err(e))?;
         rows.iter().map(decode).collect()
+    }
+
+    /// One stream's snapshot, if stored.
+    pub async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        let row = sqlx::query(
+            "SELECT stream_id, strategy, key, stream_version, state FROM strategy_snapshots \
+             WHERE stream_id = ?",
+        )
+        .bind(stream_id)
+        .fetch_optional(self.read_pool())
+        .await
+        .map_err(|e| self.db_err(e))?;
+        row.as_ref().map(decode).transpose()
     }
 
     /// The position a strategy's snapshots cover (0 when it has none).
@@ -99,6 +115,13 @@ pub(crate) async fn write(
         .bind(now_us)
         .execute(&mut *tx)
         .await?;
+    }
+    for (stream, version) in &checkpoint.deleted {
+        sqlx::query("DELETE FROM strategy_snapshots WHERE stream_id = ? AND stream_version <= ?")
+            .bind(stream)
+            .bind(*version as i64)
+            .execute(&mut *tx)
+            .await?;
     }
     for (strategy, position) in &checkpoint.positions {
         sqlx::query(

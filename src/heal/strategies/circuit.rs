@@ -1281,6 +1281,17 @@ impl Strategy for CircuitBreaker {
         })
     }
 
+    /// Closed, with no failure counted, no escalation left and no rate window to keep: it
+    /// admits, decides and reacts as a new circuit does.
+    fn at_rest(&self, s: &CircuitState, now: DateTime<Utc>) -> bool {
+        s.state == CircuitStatus::Closed
+            && s.consecutive_failures == 0
+            && s.half_open_trials == 0
+            && s.half_open_successes == 0
+            && self.reopen_count_at(s, now) == 0
+            && (s.window.is_empty() || self.config.failure_rate_threshold.is_none())
+    }
+
     fn disables_agent(&self, s: &CircuitState, now: DateTime<Utc>) -> bool {
         agent_of(&s.circuit).is_some()
             && matches!(

@@ -320,6 +320,11 @@ impl Strategy for TaskRetry {
         }
     }
 
+    /// No retry counted (the task succeeded, or never failed): decided as a new task is.
+    fn at_rest(&self, state: &RetryState, _now: DateTime<Utc>) -> bool {
+        state.attempts == 0
+    }
+
     fn describe(&self, state: &RetryState, now: DateTime<Utc>) -> Value {
         let expired = self.expiry_due(state, now).is_some();
         let attempts = if expired { 0 } else { state.attempts };
