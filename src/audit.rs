@@ -178,7 +178,7 @@ impl Scan {
             .bind(self.page)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::Database)?;
+            .map_err(Error::from)?;
         if (rows.len() as i64) < self.page {
             self.finished = true;
         }

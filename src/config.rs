@@ -139,7 +139,10 @@ impl Config {
             return Ok((Config::default(), None));
         };
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            Error::InvalidInput(format!("cannot read configuration {}: {e}", file.display()))
+            Error::from_io(
+                format_args!("cannot read configuration {}", file.display()),
+                &e,
+            )
         })?;
         let config = Config::parse(&text).map_err(|e| match e {
             Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", file.display())),

@@ -1,22 +1,55 @@
 //! The library's error type, and how a caller should handle each variant.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Everything that can go wrong in the library.
-///
-/// Variants are grouped by what a caller should do:
-/// - *Fix the input and try again*: [`Error::InvalidEvent`], [`Error::InvalidInput`].
-/// - *Re-read the stream and decide again*: [`Error::WrongExpectedVersion`].
-/// - *A bug in the caller*: [`Error::EventIdReused`] (one id used for two different events).
-/// - *Fix the environment*: [`Error::Open`], [`Error::NotHealstore`], [`Error::Corrupt`],
-///   [`Error::SchemaTooNew`], [`Error::DiskFull`].
-/// - *Retry later*: [`Error::Database`] when it wraps a transient I/O failure.
-#[derive(Debug, thiserror::Error)]
+/// What a caller should do about an [`Error`]: the variants grouped by kind (see
+/// [`Error::kind`]). A server maps kinds to status codes; the command line prints the message
+/// and exits 2 for every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Another process holds the database's write lock longer than the store waits for it
+    /// (see [`crate::StoreOptions::busy_timeout`]). Nothing was written: retry later.
+    RetryLater,
+    /// The request contradicts what is stored (another writer got there first, an id reused
+    /// for different content, an outcome already recorded). Re-read and decide again.
+    Conflict,
+    /// The input is not acceptable (an event, a time, a filter, a setting, a configuration).
+    /// Fix it; retrying the same input fails the same way.
+    InvalidInput,
+    /// What the request names (a failure, a database file) does not exist.
+    NotFound,
+    /// The file is not a healstore database (a foreign SQLite file, or one written by a newer
+    /// healstore). Nothing was changed.
+    NotHealstore,
+    /// The file is damaged, or a migration failed.
+    Corrupt,
+    /// The disk (or the database's size limit) is full. Nothing of the failed write was kept.
+    DiskFull,
+    /// The database (or its directory) cannot be written: read-only file, directory or file
+    /// system, or missing permission.
+    ReadOnly,
+    /// Reading or writing a file failed (the database, an archive, an input file).
+    Io,
+    /// The store was closed before the request could be served.
+    Closed,
+    /// Any other database error.
+    Internal,
+}
+
+/// Everything that can go wrong in the library. [`Error::kind`] groups the variants by what a
+/// caller should do; every message is one line that already says what happened (print it
+/// alone: no variant carries a `source` that would repeat it).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The database file could not be opened or created.
     #[error("cannot open database {}: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
+
+    /// What the request names does not exist (a failure id, a database file).
+    #[error("{0}")]
+    NotFound(String),
 
     /// The file is an SQLite database, but not one that healstore created.
     #[error("{} is an SQLite database but not a healstore database", path.display())]
@@ -52,6 +85,10 @@ pub enum Error {
     )]
     EventIdReused { event_id: String, position: i64 },
 
+    /// Any other request that contradicts what is stored (an outcome already recorded...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+
     /// An event failed validation (empty ids, a payload that does not fit its known type...).
     #[error("invalid event: {0}")]
     InvalidEvent(String),
@@ -62,16 +99,51 @@ pub enum Error {
 
     /// The disk (or the file-size limit) is full. Nothing of the failed write was kept; writes
     /// succeed again once space returns.
-    #[error("database or disk is full: {0}")]
+    #[error("no space left, the write failed and nothing was stored: {0}")]
     DiskFull(String),
+
+    /// The database cannot be written: a read-only file, directory or file system.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+
+    /// Reading or writing a file failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+
+    /// Another process held the write lock longer than the store waits
+    /// ([`crate::StoreOptions::busy_timeout`]); the message says what holds it when known.
+    /// Nothing was written: retry later.
+    #[error("the database is busy, retry later: {0}")]
+    Busy(String),
 
     /// The store was closed (or its writer stopped) before the request could be served.
     #[error("the store is closed")]
     Closed,
 
-    /// Any other database error.
+    /// Any other database error: SQLite's message and result code.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(String),
+}
+
+impl Error {
+    /// What a caller should do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Busy(_) => ErrorKind::RetryLater,
+            Error::WrongExpectedVersion { .. }
+            | Error::EventIdReused { .. }
+            | Error::Conflict(_) => ErrorKind::Conflict,
+            Error::InvalidEvent(_) | Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::NotHealstore { .. } | Error::SchemaTooNew { .. } => ErrorKind::NotHealstore,
+            Error::Corrupt { .. } | Error::Migration(_) => ErrorKind::Corrupt,
+            Error::DiskFull(_) => ErrorKind::DiskFull,
+            Error::ReadOnly(_) => ErrorKind::ReadOnly,
+            Error::Io(_) | Error::Open { .. } => ErrorKind::Io,
+            Error::Closed => ErrorKind::Closed,
+            Error::Database(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// Shorthand for results in this crate.
@@ -81,36 +153,77 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// violations itself (`is_unique_violation`), but exposes other conditions only as the numeric
 /// code, so they are named here, in one place.
 pub(crate) mod sqlite_code {
+    pub const PERM: i64 = 3;
     pub const BUSY: i64 = 5;
     pub const LOCKED: i64 = 6;
+    pub const READONLY: i64 = 8;
+    pub const IOERR: i64 = 10;
     pub const CORRUPT: i64 = 11;
-    pub const CONSTRAINT: i64 = 19;
     pub const FULL: i64 = 13;
     pub const CANTOPEN: i64 = 14;
+    pub const CONSTRAINT: i64 = 19;
+    pub const AUTH: i64 = 23;
     pub const NOTADB: i64 = 26;
+
+    /// The extended result code of a database error.
+    pub fn extended(err: &sqlx::Error) -> Option<i64> {
+        err.as_database_error()?.code()?.parse().ok()
+    }
 
     /// The primary result code (the low byte of an extended code) of a database error.
     pub fn of(err: &sqlx::Error) -> Option<i64> {
-        let db = err.as_database_error()?;
-        let code: i64 = db.code()?.parse().ok()?;
-        Some(code & 0xff)
+        Some(extended(err)? & 0xff)
+    }
+}
+
+/// Said of a busy database when nothing tells what holds its write lock.
+pub(crate) const UNKNOWN_HOLDER: &str =
+    "another process holds the write lock (a long import or archive?)";
+
+/// SQLite's message, once, with its result code: `database is locked (SQLite code 5)`.
+fn describe(err: &sqlx::Error) -> String {
+    match err.as_database_error() {
+        Some(db) => match sqlite_code::extended(err) {
+            Some(code) => format!("{} (SQLite code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => match err {
+            sqlx::Error::Io(e) => e.to_string(),
+            other => other.to_string(),
+        },
     }
 }
 
 impl Error {
-    /// Maps a database error to a more specific variant where one exists.
-    pub(crate) fn from_db(err: sqlx::Error, path: &std::path::Path) -> Error {
+    /// Maps a database error to the variant of its kind, naming the file where that helps.
+    pub(crate) fn from_db(err: sqlx::Error, path: &Path) -> Error {
+        let detail = describe(&err);
         match sqlite_code::of(&err) {
-            Some(sqlite_code::FULL) => Error::DiskFull(err.to_string()),
+            Some(sqlite_code::FULL) => Error::DiskFull(detail),
             Some(sqlite_code::CORRUPT) | Some(sqlite_code::NOTADB) => Error::Corrupt {
                 path: path.to_path_buf(),
-                reason: err.to_string(),
+                reason: detail,
             },
             Some(sqlite_code::CANTOPEN) => Error::Open {
                 path: path.to_path_buf(),
-                reason: err.to_string(),
+                reason: detail,
             },
-            _ => Error::Database(err),
+            Some(sqlite_code::READONLY) | Some(sqlite_code::PERM) | Some(sqlite_code::AUTH) => {
+                Error::ReadOnly(format!("cannot write {}: {detail}", path.display()))
+            }
+            Some(sqlite_code::IOERR) => Error::Io(format!("{}: {detail}", path.display())),
+            Some(sqlite_code::BUSY) | Some(sqlite_code::LOCKED) => Error::Busy(format!(
+                "{} ({detail})",
+                crate::store::holder::describe(path)
+            )),
+            _ => match err {
+                sqlx::Error::Io(e) => Error::Io(format!("{}: {e}", path.display())),
+                sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => Error::Closed,
+                sqlx::Error::PoolTimedOut => Error::Busy(format!(
+                    "no database connection became free in time: {detail}"
+                )),
+                _ => Error::Database(detail),
+            },
         }
     }
 
@@ -121,5 +234,26 @@ impl Error {
             sqlite_code::of(err),
             Some(sqlite_code::BUSY) | Some(sqlite_code::LOCKED)
         )
+    }
+}
+
+impl Error {
+    /// Maps a file-system error to the variant of its kind; `what` says what was being done
+    /// (`cannot write /x/archive.gz`).
+    pub(crate) fn from_io(what: impl std::fmt::Display, err: &std::io::Error) -> Error {
+        use std::io::ErrorKind as K;
+        let message = format!("{what}: {err}");
+        match err.kind() {
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Error::DiskFull(message),
+            K::ReadOnlyFilesystem | K::PermissionDenied => Error::ReadOnly(message),
+            K::NotFound => Error::NotFound(message),
+            _ => Error::Io(message),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        Error::from_db(err, Path::new("the database"))
     }
 }

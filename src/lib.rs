@@ -46,7 +46,7 @@ pub mod time;
 
 pub use analytics::{Analytics, Window};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{

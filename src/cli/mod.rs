@@ -51,6 +51,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "HEALSTORE_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// How long a write waits for another process's write lock (a long import or archive)
+    /// before failing with a "retry later" error naming what holds it: `500ms`, `30s`, `10m`,
+    /// `1h`; `0s` fails at once.
+    #[arg(long, global = true, env = "HEALSTORE_BUSY_TIMEOUT", value_parser = parse_wait, default_value = "10m")]
+    pub busy_timeout: std::time::Duration,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -226,6 +232,26 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     healstore::time::parse_time(s).map_err(|e| e.to_string())
 }
 
+/// A wait: a whole number and a unit (`ms`, `s`, `m`, `h`), at most a day.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a wait; use a whole number and a unit: 500ms, 30s, 10m, 1h");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms)
+        .filter(|ms| *ms <= 86_400_000)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is longer than a day"))
+}
+
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse().map_err(|e: healstore::Error| e.to_string())
 }
@@ -236,6 +262,7 @@ impl Cli {
         let mut options = StoreOptions {
             durability: self.durability,
             create,
+            busy_timeout: self.busy_timeout,
             ..StoreOptions::default()
         };
         if let Some(now) = self.now {
@@ -308,19 +335,99 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("healstore: error: {e:#}");
+    eprintln!("healstore: error: {}", one_line(e));
     ExitCode::from(2)
 }
 
-/// Diagnostics only when asked for (`RUST_LOG=healstore=debug`); the library never installs a
-/// subscriber itself.
+/// The error and its causes on one line, each said once: a cause whose text the line already
+/// holds (a library error that repeats the message it wraps) is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Diagnostics on stderr in the `healstore: <level>: <message>` form of every other line
+/// healstore writes there (`RUST_LOG=healstore=debug` for more than warnings); colours only on
+/// a terminal. The library never installs a subscriber itself.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(Diagnostic)
         .try_init();
+}
+
+/// Formats a tracing event as one `healstore: warning: message (field=value, ...)` line.
+struct Diagnostic;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Diagnostic
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let message = fields.message.split_whitespace().collect::<Vec<_>>();
+        write!(writer, "healstore: {level}: {}", message.join(" "))?;
+        if !fields.rest.is_empty() {
+            let rest = fields.rest.split_whitespace().collect::<Vec<_>>();
+            write!(writer, " ({})", rest.join(" "))?;
+        }
+        writeln!(writer)
+    }
+}
+
+/// An event's message, and its other fields as `name=value, ...`, without any styling.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else if !field.name().starts_with("log.") {
+            if !self.rest.is_empty() {
+                self.rest.push_str(", ");
+            }
+            let _ = write!(self.rest, "{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {

@@ -1581,15 +1581,15 @@ impl Healer {
         }
         drop(events);
         let failure = failure.ok_or_else(|| {
-            Error::InvalidInput(format!("no failure with id {failure_id:?} is recorded"))
+            Error::NotFound(format!("no failure with id {failure_id:?} is recorded"))
         })?;
         let (name, decided_at) = delegated.ok_or_else(|| {
-            Error::InvalidInput(format!(
+            Error::Conflict(format!(
                 "failure {failure_id} has no delegated decision awaiting an outcome"
             ))
         })?;
         if completed {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Conflict(format!(
                 "the outcome of failure {failure_id} is already recorded"
             )));
         }
@@ -1644,7 +1644,7 @@ impl Healer {
             .bind(&stream)
             .fetch_one(self.store.read_pool())
             .await
-            .map_err(Error::Database)?;
+            .map_err(Error::from)?;
             if count >= i64::from(max) {
                 return Ok(Err(format!(
                     "{count} automated actions on {agent} in the last hour (limit {max})"

@@ -187,7 +187,7 @@ async fn write_file(
     now: DateTime<Utc>,
 ) -> Result<(Hash, i64)> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
-        Error::InvalidInput(format!("cannot {what} {}: {e}", p.display()))
+        Error::from_io(format_args!("cannot {what} {}", p.display()), &e)
     };
     let end: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM events WHERE position = ?")
         .bind(to_position)
@@ -274,7 +274,7 @@ async fn write_file(
     }
     if expected != to_position + 1 || prev != end_hash {
         let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Conflict(format!(
             "the log changed while archiving (expected position {expected}); nothing was archived"
         )));
     }
@@ -316,7 +316,7 @@ pub async fn read_archive(
 )> {
     let f = tokio::fs::File::open(file)
         .await
-        .map_err(|e| Error::InvalidInput(format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| Error::from_io(format_args!("cannot read {}", file.display()), &e))?;
     let gz = async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(f));
     let mut lines = BufReader::new(gz).lines();
     let first = lines

@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod chain;
+pub(crate) mod holder;
 mod migrate;
 mod read;
 mod snapshots;
@@ -25,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::event::{Appended, ExpectedVersion, NewEvent};
 
+pub use holder::note_path as holder_note_path;
 pub use migrate::SCHEMA_VERSION;
 
 pub use read::{EventFilter, EventStream};
@@ -68,8 +70,11 @@ pub struct StoreOptions {
     pub create: bool,
     /// Read connections in the pool.
     pub readers: u32,
-    /// How long a statement waits for another process's lock before giving up. Long, because
-    /// a caller should see "database is locked" only when something is truly stuck.
+    /// How long a write waits for another process's write lock before it fails with
+    /// [`Error::Busy`] ("retry later", naming what holds the lock when it is a healstore
+    /// import, archive or rebuild). Long (10 minutes by default): an import of millions of
+    /// events holds the lock for minutes, and a caller's append should wait for it rather than
+    /// fail; only a lock held for longer than that (something stuck) is reported.
     pub busy_timeout: Duration,
     /// Most events committed in one group. Bounds the writer's memory and commit latency.
     pub max_batch_events: usize,
@@ -95,7 +100,7 @@ impl Default for StoreOptions {
             clock: Arc::new(SystemClock),
             create: true,
             readers: 4,
-            busy_timeout: Duration::from_secs(30),
+            busy_timeout: Duration::from_secs(600),
             max_batch_events: 4096,
             poll_interval: Duration::from_millis(200),
             page_size: 1000,
@@ -526,7 +531,10 @@ fn check_path(path: &Path, create: bool) -> Result<()> {
             if create {
                 Ok(())
             } else {
-                Err(open_err("no such file (create it with `healstore init`)"))
+                Err(Error::NotFound(format!(
+                    "database {} does not exist (no such file; create it with `healstore init`)",
+                    path.display()
+                )))
             }
         }
         Err(e) => Err(open_err(&e.to_string())),

@@ -191,7 +191,7 @@ impl Scan {
         );
         let mut args = SqliteArguments::default();
         let f = &self.filter;
-        let enc = |e| Error::Database(sqlx::Error::Encode(e));
+        let enc = |e| Error::from(sqlx::Error::Encode(e));
         if let Some(s) = &f.stream_id {
             sql.push_str(" AND stream_id = ?");
             args.add(s.as_str()).map_err(enc)?;

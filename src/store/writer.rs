@@ -397,7 +397,8 @@ impl Writer {
                     let _ = reply.send(r.map_err(|e| Error::from_db(e, &self.path)));
                 }
                 Request::RebuildReadModels(reply) => {
-                    let r = rebuild_read_models(&mut self.conn).await;
+                    let now = self.options.clock.now();
+                    let r = rebuild_read_models(&mut self.conn, &self.path, now).await;
                     let _ = reply.send(r);
                 }
                 Request::Archive(cut, reply) => {
@@ -498,6 +499,15 @@ impl Writer {
             Err(e) => {
                 // (every caller is answered with the error: reporting it is theirs to do)
                 tracing::debug!(error = %e, "group commit failed; nothing of it was stored");
+                let e = match e {
+                    Error::Io(m) => {
+                        Error::Io(format!("the write failed and nothing was stored: {m}"))
+                    }
+                    Error::Database(m) => {
+                        Error::Database(format!("the write failed and nothing was stored: {m}"))
+                    }
+                    other => other,
+                };
                 for req in group {
                     let _ = req.reply.send(Err(replicate(&e)));
                 }
@@ -505,13 +515,15 @@ impl Writer {
         }
     }
 
-    /// Runs the group's transaction, starting over when SQLite reports the lock busy beyond
-    /// the busy timeout (another process holding it long), until twice that timeout has passed.
+    /// Runs the group's transaction, starting over when SQLite reports the lock busy (at once,
+    /// as it does for a stale snapshot, or after its busy handler waited), until the busy
+    /// timeout has passed since the group's first try; then the callers are told to retry
+    /// later, with what holds the lock.
     async fn with_retry(
         &mut self,
         items: &[PlanItem<'_>],
     ) -> Result<(Vec<Result<Vec<Appended>>>, Option<i64>)> {
-        let deadline = tokio::time::Instant::now() + self.options.busy_timeout * 2;
+        let deadline = tokio::time::Instant::now() + self.options.busy_timeout;
         let mut pause = Duration::from_millis(2);
         loop {
             match self.try_group(items).await {
@@ -697,6 +709,7 @@ impl Writer {
         let db = |e| Error::from_db(e, &path);
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let _note = super::holder::Note::announce(&path, "an import", self.options.clock.now());
         let mut report = ImportReport::default();
         let mut chunk: Vec<(u64, String, ExpectedVersion, [PreparedEvent; 1])> = Vec::new();
         let mut last = None;
@@ -762,16 +775,9 @@ pub(crate) async fn head_position(conn: &mut SqliteConnection) -> sqlx::Result<i
     Ok(v.unwrap_or(0))
 }
 
-/// One error for each caller of a failed group (errors are not `Clone`).
+/// One error for each caller of a failed group: the same error, of the same kind.
 fn replicate(e: &Error) -> Error {
-    match e {
-        Error::DiskFull(m) => Error::DiskFull(m.clone()),
-        Error::Corrupt { path, reason } => Error::Corrupt {
-            path: path.clone(),
-            reason: reason.clone(),
-        },
-        other => Error::InvalidInput(format!("the write failed and nothing was stored: {other}")),
-    }
+    e.clone()
 }
 
 impl AppendRequest {
@@ -1320,9 +1326,12 @@ fn bind_rows(rows: &[Row<'_>]) -> sqlx::Result<SqliteArguments> {
 /// models keep of the archived periods, and the strategy states folded from archived events.
 async fn rebuild_read_models(
     conn: &mut SqliteConnection,
+    path: &std::path::Path,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<crate::analytics::RebuildReport> {
-    let db = Error::Database;
+    let db = |e| Error::from_db(e, path);
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    let _note = super::holder::Note::announce(path, "a rebuild", now);
     let (anchor, file): (i64, Option<String>) =
         sqlx::query_as("SELECT position, archived_to FROM chain_anchor WHERE id = 1")
             .fetch_one(&mut *tx)
@@ -1362,6 +1371,7 @@ impl Writer {
         let db = |e| Error::from_db(e, &path);
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let _note = super::holder::Note::announce(&path, "an archive", self.options.clock.now());
         let anchor: i64 = sqlx::query_scalar("SELECT position FROM chain_anchor WHERE id = 1")
             .fetch_one(&mut *tx)
             .await
@@ -1373,7 +1383,7 @@ impl Writer {
             .map_err(db)?
             .flatten();
         if anchor != cut.anchor_position || end.as_deref() != Some(&cut.end_hash[..]) {
-            return Err(Error::InvalidInput(
+            return Err(Error::Conflict(
                 "the log changed while archiving (another archive ran); nothing was archived"
                     .into(),
             ));

@@ -7,6 +7,7 @@ mod circuit;
 mod cli;
 mod common;
 mod crash;
+mod errors;
 mod faults;
 mod healer;
 mod patterns;
