@@ -1734,7 +1734,7 @@ impl Healer {
         .bind(FLEET_LIMIT_STREAM)
         .fetch_optional(self.store.read_pool())
         .await
-        .map_err(Error::Database)?;
+        .map_err(Error::from)?;
         let Some((version, event_type, schema_version, payload)) = row else {
             // Never written, or archived: every agent it counted was disabled before the cut,
             // and this healer's states (restored from snapshots) know them.
