@@ -16,6 +16,8 @@
 //! - [`audit`]: audit reports over a time window, one record per automated action.
 //! - [`analytics`]: SQL over time windows on read models the store maintains with the events:
 //!   statistics, MTTR, effectiveness, recommendations, health, patterns and predictions.
+//! - [`output`]: the files written besides the database (archives, pages), never the
+//!   database itself, an existing file or a non-regular one.
 //! - [`clock`]: injectable time; nothing reads the wall clock but [`SystemClock`].
 //!
 //! ```no_run
@@ -41,6 +43,7 @@ mod error;
 pub mod event;
 pub mod events;
 pub mod heal;
+pub mod output;
 pub mod store;
 pub mod time;
 

@@ -2,9 +2,8 @@
 //! patterns, predict, rebuild.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use healstore::analytics::advice::AdviceOptions;
 use healstore::analytics::{
@@ -368,43 +367,56 @@ pub async fn dashboard(
     cli: &Cli,
     w: &WindowArgs,
     v: &VerdictArgs,
-    html: Option<&PathBuf>,
+    html: Option<(&Path, bool)>,
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
+    if let Some((path, force)) = html {
+        html_check(cli, path, force)?;
+    }
     let d = query(cli, async |a| {
         a.dashboard(&window, &v.advice(), cli.now()).await
     })
     .await?;
-    if let Some(path) = html {
-        write_html(path, &d)?;
+    if let Some((path, force)) = html {
+        write_html(cli, path, force, &d)?;
     }
     if out.json() {
         return out.json_value(&d);
     }
     print_dashboard(&d, out)?;
-    if let Some(path) = html {
+    if let Some((path, _)) = html {
         out.line(&format!("\nwrote {}", path.display()))?;
     }
     Ok(())
 }
 
-/// Writes the page next to its destination and renames it into place: a reader never sees
-/// half a page.
-pub fn write_html(path: &PathBuf, d: &Dashboard) -> anyhow::Result<()> {
+/// How an existing `--html` file is treated.
+fn html_existing(force: bool) -> healstore::output::Existing {
+    if force {
+        healstore::output::Existing::Replace
+    } else {
+        healstore::output::Existing::Refuse {
+            hint: "add --force to replace it",
+        }
+    }
+}
+
+/// Checks an `--html` target before any work is done (see [`healstore::output`]).
+pub fn html_check(cli: &Cli, path: &Path, force: bool) -> anyhow::Result<()> {
+    Ok(healstore::output::check(
+        path,
+        &cli.db,
+        html_existing(force),
+    )?)
+}
+
+/// Writes the page through a temporary file beside its destination (see
+/// [`healstore::output`]): a reader never sees half a page, and the database, an existing file
+/// (without `--force`) or a non-regular file is never written over.
+pub fn write_html(cli: &Cli, path: &Path, force: bool, d: &Dashboard) -> anyhow::Result<()> {
     let page = healstore::analytics::html::render(d);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("dashboard")
-    ));
-    std::fs::write(&tmp, page).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    healstore::output::write(path, &cli.db, html_existing(force), page.as_bytes())?;
     Ok(())
 }
 

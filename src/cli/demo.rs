@@ -30,9 +30,13 @@ pub struct DemoArgs {
     /// differs and every run can be reproduced).
     #[arg(long)]
     seed: Option<u64>,
-    /// Also write the closing dashboard as a self-contained HTML page to this file.
+    /// Also write the closing dashboard as a self-contained HTML page to this file (a new
+    /// file, unless `--force`).
     #[arg(long)]
     html: Option<std::path::PathBuf>,
+    /// Replace the `--html` file if it exists (never the database or a non-regular file).
+    #[arg(long, requires = "html")]
+    force: bool,
 }
 
 const TICK: i64 = 5;
@@ -73,6 +77,10 @@ impl Tally {
 
 pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()> {
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    // A page that could not be written must not cost a simulated run: check it first.
+    if let Some(path) = &args.html {
+        super::analytics::html_check(cli, path, args.force)?;
+    }
     // Find where the previous run stopped, to continue after it.
     let probe = cli.open(true).await?;
     let head = probe.head_position().await?;
@@ -188,7 +196,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         .await?;
     healer.close().await?;
     if let Some(path) = &args.html {
-        super::analytics::write_html(path, &dashboard)?;
+        super::analytics::write_html(cli, path, args.force, &dashboard)?;
     }
     let fleet_state = fleet.snapshot();
 

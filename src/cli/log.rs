@@ -371,9 +371,8 @@ pub async fn archive(
     to: &Path,
     out: &mut Out,
 ) -> anyhow::Result<()> {
-    if to.is_dir() {
-        bail!("cannot write {}: it is a directory", to.display());
-    }
+    // The file is checked before the healer's checkpoint writes anything.
+    healstore::store::archive::check_target(to, &cli.db)?;
     // Strategy state must be in snapshots before its events leave the log.
     let healer = super::heal::open_full_healer(cli).await?;
     healer.checkpoint().await?;

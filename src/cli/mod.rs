@@ -180,9 +180,13 @@ pub enum Command {
         window: analytics::WindowArgs,
         #[command(flatten)]
         verdicts: analytics::VerdictArgs,
-        /// Also write a self-contained HTML page with charts to this file.
+        /// Also write a self-contained HTML page with charts to this file (a new file, unless
+        /// `--force`).
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Replace the `--html` file if it exists (never the database or a non-regular file).
+        #[arg(long, requires = "html")]
+        force: bool,
     },
     /// Circuit analytics: time open and half-open, reopenings, flapping circuits.
     CircuitReport {
@@ -222,7 +226,8 @@ pub enum Command {
         /// Archive the longest prefix of the log whose events all occurred before this time.
         #[arg(long, value_parser = parse_time)]
         before: DateTime<Utc>,
-        /// The archive file to write.
+        /// The archive file to write: a new file (an existing one is never replaced, since
+        /// the events of an earlier archive in it would be lost).
         #[arg(long)]
         to: PathBuf,
     },
@@ -463,7 +468,11 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             window,
             verdicts,
             html,
-        } => analytics::dashboard(cli, window, verdicts, html.as_ref(), &mut out).await?,
+            force,
+        } => {
+            let html = html.as_ref().map(|p| (p.as_path(), *force));
+            analytics::dashboard(cli, window, verdicts, html, &mut out).await?
+        }
         Command::CircuitReport { window, verdicts } => {
             analytics::circuit_report(cli, window, verdicts, &mut out).await?
         }

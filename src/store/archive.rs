@@ -5,19 +5,21 @@
 //! restored from snapshots, not from archived events). In order:
 //!
 //! 1. The prefix is written to `file` (gzip; a header line, then one JSON line per event with
-//!    its position, stream version and chain hash), checking the chain on the way; the file is
-//!    synced and renamed into place, readable by its owner only.
+//!    its position, stream version and chain hash), checking the chain on the way, through a
+//!    temporary file that is synced and then put in place under a name that must be new
+//!    ([`crate::output`]: never the database's files, an existing or a non-regular file),
+//!    readable by its owner only.
 //! 2. One transaction then deletes the prefix, moves the chain's anchor to the last archived
 //!    event, remembers the versions of streams whose newest events left (so that they continue
 //!    where they were), and appends an `events_archived` event that records the cut and its
-//!    hash. A crash before the commit leaves the log as it was (running the archive again
-//!    rewrites the same file); after it, the file is complete.
+//!    hash. A crash before the commit leaves the log as it was (run the archive again, to a
+//!    new file name); after it, the file is complete.
 //!
 //! The analytics read models keep every row, so statistics for archived periods stay
 //! available; `rebuild` refuses a log with an archived prefix (it would lose them). The
 //! archive file is accepted by `import` and checked by `verify --archive`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,12 @@ pub struct ArchiveCheck {
     pub detail: String,
 }
 
+/// An archive never replaces an existing file: it may hold an earlier cut's events.
+pub(crate) const EXISTING: crate::output::Existing = crate::output::Existing::Refuse {
+    hint: "it may hold an earlier archive, whose events would be lost: give each archive a new \
+           file name (for example one with the --before date)",
+};
+
 /// A request to the writer: the cut, checked again under the write lock.
 pub(crate) struct Cut {
     pub anchor_position: i64,
@@ -88,6 +96,9 @@ impl Store {
         file: &Path,
         now: DateTime<Utc>,
     ) -> Result<Option<ArchiveReport>> {
+        // The file is checked before anything else: never the database, an existing file or
+        // a non-regular one.
+        crate::output::check(file, self.path(), EXISTING)?;
         let pool = self.read_pool();
         let (anchor_position, anchor_hash): (i64, Vec<u8>) =
             sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
@@ -199,10 +210,13 @@ async fn write_file(
             "event {to_position} has no chain hash: run `healstore verify` before archiving"
         ))
     })?;
-    let tmp = partial_path(file);
-    let f = open_private(&tmp)
-        .await
-        .map_err(|e| io("create", &tmp, e))?;
+    let mut out = crate::output::OutputFile::create(file, store.path(), EXISTING, 0o600)?;
+    let tmp = out.target().to_path_buf();
+    let f = out
+        .file()
+        .try_clone()
+        .map(tokio::fs::File::from_std)
+        .map_err(|e| io("write", &tmp, e))?;
     let mut gz = async_compression::tokio::write::GzipEncoder::new(tokio::io::BufWriter::new(f));
     let header = ArchiveHeader {
         healstore_archive: 1,
@@ -240,7 +254,6 @@ async fn write_file(
         for r in &rows {
             let link = chain::link(&prev, &r.content());
             if r.position != expected || r.stored_hash() != Some(link) {
-                let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(Error::InvalidInput(format!(
                     "the log fails verification at position {expected}: run `healstore verify`; nothing was archived"
                 )));
@@ -273,38 +286,15 @@ async fn write_file(
             .map_err(|e| io("write", &tmp, e))?;
     }
     if expected != to_position + 1 || prev != end_hash {
-        let _ = tokio::fs::remove_file(&tmp).await;
         return Err(Error::Conflict(format!(
             "the log changed while archiving (expected position {expected}); nothing was archived"
         )));
     }
     gz.shutdown().await.map_err(|e| io("write", &tmp, e))?;
-    let f = gz.into_inner().into_inner();
-    f.sync_all().await.map_err(|e| io("sync", &tmp, e))?;
-    drop(f);
-    tokio::fs::rename(&tmp, file)
-        .await
-        .map_err(|e| io("write", file, e))?;
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(d) = tokio::fs::File::open(dir).await
-    {
-        let _ = d.sync_all().await;
-    }
+    drop(gz);
+    // Synced, then linked into place only if the name is still free.
+    out.commit()?;
     Ok((end_hash, to_position - anchor_position))
-}
-
-fn partial_path(file: &Path) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
-}
-
-async fn open_private(path: &Path) -> std::io::Result<tokio::fs::File> {
-    let mut o = tokio::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    o.mode(0o600);
-    o.open(path).await
 }
 
 /// The archive's lines after its header, decompressed, for `import` and `verify --archive`.
@@ -450,4 +440,10 @@ pub async fn verify_archive(file: &Path) -> Result<ArchiveCheck> {
         position: None,
         detail: format!("{n} events chained; the end hash matches"),
     })
+}
+
+/// Checks an archive's target file before anything is done (see [`crate::output`]): never the
+/// database `database` or one of its files, an existing file or a non-regular one.
+pub fn check_target(file: &Path, database: &Path) -> Result<()> {
+    crate::output::check(file, database, EXISTING)
 }

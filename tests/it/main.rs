@@ -10,6 +10,7 @@ mod crash;
 mod errors;
 mod faults;
 mod healer;
+mod outputs;
 mod patterns;
 mod process;
 mod store;
