@@ -145,7 +145,7 @@ impl OutputFile {
         let _ = mode;
         let file = o
             .open(&tmp)
-            .map_err(|e| Error::InvalidInput(format!("cannot write {}: {e}", target.display())))?;
+            .map_err(|e| Error::from_io(format_args!("cannot write {}", target.display()), &e))?;
         Ok(OutputFile {
             target: target.to_path_buf(),
             database: database.to_path_buf(),
@@ -221,7 +221,7 @@ pub fn write(target: &Path, database: &Path, existing: Existing, bytes: &[u8]) -
     let mut out = OutputFile::create(target, database, existing, 0o644)?;
     out.file()
         .write_all(bytes)
-        .map_err(|e| Error::InvalidInput(format!("cannot write {}: {e}", target.display())))?;
+        .map_err(|e| Error::from_io(format_args!("cannot write {}", target.display()), &e))?;
     out.commit()
 }
 
