@@ -158,7 +158,9 @@ async fn precheck(healer: &Healer, what: &Record) -> anyhow::Result<()> {
                 }
             }
         }
-        Record::Outcome { failure, .. } => healer.check_outcome(failure).await?,
+        Record::Outcome {
+            failure, success, ..
+        } => healer.check_outcome(failure, *success).await?,
         Record::Success { agent, task, .. } => {
             check_id("agent_id", agent)?;
             if let Some(t) = task {
@@ -267,7 +269,12 @@ async fn record_inner(
                 out.json_value(&r)?;
             } else {
                 out.line(&format!(
-                    "recorded: {} {} by {} ({} ms){}",
+                    "{}: {} {} by {} ({} ms){}",
+                    if r.duplicate {
+                        "already recorded (nothing was written again)"
+                    } else {
+                        "recorded"
+                    },
                     r.failure_id,
                     if r.success { "healed" } else { "not healed" },
                     r.strategy,

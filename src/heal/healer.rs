@@ -1060,8 +1060,8 @@ impl Healer {
         .map(|(what, was, is)| format!("{what} {is}, recorded {was}"))
         .collect::<Vec<_>>();
         if !differs.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "conflict: failure {id} is already recorded with other facts ({}); a retry \
+            return Err(Error::Conflict(format!(
+                "failure {id} is already recorded with other facts ({}); a retry \
                  must repeat its type, agent and task",
                 differs.join(", ")
             )));
@@ -1440,8 +1440,18 @@ impl Healer {
             Map::new(),
             end,
         ));
+        // The heal holds the strategy's lock, and a caller's outcome is refused for a decision
+        // that acted (not delegated): nothing else appends to the failure's stream now.
         self.record_outcome_events(
-            strategy, failure, &sstream, &key, all_ok, fstream, events, end,
+            strategy,
+            failure,
+            &sstream,
+            &key,
+            all_ok,
+            fstream,
+            ExpectedVersion::Any,
+            events,
+            end,
         )
         .await?;
         Ok(all_ok)
@@ -1458,6 +1468,7 @@ impl Healer {
         key: &str,
         success: bool,
         fstream: &str,
+        fexpected: ExpectedVersion,
         facts: Vec<NewEvent>,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -1477,7 +1488,7 @@ impl Healer {
             }
             parts.push(StreamAppend {
                 stream_id: fstream.to_owned(),
-                expected: ExpectedVersion::Any,
+                expected: fexpected,
                 events: facts.clone(),
             });
             match self.store.append_atomic(parts).await {
@@ -1491,7 +1502,11 @@ impl Healer {
                     self.apply_local(strategy, sstream, key, &applied);
                     return Ok(());
                 }
-                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                // A conflict on the strategy's state: react again. One on the failure's
+                // stream goes to the caller (another outcome was recorded meanwhile).
+                Err(Error::WrongExpectedVersion { stream, .. })
+                    if stream != fstream && tries < MAX_CONFLICT_RETRIES =>
+                {
                     self.refresh(strategy, sstream, key).await?;
                     continue;
                 }
@@ -1502,6 +1517,11 @@ impl Healer {
     }
 
     /// Reports the outcome of actions that were delegated to the caller.
+    ///
+    /// One result per attempt: when the outcome is already recorded (a retry, or another
+    /// caller at the same time, in this process or another), nothing is written and the
+    /// recorded outcome is returned as a duplicate; a different result is refused as a
+    /// conflict.
     pub async fn record_outcome(
         &self,
         failure_id: &str,
@@ -1511,53 +1531,96 @@ impl Healer {
     ) -> Result<OutcomeReport> {
         let at = micros(at);
         let fstream = failure_stream(failure_id);
-        let (failure, name, decided_at, strategy) = self.awaiting_outcome(failure_id).await?;
-        let duration = duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
-        let facts = outcome_facts(
-            &failure,
-            &name,
-            success,
-            duration,
-            Vec::new(),
-            Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
-            at,
-        );
-        let key = strategy.key(&failure);
-        let sstream = strategy_stream(&name, &key);
+        let first = self.awaiting_outcome(failure_id).await?;
+        let key = first.strategy.key(&first.failure);
+        let sstream = strategy_stream(&first.name, &key);
         let lock = self.key_lock(&sstream);
         let _guard = lock.lock().await;
-        self.record_outcome_events(
-            &strategy, &failure, &sstream, &key, success, &fstream, facts, at,
-        )
-        .await?;
-        Ok(OutcomeReport {
-            failure_id: failure.failure_id,
-            strategy: name,
-            success,
-            duration_ms: duration,
-            time_to_recover_ms: success.then(|| (at - failure.detected_at).num_milliseconds()),
-        })
+        for tries in 1.. {
+            // Read again under the lock: another caller may have recorded it meanwhile.
+            let awaited = self.awaiting_outcome(failure_id).await?;
+            if let Some(recorded) = &awaited.recorded {
+                return awaited.answer_recorded(success, recorded);
+            }
+            let Awaited {
+                failure,
+                name,
+                decided_at,
+                strategy,
+                version,
+                ..
+            } = awaited;
+            let duration =
+                duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
+            let facts = outcome_facts(
+                &failure,
+                &name,
+                success,
+                duration,
+                Vec::new(),
+                Map::from_iter([("reported_by".to_owned(), json!("caller"))]),
+                at,
+            );
+            let key = strategy.key(&failure);
+            let sstream = strategy_stream(&name, &key);
+            match self
+                .record_outcome_events(
+                    &strategy,
+                    &failure,
+                    &sstream,
+                    &key,
+                    success,
+                    &fstream,
+                    ExpectedVersion::Exact(version),
+                    facts,
+                    at,
+                )
+                .await
+            {
+                Ok(()) => {
+                    return Ok(OutcomeReport {
+                        failure_id: failure.failure_id,
+                        strategy: name,
+                        success,
+                        duration_ms: duration,
+                        time_to_recover_ms: success
+                            .then(|| (at - failure.detected_at).num_milliseconds()),
+                        duplicate: false,
+                    });
+                }
+                // The failure's stream moved (another process recorded an outcome): read again.
+                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// Checks, without writing anything, that `failure_id` has a delegated decision awaiting
-    /// its outcome: the failure, the deciding strategy's name, when it decided, and the
-    /// strategy.
-    pub async fn check_outcome(&self, failure_id: &str) -> Result<()> {
-        self.awaiting_outcome(failure_id).await.map(|_| ())
+    /// its outcome, or that the same result is recorded for it already (a retry, answered as
+    /// a duplicate); another result recorded for it is a conflict.
+    pub async fn check_outcome(&self, failure_id: &str, success: bool) -> Result<()> {
+        let awaited = self.awaiting_outcome(failure_id).await?;
+        if let Some(recorded) = &awaited.recorded {
+            awaited.answer_recorded(success, recorded)?;
+        }
+        Ok(())
     }
 
-    async fn awaiting_outcome(
-        &self,
-        failure_id: &str,
-    ) -> Result<(Failure, String, DateTime<Utc>, Arc<dyn ErasedStrategy>)> {
+    /// The failure's delegated decision and its outcome, if recorded, read from its stream.
+    async fn awaiting_outcome(&self, failure_id: &str) -> Result<Awaited> {
         crate::event::check_id("failure_id", failure_id)?;
         let fstream = failure_stream(failure_id);
         let mut events = self.store.read(EventFilter::stream(&fstream));
         let mut failure = None;
         let mut delegated: Option<(String, DateTime<Utc>)> = None;
-        let mut completed = false;
+        let mut recorded = None;
+        let mut version = 0;
         while let Some(e) = events.next().await {
             let e = e?;
+            version = e.stream_version;
             match e.decode() {
                 Some(HealEvent::FailureDetected(d)) => {
                     failure = Some(Failure {
@@ -1573,9 +1636,15 @@ impl Healer {
                 }
                 Some(HealEvent::HealingAttempted(a)) if a.decision == "delegated" => {
                     delegated = Some((a.strategy, e.occurred_at));
-                    completed = false;
+                    recorded = None;
                 }
-                Some(HealEvent::HealingCompleted(_)) => completed = true,
+                Some(HealEvent::HealingCompleted(c)) => {
+                    recorded = Some(Recorded {
+                        success: c.success,
+                        duration_ms: c.duration_ms,
+                        at: e.occurred_at,
+                    });
+                }
                 _ => {}
             }
         }
@@ -1588,17 +1657,19 @@ impl Healer {
                 "failure {failure_id} has no delegated decision awaiting an outcome"
             ))
         })?;
-        if completed {
-            return Err(Error::Conflict(format!(
-                "the outcome of failure {failure_id} is already recorded"
-            )));
-        }
         let strategy = self.strategies.get(&name).cloned().ok_or_else(|| {
             Error::InvalidInput(format!(
                 "strategy {name} decided failure {failure_id} but is not configured now"
             ))
         })?;
-        Ok((failure, name, decided_at, strategy))
+        Ok(Awaited {
+            failure,
+            name,
+            decided_at,
+            strategy,
+            version,
+            recorded,
+        })
     }
 
     /// Checks the healer's own limits for a decision of `strategy` that would act, its state
@@ -2224,6 +2295,9 @@ pub struct OutcomeReport {
     pub duration_ms: i64,
     /// Detection to resolution, when resolved.
     pub time_to_recover_ms: Option<i64>,
+    /// The outcome was already recorded (by a retry, or another caller at the same time):
+    /// nothing was written, and this is the recorded one.
+    pub duplicate: bool,
 }
 
 /// The result of a heal, as the seed describes it, from its attempts.
@@ -2264,6 +2338,52 @@ fn summarize(report: &mut HealReport, composite: bool) {
         .result
         .metadata
         .insert("attempts".into(), json!(report.attempts.len()));
+}
+
+/// A failure's delegated decision, as its stream tells it.
+struct Awaited {
+    failure: Failure,
+    /// The deciding strategy's name, and the strategy.
+    name: String,
+    decided_at: DateTime<Utc>,
+    strategy: Arc<dyn ErasedStrategy>,
+    /// The failure stream's version: an outcome is appended at it.
+    version: u64,
+    /// The outcome, if one is recorded after the decision.
+    recorded: Option<Recorded>,
+}
+
+/// An outcome already recorded.
+struct Recorded {
+    success: bool,
+    duration_ms: i64,
+    at: DateTime<Utc>,
+}
+
+impl Awaited {
+    /// The answer to an outcome reported again: the recorded one, if the result is the same.
+    fn answer_recorded(&self, success: bool, r: &Recorded) -> Result<OutcomeReport> {
+        let said = |ok: bool| if ok { "healed" } else { "not healed" };
+        if r.success != success {
+            return Err(Error::Conflict(format!(
+                "the outcome of failure {} is already recorded as {}; this report \
+                 says {}",
+                self.failure.failure_id,
+                said(r.success),
+                said(success)
+            )));
+        }
+        Ok(OutcomeReport {
+            failure_id: self.failure.failure_id.clone(),
+            strategy: self.name.clone(),
+            success: r.success,
+            duration_ms: r.duration_ms,
+            time_to_recover_ms: r
+                .success
+                .then(|| (r.at - self.failure.detected_at).num_milliseconds()),
+            duplicate: true,
+        })
+    }
 }
 
 /// An instant truncated to the microsecond (never fails: out-of-range instants are kept).

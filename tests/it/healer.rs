@@ -1293,3 +1293,66 @@ fn record_failure_whose_answer_cannot_be_written_says_it_was_recorded_and_how_to
         "{retry}"
     );
 }
+
+// ----- one result per attempt ----------------------------------------------------------------
+
+/// The outcome facts (`healing_completed`) recorded for one failure.
+async fn completions(store: &Store, failure_id: &str) -> usize {
+    use futures_util::StreamExt;
+    let mut n = 0;
+    let mut events = store.read(healstore::EventFilter::stream(format!(
+        "failure-{failure_id}"
+    )));
+    while let Some(e) = events.next().await {
+        if e.unwrap().event_type == "healing_completed" {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn concurrent_outcomes_of_one_delegated_decision_are_recorded_once() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    // Two healers on one file (two processes), each with four callers reporting at once.
+    let a = Arc::new(deciding_healer(&path, clock.clone()).await);
+    let f = Failure::new("agent_down", Severity::High, t0())
+        .with_agent("a1")
+        .with_id("F-out");
+    assert!(!a.heal(f).await.unwrap().delegated.is_empty());
+    let b = Arc::new(deciding_healer(&path, clock.clone()).await);
+    let at = t0() + Duration::seconds(3);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let h = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { h.record_outcome("F-out", true, None, at).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(completions(a.store(), "F-out").await, 1, "{answers:?}");
+    let mut fresh = 0;
+    for answer in answers {
+        match answer {
+            Ok(r) if !r.duplicate => fresh += 1,
+            Ok(r) => {
+                // A duplicate is answered with the recorded result.
+                assert!(r.success);
+                assert_eq!(r.duration_ms, 3000);
+            }
+            Err(e) => panic!("a retried outcome is answered, not refused: {e}"),
+        }
+    }
+    assert_eq!(fresh, 1, "one outcome recorded");
+    // The other result for the same attempt is a conflict.
+    let err = a
+        .record_outcome("F-out", false, None, at)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conflict") && err.contains("F-out"), "{err}");
+    assert_eq!(completions(a.store(), "F-out").await, 1);
+}

@@ -698,3 +698,65 @@ fn concurrent_processes_never_act_on_one_agent_more_often_than_its_hourly_limit(
         assert_log_invariants(&block_on(read_all(&db)));
     }
 }
+
+#[test]
+fn concurrent_outcome_processes_for_one_failure_record_it_once() {
+    // Given a delegated decision awaiting its outcome,
+    let (_dir, db) = db_with_config("");
+    let doc: serde_json::Value = serde_json::from_str(&expect_success(&run(
+        &db,
+        &[
+            "--now",
+            "2026-11-01T12:00:01Z",
+            "--format",
+            "json",
+            "record",
+            "failure",
+            "--type",
+            "agent_down",
+            "--agent",
+            "a1",
+            "--id",
+            "F1",
+        ],
+    )))
+    .expect("record prints JSON");
+    assert_eq!(doc["attempts"][1]["decision"], "delegated", "{doc}");
+
+    // when eight processes report its outcome at once,
+    let runs: Vec<Vec<String>> = (0..8)
+        .map(|_| {
+            [
+                "--now",
+                "2026-11-01T12:00:05Z",
+                "--format",
+                "json",
+                "record",
+                "outcome",
+                "--failure",
+                "F1",
+                "--success",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        })
+        .collect();
+    let outputs = run_at_once(&db, &runs);
+
+    // then the failure's stream holds one outcome,
+    let completed = block_on(read_all(&db))
+        .iter()
+        .filter(|e| e.stream_id == "failure-F1" && e.event_type == "healing_completed")
+        .count();
+    assert_eq!(completed, 1);
+    // and each process is answered, one as recorded and the others as duplicates of it.
+    let mut fresh = 0;
+    for o in &outputs {
+        let r: serde_json::Value = serde_json::from_str(&expect_success(o)).expect("JSON");
+        assert_eq!(r["success"], true);
+        if r["duplicate"] == false {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+}
