@@ -1749,6 +1749,7 @@ impl Healer {
                 self.ensure_complete().await?;
                 guards.lock(self, FLEET_LIMIT_STREAM).await;
                 let (version, listed) = self.fleet_limit_facts().await?;
+                self.refresh_listed(&listed).await?;
                 let (mut disabled, known) = self.disabled_agents(now, &listed);
                 let total = match (limits.fleet_size, &self.coordinator) {
                     (Some(n), _) => n as usize,
@@ -1820,6 +1821,30 @@ impl Healer {
             _ => Vec::new(),
         };
         Ok((version as u64, listed))
+    }
+
+    /// Brings the state of every agent the fleet limit's last fact counted up to at least the
+    /// version it was counted at (a state at rest, or one another process changed, is read
+    /// from its stream): an agent released since then no longer counts.
+    async fn refresh_listed(&self, listed: &[DisabledAgent]) -> Result<()> {
+        for l in listed {
+            let known = self.lock_map().get(&l.stream).map(|e| e.version);
+            if known.is_some_and(|v| v >= l.version) {
+                continue;
+            }
+            let found = self.strategies.values().find_map(|s| {
+                let key = l
+                    .stream
+                    .strip_prefix(STRATEGY_STREAM_PREFIX)?
+                    .strip_prefix(s.name())?
+                    .strip_prefix('-')?;
+                (s.agent_of_key(key) == Some(l.agent.as_str())).then(|| (s.clone(), key))
+            });
+            if let Some((strategy, key)) = found {
+                self.refresh(&strategy, &l.stream, key).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Agents disabled now: those some strategy's state disables, and those the fleet limit's

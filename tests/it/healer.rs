@@ -579,6 +579,47 @@ async fn no_more_than_the_allowed_share_of_the_fleet_is_isolated() {
 }
 
 #[tokio::test]
+async fn an_agent_released_since_it_was_counted_no_longer_counts_against_the_fleet_share() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = healer_with(
+        &path,
+        clock.clone(),
+        "[limits]\nmax_disabled_fraction = 0.25\nfleet_size = 4\n\
+         [[route]]\nfailure_types = [\"agent_down\"]\nstrategies = [\"circuit_breaker\"]\n\
+         [circuit_breaker]\nfailure_threshold = 1\n",
+    )
+    .await;
+    let heal = |agent: &str| {
+        Failure::new(
+            "agent_down",
+            Severity::High,
+            healstore::Clock::now(clock.as_ref()),
+        )
+        .with_agent(agent)
+    };
+    // Given a isolated (the one agent in four the limit allows),
+    let r = h.heal(heal("a")).await.unwrap();
+    assert_eq!(r.attempts[0].decision, "act");
+    // when its circuit is reset (its state back at rest),
+    clock.advance(Duration::seconds(1));
+    h.command(Some("CircuitBreaker"), "a", "reset", "repaired")
+        .await
+        .unwrap();
+    // then another agent may be isolated in its place,
+    clock.advance(Duration::seconds(1));
+    let r = h.heal(heal("b")).await.unwrap();
+    assert_eq!(r.attempts[0].decision, "act", "{}", r.attempts[0].reason);
+    // and a third may not.
+    let r = h.heal(heal("c")).await.unwrap();
+    assert_eq!(
+        r.attempts[0].decision, "withheld",
+        "{}",
+        r.attempts[0].reason
+    );
+}
+
+#[tokio::test]
 async fn shadow_mode_decides_and_records_but_does_not_act() {
     let (_dir, path) = temp_db();
     let clock = Arc::new(ManualClock::new(t0()));

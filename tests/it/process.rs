@@ -760,3 +760,54 @@ fn concurrent_outcome_processes_for_one_failure_record_it_once() {
     }
     assert_eq!(fresh, 1);
 }
+
+#[test]
+fn an_agent_released_by_another_process_no_longer_counts_against_the_fleet_share() {
+    // Given a fleet of 4 of which one agent may be isolated, and G1 isolated,
+    let (_dir, db) = db_with_config(
+        "[limits]\nmax_disabled_fraction = 0.25\nfleet_size = 4\n\n\
+         [circuit_breaker]\nfailure_threshold = 1\n",
+    );
+    let down = |agent: &str, now: &str| -> String {
+        let out = run(
+            &db,
+            &[
+                "--now",
+                now,
+                "--format",
+                "json",
+                "record",
+                "failure",
+                "--type",
+                "agent_down",
+                "--agent",
+                agent,
+            ],
+        );
+        first_decisions(&[out]).remove(0)
+    };
+    assert_eq!(down("G1", "2026-11-01T12:00:01Z"), "delegated");
+    assert_eq!(
+        down("G2", "2026-11-01T12:00:02Z"),
+        "withheld",
+        "2 of 4 is 50 %"
+    );
+    // when another process releases G1 (its circuit reset: a state at rest),
+    expect_success(&run(
+        &db,
+        &[
+            "--now",
+            "2026-11-01T12:00:03Z",
+            "circuit",
+            "reset",
+            "--agent",
+            "G1",
+            "--reason",
+            "repaired by hand",
+        ],
+    ));
+    // then G2 may be isolated,
+    assert_eq!(down("G2", "2026-11-01T12:00:04Z"), "delegated");
+    // and G3 may not (G2 counts now).
+    assert_eq!(down("G3", "2026-11-01T12:00:05Z"), "withheld");
+}
