@@ -63,10 +63,12 @@ async fn open_input(
 pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()> {
     let (input, size) = open_input(file).await?;
     // An archive (gzip, with a header line) is read through its decompressor.
+    let mut header = None;
     let mut lines: tokio::io::Lines<Box<dyn tokio::io::AsyncBufRead + Unpin + Send>> =
         if file != Path::new("-") && healstore::store::archive::is_archive(file).await {
             drop(input);
-            let (_, lines) = healstore::store::archive::read_archive(file).await?;
+            let (h, lines) = healstore::store::archive::read_archive(file).await?;
+            header = Some(h);
             let inner: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> =
                 Box::new(lines.into_inner());
             inner.lines()
@@ -76,6 +78,12 @@ pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()>
             inner.lines()
         };
     let store = cli.open(true).await?;
+    if let Some(h) = &header
+        && let Err(e) = store.check_archive_import(h).await
+    {
+        store.close().await?;
+        return Err(e.into());
+    }
     let progress = progress_bar(size);
     let mut sink = store.begin_import().await?;
     let mut line_no = 0u64;

@@ -122,13 +122,8 @@ async fn archive(cli: &Cli, file: &std::path::Path, out: &mut Out) -> anyhow::Re
     if check.ok && cli.db.exists() {
         let store = cli.open(false).await?;
         let end = check.header.as_ref().map(|h| h.end_hash.clone());
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM events WHERE event_type = 'events_archived' \
-             AND payload ->> '$.end_hash' = ? LIMIT 1",
-        )
-        .bind(end)
-        .fetch_optional(store.read_pool())
-        .await?;
+        // The record of the cut, or a later one that carries it among its earlier cuts.
+        let found = store.recorded_cut(end.as_deref().unwrap_or("")).await?;
         store.close().await?;
         recorded = Some(found.is_some());
         if found.is_none() {

@@ -157,6 +157,27 @@ impl Store {
         )
         .await?;
 
+        // Every earlier cut is carried forward, so that the log names each one even after a
+        // later archive swept up the events_archived record that first recorded it.
+        let previous: Option<String> = sqlx::query_scalar(
+            "SELECT payload FROM events WHERE event_type = 'events_archived' \
+             ORDER BY position DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?;
+        let mut earlier_cuts = Vec::new();
+        if let Some(p) = previous.and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok()) {
+            if let Some(list) = p.get("earlier_cuts").and_then(|l| l.as_array()) {
+                earlier_cuts.extend(list.iter().cloned());
+            }
+            let mut own = serde_json::Map::new();
+            for k in ["from_position", "to_position", "end_hash", "before"] {
+                if let Some(v) = p.get(k) {
+                    own.insert(k.into(), v.clone());
+                }
+            }
+            earlier_cuts.push(serde_json::Value::Object(own));
+        }
         let payload = serde_json::json!({
             "from_position": anchor_position + 1,
             "to_position": to_position,
@@ -164,6 +185,7 @@ impl Store {
             "end_hash": chain::hex(&end_hash),
             "file": file.display().to_string(),
             "before": format_time(before),
+            "earlier_cuts": earlier_cuts,
         });
         let event = crate::event::NewEvent::new("events_archived", now, payload);
         let cut = Box::new(Cut {
@@ -184,6 +206,56 @@ impl Store {
             end_hash: chain::hex(&end_hash),
             recorded_at_position,
         }))
+    }
+}
+
+/// Which cuts of this log are recorded: the `events_archived` records in the log, each with
+/// the earlier cuts it carries. SQL with one parameter, an end hash (hexadecimal); it yields
+/// the position of a record naming that cut.
+pub(crate) const RECORDED_CUT: &str = "\
+SELECT e.position FROM events e WHERE e.event_type = 'events_archived' \
+  AND (e.payload ->> '$.end_hash' = ?1 \
+       OR EXISTS (SELECT 1 FROM json_each(e.payload, '$.earlier_cuts') c \
+                  WHERE c.value ->> '$.end_hash' = ?1)) \
+ORDER BY e.position LIMIT 1";
+
+impl Store {
+    /// The position of the `events_archived` record that names the cut ending with `end_hash`
+    /// (hexadecimal), directly or among the earlier cuts it carries.
+    pub async fn recorded_cut(&self, end_hash: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(RECORDED_CUT)
+            .bind(end_hash)
+            .fetch_optional(self.read_pool())
+            .await?)
+    }
+
+    /// Refuses to import an archive back into the log it was cut from: its events would be
+    /// stored twice (counted twice by the analytics, and strategy state moved back). Into any
+    /// other database, a new one in particular, the archive imports.
+    pub async fn check_archive_import(&self, header: &ArchiveHeader) -> Result<()> {
+        let (anchor_position, anchor_hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
+                .fetch_one(self.read_pool())
+                .await?;
+        if anchor_position < header.to_position {
+            return Ok(());
+        }
+        let is_anchor =
+            anchor_position == header.to_position && chain::hex(&anchor_hash) == header.end_hash;
+        let recorded = if is_anchor {
+            true
+        } else {
+            self.recorded_cut(&header.end_hash).await?.is_some()
+        };
+        if recorded {
+            return Err(Error::InvalidInput(format!(
+                "this archive (positions {} to {}) was cut from this database's log: importing \
+                 it back would store its events twice; to restore, import the archives and the \
+                 log's export into a new database",
+                header.from_position, header.to_position
+            )));
+        }
+        Ok(())
     }
 }
 

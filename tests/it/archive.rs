@@ -384,3 +384,114 @@ fn flate2_write(file: &Path, text: &str) {
     e.write_all(text.as_bytes()).unwrap();
     e.finish().unwrap();
 }
+
+#[test]
+fn an_archive_is_refused_by_the_log_it_was_cut_from_and_imports_into_a_new_database() {
+    let (dir, path) = temp_db();
+    demo(&path, NOW, "60");
+    let first = dir.path().join("first.gz");
+    let r1 = json(
+        &path,
+        &[
+            "--now",
+            "2026-11-01T12:10:00Z",
+            "archive",
+            "--before",
+            "2026-11-01T12:01:30Z",
+            "--to",
+            first.to_str().unwrap(),
+        ],
+    );
+    assert!(r1["events"].as_i64().unwrap() > 0, "{r1}");
+    let window = ["--now", NOW, "stats", "--window", "1h"];
+    let stats = json(&path, &window);
+    let before = db_files(&path);
+    let refused = |file: &Path| {
+        expect_error(
+            &run(&path, &["import", file.to_str().unwrap()]),
+            "was cut from this database",
+        );
+    };
+    refused(&first);
+    assert_same_files(
+        &before,
+        &db_files(&path),
+        "a refused import of its own archive",
+    );
+    assert_eq!(json(&path, &window), stats, "nothing counted twice");
+    // A second archive sweeps up the first cut's record: both stay refused.
+    let second = dir.path().join("second.gz");
+    let r2 = json(
+        &path,
+        &[
+            "--now",
+            "2026-11-02T00:00:00Z",
+            "archive",
+            "--before",
+            "2026-11-01T23:00:00Z",
+            "--to",
+            second.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        r2["to_position"].as_i64().unwrap() >= r1["recorded_at_position"].as_i64().unwrap(),
+        "the second cut holds the first cut's record: {r1} {r2}"
+    );
+    let before = db_files(&path);
+    refused(&first);
+    refused(&second);
+    assert_same_files(&before, &db_files(&path), "refused imports after two cuts");
+    assert_eq!(json(&path, &window), stats);
+    // Into a new database, both archives import, in order.
+    let copy = dir.path().join("copy.db");
+    expect_success(&run(&copy, &["import", first.to_str().unwrap()]));
+    expect_success(&run(&copy, &["import", second.to_str().unwrap()]));
+    assert_eq!(json(&copy, &["verify"])["ok"], true);
+    assert_eq!(json(&copy, &window), stats);
+}
+
+#[test]
+fn an_older_archive_verifies_after_a_later_archive_swept_up_its_record() {
+    let (dir, path) = temp_db();
+    demo(&path, NOW, "60");
+    let files: Vec<_> = (1..=3)
+        .map(|i| dir.path().join(format!("a{i}.gz")))
+        .collect();
+    // Each cut's events_archived record falls inside the next cut.
+    for (i, (now, before)) in [
+        ("2026-11-01T12:10:00Z", "2026-11-01T12:01:00Z"),
+        ("2026-11-01T12:20:00Z", "2026-11-01T12:15:00Z"),
+        ("2026-11-02T00:00:00Z", "2026-11-01T23:00:00Z"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = json(
+            &path,
+            &[
+                "--now",
+                now,
+                "archive",
+                "--before",
+                before,
+                "--to",
+                files[i].to_str().unwrap(),
+            ],
+        );
+        assert!(r["events"].as_i64().unwrap() > 0, "{r}");
+    }
+    assert_eq!(
+        scalar(
+            &path,
+            "SELECT COUNT(*) FROM events WHERE event_type = 'events_archived'"
+        ),
+        1,
+        "the earlier records were swept up"
+    );
+    for f in &files {
+        let a = json(&path, &["verify", "--archive", f.to_str().unwrap()]);
+        assert_eq!(a["ok"], true, "{}: {a}", f.display());
+        assert_eq!(a["recorded_in_database"], true);
+    }
+    assert_eq!(json(&path, &["verify"])["ok"], true);
+}
