@@ -472,7 +472,7 @@ impl Analytics {
                 "SELECT strategy, COALESCE(failure_type, (SELECT f.failure_type FROM failures f \
                    WHERE f.failure_id = e.failure_id AND f.position < e.position), '') AS failure_type, \
                    COALESCE(payload ->> '$.decision', '') AS decision, 1 AS n \
-                 FROM events e WHERE event_type = 'healing_attempted' \
+                 FROM events e WHERE event_type = 'healing_attempted' AND schema_version = 1 \
                    AND occurred_at >= {a} AND occurred_at < {b} \
                    AND failure_id IS NOT NULL AND strategy IS NOT NULL"
             )

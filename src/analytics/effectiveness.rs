@@ -199,7 +199,8 @@ impl Analytics {
         let recent: Vec<i64> = sqlx::query_scalar(
             "SELECT success FROM events INDEXED BY events_by_strategy \
              WHERE strategy = ?1 AND occurred_at >= ?2 AND occurred_at < ?3 \
-               AND event_type = 'healing_completed' AND success IS NOT NULL \
+               AND event_type = 'healing_completed' AND schema_version = 1 \
+               AND success IS NOT NULL \
                AND failure_id IS NOT NULL \
                AND (?4 IS NULL OR COALESCE(failure_type, (SELECT f.failure_type FROM failures f \
                     WHERE f.failure_id = events.failure_id AND f.position < events.position), '') = ?4) \

@@ -496,7 +496,7 @@ impl Analytics {
         let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
             "SELECT payload ->> '$.resource_type', position, occurred_at, \
                     CAST(payload ->> '$.current_usage' AS REAL) / CAST(payload ->> '$.limit' AS REAL) \
-             FROM events WHERE event_type = 'resource_usage_reported' \
+             FROM events WHERE event_type = 'resource_usage_reported' AND schema_version = 1 \
                AND occurred_at >= ?1 AND occurred_at < ?2 \
                AND CAST(payload ->> '$.limit' AS REAL) > 0 \
              ORDER BY occurred_at, position",

@@ -1,6 +1,7 @@
 -- Rebuilds every analytics read model from the events: the set-based equivalent of the
--- triggers in migrations/V3__read_models.sql, statement for statement. A test checks that a
--- rebuild reproduces the incrementally maintained tables exactly.
+-- triggers (migrations/V3__read_models.sql and V5, as recreated by V6: only schema version 1
+-- of each type is interpreted), statement for statement. A test checks that a rebuild
+-- reproduces the incrementally maintained tables exactly.
 --
 -- Where the triggers depend on the order of events (a failure's healing events count only
 -- after its detection; the first resolution wins; the newest pattern version wins), the
@@ -18,13 +19,15 @@ INSERT OR IGNORE INTO failures (position, failure_id, failure_type, agent_id, se
                                 detected_at)
 SELECT position, failure_id, failure_type, agent_id, payload ->> '$.severity', occurred_at
 FROM events
-WHERE event_type = 'failure_detected' AND failure_id IS NOT NULL AND failure_type IS NOT NULL
+WHERE event_type = 'failure_detected' AND schema_version = 1
+  AND failure_id IS NOT NULL AND failure_type IS NOT NULL
 ORDER BY position;
 
 WITH a AS (
     SELECT f.failure_id, COUNT(*) AS n, MAX(e.position) AS last_position
     FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
-    WHERE e.event_type = 'healing_attempted' AND e.strategy IS NOT NULL
+    WHERE e.event_type = 'healing_attempted' AND e.schema_version = 1
+      AND e.strategy IS NOT NULL
     GROUP BY f.failure_id
 )
 UPDATE failures
@@ -35,7 +38,8 @@ FROM a WHERE failures.failure_id = a.failure_id;
 WITH r AS (
     SELECT f.failure_id, COUNT(*) AS n, SUM(e.success) AS s
     FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
-    WHERE e.event_type = 'healing_completed' AND e.strategy IS NOT NULL
+    WHERE e.event_type = 'healing_completed' AND e.schema_version = 1
+      AND e.strategy IS NOT NULL
       AND e.success IS NOT NULL
     GROUP BY f.failure_id
 )
@@ -45,7 +49,7 @@ FROM r WHERE failures.failure_id = r.failure_id;
 WITH x AS (
     SELECT f.failure_id, MIN(e.position) AS p
     FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
-    WHERE e.event_type = 'failure_resolved'
+    WHERE e.event_type = 'failure_resolved' AND e.schema_version = 1
     GROUP BY f.failure_id
 )
 UPDATE failures
@@ -71,7 +75,7 @@ SELECT (e.occurred_at / 3600000000) * 3600000000, e.strategy,
        COALESCE(e.failure_type, f.failure_type, ''),
        COALESCE(e.payload ->> '$.decision', ''), COUNT(*)
 FROM events e LEFT JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
-WHERE e.event_type = 'healing_attempted' AND e.failure_id IS NOT NULL
+WHERE e.event_type = 'healing_attempted' AND e.schema_version = 1 AND e.failure_id IS NOT NULL
   AND e.strategy IS NOT NULL
 GROUP BY 1, 2, 3, 4;
 
@@ -80,7 +84,7 @@ SELECT (e.occurred_at / 3600000000) * 3600000000, e.strategy,
        COALESCE(e.failure_type, f.failure_type, ''),
        COUNT(*), SUM(e.success), SUM(MAX(0, COALESCE(e.duration_ms, 0)))
 FROM events e LEFT JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
-WHERE e.event_type = 'healing_completed' AND e.failure_id IS NOT NULL
+WHERE e.event_type = 'healing_completed' AND e.schema_version = 1 AND e.failure_id IS NOT NULL
   AND e.strategy IS NOT NULL AND e.success IS NOT NULL
 GROUP BY 1, 2, 3;
 
@@ -90,7 +94,8 @@ SELECT payload ->> '$.pattern_id', COALESCE(payload ->> '$.kind', ''), agent_id,
        COALESCE(payload ->> '$.support', 0), COALESCE(payload ->> '$.confidence', 0.0),
        occurred_at, position, payload
 FROM events
-WHERE event_type = 'pattern_learned' AND payload ->> '$.pattern_id' IS NOT NULL
+WHERE event_type = 'pattern_learned' AND schema_version = 1
+  AND payload ->> '$.pattern_id' IS NOT NULL
 ORDER BY position;
 
 INSERT OR IGNORE INTO predictions (prediction_id, agent_id, failure_type, probability, made_at,
@@ -101,7 +106,8 @@ SELECT payload ->> '$.prediction_id', agent_id, failure_type,
        occurred_at + 1000 * COALESCE(payload ->> '$.window_ms', 0),
        payload ->> '$.pattern_id', position, payload
 FROM events
-WHERE event_type = 'prediction_made' AND payload ->> '$.prediction_id' IS NOT NULL
+WHERE event_type = 'prediction_made' AND schema_version = 1
+  AND payload ->> '$.prediction_id' IS NOT NULL
   AND failure_type IS NOT NULL
 ORDER BY position;
 
@@ -109,5 +115,5 @@ INSERT INTO circuit_transitions (position, strategy, circuit, agent_id, from_sta
 SELECT position, COALESCE(strategy, ''), payload ->> '$.circuit', agent_id,
        COALESCE(payload ->> '$.from', 'closed'), payload ->> '$.to', occurred_at
 FROM events
-WHERE event_type = 'circuit_transitioned'
+WHERE event_type = 'circuit_transitioned' AND schema_version = 1
   AND payload ->> '$.circuit' IS NOT NULL AND payload ->> '$.to' IS NOT NULL;

@@ -66,14 +66,16 @@ SELECT strategy, failure_type, SUM(n), SUM(s), SUM(d) FROM (
                WHERE f.failure_id = e.failure_id AND f.position < e.position), ''),
            1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
     FROM events e
-    WHERE e.event_type = 'healing_completed' AND e.occurred_at >= ?1 AND e.occurred_at < ?2
+    WHERE e.event_type = 'healing_completed' AND e.schema_version = 1
+      AND e.occurred_at >= ?1 AND e.occurred_at < ?2
       AND e.failure_id IS NOT NULL AND e.strategy IS NOT NULL AND e.success IS NOT NULL
     UNION ALL
     SELECT e.strategy, COALESCE(e.failure_type, (SELECT f.failure_type FROM failures f
                WHERE f.failure_id = e.failure_id AND f.position < e.position), ''),
            1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
     FROM events e
-    WHERE e.event_type = 'healing_completed' AND e.occurred_at >= ?3 AND e.occurred_at < ?4
+    WHERE e.event_type = 'healing_completed' AND e.schema_version = 1
+      AND e.occurred_at >= ?3 AND e.occurred_at < ?4
       AND e.failure_id IS NOT NULL AND e.strategy IS NOT NULL AND e.success IS NOT NULL
 ) GROUP BY strategy, failure_type";
 

@@ -36,6 +36,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V5__circuit_transitions",
         include_str!("../../migrations/V5__circuit_transitions.sql"),
     ),
+    (
+        "V6__read_models_known_versions",
+        include_str!("../../migrations/V6__read_models_known_versions.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes
@@ -45,6 +49,11 @@ const HASH_CHAIN_VERSION: i64 = 4;
 /// The first schema version with the analytics read models: a database upgraded across it
 /// gets them built from its existing events in the same transaction.
 const READ_MODELS_VERSION: i64 = 3;
+
+/// The first schema version whose read models interpret only schema version 1 of each event
+/// type: a database upgraded across it that holds events of other versions gets its read
+/// models rebuilt (unless events were archived: the read models keep the archived periods).
+const KNOWN_VERSIONS_ONLY: i64 = 6;
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -110,11 +119,18 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
         .run_async(&mut adapter)
         .await
         .map_err(|e| Error::Migration(e.to_string()))?;
-    if report
-        .applied_migrations()
-        .iter()
-        .any(|m| i64::from(m.version()) == READ_MODELS_VERSION)
-    {
+    let applied = |v: i64| {
+        report
+            .applied_migrations()
+            .iter()
+            .any(|m| i64::from(m.version()) == v)
+    };
+    let rebuild = applied(READ_MODELS_VERSION)
+        || (applied(KNOWN_VERSIONS_ONLY)
+            && read_models_saw_other_versions(&mut tx)
+                .await
+                .map_err(|e| Error::from_db(e, path))?);
+    if rebuild {
         crate::analytics::rebuild_read_models(&mut tx)
             .await
             .map_err(|e| Error::from_db(e, path))?;
@@ -133,6 +149,19 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
         tracing::info!(migration = %m, "applied migration");
     }
     Ok(())
+}
+
+/// True when the log (never archived) holds an event of a type the read models interpret in a
+/// schema version other than 1: the triggers before [`KNOWN_VERSIONS_ONLY`] interpreted it.
+async fn read_models_saw_other_versions(conn: &mut SqliteConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT (SELECT position FROM chain_anchor WHERE id = 1) = 0 AND EXISTS (SELECT 1 \
+         FROM events WHERE event_type IN ('failure_detected', 'healing_attempted', \
+         'healing_completed', 'failure_resolved', 'pattern_learned', 'prediction_made', \
+         'circuit_transitioned') AND schema_version <> 1)",
+    )
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// The append-only trigger on UPDATE, as `migrations/V1__event_log.sql` creates it.
