@@ -488,6 +488,28 @@ impl Writer {
             })
             .collect();
         let outcome = self.with_retry(&items).await;
+        let outcome = match outcome {
+            // One append the database refuses (a read model's trigger, a constraint, a value
+            // SQLite cannot compute with) must not fail the others: the group is written again
+            // one append at a time, and only the refused one fails. Only failed groups take
+            // this path, so the steady state keeps its single statement.
+            Err(e) if items.len() > 1 && refused_by_content(&e) => {
+                tracing::debug!(error = %e, "group refused; writing its appends one at a time");
+                let mut answers = Vec::with_capacity(items.len());
+                let mut last = None;
+                for item in items.chunks(1) {
+                    match self.with_retry(item).await {
+                        Ok((mut a, l)) => {
+                            last = l.or(last);
+                            answers.push(a.pop().unwrap_or_else(|| Ok(Vec::new())));
+                        }
+                        Err(e) => answers.push(Err(e)),
+                    }
+                }
+                Ok((answers, last))
+            }
+            other => other,
+        };
         drop(items);
         match outcome {
             Ok((answers, last)) => {
@@ -773,6 +795,14 @@ pub(crate) async fn head_position(conn: &mut SqliteConnection) -> sqlx::Result<i
             .fetch_optional(&mut *conn)
             .await?;
     Ok(v.unwrap_or(0))
+}
+
+/// True when a failed group may have failed for one append's content rather than for the
+/// database as a whole (a full disk, an I/O error, a busy lock, a read-only file, corruption,
+/// each of its own kind): SQLite's generic error (a trigger's arithmetic, malformed JSON), a
+/// constraint, a type mismatch, a value too big or out of range.
+fn refused_by_content(e: &Error) -> bool {
+    matches!(e, Error::Database(_))
 }
 
 /// One error for each caller of a failed group: the same error, of the same kind.
