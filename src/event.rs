@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::time::{format_time, serde_rfc3339};
@@ -61,14 +61,46 @@ impl NewEvent {
                 "schema_version must be at least 1".into(),
             ));
         }
-        if !self.payload.is_object() {
+        check_time("occurred_at", self.occurred_at)?;
+        if let Some(t) = self.recorded_at {
+            check_time("recorded_at", t)?;
+        }
+        let Some(payload) = self.payload.as_object() else {
             return Err(Error::InvalidEvent(format!(
                 "payload of {} must be a JSON object",
                 self.event_id
             )));
+        };
+        // The fields copied into indexed columns, whatever the type, are bounded like ids
+        // (known types check them fully, in `check_known_payload`).
+        for key in INDEXED_TEXT_FIELDS {
+            if let Some(Value::String(v)) = payload.get(*key)
+                && v.len() > MAX_ID_LEN
+            {
+                return Err(Error::InvalidEvent(format!(
+                    "{key} is {} bytes long; at most {MAX_ID_LEN} are allowed",
+                    v.len()
+                )));
+            }
         }
         crate::events::check_known_payload(&self.event_type, self.schema_version, &self.payload)
     }
+}
+
+/// Payload fields of any event type that are copied into indexed columns as text (see
+/// [`IndexFields`]).
+const INDEXED_TEXT_FIELDS: &[&str] = &["failure_id", "agent_id", "failure_type", "strategy"];
+
+/// Event times must be writable in RFC 3339 (years 0000 to 9999), so that what `export` writes
+/// `import` takes back.
+fn check_time(what: &str, t: DateTime<Utc>) -> Result<()> {
+    use chrono::Datelike;
+    if !(0..=9999).contains(&t.year()) {
+        return Err(Error::InvalidEvent(format!(
+            "{what} {t} is outside the years 0000 to 9999"
+        )));
+    }
+    Ok(())
 }
 
 /// Ids are non-empty, bounded, printable text.
@@ -212,10 +244,6 @@ fn default_schema_version() -> u32 {
     1
 }
 
-fn empty_object() -> Value {
-    Value::Object(Map::new())
-}
-
 /// One line of healstore's JSON Lines event format: what `export` and `events --format json`
 /// write and what `import` and `append` read. Field order is fixed; payload keys are sorted.
 ///
@@ -223,7 +251,7 @@ fn empty_object() -> Value {
 /// assigns them), `event_id` is optional (when absent, an id is derived from the line's
 /// content, so that importing the same file twice stays idempotent), `schema_version` defaults
 /// to 1, `recorded_at` is kept when given and stamped by the store otherwise, and `payload`
-/// defaults to `{}`. Any other field is an error.
+/// is required (`{}` when there is nothing to say). Any other field is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventLine {
@@ -241,7 +269,6 @@ pub struct EventLine {
     pub occurred_at: DateTime<Utc>,
     #[serde(default, with = "serde_rfc3339::option")]
     pub recorded_at: Option<DateTime<Utc>>,
-    #[serde(default = "empty_object")]
     pub payload: Value,
     /// The event's link in the hash chain (hexadecimal), in archive files. Ignored on input:
     /// the receiving store chains events itself.
@@ -321,7 +348,7 @@ mod tests {
 
     #[test]
     fn line_without_id_gets_a_stable_derived_id() {
-        let text = r#"{"stream_id":"s","event_type":"x","occurred_at":"2026-01-01T00:00:00Z"}"#;
+        let text = r#"{"stream_id":"s","event_type":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{}}"#;
         let a = EventLine::parse(text).unwrap().into_append().unwrap().1;
         let b = EventLine::parse(text).unwrap().into_append().unwrap().1;
         assert_eq!(a.event_id, b.event_id);

@@ -217,14 +217,36 @@ macro_rules! heal_events {
             }
         }
 
-        /// For a known type and version, the payload must decode; anything else is data.
+        /// For a known type and version, the payload must decode, name no field the type does
+        /// not have, and hold numbers in their ranges (see [`check_ranges`]); anything else is
+        /// data.
         pub(crate) fn check_known_payload(event_type: &str, schema_version: u32, payload: &Value) -> Result<()> {
-            match (event_type, schema_version) {
-                $(($name, $version) => $ty::deserialize(payload).map(|_| ()).map_err(|e| {
-                    Error::InvalidEvent(format!("payload does not fit {} v{}: {e}", $name, $version))
-                }),)*
-                _ => Ok(()),
+            let unfit = |e: &dyn std::fmt::Display| {
+                Error::InvalidEvent(format!(
+                    "payload does not fit {event_type} v{schema_version}: {e}"
+                ))
+            };
+            let (decoded, fields) = match (event_type, schema_version) {
+                $(($name, $version) => (
+                    $ty::deserialize(payload).map(HealEvent::$variant).map_err(|e| unfit(&e))?,
+                    field_names::<$ty>(),
+                ),)*
+                _ => return Ok(()),
+            };
+            // A circuit transition is also a strategy's own event: the strategy adds its own
+            // fields (its name, key, time), so that type's payload stays open.
+            let open = event_type == "circuit_transitioned";
+            if let Some(key) = payload
+                .as_object()
+                .filter(|_| !open)
+                .and_then(|o| o.keys().find(|k| !fields.contains(&k.as_str())))
+            {
+                return Err(unfit(&format!(
+                    "unknown field `{key}`, expected one of {}",
+                    fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                )));
             }
+            check_ranges(&decoded).map_err(|e| unfit(&e))
         }
 
         /// The event types this binary knows, with their schema versions.
@@ -245,6 +267,148 @@ heal_events! {
     LimitCounted(LimitCounted) = "limit_counted" v 1,
     PatternLearned(Pattern) = "pattern_learned" v 1,
     PredictionMade(Prediction) = "prediction_made" v 1,
+}
+
+/// The longest duration an event may state, in milliseconds: 365 days. Durations are summed
+/// by the hourly read models and the analytics; with this bound, no realistic number of rows
+/// can overflow a sum (2^63 ms is over 290 million such durations).
+pub const MAX_DURATION_MS: i64 = 365 * 24 * 3_600_000;
+
+fn check_duration(what: &str, ms: i64) -> std::result::Result<(), String> {
+    if !(0..=MAX_DURATION_MS).contains(&ms) {
+        return Err(format!(
+            "{what} is {ms}; it must be between 0 and {MAX_DURATION_MS} (365 days)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_key(what: &str, id: &str) -> std::result::Result<(), String> {
+    crate::event::check_id(what, id).map_err(|e| match e {
+        Error::InvalidEvent(m) => m,
+        other => other.to_string(),
+    })
+}
+
+/// The ranges of a known payload's numbers (those the read models and analytics add up or
+/// compute with) and the limits of its keys (the same as every id's: see
+/// [`crate::event::check_id`]).
+fn check_ranges(e: &HealEvent) -> std::result::Result<(), String> {
+    let opt = |what: &str, id: &Option<String>| match id {
+        Some(id) => check_key(what, id),
+        None => Ok(()),
+    };
+    match e {
+        HealEvent::FailureDetected(f) => {
+            check_key("failure_id", &f.failure_id)?;
+            check_key("failure_type", &f.failure_type)?;
+            opt("agent_id", &f.agent_id)?;
+            opt("task_id", &f.task_id)?;
+        }
+        HealEvent::HealingAttempted(h) => {
+            check_key("failure_id", &h.failure_id)?;
+            check_key("strategy", &h.strategy)?;
+            opt("agent_id", &h.agent_id)?;
+            opt("failure_type", &h.failure_type)?;
+        }
+        HealEvent::ActionExecuted(a) => {
+            opt("failure_id", &a.failure_id)?;
+            check_key("strategy", &a.strategy)?;
+            opt("agent_id", &a.agent_id)?;
+            check_duration("duration_ms", a.duration_ms)?;
+        }
+        HealEvent::HealingCompleted(h) => {
+            check_key("failure_id", &h.failure_id)?;
+            check_key("strategy", &h.strategy)?;
+            opt("agent_id", &h.agent_id)?;
+            opt("failure_type", &h.failure_type)?;
+            check_duration("duration_ms", h.duration_ms)?;
+        }
+        HealEvent::FailureResolved(r) => {
+            check_key("failure_id", &r.failure_id)?;
+            check_key("failure_type", &r.failure_type)?;
+            opt("agent_id", &r.agent_id)?;
+            opt("strategy", &r.strategy)?;
+        }
+        HealEvent::AgentSucceeded(a) => {
+            check_key("agent_id", &a.agent_id)?;
+            opt("task_id", &a.task_id)?;
+        }
+        HealEvent::CircuitTransitioned(c) => {
+            check_key("circuit", &c.circuit)?;
+            opt("agent_id", &c.agent_id)?;
+        }
+        HealEvent::ResourceUsageReported(r) => {
+            check_key("resource_type", &r.resource_type)?;
+            if !(r.current_usage >= 0.0 && r.limit > 0.0) {
+                return Err(format!(
+                    "usage {} of limit {} is not a valid measurement (usage at least 0, limit \
+                     above 0)",
+                    r.current_usage, r.limit
+                ));
+            }
+        }
+        HealEvent::ConfigurationChanged(_) => {}
+        HealEvent::PatternLearned(p) => {
+            check_key("pattern_id", &p.pattern_id)?;
+            opt("agent_id", &p.agent_id)?;
+            if p.support < 0 {
+                return Err(format!("support is {}; it must be at least 0", p.support));
+            }
+        }
+        HealEvent::PredictionMade(p) => {
+            check_key("prediction_id", &p.prediction_id)?;
+            check_key("failure_type", &p.failure_type)?;
+            opt("agent_id", &p.agent_id)?;
+            check_duration("expected_in_ms", p.expected_in_ms)?;
+            check_duration("window_ms", p.window_ms)?;
+        }
+    }
+    Ok(())
+}
+
+/// The field names a payload struct accepts, as its derived `Deserialize` announces them.
+fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Capture<'a>(&'a mut &'static [&'static str]);
+    #[derive(Debug)]
+    struct Captured;
+    impl std::fmt::Display for Captured {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names captured")
+        }
+    }
+    impl std::error::Error for Captured {}
+    impl serde::de::Error for Captured {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Captured
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for Capture<'_> {
+        type Error = Captured;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> std::result::Result<V::Value, Captured> {
+            Err(Captured)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Captured> {
+            *self.0 = fields;
+            Err(Captured)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Capture(&mut fields));
+    fields
 }
 
 impl HealEvent {

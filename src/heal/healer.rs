@@ -1550,8 +1550,11 @@ impl Healer {
                 version,
                 ..
             } = awaited;
-            let duration =
-                duration_ms.unwrap_or_else(|| (at - decided_at).num_milliseconds().max(0));
+            let duration = duration_ms.unwrap_or_else(|| {
+                (at - decided_at)
+                    .num_milliseconds()
+                    .clamp(0, crate::events::MAX_DURATION_MS)
+            });
             let facts = outcome_facts(
                 &failure,
                 &name,

@@ -271,10 +271,21 @@ fn each_bad_event_line_is_refused_with_a_one_line_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = sample_db(dir.path(), 5);
     let line = |fields: &str| {
+        let payload = if fields.contains(r#""payload":"#) {
+            ""
+        } else {
+            r#","payload":{}"#
+        };
         format!(
-            r#"{{"stream_id":"s","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z",{fields}}}"#
+            r#"{{"stream_id":"s","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z",{fields}{payload}}}"#
         )
     };
+    let known = |ty: &str, payload: &str| {
+        format!(
+            r#"{{"event_id":"k","stream_id":"s","event_type":"{ty}","occurred_at":"2026-11-01T12:00:00Z","payload":{payload}}}"#
+        )
+    };
+    let long_agent = "a".repeat(healstore::event::MAX_ID_LEN + 1);
     let cases: Vec<(&str, String, &str)> = vec![
         ("malformed JSON", r#"{"event_id":"x","#.to_owned(), "EOF while parsing"),
         ("an unknown field", line(r#""event_id":"x","color":"red""#), "unknown field `color`"),
@@ -291,8 +302,15 @@ fn each_bad_event_line_is_refused_with_a_one_line_error_and_changes_nothing() {
             "missing field `failure_id`",
         ),
         ("an empty event id", line(r#""event_id":"""#), "event_id must not be empty"),
-        ("an empty stream id", r#"{"event_id":"x","stream_id":"","event_type":"t","occurred_at":"2026-11-01T12:00:00Z"}"#.to_owned(), "stream_id must not be empty"),
+        ("an empty stream id", r#"{"event_id":"x","stream_id":"","event_type":"t","occurred_at":"2026-11-01T12:00:00Z","payload":{}}"#.to_owned(), "stream_id must not be empty"),
         ("a payload that is not an object", line(r#""event_id":"x","payload":[1,2]"#), "must be a JSON object"),
+        ("a missing payload", r#"{"event_id":"x","stream_id":"s","event_type":"t","occurred_at":"2026-11-01T12:00:00Z"}"#.to_owned(), "missing field `payload`"),
+        ("a healing duration that overflows the read models", known("healing_completed", r#"{"failure_id":"f","strategy":"AgentRestart","success":true,"duration_ms":6000000000000000000}"#), "duration_ms is 6000000000000000000"),
+        ("the largest healing duration", known("healing_completed", r#"{"failure_id":"f","strategy":"AgentRestart","success":true,"duration_ms":9223372036854775807}"#), "between 0 and 31536000000"),
+        ("an agent id over 256 bytes", known("agent_succeeded", &format!(r#"{{"agent_id":"{long_agent}"}}"#)), "agent_id is 257 bytes long"),
+        ("an agent id over 256 bytes in a custom type", line(&format!(r#""event_id":"x","payload":{{"agent_id":"{long_agent}"}}"#)), "agent_id is 257 bytes long"),
+        ("an unknown field in a known payload", known("agent_succeeded", r#"{"agent_id":"a-1","colour":"red"}"#), "unknown field `colour`"),
+        ("a time after the year 9999", r#"{"event_id":"x","stream_id":"s","event_type":"t","occurred_at":"+10000-01-01T00:00:00Z","payload":{}}"#.to_owned(), "RFC 3339"),
     ];
     let files = db_files(&db);
     let exported = export(&db);
@@ -727,7 +745,7 @@ fn a_reader_that_closes_the_pipe_early_ends_events_quietly_with_success() {
 fn now_option_stamps_recorded_at_instead_of_the_wall_clock() {
     // Given `--now`, when events without a `recorded_at` are imported or appended,
     let (_dir, db) = common::temp_db();
-    let kept = r#"{"event_id":"now-3","stream_id":"n","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z","recorded_at":"2026-06-01T08:00:00Z"}"#;
+    let kept = r#"{"event_id":"now-3","stream_id":"n","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z","recorded_at":"2026-06-01T08:00:00Z","payload":{}}"#;
     let input = format!("{}\n{kept}\n", test_line("now-1", "n", 1));
     expect_success(&run_with_input(
         &db,

@@ -386,8 +386,13 @@ fn make_fixtures() -> Fixtures {
 /// A valid event line with `fields` spliced in (they may repeat or replace the usual ones only
 /// when a case means to).
 fn line_with(fields: &str) -> String {
+    let payload = if fields.contains(r#""payload":"#) {
+        ""
+    } else {
+        r#","payload":{}"#
+    };
     format!(
-        r#"{{"stream_id":"s","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z",{fields}}}"#
+        r#"{{"stream_id":"s","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z",{fields}{payload}}}"#
     )
 }
 
@@ -413,7 +418,7 @@ fn corpus(fx: &Fixtures) -> Vec<Case> {
     let good = |id: &str| test_line(id, "s", 1);
     let long_id = "x".repeat(healstore::event::MAX_ID_LEN + 1);
     let long_stream = format!(
-        r#"{{"event_id":"x","stream_id":"{}","event_type":"t","occurred_at":"2026-11-01T12:00:00Z"}}"#,
+        r#"{{"event_id":"x","stream_id":"{}","event_type":"t","occurred_at":"2026-11-01T12:00:00Z","payload":{{}}}}"#,
         "s".repeat(healstore::event::MAX_ID_LEN + 1)
     );
     // The sample database's first event, with different content.
@@ -499,15 +504,15 @@ fn corpus(fx: &Fixtures) -> Vec<Case> {
         case("append: an empty event id", Sample, stdin_append(), lines(&[&line_with(r#""event_id":"""#)]), "event_id must not be empty"),
         case("append: an oversized event id", Sample, stdin_append(), lines(&[&line_with(&format!(r#""event_id":"{long_id}""#))]), "at most 256"),
         case("append: an oversized stream id", Sample, stdin_append(), lines(&[&long_stream]), "at most 256"),
-        case("append: an empty stream id", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"","event_type":"t","occurred_at":"2026-11-01T12:00:00Z"}"#]), "stream_id must not be empty"),
+        case("append: an empty stream id", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"","event_type":"t","occurred_at":"2026-11-01T12:00:00Z","payload":{}}"#]), "stream_id must not be empty"),
         case("append: an escaped NUL in the event id", Sample, stdin_append(), lines(&[&line_with(r#""event_id":"a\u0000b""#)]), "control characters"),
         case("append: a raw NUL byte in a string", Sample, stdin_append(), raw_nul.clone(), "control character"),
         case("append: invalid UTF-8", Sample, stdin_append(), invalid_utf8.clone(), "invalid utf-8"),
         case("append: an unknown field", Sample, stdin_append(), lines(&[&line_with(r#""event_id":"x","colour":"red""#)]), "unknown field `colour`"),
         case("append: a duplicated field", Sample, stdin_append(), lines(&[&line_with(r#""event_id":"x","stream_id":"t""#)]), "duplicate field `stream_id`"),
         case("append: trailing characters", Sample, stdin_append(), lines(&[&format!("{} x", good("x"))]), "trailing characters"),
-        case("append: an empty event type", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"","occurred_at":"2026-11-01T12:00:00Z"}"#]), "event_type must not be empty"),
-        case("append: a control character in the event type", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"a\nb","occurred_at":"2026-11-01T12:00:00Z"}"#]), "control characters"),
+        case("append: an empty event type", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"","occurred_at":"2026-11-01T12:00:00Z","payload":{}}"#]), "event_type must not be empty"),
+        case("append: a control character in the event type", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"a\nb","occurred_at":"2026-11-01T12:00:00Z","payload":{}}"#]), "control characters"),
         case("append: a payload that is not an object", Sample, stdin_append(), lines(&[&line_with(r#""event_id":"x","payload":[1]"#)]), "must be a JSON object"),
         case("append: a known type with a payload missing a field", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"failure_detected","occurred_at":"2026-11-01T12:00:00Z","payload":{"failure_type":"agent_down","severity":"high"}}"#]), "missing field `failure_id`"),
         case("append: a known type with an unknown severity", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"failure_detected","occurred_at":"2026-11-01T12:00:00Z","payload":{"failure_id":"f","failure_type":"agent_down","severity":"apocalyptic"}}"#]), "payload does not fit failure_detected"),

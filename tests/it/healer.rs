@@ -991,7 +991,7 @@ async fn states_restored_from_the_log_equal_the_ones_in_memory_whatever_the_cloc
 fn refused_record_commands_on_a_database_the_healer_never_opened_change_nothing() {
     use crate::common::{assert_same_files, db_files, expect_error, run, run_with_input};
     let (_dir, path) = temp_db();
-    let line = r#"{"stream_id":"s","event_type":"note","occurred_at":"2026-11-01T12:00:00Z"}"#;
+    let line = r#"{"stream_id":"s","event_type":"note","occurred_at":"2026-11-01T12:00:00Z","payload":{}}"#;
     crate::common::expect_success(&run_with_input(&path, &["import", "-"], line.as_bytes()));
     let before = db_files(&path);
     for (args, needle) in [

@@ -827,3 +827,276 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_appends() {
     );
     store.close().await.unwrap();
 }
+
+/// Events every path must refuse, each with the words its error names: values that would
+/// overflow a read model's sums, oversized ids, unknown fields in a known payload, times that
+/// RFC 3339 cannot write.
+pub fn out_of_range_events() -> Vec<(&'static str, NewEvent, &'static str)> {
+    use serde_json::json;
+    let typed = |ty: &str, payload: serde_json::Value| NewEvent::new(ty, t0(), payload);
+    let completed = |duration: serde_json::Value| {
+        typed(
+            "healing_completed",
+            json!({"failure_id": "f", "strategy": "AgentRestart", "success": true,
+                   "duration_ms": duration}),
+        )
+    };
+    let long = "a".repeat(healstore::event::MAX_ID_LEN + 1);
+    let mut far_future = ev("far-future", t0());
+    far_future.occurred_at = chrono::DateTime::from_timestamp(260_000_000_000, 0).unwrap();
+    let mut recorded_far = ev("recorded-far", t0());
+    recorded_far.recorded_at = Some(far_future.occurred_at);
+    vec![
+        (
+            "a healing duration that overflows a sum",
+            completed(json!(6_000_000_000_000_000_000i64)),
+            "duration_ms is 6000000000000000000",
+        ),
+        (
+            "the largest healing duration",
+            completed(json!(i64::MAX)),
+            "between 0 and 31536000000",
+        ),
+        (
+            "a negative healing duration",
+            completed(json!(-1)),
+            "duration_ms is -1",
+        ),
+        (
+            "an action duration over a year",
+            typed(
+                "action_executed",
+                json!({"strategy": "AgentRestart", "action": "restart_agent", "success": true,
+                       "duration_ms": 31_536_000_001i64}),
+            ),
+            "duration_ms is 31536000001",
+        ),
+        (
+            "a prediction window that overflows its end time",
+            typed(
+                "prediction_made",
+                json!({"prediction_id": "p", "failure_type": "agent_down", "probability": 0.9,
+                       "source": "sequence", "basis": "b", "expected_at": "x",
+                       "expected_by": "y", "expected_in_ms": 0,
+                       "window_ms": 9_000_000_000_000_000i64, "recommended_action": "r"}),
+            ),
+            "window_ms is 9000000000000000",
+        ),
+        (
+            "a negative usage",
+            typed(
+                "resource_usage_reported",
+                json!({"resource_type": "memory", "current_usage": -1.0, "limit": 10.0}),
+            ),
+            "not a valid measurement",
+        ),
+        (
+            "an agent id over 256 bytes in a known payload",
+            typed(
+                "failure_detected",
+                json!({"failure_id": "f", "failure_type": "agent_down", "severity": "high",
+                       "agent_id": long}),
+            ),
+            "agent_id is 257 bytes long; at most 256",
+        ),
+        (
+            "an agent id over 256 bytes in a payload of any type (it is indexed)",
+            typed("custom_fact", json!({"agent_id": long})),
+            "agent_id is 257 bytes long; at most 256",
+        ),
+        (
+            "an empty failure type in a known payload",
+            typed(
+                "failure_resolved",
+                json!({"failure_id": "f", "failure_type": "",
+                       "detected_at": "2026-11-01T12:00:00Z"}),
+            ),
+            "failure_type must not be empty",
+        ),
+        (
+            "an unknown field in a known payload",
+            typed(
+                "agent_succeeded",
+                json!({"agent_id": "a-1", "colour": "red"}),
+            ),
+            "unknown field `colour`",
+        ),
+        (
+            "an occurred_at after the year 9999",
+            far_future,
+            "outside the years 0000 to 9999",
+        ),
+        (
+            "a recorded_at after the year 9999",
+            recorded_far,
+            "outside the years 0000 to 9999",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn appends_and_imports_refuse_values_that_would_overflow_and_oversized_fields() {
+    // Given a store,
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    for (what, event, needle) in out_of_range_events() {
+        // each bad event is refused by an append, with an error naming the problem,
+        let err = store.append_one("s", event.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidEvent(_)), "{what}: {err}");
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        // and by an import, with the same error,
+        let mut sink = store.begin_import().await.unwrap();
+        let sent = sink.send(1, "s".into(), event).await;
+        let same = sent.expect_err(what);
+        assert_eq!(same.to_string(), err.to_string(), "{what}");
+        sink.abort().await;
+    }
+    // and nothing was written.
+    assert_eq!(store.head_position().await.unwrap(), 0);
+    // The bounds themselves are accepted.
+    let at_most = NewEvent::new(
+        "healing_completed",
+        t0(),
+        serde_json::json!({"failure_id": "f", "strategy": "AgentRestart", "success": true,
+                           "duration_ms": healstore::events::MAX_DURATION_MS}),
+    );
+    store.append_one("s", at_most).await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_of_unknown_schema_versions_are_stored_and_skipped_by_the_read_models() {
+    use healstore::analytics::{Analytics, read_model_digests};
+    // Given a store,
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let detected = |id: &str, version: u32| {
+        let mut e = NewEvent::new(
+            "failure_detected",
+            t0(),
+            serde_json::json!({"failure_id": id, "failure_type": "agent_down",
+                               "severity": "high"}),
+        );
+        e.schema_version = version;
+        e
+    };
+    // when events of versions the read models do not know are appended among known ones
+    // (a pattern whose support is text, a healing result whose duration overflows, a failure
+    // of another version),
+    let mut pattern = NewEvent::new(
+        "pattern_learned",
+        t0(),
+        serde_json::json!({"pattern_id": "p-2", "kind": "sequence", "support": "many",
+                           "confidence": "high"}),
+    );
+    pattern.schema_version = 2;
+    let mut completed = NewEvent::new(
+        "healing_completed",
+        t0(),
+        serde_json::json!({"failure_id": "f-1", "strategy": "AgentRestart", "success": true,
+                           "duration_ms": i64::MAX}),
+    );
+    completed.schema_version = 2;
+    store
+        .append_one("failure-f-1", detected("f-1", 1))
+        .await
+        .unwrap();
+    store.append_one("patterns", pattern).await.unwrap();
+    store
+        .append_one("failure-f-1", completed.clone())
+        .await
+        .unwrap();
+    completed.event_id = "again".into();
+    store.append_one("failure-f-1", completed).await.unwrap();
+    store
+        .append_one("failure-f-2", detected("f-2", 3))
+        .await
+        .unwrap();
+    // then every one is stored,
+    assert_eq!(store.head_position().await.unwrap(), 5);
+    // the read models hold only what the known versions say,
+    let mut conn = crate::common::raw_connection(&path).await;
+    let failures: Vec<(String, i64)> =
+        sqlx::query_as("SELECT failure_id, results FROM failures ORDER BY position")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(failures, [("f-1".to_owned(), 0)]);
+    let (patterns, healings): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM patterns), (SELECT COUNT(*) FROM healing_hourly)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((patterns, healings), (0, 0));
+    conn.close().await.unwrap();
+    // the analytics over the hour work,
+    let a = Analytics::new(&store);
+    let window = healstore::Window::new(t0(), t0() + Duration::hours(1)).unwrap();
+    let s = a.stats(&window).await.unwrap();
+    assert_eq!((s.total_failures, s.total_healings), (1, 0));
+    // and a rebuild gives the same read models.
+    let before = read_model_digests(store.read_pool()).await.unwrap();
+    a.rebuild().await.unwrap();
+    assert_eq!(read_model_digests(store.read_pool()).await.unwrap(), before);
+    store.close().await.unwrap();
+}
+
+/// Installs a trigger that refuses events with this id, as a read model's trigger or a
+/// constraint refuses an event it cannot take.
+pub async fn refuse_event_id(path: &std::path::Path, id: &str) {
+    let mut conn = crate::common::raw_connection(path).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER test_refuses_{id} BEFORE INSERT ON events WHEN NEW.event_id = '{id}' \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test''s trigger'); END"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_append_fails_alone_and_the_rest_of_its_group_commits() {
+    // Given a store whose database refuses one event id (on insert, as a trigger would),
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    store.append_one("warm-up", ev("w", t0())).await.unwrap();
+    refuse_event_id(&path, "bad").await;
+    // when many appends are queued at once (so that they share group commits), the refused
+    // one among them,
+    let mut pending = Vec::new();
+    for i in 0..64 {
+        let id = if i == 20 {
+            "bad".to_owned()
+        } else {
+            format!("ok-{i}")
+        };
+        let stream = format!("s-{}", i % 4);
+        pending.push((
+            id.clone(),
+            store
+                .submit(&stream, ExpectedVersion::Any, vec![ev(&id, t0())])
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut stored = Vec::new();
+    for (id, p) in pending {
+        match p.await {
+            Ok(a) => stored.push(a[0].event_id.clone()),
+            Err(e) => {
+                // then only that one fails, with the database's reason,
+                assert_eq!(id, "bad", "{id}: {e}");
+                assert!(e.to_string().contains("refused by the test"), "{e}");
+            }
+        }
+    }
+    // and every other one is committed and acknowledged, in a dense, chained log.
+    assert_eq!(stored.len(), 63, "{stored:?}");
+    let log = all(&store, EventFilter::default()).await;
+    assert_eq!(log.len(), 64);
+    assert!(log.iter().all(|e| e.event_id != "bad"));
+    crate::common::assert_log_invariants(&log);
+    store.close().await.unwrap();
+}
