@@ -349,6 +349,10 @@ fn check_ranges(e: &HealEvent) -> std::result::Result<(), String> {
             }
         }
         HealEvent::ConfigurationChanged(_) => {}
+        HealEvent::LimitCounted(l) => {
+            check_key("failure_id", &l.failure_id)?;
+            opt("agent_id", &l.agent_id)?;
+        }
         HealEvent::PatternLearned(p) => {
             check_key("pattern_id", &p.pattern_id)?;
             opt("agent_id", &p.agent_id)?;
