@@ -476,7 +476,13 @@ fn an_outcome_recorded_twice_is_a_conflict_on_the_command_line() {
         &db,
         &["record", "outcome", "--failure", "F1", "--success"],
     ));
-    let out = run(&db, &["record", "outcome", "--failure", "F1", "--success"]);
+    // The same result again is answered with the recorded one; another result conflicts.
+    let again = expect_success(&run(
+        &db,
+        &["record", "outcome", "--failure", "F1", "--success"],
+    ));
+    assert!(again.contains("already recorded"), "{again}");
+    let out = run(&db, &["record", "outcome", "--failure", "F1", "--failed"]);
     let line = expect_error(&out, "already recorded");
     assert!(line.contains("conflict"), "{line}");
     let out = run(&db, &["record", "outcome", "--failure", "F9", "--success"]);
