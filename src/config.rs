@@ -19,6 +19,9 @@
 //! failure_threshold = 3
 //! ```
 //!
+//! Every setting is checked ([`Config::validate`]) before the configuration is recorded or a
+//! healer is built from it: the first bad one is refused in one line naming its key.
+//!
 //! The effective configuration is recorded in the log as a `configuration_changed` event
 //! whenever it differs from the last one recorded; history and statistics are untouched by a
 //! change.
@@ -57,6 +60,19 @@ pub enum StrategyKind {
     ResourceRebalance,
     QuorumRecovery,
     GradualDegradation,
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StrategyKind::CircuitBreaker => "circuit_breaker",
+            StrategyKind::AgentRestart => "agent_restart",
+            StrategyKind::TaskRetry => "task_retry",
+            StrategyKind::ResourceRebalance => "resource_rebalance",
+            StrategyKind::QuorumRecovery => "quorum_recovery",
+            StrategyKind::GradualDegradation => "gradual_degradation",
+        })
+    }
 }
 
 /// Failure types routed to a strategy, or to a chain of strategies tried in order.
@@ -153,53 +169,45 @@ impl Config {
 
     /// Parses TOML text and checks it.
     pub fn parse(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            // toml's own rendering quotes the line over several lines: keep one, and the
-            // line's text in it.
-            let at = e
-                .span()
-                .map(|span| {
-                    let before = text.get(..span.start).unwrap_or(text);
-                    let line = before.matches('\n').count() + 1;
-                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-                    let source: String = text
-                        .lines()
-                        .nth(line - 1)
-                        .unwrap_or("")
-                        .trim()
-                        .chars()
-                        .take(80)
-                        .collect();
-                    format!(" at line {line}, column {column} (`{source}`)")
-                })
-                .unwrap_or_default();
-            let message = e.message().trim_end().replace('\n', "; ");
-            Error::InvalidInput(format!("invalid configuration{at}: {message}"))
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
-        self.circuit_breaker.validate()?;
-        if let Some(f) = self.limits.max_disabled_fraction
-            && !(0.0..=1.0).contains(&f)
-        {
-            return Err(Error::InvalidInput(format!(
-                "limits.max_disabled_fraction must be between 0 and 1, not {f}"
-            )));
-        }
-        for r in &self.route {
+    /// Checks every setting (the limits, the routes, each strategy's numbers) before anything
+    /// is recorded: the first bad one is refused in one line that names its key as written in
+    /// the file (`invalid configuration: task_retry.multiplier = -2: must be a finite number
+    /// of at least 1`). [`Config::parse`] and [`Config::record`] call it; a healer built from
+    /// a configuration checks it again when it opens.
+    pub fn validate(&self) -> Result<()> {
+        self.limits.validate()?;
+        for (i, r) in self.route.iter().enumerate() {
             if r.failure_types.is_empty() {
-                return Err(Error::InvalidInput(
-                    "a [[route]] needs at least one failure type".into(),
-                ));
+                return Err(Error::InvalidInput(format!(
+                    "invalid configuration: route[{i}].failure_types = []: a [[route]] needs at \
+                     least one failure type"
+                )));
             }
             for t in &r.failure_types {
                 crate::event::check_id("failure type", t)?;
             }
+            for (j, k) in r.strategies.iter().enumerate() {
+                if r.strategies[..j].contains(k) {
+                    let names: Vec<String> = r.strategies.iter().map(|k| k.to_string()).collect();
+                    return Err(Error::InvalidInput(format!(
+                        "invalid configuration: route[{i}].strategies = [{}]: lists {k} twice \
+                         (a strategy decides once per failure)",
+                        names.join(", ")
+                    )));
+                }
+            }
         }
-        Ok(())
+        self.circuit_breaker.validate()?;
+        self.agent_restart.validate()?;
+        self.task_retry.validate()?;
+        self.resource_rebalance.validate()?;
+        self.quorum_recovery.validate()?;
+        self.gradual_degradation.validate()
     }
 
     /// The routes in effect: the defaults, with the file's routes replacing theirs per type.
@@ -305,6 +313,8 @@ impl Config {
     /// Records the configuration if it differs from the last one recorded. Returns whether it
     /// was recorded.
     pub async fn record(&self, store: &Store) -> Result<bool> {
+        // Nothing that fails its checks is recorded.
+        self.validate()?;
         let (value, hash) = self.fingerprint();
         use futures_util::StreamExt;
         let mut last: Option<(u64, String)> = None;
@@ -339,4 +349,75 @@ impl Config {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A TOML error in one line. A value the settings' types refuse (a negative count, text for a
+/// number) names its key with the table it is in, as the other checks do:
+/// `invalid configuration: limits.fleet_size = -1: must be a whole number from 0 to
+/// 4294967295 (line 2, column 14)`.
+fn toml_error(text: &str, e: &toml::de::Error) -> Error {
+    // toml's own rendering quotes the line over several lines: keep one.
+    let message = e.message().trim_end().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return Error::InvalidInput(format!("invalid configuration: {message}"));
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let line_start = span.start - (column - 1).min(span.start);
+    // A value error: the span lies after the line's `=`.
+    let key = line
+        .find('=')
+        .filter(|eq| line_start + eq < span.start && !line.trim_start().starts_with('['))
+        .map(|eq| line[..eq].trim());
+    if let Some(key) = key.filter(|k| !k.is_empty()) {
+        let table = text
+            .get(..line_start)
+            .unwrap_or("")
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|h| {
+                let h = h.split('#').next().unwrap_or(h).trim();
+                h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim()
+                    .to_owned()
+            });
+        let path = match table {
+            Some(t) if !t.is_empty() => format!("{t}.{key}"),
+            _ => key.to_owned(),
+        };
+        let value: String = text
+            .get(span.clone())
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(40)
+            .collect();
+        let why = whole_number(&message).unwrap_or(message);
+        return Error::InvalidInput(format!(
+            "invalid configuration: {path} = {value}: {why} (line {line_no}, column {column})"
+        ));
+    }
+    let source: String = line.trim().chars().take(80).collect();
+    Error::InvalidInput(format!(
+        "invalid configuration at line {line_no}, column {column} (`{source}`): {message}"
+    ))
+}
+
+/// serde's words for an integer out of an unsigned type's range, in the configuration's.
+fn whole_number(message: &str) -> Option<String> {
+    let max = if message.ends_with("expected u32") {
+        u64::from(u32::MAX)
+    } else if message.ends_with("expected u64") || message.ends_with("expected usize") {
+        u64::MAX
+    } else {
+        return None;
+    };
+    message
+        .starts_with("invalid value: integer")
+        .then(|| format!("must be a whole number from 0 to {max}"))
 }

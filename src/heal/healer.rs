@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::coordinator::Coordinator;
 use super::model::{Action, Failure, HealingResult, failure_stream};
+use super::strategies::check::Section;
 use super::strategy::{AnyState, Erased, ErasedStrategy, Signal, Strategy, Verdict};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -60,6 +61,23 @@ pub struct Limits {
     /// The fleet's size, for the share above. Without it the coordinator's topology is asked,
     /// and without a coordinator the agents the healer has state for are counted.
     pub fleet_size: Option<u32>,
+}
+
+impl Limits {
+    /// Checks the limits (see [`crate::config`]): one line naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let s = Section("limits");
+        if let Some(v) = self.max_actions_per_agent_per_hour {
+            s.at_least("max_actions_per_agent_per_hour", u64::from(v), 1)?;
+        }
+        if let Some(v) = self.max_disabled_fraction {
+            s.number_within("max_disabled_fraction", v, 0.0, 1.0)?;
+        }
+        if let Some(v) = self.fleet_size {
+            s.at_least("fleet_size", u64::from(v), 1)?;
+        }
+        Ok(())
+    }
 }
 
 /// Settings of a [`Healer`].
@@ -173,6 +191,7 @@ impl HealerBuilder {
 
     /// Restores every strategy's state from snapshots and the log, and returns the healer.
     pub async fn open(self, store: Store) -> Result<Healer> {
+        self.validate()?;
         let strategies = self.strategies();
         let healer = Healer {
             clock: store.options().clock.clone(),
@@ -194,6 +213,7 @@ impl HealerBuilder {
     /// states. Its checkpoints write the snapshots of the states it changed but move no
     /// checkpoint position (it does not know every state).
     pub async fn open_lazy(self, store: Store) -> Result<Healer> {
+        self.validate()?;
         let strategies = self.strategies();
         let head = store.head_position().await?;
         let healer = Healer {
@@ -208,6 +228,33 @@ impl HealerBuilder {
         };
         *healer.states.cursor.lock().await = head;
         Ok(healer)
+    }
+
+    /// Checks the settings before anything is read or written: the limits, every
+    /// strategy's own settings, and that no route lists a strategy twice (it would decide
+    /// twice on one state, at one version).
+    pub fn validate(&self) -> Result<()> {
+        self.options.limits.validate()?;
+        let mut types: Vec<&String> = self.routes.keys().collect();
+        types.sort();
+        for t in types {
+            let members = &self.routes[t].members;
+            for (i, m) in members.iter().enumerate() {
+                if members[..i].iter().any(|o| o.name() == m.name()) {
+                    return Err(Error::InvalidInput(format!(
+                        "invalid configuration: the route of {t} lists {} twice: a strategy \
+                         decides once per failure",
+                        m.name()
+                    )));
+                }
+            }
+        }
+        let mut names: Vec<_> = self.strategies().into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, s) in names {
+            s.validate()?;
+        }
+        Ok(())
     }
 
     fn strategies(&self) -> HashMap<String, Arc<dyn ErasedStrategy>> {

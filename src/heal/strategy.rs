@@ -207,6 +207,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// Unique within a healer; names the strategy in the log and in its state streams.
     fn name(&self) -> &str;
 
+    /// Checks the strategy's settings: a healer refuses to open with a strategy whose
+    /// settings fail, with this error (one line naming the setting). Default: nothing to
+    /// check.
+    fn validate(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
+
     /// Whether this strategy handles the failure at all.
     fn can_heal(&self, failure: &Failure) -> bool;
 
@@ -327,6 +334,7 @@ pub(crate) struct ErasedReaction {
 /// The object-safe face of [`Strategy`], with state and events as `Any`/JSON.
 pub(crate) trait ErasedStrategy: Send + Sync {
     fn name(&self) -> &str;
+    fn validate(&self) -> crate::error::Result<()>;
     fn can_heal(&self, failure: &Failure) -> bool;
     fn key(&self, failure: &Failure) -> String;
     fn new_state(&self) -> AnyState;
@@ -384,6 +392,9 @@ impl<S: Strategy> Erased<S> {
 impl<S: Strategy> ErasedStrategy for Erased<S> {
     fn name(&self) -> &str {
         self.0.name()
+    }
+    fn validate(&self) -> crate::error::Result<()> {
+        self.0.validate()
     }
     fn can_heal(&self, failure: &Failure) -> bool {
         self.0.can_heal(failure)

@@ -6,6 +6,7 @@ mod audit_report;
 mod circuit;
 mod cli;
 mod common;
+mod config;
 mod crash;
 mod errors;
 mod faults;

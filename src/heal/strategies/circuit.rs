@@ -79,7 +79,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, Result};
+use super::check::Section;
+use crate::error::Result;
 use crate::heal::model::{Action, Failure, failure_types};
 use crate::heal::strategy::{Decision, Reaction, Signal, Strategy};
 use crate::time::{format_time, serde_rfc3339};
@@ -90,7 +91,7 @@ pub const MAX_TIME_WINDOW_ENTRIES: usize = 10_000;
 
 /// Longest open duration ever computed (100 years), whatever the configuration: keeps deadline
 /// arithmetic far from overflow.
-const OPEN_MS_LIMIT: u64 = 100 * 365 * 24 * 3600 * 1000;
+const OPEN_MS_LIMIT: u64 = super::check::MAX_DURATION_MS;
 
 /// Key prefix of circuits for agent-less failures with a `resource_type`.
 pub const RESOURCE_KEY_PREFIX: &str = "resource:";
@@ -188,9 +189,13 @@ impl CircuitBreakerConfig {
     /// of at least one, a multiplier of at least one...), but a configuration file should be
     /// refused with this message instead.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::InvalidInput(format!("circuit breaker: {msg}")));
+        let s = Section("circuit_breaker");
         if self.failure_types.is_empty() {
-            return bad("failure_types is empty: the breaker would never see a failure".into());
+            return Err(s.refuse(
+                "failure_types",
+                "[]",
+                "the breaker would never see a failure",
+            ));
         }
         for (name, v) in [
             ("failure_threshold", self.failure_threshold),
@@ -198,60 +203,45 @@ impl CircuitBreakerConfig {
             ("half_open_max_calls", self.half_open_max_calls),
             ("minimum_calls", self.minimum_calls),
         ] {
-            if v == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
+            s.at_least(name, u64::from(v), 1)?;
         }
         if self.success_threshold > self.half_open_max_calls {
-            return bad(format!(
-                "success_threshold ({}) exceeds half_open_max_calls ({}): trial calls alone \
-                 could never close the circuit",
-                self.success_threshold, self.half_open_max_calls
+            return Err(s.refuse(
+                "success_threshold",
+                self.success_threshold,
+                format!(
+                    "above circuit_breaker.half_open_max_calls ({}): trial calls alone could \
+                     never close the circuit",
+                    self.half_open_max_calls
+                ),
             ));
         }
-        if self.open_ms == 0 || self.decay_ms == 0 {
-            return bad("open_ms and decay_ms must be at least 1".into());
-        }
-        if self.max_open_ms < self.open_ms {
-            return bad(format!(
-                "max_open_ms ({}) is below open_ms ({})",
-                self.max_open_ms, self.open_ms
-            ));
-        }
-        if self.max_open_ms > OPEN_MS_LIMIT {
-            return bad(format!("max_open_ms is above {OPEN_MS_LIMIT} (100 years)"));
-        }
-        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
-            return bad(format!(
-                "backoff_multiplier must be a number of at least 1.0, not {}",
-                self.backoff_multiplier
-            ));
-        }
-        if let Some(r) = self.failure_rate_threshold
-            && !(r > 0.0 && r <= 1.0)
-        {
-            return bad(format!("failure_rate_threshold must be in (0, 1], not {r}"));
+        s.duration("open_ms", self.open_ms, 1)?;
+        s.duration("max_open_ms", self.max_open_ms, 1)?;
+        s.duration("decay_ms", self.decay_ms, 1)?;
+        s.not_above(("open_ms", self.open_ms), ("max_open_ms", self.max_open_ms))?;
+        s.number_at_least("backoff_multiplier", self.backoff_multiplier, 1.0)?;
+        if let Some(r) = self.failure_rate_threshold {
+            s.number_above_up_to("failure_rate_threshold", r, 0.0, 1.0)?;
         }
         match self.window {
-            Window::Count { size: 0 } | Window::Time { window_ms: 0 } => {
-                return bad("the window must not be empty".into());
+            Window::Count { size } => {
+                s.at_least("window.size", u64::from(size), 1)?;
+                if self.failure_rate_threshold.is_some() && self.minimum_calls > size {
+                    return Err(s.refuse(
+                        "minimum_calls",
+                        self.minimum_calls,
+                        format!(
+                            "above the window size ({size}): the failure rate would never be \
+                             judged"
+                        ),
+                    ));
+                }
             }
-            Window::Count { size }
-                if self.failure_rate_threshold.is_some() && self.minimum_calls > size =>
-            {
-                return bad(format!(
-                    "minimum_calls ({}) exceeds the window size ({size}): the failure rate \
-                     would never be judged",
-                    self.minimum_calls
-                ));
-            }
-            _ => {}
+            Window::Time { window_ms } => s.duration("window.window_ms", window_ms, 1)?,
         }
-        if self.half_open_max_wait_ms == Some(0) {
-            return bad(
-                "half_open_max_wait_ms must be above 0: trial calls need time to report back"
-                    .into(),
-            );
+        if let Some(wait) = self.half_open_max_wait_ms {
+            s.duration("half_open_max_wait_ms", wait, 1)?;
         }
         Ok(())
     }
@@ -1072,6 +1062,10 @@ impl Strategy for CircuitBreaker {
 
     fn name(&self) -> &str {
         "CircuitBreaker"
+    }
+
+    fn validate(&self) -> crate::error::Result<()> {
+        self.config.validate()
     }
 
     fn can_heal(&self, failure: &Failure) -> bool {

@@ -35,6 +35,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::check::Section;
 use super::rebalance::{resource_key, usage_ratio};
 use crate::heal::model::{Action, Failure, Priority, failure_types};
 use crate::heal::strategy::{Decision, Reaction, Signal, Strategy};
@@ -156,6 +157,35 @@ impl Default for GradualDegradationConfig {
                 },
             ],
         }
+    }
+}
+
+impl GradualDegradationConfig {
+    /// Checks every setting, each level's included (see [`crate::config`]): one line naming
+    /// the first bad one.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        Section("gradual_degradation").number_within("hysteresis", self.hysteresis, 0.0, 1.0)?;
+        for (i, level) in self.levels.iter().enumerate() {
+            let name = format!("gradual_degradation.levels[{i}]");
+            let s = Section(&name);
+            s.number_within("threshold", level.threshold, 0.0, 1.0)?;
+            s.at_least("concurrency", u64::from(level.concurrency), 1)?;
+            s.number_above("timeout_multiplier", level.timeout_multiplier, 0.0)?;
+            s.number_within("quality_threshold", level.quality_threshold, 0.0, 1.0)?;
+            if let Some(j) = self.levels[..i]
+                .iter()
+                .position(|l| l.threshold == level.threshold)
+            {
+                return Err(s.refuse(
+                    "threshold",
+                    level.threshold,
+                    format!(
+                        "the same as gradual_degradation.levels[{j}]'s: one level per threshold"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -489,6 +519,10 @@ impl Strategy for GradualDegradation {
 
     fn name(&self) -> &str {
         "GradualDegradation"
+    }
+
+    fn validate(&self) -> crate::error::Result<()> {
+        self.config.validate()
     }
 
     fn can_heal(&self, failure: &Failure) -> bool {

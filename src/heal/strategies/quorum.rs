@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::check::Section;
 use crate::heal::model::{Action, Failure, failure_types};
 use crate::heal::strategy::{Decision, Signal, Strategy};
 
@@ -36,6 +37,13 @@ impl Default for QuorumRecoveryConfig {
                 .collect(),
             required_quorum: 3,
         }
+    }
+}
+
+impl QuorumRecoveryConfig {
+    /// Checks every setting (see [`crate::config`]): one line naming the first bad one.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        Section("quorum_recovery").at_least("required_quorum", u64::from(self.required_quorum), 1)
     }
 }
 
@@ -115,6 +123,10 @@ impl Strategy for QuorumRecovery {
 
     fn name(&self) -> &str {
         "QuorumRecovery"
+    }
+
+    fn validate(&self) -> crate::error::Result<()> {
+        self.config.validate()
     }
 
     fn can_heal(&self, failure: &Failure) -> bool {

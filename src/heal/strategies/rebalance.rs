@@ -16,7 +16,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::check::Section;
 use super::restart::{elapsed_ms, ms_i64};
+use crate::error::Result;
 use crate::heal::model::{Action, Failure, Priority, failure_types};
 use crate::heal::strategy::{Decision, Reaction, Signal, Strategy};
 
@@ -46,6 +48,15 @@ impl Default for ResourceRebalanceConfig {
             escalate_within_ms: 300_000,
             recover_below: 0.7,
         }
+    }
+}
+
+impl ResourceRebalanceConfig {
+    /// Checks every setting (see [`crate::config`]): one line naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let s = Section("resource_rebalance");
+        s.duration("escalate_within_ms", self.escalate_within_ms, 0)?;
+        s.number_above_up_to("recover_below", self.recover_below, 0.0, 1.0)
     }
 }
 
@@ -155,6 +166,10 @@ impl Strategy for ResourceRebalance {
 
     fn name(&self) -> &str {
         "ResourceRebalance"
+    }
+
+    fn validate(&self) -> crate::error::Result<()> {
+        self.config.validate()
     }
 
     fn can_heal(&self, failure: &Failure) -> bool {

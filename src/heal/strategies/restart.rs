@@ -24,6 +24,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::check::Section;
+use crate::error::Result;
 use crate::heal::model::{Action, Failure, failure_types};
 use crate::heal::strategy::{Decision, Reaction, Signal, Strategy};
 
@@ -60,6 +62,47 @@ impl Default for AgentRestartConfig {
             reset_after_ms: 600_000,
             per_failure_type: BTreeMap::new(),
         }
+    }
+}
+
+impl AgentRestartConfig {
+    /// Checks every setting, the per-cause ones included (see [`crate::config`]): one line
+    /// naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let s = Section("agent_restart");
+        s.duration("base_ms", self.base_ms, 0)?;
+        s.duration("max_ms", self.max_ms, 0)?;
+        s.not_above(("base_ms", self.base_ms), ("max_ms", self.max_ms))?;
+        s.number_at_least("multiplier", self.multiplier, 1.0)?;
+        s.duration("reset_after_ms", self.reset_after_ms, 1)?;
+        for (cause, o) in &self.per_failure_type {
+            let name = format!("agent_restart.per_failure_type.{cause}");
+            let s = Section(&name);
+            if let Some(v) = o.base_ms {
+                s.duration("base_ms", v, 0)?;
+            }
+            if let Some(v) = o.max_ms {
+                s.duration("max_ms", v, 0)?;
+            }
+            if let Some(v) = o.multiplier {
+                s.number_at_least("multiplier", v, 1.0)?;
+            }
+            // What applies to the cause: its own settings, else the general ones.
+            let base = o.base_ms.unwrap_or(self.base_ms);
+            let max = o.max_ms.unwrap_or(self.max_ms);
+            if base > max {
+                let (key, value) = match o.base_ms {
+                    Some(_) => ("base_ms", base),
+                    None => ("max_ms", max),
+                };
+                return Err(s.refuse(
+                    key,
+                    value,
+                    format!("the cause's base_ms ({base}) would be above its max_ms ({max})"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +256,10 @@ impl Strategy for AgentRestart {
 
     fn name(&self) -> &str {
         "AgentRestart"
+    }
+
+    fn validate(&self) -> crate::error::Result<()> {
+        self.config.validate()
     }
 
     fn can_heal(&self, failure: &Failure) -> bool {

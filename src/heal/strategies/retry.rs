@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::check::Section;
 use super::restart::{elapsed_ms, ms_i64};
+use crate::error::Result;
 use crate::heal::model::{Action, Failure, failure_types};
 use crate::heal::strategy::{Decision, Reaction, Signal, Strategy};
 
@@ -37,7 +39,7 @@ pub struct TaskRetryConfig {
     pub multiplier: f64,
     /// The longest wait, jitter included.
     pub max_ms: u64,
-    /// Spread of the wait, as a fraction (0.2: ±20 %); clamped to 0..=1.
+    /// Spread of the wait, as a fraction from 0 to 1 (0.2: ±20 %).
     pub jitter: f64,
     /// A task's attempts are forgotten after this long without a failure of it.
     pub reset_after_ms: u64,
@@ -62,6 +64,20 @@ impl Default for TaskRetryConfig {
             reset_after_ms: 3_600_000,
             retry_on_same_agent: false,
         }
+    }
+}
+
+impl TaskRetryConfig {
+    /// Checks every setting (see [`crate::config`]): one line naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let s = Section("task_retry");
+        s.at_least("max_attempts", u64::from(self.max_attempts), 1)?;
+        s.duration("base_ms", self.base_ms, 0)?;
+        s.duration("max_ms", self.max_ms, 0)?;
+        s.not_above(("base_ms", self.base_ms), ("max_ms", self.max_ms))?;
+        s.number_at_least("multiplier", self.multiplier, 1.0)?;
+        s.number_within("jitter", self.jitter, 0.0, 1.0)?;
+        s.duration("reset_after_ms", self.reset_after_ms, 1)
     }
 }
 
@@ -179,6 +195,10 @@ impl Strategy for TaskRetry {
 
     fn name(&self) -> &str {
         "TaskRetry"
+    }
+
+    fn validate(&self) -> crate::error::Result<()> {
+        self.config.validate()
     }
 
     fn can_heal(&self, failure: &Failure) -> bool {
