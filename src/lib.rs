@@ -16,6 +16,8 @@
 //! - [`audit`]: audit reports over a time window, one record per automated action.
 //! - [`analytics`]: SQL over time windows on read models the store maintains with the events:
 //!   statistics, MTTR, effectiveness, recommendations, health, patterns and predictions.
+//! - [`input`]: reading JSON Lines and archives from files, pipes and standard input with
+//!   bounded memory: one maximum line length, gzip told by its first bytes.
 //! - [`output`]: the files written besides the database (archives, pages), never the
 //!   database itself, an existing file or a non-regular one.
 //! - [`clock`]: injectable time; nothing reads the wall clock but [`SystemClock`].
@@ -43,6 +45,7 @@ mod error;
 pub mod event;
 pub mod events;
 pub mod heal;
+pub mod input;
 pub mod output;
 pub mod store;
 pub mod time;

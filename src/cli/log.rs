@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use healstore::{EventFilter, EventLine, ExpectedVersion, RecordedEvent};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 
 use super::{Cli, Out};
 
@@ -43,7 +43,8 @@ pub async fn init(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens a file or standard input for reading lines; also its size, for a progress bar.
+/// Opens a file, a FIFO or standard input for reading; also a regular file's size, for a
+/// progress bar. Nothing is sought: pipes and process substitutions read like files.
 async fn open_input(
     file: &Path,
 ) -> anyhow::Result<(Box<dyn AsyncRead + Unpin + Send>, Option<u64>)> {
@@ -57,26 +58,26 @@ async fn open_input(
     if meta.is_dir() {
         bail!("cannot read {}: it is a directory", file.display());
     }
-    Ok((Box::new(f), Some(meta.len())))
+    Ok((Box::new(f), meta.is_file().then_some(meta.len())))
+}
+
+/// The input's name in messages.
+fn input_name(file: &Path) -> String {
+    if file == Path::new("-") {
+        "standard input".into()
+    } else {
+        file.display().to_string()
+    }
 }
 
 pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()> {
+    let failed = || format!("import of {} failed; nothing was imported", file.display());
     let (input, size) = open_input(file).await?;
-    // An archive (gzip, with a header line) is read through its decompressor.
-    let mut header = None;
-    let mut lines: tokio::io::Lines<Box<dyn tokio::io::AsyncBufRead + Unpin + Send>> =
-        if file != Path::new("-") && healstore::store::archive::is_archive(file).await {
-            drop(input);
-            let (h, lines) = healstore::store::archive::read_archive(file).await?;
-            header = Some(h);
-            let inner: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> =
-                Box::new(lines.into_inner());
-            inner.lines()
-        } else {
-            let inner: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> =
-                Box::new(BufReader::new(input));
-            inner.lines()
-        };
+    // An archive (gzip, with a header line) is read through its decompressor, told by its
+    // first bytes: a pipe or standard input works as a file does.
+    let (header, mut lines) = healstore::store::archive::open_input(input, &input_name(file))
+        .await
+        .with_context(failed)?;
     let store = cli.open(true).await?;
     if let Some(h) = &header
         && let Err(e) = store.check_archive_import(h).await
@@ -84,17 +85,17 @@ pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()>
         store.close().await?;
         return Err(e.into());
     }
-    let progress = progress_bar(size);
+    // (an archive's size is not the size of what is read from it)
+    let progress = progress_bar(size.filter(|_| header.is_none()));
     let mut sink = store.begin_import().await?;
-    let mut line_no = 0u64;
     let mut bytes = 0u64;
     let failure = loop {
-        line_no += 1;
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
             Ok(None) => break None,
-            Err(e) => break Some(anyhow::anyhow!("line {line_no}: cannot read: {e}")),
+            Err(e) => break Some(anyhow::anyhow!("line {}: {e}", lines.line_number())),
         };
+        let line_no = lines.line_number();
         bytes += line.len() as u64 + 1;
         if let Some(p) = &progress {
             p.set_position(bytes);
@@ -103,13 +104,16 @@ pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()>
             continue;
         }
         let parsed = EventLine::parse(&line).and_then(EventLine::into_append);
+        drop(line);
         let (stream, event) = match parsed {
             Ok(v) => v,
             Err(e) => break Some(anyhow::anyhow!("line {line_no}: {e}")),
         };
-        if sink.send(line_no, stream, event).await.is_err() {
+        match sink.send(line_no, stream, event).await {
+            Ok(()) => {}
             // The writer refused an earlier line; `finish` says which.
-            break None;
+            Err(healstore::Error::Closed) => break None,
+            Err(e) => break Some(anyhow::anyhow!("line {line_no}: {e}")),
         }
     };
     if let Some(p) = &progress {
@@ -118,15 +122,11 @@ pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()>
     if let Some(e) = failure {
         sink.abort().await;
         store.close().await?;
-        return Err(e.context(format!(
-            "import of {} failed; nothing was imported",
-            file.display()
-        )));
+        return Err(e.context(failed()));
     }
     let report = sink.finish().await;
     store.close().await?;
-    let report = report
-        .with_context(|| format!("import of {} failed; nothing was imported", file.display()))?;
+    let report = report.with_context(failed)?;
     if out.json() {
         out.json_value(&report)?;
     } else {
@@ -154,12 +154,17 @@ fn progress_bar(size: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// Bytes of input lines `append` keeps in flight at most (besides `--pipeline`'s count): with
+/// lines of up to 1 MiB, memory stays bounded whatever the pipeline.
+const APPEND_BYTES_IN_FLIGHT: usize = 16 << 20;
+
 pub async fn append(cli: &Cli, file: &Path, pipeline: u32, out: &mut Out) -> anyhow::Result<()> {
     let (input, _) = open_input(file).await?;
     let store = cli.open(true).await?;
-    let mut lines = BufReader::new(input).lines();
-    let mut in_flight: VecDeque<(u64, healstore::PendingAppend)> = VecDeque::new();
-    let mut line_no = 0u64;
+    let mut lines = healstore::input::LineReader::new(BufReader::new(input));
+    // Each append in flight, with its line's number and length.
+    let mut in_flight: VecDeque<(u64, usize, healstore::PendingAppend)> = VecDeque::new();
+    let mut bytes_in_flight = 0usize;
     let mut eof = false;
     let result: anyhow::Result<()> = async {
         // Reads input and acknowledges commits at the same time, in input order: a source
@@ -167,34 +172,41 @@ pub async fn append(cli: &Cli, file: &Path, pipeline: u32, out: &mut Out) -> any
         while !eof || !in_flight.is_empty() {
             tokio::select! {
                 biased;
-                r = async { (&mut in_flight.front_mut().expect("not empty").1).await },
+                r = async { (&mut in_flight.front_mut().expect("not empty").2).await },
                     if !in_flight.is_empty() =>
                 {
-                    let (n, _) = in_flight.pop_front().expect("not empty");
+                    let (n, len, _) = in_flight.pop_front().expect("not empty");
+                    bytes_in_flight -= len;
                     ack(out, n, r)?;
                     out.flush()?;
                 }
-                line = lines.next_line(), if !eof && in_flight.len() < pipeline as usize => {
-                    line_no += 1;
+                line = lines.next_line(), if !eof
+                    && in_flight.len() < pipeline as usize
+                    && bytes_in_flight < APPEND_BYTES_IN_FLIGHT =>
+                {
+                    let line_no = lines.line_number();
                     let line = match line {
                         Ok(Some(l)) => l,
                         Ok(None) => {
                             eof = true;
                             continue;
                         }
-                        Err(e) => bail!("line {line_no}: cannot read: {e}"),
+                        Err(e) => bail!("line {line_no}: {e}"),
                     };
                     if line.trim().is_empty() {
                         continue;
                     }
+                    let len = line.len();
                     let (stream, event) = EventLine::parse(&line)
                         .and_then(EventLine::into_append)
                         .with_context(|| format!("line {line_no}"))?;
+                    drop(line);
                     let pending = store
                         .submit(&stream, ExpectedVersion::Any, vec![event])
                         .await
                         .with_context(|| format!("line {line_no}"))?;
-                    in_flight.push_back((line_no, pending));
+                    bytes_in_flight += len;
+                    in_flight.push_back((line_no, len, pending));
                 }
             }
         }
@@ -202,7 +214,7 @@ pub async fn append(cli: &Cli, file: &Path, pipeline: u32, out: &mut Out) -> any
     }
     .await;
     // Whatever happened, appends already queued are committed and acknowledged before exit.
-    while let Some((n, p)) = in_flight.pop_front() {
+    while let Some((n, _, p)) = in_flight.pop_front() {
         let _ = ack(out, n, p.await);
     }
     out.flush()?;

@@ -23,7 +23,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 use super::Store;
 use super::chain::{self, Hash};
@@ -369,42 +369,49 @@ async fn write_file(
     Ok((end_hash, to_position - anchor_position))
 }
 
-/// The archive's lines after its header, decompressed, for `import` and `verify --archive`.
-pub async fn read_archive(
-    file: &Path,
-) -> Result<(
-    ArchiveHeader,
-    tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin + Send>>,
-)> {
+/// Lines of an archive or of plain JSON Lines, read with bounded memory.
+pub type Lines = crate::input::LineReader<crate::input::Input>;
+
+/// The archive's lines after its header, decompressed, for `verify --archive`.
+pub async fn read_archive(file: &Path) -> Result<(ArchiveHeader, Lines)> {
     let f = tokio::fs::File::open(file)
         .await
         .map_err(|e| Error::from_io(format_args!("cannot read {}", file.display()), &e))?;
-    let gz = async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(f));
-    let mut lines = BufReader::new(gz).lines();
+    match open_input(f, &file.display().to_string()).await? {
+        (Some(header), lines) => Ok((header, lines)),
+        (None, _) => Err(Error::InvalidInput(format!(
+            "{} is not a healstore archive (not gzip)",
+            file.display()
+        ))),
+    }
+}
+
+/// Opens events for reading from any stream (a file, a pipe, a FIFO, standard input): an
+/// archive (gzip, told by its first two bytes, read without seeking) with its header, or plain
+/// JSON Lines. `name` names the input in errors.
+pub async fn open_input<R>(reader: R, name: &str) -> Result<(Option<ArchiveHeader>, Lines)>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let (gzip, input) = crate::input::sniff(reader)
+        .await
+        .map_err(|e| Error::from_io(format_args!("cannot read {name}"), &e))?;
+    let mut lines = crate::input::LineReader::new(input);
+    if !gzip {
+        return Ok((None, lines));
+    }
     let first = lines
         .next_line()
         .await
         .map_err(|e| {
             Error::InvalidInput(format!(
-                "{} is not a healstore archive: {e}",
-                file.display()
+                "{name} is not a healstore archive: its header line: {e}"
             ))
         })?
-        .ok_or_else(|| Error::InvalidInput(format!("{} is empty", file.display())))?;
-    let header: ArchiveHeader = serde_json::from_str(&first).map_err(|e| {
-        Error::InvalidInput(format!("{} has no archive header: {e}", file.display()))
-    })?;
-    Ok((header, lines))
-}
-
-/// Whether `file` starts like a gzip stream (an archive) rather than JSON Lines.
-pub async fn is_archive(file: &Path) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(mut f) = tokio::fs::File::open(file).await else {
-        return false;
-    };
-    let mut magic = [0u8; 2];
-    f.read_exact(&mut magic).await.is_ok() && magic == [0x1f, 0x8b]
+        .ok_or_else(|| Error::InvalidInput(format!("{name} is an empty archive")))?;
+    let header: ArchiveHeader = serde_json::from_str(&first)
+        .map_err(|e| Error::InvalidInput(format!("{name} has no archive header: {e}")))?;
+    Ok((Some(header), lines))
 }
 
 /// Checks an archive file on its own: its chain from the header's anchor, its positions, and

@@ -307,7 +307,10 @@ impl Store {
             let _ = reply.send(Ok(Vec::new()));
             return Ok(PendingAppend(answer));
         }
-        let parts = parts.into_iter().map(writer::PreparedPart::from).collect();
+        let parts = parts
+            .into_iter()
+            .map(writer::PreparedPart::try_from)
+            .collect::<Result<_>>()?;
         let req = writer::Request::Append(writer::AppendRequest { parts, reply });
         self.inner
             .requests

@@ -68,6 +68,29 @@ impl PreparedEvent {
             event,
         }
     }
+
+    /// About how many bytes the event holds in memory.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.event.event_id.len() + self.event.event_type.len() + 256
+    }
+
+    /// [`PreparedEvent::new`] for an event from outside the store: its stored payload must
+    /// fit a line (see [`crate::input::MAX_PAYLOAD_BYTES`]), so that every stored event can be
+    /// exported and imported again.
+    pub fn checked(event: NewEvent) -> Result<Self> {
+        let prepared = PreparedEvent::new(event);
+        let max = crate::input::MAX_PAYLOAD_BYTES;
+        if prepared.payload.len() > max {
+            return Err(Error::InvalidEvent(format!(
+                "the payload of {} is {} bytes long; at most {max} are allowed (an event line \
+                 holds at most {} bytes)",
+                prepared.event.event_id,
+                prepared.payload.len(),
+                crate::input::MAX_LINE_BYTES
+            )));
+        }
+        Ok(prepared)
+    }
 }
 
 /// A [`StreamAppend`] with its events prepared.
@@ -77,13 +100,19 @@ pub(crate) struct PreparedPart {
     pub events: Vec<PreparedEvent>,
 }
 
-impl From<StreamAppend> for PreparedPart {
-    fn from(p: StreamAppend) -> Self {
-        PreparedPart {
+impl TryFrom<StreamAppend> for PreparedPart {
+    type Error = Error;
+
+    fn try_from(p: StreamAppend) -> Result<Self> {
+        Ok(PreparedPart {
             stream_id: p.stream_id,
             expected: p.expected,
-            events: p.events.into_iter().map(PreparedEvent::new).collect(),
-        }
+            events: p
+                .events
+                .into_iter()
+                .map(PreparedEvent::checked)
+                .collect::<Result<_>>()?,
+        })
     }
 }
 
@@ -110,6 +139,8 @@ enum ImportItem {
         stream_id: String,
         expected: ExpectedVersion,
         event: PreparedEvent,
+        /// The event's share of [`IMPORT_BYTES_IN_FLIGHT`], given back once it is written.
+        budget: tokio::sync::OwnedSemaphorePermit,
     },
     Abort,
 }
@@ -127,6 +158,7 @@ pub struct ImportReport {
 pub struct ImportSink {
     items: mpsc::Sender<ImportItem>,
     reply: oneshot::Receiver<Result<ImportReport>>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ImportSink {
@@ -143,21 +175,32 @@ impl ImportSink {
         Ok(ImportSink {
             items: items_tx,
             reply: reply_rx,
+            budget: std::sync::Arc::new(tokio::sync::Semaphore::new(IMPORT_BYTES_IN_FLIGHT)),
         })
     }
 
-    /// Adds one event; `line` is named in the error if it is refused. An error here means the
-    /// import has already failed (and was rolled back): call [`ImportSink::finish`] for the
-    /// reason.
+    /// Adds one event; `line` is named in the error if the writer refuses it. An event that
+    /// is not valid (or too large) is refused here, and nothing of it is sent: abort the
+    /// import, or go on without it. [`Error::Closed`] means the import has already failed
+    /// (and was rolled back): call [`ImportSink::finish`] for the reason.
     pub async fn send(&mut self, line: u64, stream_id: String, event: NewEvent) -> Result<()> {
         crate::event::check_id("stream_id", &stream_id)?;
         event.validate()?;
+        let event = PreparedEvent::checked(event)?;
+        // Events wait here while the writer holds as many bytes as it may: memory stays
+        // bounded however large the events and however slow the disk.
+        let weight = (event.size() + stream_id.len()).min(IMPORT_BYTES_IN_FLIGHT) as u32;
+        let budget = std::sync::Arc::clone(&self.budget)
+            .acquire_many_owned(weight)
+            .await
+            .map_err(|_| Error::Closed)?;
         self.items
             .send(ImportItem::Event {
                 line,
                 stream_id,
                 expected: ExpectedVersion::Any,
-                event: PreparedEvent::new(event),
+                event,
+                budget,
             })
             .await
             .map_err(|_| Error::Closed)
@@ -179,6 +222,14 @@ impl ImportSink {
 
 /// Items an import writes per round of look-ups and INSERTs.
 const IMPORT_CHUNK: usize = 512;
+
+/// Bytes of events an import writes per round at most (a round of large events ends early).
+const IMPORT_CHUNK_BYTES: usize = 8 << 20;
+
+/// Bytes of events an import holds at most between the reader and the database: what was
+/// sent and not yet written. It must exceed [`IMPORT_CHUNK_BYTES`] (a round is written once
+/// it holds that much, which frees its share for the next events).
+const IMPORT_BYTES_IN_FLIGHT: usize = 32 << 20;
 
 /// Largest multi-row INSERT. 16 columns x 128 rows = 2,048 bound parameters, well under
 /// SQLite's limit (32,766); larger statements gained nothing measurable.
@@ -734,6 +785,9 @@ impl Writer {
         let _note = super::holder::Note::announce(&path, "an import", self.options.clock.now());
         let mut report = ImportReport::default();
         let mut chunk: Vec<(u64, String, ExpectedVersion, [PreparedEvent; 1])> = Vec::new();
+        // The chunk's events' shares of the import's memory, given back once it is written.
+        let mut budgets = Vec::new();
+        let mut chunk_bytes = 0;
         let mut last = None;
         loop {
             let next = items.recv().await;
@@ -743,8 +797,11 @@ impl Writer {
                     stream_id,
                     expected,
                     event,
+                    budget,
                 }) => {
+                    chunk_bytes += event.size();
                     chunk.push((line, stream_id, expected, [event]));
+                    budgets.push(budget);
                     false
                 }
                 // The sink was aborted: dropping `tx` rolls back.
@@ -753,7 +810,10 @@ impl Writer {
                 }
                 None => true,
             };
-            if chunk.len() >= IMPORT_CHUNK || (done && !chunk.is_empty()) {
+            if chunk.len() >= IMPORT_CHUNK
+                || chunk_bytes >= IMPORT_CHUNK_BYTES
+                || (done && !chunk.is_empty())
+            {
                 let plan_items: Vec<PlanItem<'_>> = chunk
                     .iter()
                     .map(|(_, s, exp, ev)| PlanItem {
@@ -777,6 +837,8 @@ impl Writer {
                 insert_rows(&mut tx, &plan.rows).await.map_err(db)?;
                 last = plan.rows.last().map(|r| r.position).or(last);
                 chunk.clear();
+                budgets.clear();
+                chunk_bytes = 0;
             }
             if done {
                 break;

@@ -11,6 +11,7 @@ mod crash;
 mod errors;
 mod faults;
 mod healer;
+mod input;
 mod outputs;
 mod patterns;
 mod process;
