@@ -1,6 +1,7 @@
 -- Rebuilds every analytics read model from the events: the set-based equivalent of the
 -- triggers (migrations/V3__read_models.sql and V5, as recreated by V6: only schema version 1
--- of each type is interpreted), statement for statement. A test checks that a rebuild
+-- of each type is interpreted; and V7: saturating sums of times to recover), statement for
+-- statement. A test checks that a rebuild
 -- reproduces the incrementally maintained tables exactly.
 --
 -- Where the triggers depend on the order of events (a failure's healing events count only
@@ -58,15 +59,25 @@ SET resolved_position = x.p, resolved_at = e.occurred_at, resolved_by = e.strate
 FROM x JOIN events e ON e.position = x.p
 WHERE failures.failure_id = x.failure_id;
 
+-- Times to recover are summed saturating at 2^62 microseconds, as the trigger of V7 sums them.
+-- g, the group's floating-point total, tells the groups whose exact sum might overflow: their
+-- sum is certainly past the saturation point (above 1.5 x 2^62 within rounding), so their
+-- integers are not summed at all (an integer SUM that overflows is an error).
 INSERT INTO failure_hourly (hour, failure_type, detected, resolved, ttr_sum_us)
-SELECT hour, failure_type, SUM(d), SUM(r), SUM(t)
+SELECT hour, failure_type, SUM(d), SUM(r),
+       CASE WHEN MAX(g) >= 6.9e18 THEN 4611686018427387904
+            ELSE MIN(SUM(CASE WHEN g < 6.9e18 THEN t ELSE 0 END), 4611686018427387904) END
 FROM (
-    SELECT (detected_at / 3600000000) * 3600000000 AS hour, failure_type,
-           1 AS d, 0 AS r, 0 AS t
-    FROM failures
-    UNION ALL
-    SELECT (resolved_at / 3600000000) * 3600000000, failure_type, 0, 1, ttr_us
-    FROM failures WHERE resolved_at IS NOT NULL
+    SELECT hour, failure_type, d, r, t,
+           TOTAL(t) OVER (PARTITION BY hour, failure_type) AS g
+    FROM (
+        SELECT (detected_at / 3600000000) * 3600000000 AS hour, failure_type,
+               1 AS d, 0 AS r, 0 AS t
+        FROM failures
+        UNION ALL
+        SELECT (resolved_at / 3600000000) * 3600000000, failure_type, 0, 1, ttr_us
+        FROM failures WHERE resolved_at IS NOT NULL
+    )
 )
 GROUP BY hour, failure_type;
 

@@ -40,10 +40,11 @@ pub struct Stats {
 }
 
 /// The SQL for the failure side of the stats: detections and resolutions per type, from the
-/// hourly rollup for whole hours and from the per-failure model at the edges.
-/// Parameters: since, h1, h2, until.
+/// hourly rollup for whole hours and from the per-failure model at the edges. Times to recover
+/// are added as floating point (`TOTAL`): an integer sum of times that may span millennia could
+/// overflow. Parameters: since, h1, h2, until.
 const FAILURES_BY_TYPE: &str = "\
-SELECT failure_type, SUM(d), SUM(r), SUM(t) FROM (
+SELECT failure_type, SUM(d), SUM(r), TOTAL(t) FROM (
     SELECT failure_type, detected AS d, resolved AS r, ttr_sum_us AS t
     FROM failure_hourly WHERE hour >= ?2 AND hour < ?3
     UNION ALL
@@ -104,7 +105,7 @@ impl Analytics {
         let sp = window.split();
         // Independent queries run at once, each on its own reader connection.
         let by_type = async {
-            sqlx::query_as::<_, (String, i64, i64, i64)>(FAILURES_BY_TYPE)
+            sqlx::query_as::<_, (String, i64, i64, f64)>(FAILURES_BY_TYPE)
                 .bind(sp.since)
                 .bind(sp.h1)
                 .bind(sp.h2)
@@ -127,7 +128,7 @@ impl Analytics {
         let (rows, results, unresolved) =
             tokio::try_join!(by_type, self.results_by_strategy_type(window), unresolved)?;
         let mut by_failure_type = BTreeMap::new();
-        let (mut detected, mut resolved, mut ttr_sum) = (0i64, 0i64, 0i64);
+        let (mut detected, mut resolved, mut ttr_sum) = (0i64, 0i64, 0f64);
         for (t, d, r, s) in rows {
             if d > 0 {
                 by_failure_type.insert(t, d);
@@ -168,7 +169,7 @@ impl Analytics {
             success_rate: round(ratio(ok as f64, n as f64), 4),
             avg_healing_time_ms: round(ratio(dur as f64, n as f64), 3),
             resolved,
-            mttr_ms: round(ratio(ttr_sum as f64, resolved as f64) / 1000.0, 3),
+            mttr_ms: round(ratio(ttr_sum, resolved as f64) / 1000.0, 3),
             mttr_p50_ms: ms(p50),
             mttr_p90_ms: ms(p90),
             mttr_p99_ms: ms(p99),
@@ -213,7 +214,7 @@ impl Analytics {
                                     ORDER BY ttr_us) AS rn, \
                  COUNT(*) OVER (PARTITION BY (resolved_at - ((resolved_at % ?3) + ?3) % ?3), {key}) AS n \
                FROM failures WHERE resolved_at >= ?1 AND resolved_at < ?2) \
-             SELECT bucket, k, COUNT(*), SUM(ttr_us), \
+             SELECT bucket, k, COUNT(*), TOTAL(ttr_us), \
                MAX(CASE WHEN rn = MAX(1, (n * 50 + 99) / 100) THEN ttr_us END), \
                MAX(CASE WHEN rn = MAX(1, (n * 90 + 99) / 100) THEN ttr_us END), \
                MAX(ttr_us) \
@@ -232,7 +233,7 @@ impl Analytics {
                     bucket_start: format_time(from_micros(bucket)?),
                     group: by.map(|_| k),
                     resolved: n,
-                    mttr_ms: round(ratio(sum as f64, n as f64) / 1000.0, 3),
+                    mttr_ms: round(ratio(sum, n as f64) / 1000.0, 3),
                     p50_ms: ms(p50),
                     p90_ms: ms(p90),
                     max_ms: ms(max),
@@ -251,9 +252,9 @@ impl Analytics {
         bucket: chrono::Duration,
     ) -> Result<Vec<MttrPoint>> {
         let b = bucket_us(bucket)?;
-        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64, f64, i64)> = sqlx::query_as(
             "SELECT (resolved_at - ((resolved_at % ?3) + ?3) % ?3) AS bucket, COUNT(*), \
-                    SUM(ttr_us), MAX(ttr_us) \
+                    TOTAL(ttr_us), MAX(ttr_us) \
              FROM failures WHERE resolved_at >= ?1 AND resolved_at < ?2 \
              GROUP BY bucket ORDER BY bucket",
         )
@@ -268,7 +269,7 @@ impl Analytics {
                     bucket_start: format_time(from_micros(bucket)?),
                     group: None,
                     resolved: n,
-                    mttr_ms: round(ratio(sum as f64, n as f64) / 1000.0, 3),
+                    mttr_ms: round(ratio(sum, n as f64) / 1000.0, 3),
                     p50_ms: 0.0,
                     p90_ms: 0.0,
                     max_ms: max as f64 / 1000.0,
@@ -306,4 +307,4 @@ pub struct MttrPoint {
     pub max_ms: f64,
 }
 
-type SeriesRow = (i64, String, i64, i64, Option<i64>, Option<i64>, Option<i64>);
+type SeriesRow = (i64, String, i64, f64, Option<i64>, Option<i64>, Option<i64>);

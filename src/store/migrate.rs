@@ -40,6 +40,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V6__read_models_known_versions",
         include_str!("../../migrations/V6__read_models_known_versions.sql"),
     ),
+    (
+        "V7__saturating_recovery_sums",
+        include_str!("../../migrations/V7__saturating_recovery_sums.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

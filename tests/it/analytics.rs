@@ -1024,3 +1024,89 @@ mod cli {
         assert!(out.contains("No failure is predicted"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn times_to_recover_spanning_millennia_neither_fail_appends_nor_overflow_sums() {
+    use chrono::TimeZone;
+    // Given failures detected in the year 0 and resolved in the year 9999 (each time to recover
+    // is about 2^58 microseconds), forty of them resolved in one hour: their sum is past what a
+    // 64-bit integer holds,
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let detected = Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap();
+    let hour = Utc.with_ymd_and_hms(9999, 12, 31, 22, 0, 0).unwrap();
+    for i in 0..40i64 {
+        let id = format!("old-{i}");
+        Story::new(&id, "agent_down", detected + Duration::hours(i))
+            .resolved("AgentRestart", hour + Duration::minutes(i))
+            .write(&store)
+            .await;
+    }
+    // then every append succeeded and the hour's sum saturated at 2^62 microseconds,
+    let mut conn = crate::common::raw_connection(&path).await;
+    let (resolved, sum): (i64, i64) =
+        sqlx::query_as("SELECT resolved, ttr_sum_us FROM failure_hourly WHERE resolved > 0")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    assert_eq!((resolved, sum), (40, 1i64 << 62));
+    // the statistics over the hour, over part of it and over a longer window answer (the
+    // per-failure rows exactly, the hour's rollup with its saturated sum),
+    let a = Analytics::new(&store);
+    for (w, saturated) in [
+        (window(hour, hour + Duration::hours(1)), true),
+        (window(hour, hour + Duration::minutes(50)), false),
+        (
+            window(hour - Duration::days(3), hour + Duration::minutes(90)),
+            true,
+        ),
+        (
+            window(hour + Duration::minutes(1), hour + Duration::minutes(59)),
+            false,
+        ),
+    ] {
+        let s = a.stats(&w).await.unwrap();
+        assert!(
+            s.resolved > 0 && s.mttr_ms.is_finite() && s.mttr_ms > 0.0,
+            "{s:?}"
+        );
+        if saturated {
+            let mean_ms = (1i64 << 62) as f64 / 40.0 / 1000.0;
+            assert_eq!(s.mttr_ms, (mean_ms * 1000.0).round() / 1000.0);
+        } else {
+            let expected = (0..40i64)
+                .filter(|i| {
+                    let at = hour + Duration::minutes(*i);
+                    at >= w.since && at < w.until
+                })
+                .map(|i| {
+                    ((hour + Duration::minutes(i)) - (detected + Duration::hours(i)))
+                        .num_microseconds()
+                        .unwrap() as f64
+                })
+                .collect::<Vec<_>>();
+            let mean = expected.iter().sum::<f64>() / expected.len() as f64 / 1000.0;
+            assert!(
+                (s.mttr_ms - mean).abs() / mean < 1e-9,
+                "{} against {mean}",
+                s.mttr_ms
+            );
+        }
+        // and so do the MTTR series, the dashboard and the recommendations.
+        let series = a
+            .mttr_series(&w, None, Duration::minutes(10))
+            .await
+            .unwrap();
+        assert_eq!(series.iter().map(|p| p.resolved).sum::<i64>(), s.resolved);
+        a.mttr_means(&w, Duration::hours(1)).await.unwrap();
+        a.dashboard(&w, &AdviceOptions::default(), hour)
+            .await
+            .unwrap();
+    }
+    // A rebuild computes the same saturated sums.
+    let before = read_model_digests(store.read_pool()).await.unwrap();
+    a.rebuild().await.unwrap();
+    assert_eq!(read_model_digests(store.read_pool()).await.unwrap(), before);
+    store.close().await.unwrap();
+}
