@@ -808,3 +808,147 @@ fn now_option_makes_the_demos_recorded_at_deterministic() {
     }
     assert!(first.windows(2).all(|w| w[0] <= w[1]));
 }
+
+// ----- append: events the read models do not know, and a line the database refuses -----------
+
+/// A `pattern_learned` event of `version` whose support is text (a shape only a newer
+/// producer would write), as a JSON line.
+fn textual_pattern(id: &str, version: u32) -> String {
+    serde_json::json!({
+        "event_id": id,
+        "stream_id": "patterns",
+        "event_type": "pattern_learned",
+        "schema_version": version,
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "payload": {"pattern_id": "p-1", "kind": "sequence", "scope": "fleet",
+                    "failure_types": ["a", "b"], "support": "many", "confidence": 0.9,
+                    "description": "d"},
+    })
+    .to_string()
+}
+
+fn acked(out: &std::process::Output) -> Vec<(u64, String, bool)> {
+    common::parse_acks(&stdout_text(out))
+        .into_iter()
+        .map(|a| (a.line, a.event_id, a.duplicate))
+        .collect()
+}
+
+fn stored_ids(db: &Path) -> Vec<String> {
+    export(db)
+        .lines()
+        .map(|l| json(l)["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn append_stores_a_pattern_of_another_version_between_good_lines_and_refuses_a_malformed_one() {
+    // Given a good event, a pattern_learned of schema version 2 whose support is text, and
+    // another good event,
+    let (_dir, db) = common::temp_db();
+    let input = [
+        test_line("good-1", "s", 1),
+        textual_pattern("pattern-v2", 2),
+        test_line("good-3", "s", 3),
+    ]
+    .join("\n")
+        + "\n";
+    // when they are appended,
+    let out = run_with_input(&db, &["--format", "json", "append", "-"], input.as_bytes());
+    // then all three are stored and acknowledged, in order (a version this binary does not
+    // know is data: kept, and skipped by the read models),
+    expect_success(&out);
+    assert_eq!(
+        acked(&out),
+        [
+            (1, "good-1".to_owned(), false),
+            (2, "pattern-v2".to_owned(), false),
+            (3, "good-3".to_owned(), false)
+        ]
+    );
+    assert_eq!(stored_ids(&db), ["good-1", "pattern-v2", "good-3"]);
+    let patterns: i64 = block_on(async {
+        let mut c = common::raw_connection(&db).await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM patterns")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(patterns, 0, "the read model skipped the unknown version");
+    let shown = expect_success(&run(
+        &db,
+        &["--format", "json", "events", "--type", "pattern_learned"],
+    ));
+    let shown = json(shown.trim());
+    assert_eq!(
+        (
+            shown["schema_version"].as_u64(),
+            shown["payload"]["support"].as_str()
+        ),
+        (Some(2), Some("many"))
+    );
+
+    // When the same pattern claims version 1 (whose support is a number), it is refused:
+    // exit code 2, one line naming line 2 and the field, the line before it committed and
+    // acknowledged, and nothing after it read (append stops at the first bad line).
+    let (_dir, db) = common::temp_db();
+    let input = [
+        test_line("good-1", "s", 1),
+        textual_pattern("pattern-v1", 1),
+        test_line("good-3", "s", 3),
+    ]
+    .join("\n")
+        + "\n";
+    let out = run_with_input(&db, &["--format", "json", "append", "-"], input.as_bytes());
+    let stderr = common::stderr_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "healstore: error: line 2: invalid event: payload does not fit pattern_learned v1"
+        ) && stderr.contains(r#"invalid type: string "many""#),
+        "{stderr}"
+    );
+    assert_eq!(acked(&out), [(1, "good-1".to_owned(), false)]);
+    assert_eq!(stored_ids(&db), ["good-1"]);
+}
+
+#[test]
+fn append_of_a_line_the_database_refuses_fails_that_line_alone_and_acknowledges_what_it_stored() {
+    // Given a database that refuses one event id when it is inserted (as a trigger or a
+    // constraint refuses an event it cannot take),
+    let (_dir, db) = common::temp_db();
+    expect_success(&run(&db, &["init"]));
+    block_on(crate::store::refuse_event_id(&db, "middle"));
+    // when three lines arrive at once, the refused one between two good ones (they share a
+    // group commit),
+    let input = [
+        test_line("good-1", "s", 1),
+        test_line("middle", "s", 2),
+        test_line("good-3", "t", 3),
+    ]
+    .join("\n")
+        + "\n";
+    let out = run_with_input(&db, &["--format", "json", "append", "-"], input.as_bytes());
+    // then the command fails with exit code 2 and one line naming line 2 and the database's
+    // reason,
+    let stderr = common::stderr_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("healstore: error: line 2: ") && stderr.contains("refused by the test"),
+        "{stderr}"
+    );
+    // line 1 was committed and acknowledged; line 3 was too if it had been read before the
+    // refusal came back (it is never lost to the refusal of another line),
+    let acks = acked(&out);
+    assert_eq!(acks[0], (1, "good-1".to_owned(), false), "{acks:?}");
+    assert!(
+        acks.iter()
+            .all(|(line, _, duplicate)| [1, 3].contains(line) && !duplicate),
+        "{acks:?}"
+    );
+    // and exactly what was acknowledged is stored: not the refused line.
+    let acked_ids: Vec<String> = acks.into_iter().map(|(_, id, _)| id).collect();
+    assert_eq!(stored_ids(&db), acked_ids);
+}

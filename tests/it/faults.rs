@@ -454,6 +454,46 @@ fn corpus(fx: &Fixtures) -> Vec<Case> {
         lines(&[&good("n-1"), r#"{"event_id":"n-2","stream_id":"s","event_type":"t","occurred_at":"2026-02-30T00:00:00Z"}"#, &good("n-3")]),
     );
     let missing = fx.dir.path().join("no-such-input.jsonl").to_str().unwrap().to_owned();
+    // Known payloads with values out of range, of the wrong type, or oversized.
+    let known = |ty: &str, payload: &str| {
+        format!(r#"{{"event_id":"k","stream_id":"s","event_type":"{ty}","occurred_at":"2026-11-01T12:00:00Z","payload":{payload}}}"#)
+    };
+    let completed = |duration: &str| {
+        known("healing_completed", &format!(r#"{{"failure_id":"f","strategy":"AgentRestart","success":true,"duration_ms":{duration}}}"#))
+    };
+    let prediction = |window_ms: &str| {
+        known("prediction_made", &format!(r#"{{"prediction_id":"p","failure_type":"agent_down","probability":0.9,"source":"sequence","basis":"b","expected_at":"x","expected_by":"y","expected_in_ms":0,"window_ms":{window_ms},"recommended_action":"r"}}"#))
+    };
+    let pattern = |support: &str| {
+        known("pattern_learned", &format!(r#"{{"pattern_id":"p","kind":"sequence","scope":"fleet","description":"d","failure_types":["a","b"],"support":{support},"confidence":0.9}}"#))
+    };
+    let agent_of = |len: usize| known("agent_succeeded", &format!(r#"{{"agent_id":"{}"}}"#, "a".repeat(len)));
+    let at = |time: &str| format!(r#"{{"event_id":"t","stream_id":"s","event_type":"t","occurred_at":"{time}","payload":{{}}}}"#);
+    let recorded = |time: &str| line_with(&format!(r#""event_id":"r","recorded_at":"{time}""#));
+    // Lines past the limit of 1 MiB: a 10 MB agent id, 2 MiB of one string, 3 MiB without a
+    // newline; and a payload over its own limit in a line under the line limit.
+    let ten_mb_agent = agent_of(10 << 20);
+    let long_line = line_with(&format!(r#""event_id":"long","payload":{{"blob":"{}"}}"#, "b".repeat(2 << 20)));
+    let big_payload = line_with(&format!(
+        r#""event_id":"big","payload":{{"blob":"{}"}}"#,
+        "b".repeat(healstore::input::MAX_PAYLOAD_BYTES)
+    ));
+    assert!(big_payload.len() <= healstore::input::MAX_LINE_BYTES);
+    let no_newline = f("three-mib-no-newline.jsonl", format!(r#"{{"event_id":"x","payload":"{}"#, "c".repeat(3 << 20)).into_bytes());
+    let long_second = f("long-second.jsonl", lines(&[&good("n-1"), &ten_mb_agent, &good("n-3")]));
+    let year_10000_second = f("year-10000-second.jsonl", lines(&[&good("n-1"), &at("+10000-01-01T00:00:00Z")]));
+    // Archives on standard input: cut short, and gzip without the archive header.
+    let archive_bytes = |text: &str| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    let mut cut_short = archive_bytes(&format!(
+        "{{\"healstore_archive\":1}}\n{}\n",
+        (0..2000).map(|i| good(&format!("a-{i}"))).collect::<Vec<_>>().join("\n")
+    ));
+    cut_short.truncate(cut_short.len() / 2);
+    let headerless = archive_bytes(&format!("{}\n", good("a-1")));
     let a_dir = fx.dir.path().to_str().unwrap().to_owned();
     let valid_input = f("valid.jsonl", lines(&[&good("v-1")]));
 
@@ -517,6 +557,42 @@ fn corpus(fx: &Fixtures) -> Vec<Case> {
         case("append: a known type with a payload missing a field", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"failure_detected","occurred_at":"2026-11-01T12:00:00Z","payload":{"failure_type":"agent_down","severity":"high"}}"#]), "missing field `failure_id`"),
         case("append: a known type with an unknown severity", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"failure_detected","occurred_at":"2026-11-01T12:00:00Z","payload":{"failure_id":"f","failure_type":"agent_down","severity":"apocalyptic"}}"#]), "payload does not fit failure_detected"),
         case("append: a stored id with different content", Sample, stdin_append(), lines(&[&reused]), "different content"),
+        // ----- numbers out of range or of the wrong type, oversized fields and lines -----
+        case("append: a healing duration that overflows the read models", Sample, stdin_append(), lines(&[&completed("6000000000000000000")]), "duration_ms is 6000000000000000000"),
+        case("append: the largest integer as a healing duration", Sample, stdin_append(), lines(&[&completed("9223372036854775807")]), "between 0 and 31536000000"),
+        case("append: a healing duration past the largest integer", Sample, stdin_append(), lines(&[&completed("9223372036854775808")]), "9223372036854775808"),
+        case("append: a negative healing duration", Sample, stdin_append(), lines(&[&completed("-1")]), "duration_ms is -1"),
+        case("append: a healing duration as text", Sample, stdin_append(), lines(&[&completed(r#""fast""#)]), r#"invalid type: string "fast""#),
+        case("append: a healing duration as a fraction", Sample, stdin_append(), lines(&[&completed("1.5")]), "invalid type: floating point"),
+        case("append: a healing duration of 1e400", Sample, stdin_append(), lines(&[&completed("1e400")]), "number out of range"),
+        case("append: a prediction window that overflows its end", Sample, stdin_append(), lines(&[&prediction("9000000000000000")]), "window_ms is 9000000000000000"),
+        case("append: a pattern's support as text", Sample, stdin_append(), lines(&[&pattern(r#""many""#)]), r#"invalid type: string "many""#),
+        case("append: a negative pattern support", Sample, stdin_append(), lines(&[&pattern("-1")]), "support is -1"),
+        case("append: a negative usage", Sample, stdin_append(), lines(&[&known("resource_usage_reported", r#"{"resource_type":"memory","current_usage":-1.0,"limit":10.0}"#)]), "not a valid measurement"),
+        case("append: a 300-byte agent id", Sample, stdin_append(), lines(&[&agent_of(300)]), "agent_id is 300 bytes long"),
+        case("append: a 300-byte agent id in a custom payload", Sample, stdin_append(), lines(&[&line_with(&format!(r#""event_id":"x","payload":{{"agent_id":"{}"}}"#, "a".repeat(300)))]), "agent_id is 300 bytes long"),
+        case("append: a 10 MB agent id", Sample, stdin_append(), lines(&[&ten_mb_agent]), "line 1: the line is longer than 1048576 bytes"),
+        case("append: an unknown field in a known payload", Sample, stdin_append(), lines(&[&known("agent_succeeded", r#"{"agent_id":"a-1","colour":"red"}"#)]), "unknown field `colour`"),
+        case("append: a missing payload", Sample, stdin_append(), lines(&[r#"{"event_id":"x","stream_id":"s","event_type":"t","occurred_at":"2026-11-01T12:00:00Z"}"#]), "missing field `payload`"),
+        case("append: a null payload", Sample, stdin_append(), lines(&[&line_with(r#""event_id":"x","payload":null"#)]), "must be a JSON object"),
+        case("append: a known type with a null payload", Sample, stdin_append(), lines(&[&known("agent_succeeded", "null")]), "must be a JSON object"),
+        case("append: plain text", Sample, stdin_append(), lines(&["hello world"]), "expected value"),
+        case("append: a byte order mark before the JSON", Sample, stdin_append(), lines(&[&format!("\u{feff}{}", good("bom"))]), "expected value"),
+        case("append: an empty object", Sample, stdin_append(), lines(&["{}"]), "missing field `stream_id`"),
+        case("append: the year 10000", Sample, stdin_append(), lines(&[&at("+10000-01-01T00:00:00Z")]), "RFC 3339"),
+        case("append: a year before 0", Sample, stdin_append(), lines(&[&at("-0001-12-31T00:00:00Z")]), "RFC 3339"),
+        case("append: a recorded_at in the year 10000", Sample, stdin_append(), lines(&[&recorded("+10000-01-01T00:00:00Z")]), "RFC 3339"),
+        case("append: a line of over 2 MiB", Sample, stdin_append(), lines(&[&long_line]), "longer than 1048576 bytes"),
+        case("append: a payload over its limit in a line under the limit", Sample, stdin_append(), lines(&[&big_payload]), "at most 1044480 are allowed"),
+        case("append: 3 MiB without a newline, from a file", Sample, args(&["append", &no_newline]), vec![], "line 1: the line is longer"),
+        case("import: a line of over 2 MiB on standard input", Sample, import_stdin(), lines(&[&good("n-1"), &long_line]), "line 2: the line is longer than 1048576 bytes"),
+        case("import: a 10 MB agent id on the second line", Sample, args(&["import", &long_second]), vec![], "line 2: the line is longer"),
+        case("import: 3 MiB without a newline", Sample, args(&["import", &no_newline]), vec![], "line 1: the line is longer"),
+        case("import: a payload over its limit", Sample, import_stdin(), lines(&[&good("n-1"), &big_payload]), "line 2: invalid event: the payload of big is"),
+        case("import: the year 10000 on the second line", Sample, args(&["import", &year_10000_second]), vec![], "line 2"),
+        case("import: a healing duration that overflows, on standard input", Sample, import_stdin(), lines(&[&good("n-1"), &completed("6000000000000000000")]), "line 2"),
+        case("import: an archive cut short, on standard input", Sample, import_stdin(), cut_short, "nothing was imported"),
+        case("import: gzip without an archive header, on standard input", Sample, import_stdin(), headerless, "has no archive header"),
         // ----- malformed files to `import`: all or nothing -----
         case("import: a good line, then a malformed one", Sample, args(&["import", &good_then_bad]), vec![], "line 3"),
         case("import: a stored id with different content after a good line", Sample, args(&["import", &good_then_reused]), vec![], "different content"),
