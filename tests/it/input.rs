@@ -6,7 +6,6 @@
 #![cfg(unix)]
 
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,10 +24,11 @@ const MIB: u64 = 1 << 20;
 const OPEN_LINE: &str = r#"{"event_id":"endless","stream_id":"s","event_type":"test_happened","occurred_at":"2026-11-01T12:00:00Z","payload":{"blob":""#;
 
 /// Runs `cmd` to completion with `feed` writing its standard input (on a thread of its own),
-/// draining its output; returns the output and the child's peak resident set in bytes (its
-/// `ru_maxrss`, as `wait4` reports it for that child alone).
-// (the child is reaped by wait4, which std does not see)
-#[allow(clippy::zombie_processes)]
+/// draining its output; returns the output and the child's peak resident set in bytes: its
+/// `VmHWM`, sampled every millisecond while it runs (the last samples before it exits may be
+/// missed: a lower bound, but memory that grows with the input grows for as long as the input
+/// is read). The kernel's `ru_maxrss` would not do: a child's counts the test process's own
+/// resident set at the time of the spawn.
 fn run_measured(
     mut cmd: Command,
     feed: impl FnOnce(std::process::ChildStdin) + Send + 'static,
@@ -51,47 +51,37 @@ fn run_measured(
             buf
         })
     };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let pid = child.id() as libc::pid_t;
+    let stdout = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let status_file = format!("/proc/{}/status", child.id());
     let deadline = Instant::now() + common::CHILD_TIMEOUT;
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data that wait4 fills in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waits for (and reaps) our own child only, without blocking.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib * 1024);
+        }
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            panic!(
-                "healstore (pid {pid}) still running after {:?}",
-                common::CHILD_TIMEOUT
-            );
+            let _ = child.wait();
+            panic!("healstore still running after {:?}", common::CHILD_TIMEOUT);
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     feeder.join().expect("feeder");
     let out = Output {
-        status: std::process::ExitStatus::from_raw(status),
+        status,
         stdout: stdout.join().expect("stdout"),
         stderr: stderr.join().expect("stderr"),
     };
-    // (ru_maxrss is in KiB on Linux)
-    (out, usage.ru_maxrss as u64 * 1024)
+    (out, peak)
 }
 
 /// `healstore --db db args`, for [`run_measured`].
