@@ -467,14 +467,17 @@ impl Analytics {
         let sp = window.split();
         let resources = sql_list(RESOURCE_FAILURES);
         let timeouts = sql_list(TIMEOUT_FAILURES);
+        // The partial hours' decisions: from the log, and the facts kept of archived events.
         let raw = |a: &str, b: &str| {
             format!(
-                "SELECT strategy, COALESCE(failure_type, (SELECT f.failure_type FROM failures f \
-                   WHERE f.failure_id = e.failure_id AND f.position < e.position), '') AS failure_type, \
-                   COALESCE(payload ->> '$.decision', '') AS decision, 1 AS n \
-                 FROM events e WHERE event_type = 'healing_attempted' AND schema_version = 1 \
-                   AND occurred_at >= {a} AND occurred_at < {b} \
-                   AND failure_id IS NOT NULL AND strategy IS NOT NULL"
+                "SELECT e.strategy, {} AS failure_type, \
+                   COALESCE(e.payload ->> '$.decision', '') AS decision, 1 AS n \
+                 FROM events e WHERE e.occurred_at >= {a} AND e.occurred_at < {b} AND {} \
+                 UNION ALL \
+                 SELECT strategy, failure_type, decision, 1 FROM archived_facts \
+                 WHERE event_type = 'healing_attempted' AND occurred_at >= {a} AND occurred_at < {b}",
+                healing_failure_type!(),
+                counted_decision!()
             )
         };
         let sql = format!(

@@ -84,6 +84,23 @@ pub struct Effectiveness {
     pub best_for: BTreeMap<String, String>,
 }
 
+/// A strategy's newest results in a window (?1 strategy, ?2 and ?3 the window, ?4 a failure
+/// type or NULL, ?5 how many), newest first: success, time and position. The log's arm walks
+/// the strategy index newest first; the merge stops after ?5 rows.
+const RECENT_RESULTS: &str = concat!(
+    "SELECT e.success, e.occurred_at, e.position FROM events e INDEXED BY events_by_strategy \
+     WHERE e.strategy = ?1 AND e.occurred_at >= ?2 AND e.occurred_at < ?3 AND ",
+    counted_result!(),
+    " AND (?4 IS NULL OR ",
+    healing_failure_type!(),
+    " = ?4) \
+     UNION ALL \
+     SELECT success, occurred_at, position FROM archived_facts \
+     WHERE strategy = ?1 AND event_type = 'healing_completed' \
+       AND occurred_at >= ?2 AND occurred_at < ?3 AND (?4 IS NULL OR failure_type = ?4) \
+     ORDER BY 2 DESC, 3 DESC LIMIT ?5"
+);
+
 #[derive(Default, Clone, Copy)]
 struct Sums {
     n: i64,
@@ -194,30 +211,21 @@ impl Analytics {
             return Ok(("insufficient_data".into(), None, None));
         }
         let k = (sums.n / 3).clamp(1, 20);
-        // The newest k results still in the log (the hourly rollup has no order). The
-        // strategy index gives them newest first; the type filter is applied on the way.
-        let recent: Vec<i64> = sqlx::query_scalar(
-            "SELECT success FROM events INDEXED BY events_by_strategy \
-             WHERE strategy = ?1 AND occurred_at >= ?2 AND occurred_at < ?3 \
-               AND event_type = 'healing_completed' AND schema_version = 1 \
-               AND success IS NOT NULL \
-               AND failure_id IS NOT NULL \
-               AND (?4 IS NULL OR COALESCE(failure_type, (SELECT f.failure_type FROM failures f \
-                    WHERE f.failure_id = events.failure_id AND f.position < events.position), '') = ?4) \
-             ORDER BY occurred_at DESC, position DESC LIMIT ?5",
-        )
-        .bind(strategy)
-        .bind(window.since_us())
-        .bind(window.until_us())
-        .bind(failure_type)
-        .bind(k)
-        .fetch_all(self.pool())
-        .await?;
+        // The newest k results (the hourly rollup has no order), from the log and from the
+        // facts kept of archived events.
+        let recent: Vec<(i64, i64, i64)> = sqlx::query_as(RECENT_RESULTS)
+            .bind(strategy)
+            .bind(window.since_us())
+            .bind(window.until_us())
+            .bind(failure_type)
+            .bind(k)
+            .fetch_all(self.pool())
+            .await?;
         let k = recent.len() as i64;
         if k == 0 || k >= sums.n {
             return Ok(("insufficient_data".into(), None, None));
         }
-        let recent_ok: i64 = recent.iter().sum();
+        let recent_ok: i64 = recent.iter().map(|r| r.0).sum();
         let recent_rate = recent_ok as f64 / k as f64;
         let earlier_rate = (sums.ok - recent_ok) as f64 / (sums.n - k) as f64;
         let diff = recent_rate - earlier_rate;

@@ -5,12 +5,16 @@
 //!
 //! - `failures`: one row per failure (detection, healing counts, resolution, time to recover);
 //! - `failure_hourly`, `attempt_hourly`, `healing_hourly`: hourly rollups;
-//! - `patterns` and `predictions`: the latest learned patterns and every prediction made.
+//! - `patterns` and `predictions`: the latest learned patterns and every prediction made;
+//! - `archived_facts`: what the queries below read event by event, kept for archived events.
 //!
 //! A window `[since, until)` is answered from the rollups for its whole hours and from the
 //! per-failure model or the log's indexes for the partial hours at its edges, so a query's cost
-//! grows with the window's length in hours, not with the number of events in it. Nothing here
-//! loads the log into memory.
+//! grows with the window's length in hours, not with the number of events in it. Queries that
+//! read events one by one (the partial hours' healing results and decisions, a strategy's
+//! latest results for its trend, success signals, recent usage reports) read the log and
+//! `archived_facts` together, so that an archive changes no answer. Nothing here loads the log
+//! into memory.
 //!
 //! - [`stats`]: overall statistics and MTTR history;
 //! - [`effectiveness`]: per strategy and per (strategy, failure type), with trend and verdict;
@@ -20,6 +24,83 @@
 //! - [`predict`]: predictions from the latest events and the learned patterns, and their
 //!   accuracy;
 //! - [`html`]: the dashboard as one self-contained page.
+
+// SQL over `events e` that says which events the analytics read one by one, and what they read
+// of them: shared by those queries and by ARCHIVE_FACTS, so that the facts kept of archived
+// events are exactly what the queries would have read in the log.
+
+/// The healing results counted (as the rollup's trigger and rebuild.sql count them).
+macro_rules! counted_result {
+    () => {
+        "e.event_type = 'healing_completed' AND e.schema_version = 1 \
+         AND e.failure_id IS NOT NULL AND e.strategy IS NOT NULL AND e.success IS NOT NULL"
+    };
+}
+
+/// The healing decisions counted.
+macro_rules! counted_decision {
+    () => {
+        "e.event_type = 'healing_attempted' AND e.schema_version = 1 \
+         AND e.failure_id IS NOT NULL AND e.strategy IS NOT NULL"
+    };
+}
+
+/// A healing event's failure type: its own, else its failure's (detected before it), else ''.
+macro_rules! healing_failure_type {
+    () => {
+        "COALESCE(e.failure_type, (SELECT f.failure_type FROM failures f \
+         WHERE f.failure_id = e.failure_id AND f.position < e.position), '')"
+    };
+}
+
+/// The success signals counted.
+macro_rules! counted_success {
+    () => {
+        "e.event_type = 'agent_succeeded' AND e.agent_id IS NOT NULL"
+    };
+}
+
+/// The usage reports counted, and their usage as a share of the limit.
+macro_rules! counted_usage {
+    () => {
+        "e.event_type = 'resource_usage_reported' AND e.schema_version = 1 \
+         AND CAST(e.payload ->> '$.limit' AS REAL) > 0"
+    };
+}
+macro_rules! usage_share {
+    () => {
+        "CAST(e.payload ->> '$.current_usage' AS REAL) / CAST(e.payload ->> '$.limit' AS REAL)"
+    };
+}
+
+/// Keeps, in `archived_facts`, what the analytics read one by one of the events up to position
+/// ?1, which an archive is about to delete (run in its transaction, before the DELETE). The
+/// queries read that table beside the log (see migrations/V8__archived_facts.sql).
+pub(crate) const ARCHIVE_FACTS: &str = concat!(
+    "INSERT INTO archived_facts (position, event_type, occurred_at, strategy, agent_id, \
+     failure_type, decision, success, duration_ms, resource, usage_share) \
+     SELECT e.position, e.event_type, e.occurred_at, e.strategy, e.agent_id, ",
+    healing_failure_type!(),
+    ", COALESCE(e.payload ->> '$.decision', ''), NULL, NULL, NULL, NULL \
+     FROM events e WHERE e.position <= ?1 AND ",
+    counted_decision!(),
+    " UNION ALL \
+     SELECT e.position, e.event_type, e.occurred_at, e.strategy, e.agent_id, ",
+    healing_failure_type!(),
+    ", NULL, e.success, MAX(0, COALESCE(e.duration_ms, 0)), NULL, NULL \
+     FROM events e WHERE e.position <= ?1 AND ",
+    counted_result!(),
+    " UNION ALL \
+     SELECT e.position, e.event_type, e.occurred_at, NULL, e.agent_id, NULL, NULL, NULL, NULL, \
+     NULL, NULL FROM events e WHERE e.position <= ?1 AND ",
+    counted_success!(),
+    " UNION ALL \
+     SELECT e.position, e.event_type, e.occurred_at, NULL, e.agent_id, NULL, NULL, NULL, NULL, \
+     e.payload ->> '$.resource_type', ",
+    usage_share!(),
+    " FROM events e WHERE e.position <= ?1 AND ",
+    counted_usage!()
+);
 
 pub mod advice;
 pub mod circuits;

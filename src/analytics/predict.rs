@@ -493,14 +493,18 @@ impl Analytics {
     /// the last hour's reports (at least three): exhaustion expected when the least-squares
     /// line reaches the limit.
     async fn predict_by_resource_trends(&self, now: i64, out: &mut Vec<Candidate>) -> Result<()> {
-        let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
-            "SELECT payload ->> '$.resource_type', position, occurred_at, \
-                    CAST(payload ->> '$.current_usage' AS REAL) / CAST(payload ->> '$.limit' AS REAL) \
-             FROM events WHERE event_type = 'resource_usage_reported' AND schema_version = 1 \
-               AND occurred_at >= ?1 AND occurred_at < ?2 \
-               AND CAST(payload ->> '$.limit' AS REAL) > 0 \
-             ORDER BY occurred_at, position",
-        )
+        // (from the log, and the facts kept of archived events)
+        let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(concat!(
+            "SELECT e.payload ->> '$.resource_type', e.position, e.occurred_at, ",
+            usage_share!(),
+            " FROM events e WHERE e.occurred_at >= ?1 AND e.occurred_at < ?2 AND ",
+            counted_usage!(),
+            " UNION ALL \
+             SELECT resource, position, occurred_at, usage_share FROM archived_facts \
+             WHERE event_type = 'resource_usage_reported' AND occurred_at >= ?1 \
+               AND occurred_at < ?2 \
+             ORDER BY 3, 2"
+        ))
         .bind(now.saturating_sub(super::HOUR_US))
         .bind(now)
         .fetch_all(self.pool())
@@ -574,22 +578,29 @@ impl Analytics {
         now: i64,
         out: &mut Vec<Candidate>,
     ) -> Result<()> {
-        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        // (success signals from the log, and the facts kept of archived events)
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(concat!(
             "WITH f AS (SELECT agent_id, COUNT(*) AS n FROM failures \
                         WHERE detected_at >= ?1 AND detected_at < ?2 AND agent_id IS NOT NULL \
                           AND (?3 IS NULL OR agent_id = ?3) GROUP BY agent_id), \
-                  s AS (SELECT agent_id, COUNT(*) AS n FROM events \
-                        WHERE event_type = 'agent_succeeded' AND occurred_at >= ?1 \
-                          AND occurred_at < ?2 AND agent_id IS NOT NULL \
-                          AND (?3 IS NULL OR agent_id = ?3) GROUP BY agent_id), \
+                  s AS (SELECT agent_id, COUNT(*) AS n FROM ( \
+                          SELECT e.agent_id FROM events e \
+                          WHERE e.occurred_at >= ?1 AND e.occurred_at < ?2 \
+                            AND (?3 IS NULL OR e.agent_id = ?3) AND ",
+            counted_success!(),
+            " UNION ALL \
+                          SELECT agent_id FROM archived_facts \
+                          WHERE event_type = 'agent_succeeded' AND occurred_at >= ?1 \
+                            AND occurred_at < ?2 AND (?3 IS NULL OR agent_id = ?3)) \
+                        GROUP BY agent_id), \
                   top AS (SELECT agent_id, failure_type, \
                             ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY COUNT(*) DESC, failure_type) AS rn \
                           FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 \
                             AND agent_id IS NOT NULL AND (?3 IS NULL OR agent_id = ?3) \
                           GROUP BY agent_id, failure_type) \
              SELECT f.agent_id, f.n, COALESCE(s.n, 0), top.failure_type \
-             FROM f LEFT JOIN s USING (agent_id) JOIN top ON top.agent_id = f.agent_id AND top.rn = 1",
-        )
+             FROM f LEFT JOIN s USING (agent_id) JOIN top ON top.agent_id = f.agent_id AND top.rn = 1"
+        ))
         .bind(window.since_us())
         .bind(window.until_us())
         .bind(o.agent.as_deref())

@@ -4,6 +4,9 @@
 -- statement. A test checks that a rebuild
 -- reproduces the incrementally maintained tables exactly.
 --
+-- `archived_facts` is not rebuilt: it holds only what archives kept of events no longer in the
+-- log, and a rebuild is refused once events are archived.
+--
 -- Where the triggers depend on the order of events (a failure's healing events count only
 -- after its detection; the first resolution wins; the newest pattern version wins), the
 -- statements here compare positions to the same effect.

@@ -57,28 +57,35 @@ SELECT failure_type, SUM(d), SUM(r), TOTAL(t) FROM (
     SELECT failure_type, 0, 1, ttr_us FROM failures WHERE resolved_at >= ?3 AND resolved_at < ?4
 ) GROUP BY failure_type";
 
-/// Healing results per strategy and failure type, the same way (parameters as above).
-pub(crate) const RESULTS_BY_STRATEGY_TYPE: &str = "\
-SELECT strategy, failure_type, SUM(n), SUM(s), SUM(d) FROM (
+/// Healing results per strategy and failure type, the same way (parameters as above); the
+/// partial hours' results are read from the log and, for archived events, from
+/// `archived_facts`.
+pub(crate) const RESULTS_BY_STRATEGY_TYPE: &str = concat!(
+    "SELECT strategy, failure_type, SUM(n), SUM(s), SUM(d) FROM (
     SELECT strategy, failure_type, results AS n, successes AS s, duration_sum_ms AS d
     FROM healing_hourly WHERE hour >= ?2 AND hour < ?3
     UNION ALL
-    SELECT e.strategy, COALESCE(e.failure_type, (SELECT f.failure_type FROM failures f
-               WHERE f.failure_id = e.failure_id AND f.position < e.position), ''),
-           1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
-    FROM events e
-    WHERE e.event_type = 'healing_completed' AND e.schema_version = 1
-      AND e.occurred_at >= ?1 AND e.occurred_at < ?2
-      AND e.failure_id IS NOT NULL AND e.strategy IS NOT NULL AND e.success IS NOT NULL
+    SELECT e.strategy, ",
+    healing_failure_type!(),
+    ", 1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
+    FROM events e WHERE e.occurred_at >= ?1 AND e.occurred_at < ?2 AND ",
+    counted_result!(),
+    "
     UNION ALL
-    SELECT e.strategy, COALESCE(e.failure_type, (SELECT f.failure_type FROM failures f
-               WHERE f.failure_id = e.failure_id AND f.position < e.position), ''),
-           1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
-    FROM events e
-    WHERE e.event_type = 'healing_completed' AND e.schema_version = 1
-      AND e.occurred_at >= ?3 AND e.occurred_at < ?4
-      AND e.failure_id IS NOT NULL AND e.strategy IS NOT NULL AND e.success IS NOT NULL
-) GROUP BY strategy, failure_type";
+    SELECT e.strategy, ",
+    healing_failure_type!(),
+    ", 1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
+    FROM events e WHERE e.occurred_at >= ?3 AND e.occurred_at < ?4 AND ",
+    counted_result!(),
+    "
+    UNION ALL
+    SELECT strategy, failure_type, 1, success, duration_ms FROM archived_facts
+    WHERE event_type = 'healing_completed' AND occurred_at >= ?1 AND occurred_at < ?2
+    UNION ALL
+    SELECT strategy, failure_type, 1, success, duration_ms FROM archived_facts
+    WHERE event_type = 'healing_completed' AND occurred_at >= ?3 AND occurred_at < ?4
+) GROUP BY strategy, failure_type"
+);
 
 /// Nearest-rank percentiles of the time to recover over failures resolved in `[?1, ?2)`: the
 /// times sorted once (materialized), then the ranks ?3, ?4, ?5 (0-based) picked from them.

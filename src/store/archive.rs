@@ -11,13 +11,16 @@
 //!    readable by its owner only.
 //! 2. One transaction then deletes the prefix, moves the chain's anchor to the last archived
 //!    event, remembers the versions of streams whose newest events left (so that they continue
-//!    where they were), and appends an `events_archived` event that records the cut and its
-//!    hash. A crash before the commit leaves the log as it was (run the archive again, to a
-//!    new file name); after it, the file is complete.
+//!    where they were), keeps the analytics' facts of the events that leave, and appends an
+//!    `events_archived` event that records the cut and its hash. A crash before the commit
+//!    leaves the log as it was (run the archive again, to a new file name); after it, the file
+//!    is complete.
 //!
-//! The analytics read models keep every row, so statistics for archived periods stay
-//! available; `rebuild` refuses a log with an archived prefix (it would lose them). The
-//! archive file is accepted by `import` and checked by `verify --archive`.
+//! The analytics read models keep every row, and the cut's transaction keeps in
+//! `archived_facts` what the analytics read of archived events one by one (the partial hours
+//! of a window, trends, success signals, usage), so statistics for archived periods stay
+//! exactly what they were; `rebuild` refuses a log with an archived prefix (it would lose
+//! them). The archive file is accepted by `import` and checked by `verify --archive`.
 
 use std::path::Path;
 

@@ -44,6 +44,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V7__saturating_recovery_sums",
         include_str!("../../migrations/V7__saturating_recovery_sums.sql"),
     ),
+    (
+        "V8__archived_facts",
+        include_str!("../../migrations/V8__archived_facts.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

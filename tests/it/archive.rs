@@ -495,3 +495,115 @@ fn an_older_archive_verifies_after_a_later_archive_swept_up_its_record() {
     }
     assert_eq!(json(&path, &["verify"])["ok"], true);
 }
+
+/// Every analytics answer over `windows`, as JSON, at a fixed `now`.
+fn answers(path: &Path, now: &str, windows: &[(&str, &str)]) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for (since, until) in windows {
+        for command in [
+            &["stats"][..],
+            &["effectiveness"],
+            &["recommendations"],
+            &["dashboard"],
+            &["mttr", "--bucket", "1m"],
+            &["circuit-report"],
+            &["predict", "--no-record"],
+        ] {
+            let mut args = vec!["--now", now];
+            args.extend_from_slice(command);
+            args.extend_from_slice(&["--since", since, "--until", until]);
+            out.push((args.join(" "), json(path, &args)));
+        }
+    }
+    out
+}
+
+#[test]
+fn windows_cut_through_archived_hours_answer_as_before_the_archive() {
+    // Given a fleet healed across two hours (11:57 to 12:05, 12:58 to 13:03),
+    let (dir, path) = temp_db();
+    demo(&path, "2026-11-01T11:57:00Z", "100");
+    demo(&path, "2026-11-01T12:58:00Z", "60");
+    // and windows that cut through hours at the edges, on either side of a cut at 13:01 and
+    // across it, with and without whole hours between their edges,
+    let now = "2026-11-01T13:10:00Z";
+    let windows = [
+        ("2026-11-01T12:59:00Z", "2026-11-01T13:00:30Z"),
+        ("2026-11-01T11:58:00Z", "2026-11-01T12:02:00Z"),
+        ("2026-11-01T13:00:00Z", "2026-11-01T13:02:00Z"),
+        ("2026-11-01T12:58:30Z", "2026-11-01T13:05:00Z"),
+        ("2026-11-01T11:58:00Z", "2026-11-01T13:01:30Z"),
+        ("2026-11-01T12:00:45Z", "2026-11-01T13:00:45Z"),
+        ("2026-11-01T11:00:00Z", "2026-11-01T14:00:00Z"),
+        ("2026-11-01T12:03:10Z", "2026-11-01T12:03:20Z"),
+    ];
+    let before = answers(&path, now, &windows);
+    // (each window holds healing results, and some in the hour the cut goes through)
+    for (args, answer) in before.iter().filter(|(a, _)| a.contains(" stats ")) {
+        assert!(
+            answer["total_healings"].as_i64().unwrap() > 0,
+            "{args}: {answer}"
+        );
+    }
+    // when the events before 13:01 are archived,
+    let file = dir.path().join("old.jsonl.gz");
+    let r = json(
+        &path,
+        &[
+            "--now",
+            now,
+            "archive",
+            "--before",
+            "2026-11-01T13:01:00Z",
+            "--to",
+            file.to_str().unwrap(),
+        ],
+    );
+    let archived = r["events"].as_i64().unwrap();
+    assert!(archived > 0, "{r}");
+    assert!(
+        scalar(
+            &path,
+            "SELECT COUNT(*) FROM events WHERE event_type = 'healing_completed'"
+        ) > 0,
+        "healing results remain in the log too"
+    );
+    // then every answer over every window is the same as before.
+    let after = answers(&path, now, &windows);
+    for ((args, b), (_, a)) in before.iter().zip(&after) {
+        assert_eq!(a, b, "{args}");
+    }
+    // (the archive kept what those answers read of its events)
+    assert!(scalar(&path, "SELECT COUNT(*) FROM archived_facts") > 0);
+    // A second cut (a later archive) keeps them so too.
+    let second = dir.path().join("later.jsonl.gz");
+    let r = json(
+        &path,
+        &[
+            "--now",
+            now,
+            "archive",
+            "--before",
+            "2026-11-01T13:02:00Z",
+            "--to",
+            second.to_str().unwrap(),
+        ],
+    );
+    assert!(r["events"].as_i64().unwrap() > 0, "{r}");
+    let again = answers(&path, now, &windows);
+    for ((args, b), (_, a)) in before.iter().zip(&again) {
+        assert_eq!(a, b, "after a second cut: {args}");
+    }
+    // The archives and the log imported into a new database answer the same as well.
+    let copy = dir.path().join("copy.db");
+    for f in [&file, &second] {
+        expect_success(&run(&copy, &["import", f.to_str().unwrap()]));
+    }
+    let log = dir.path().join("log.jsonl");
+    std::fs::write(&log, expect_success(&run(&path, &["export"]))).unwrap();
+    expect_success(&run(&copy, &["import", log.to_str().unwrap()]));
+    let restored = answers(&copy, now, &windows);
+    for ((args, b), (_, a)) in before.iter().zip(&restored) {
+        assert_eq!(a, b, "restored: {args}");
+    }
+}
