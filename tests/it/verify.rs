@@ -272,7 +272,7 @@ fn a_database_from_before_the_chain_gets_it_on_upgrade() {
     let (_dir, path) = healed_db();
     let (_, before) = verify(&path);
     // Make it look like a schema-3 database: no hashes, no anchor, no record of migrations 4
-    // and 5.
+    // on (nor the table of migration 8).
     sql(
         &path,
         &[
@@ -282,6 +282,7 @@ fn a_database_from_before_the_chain_gets_it_on_upgrade() {
             "ALTER TABLE events DROP COLUMN hash",
             "DROP TABLE chain_anchor",
             "DROP TABLE archived_streams",
+            "DROP TABLE archived_facts",
             "DELETE FROM refinery_schema_history WHERE version >= 4",
             "CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
 BEGIN
