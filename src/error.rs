@@ -59,6 +59,13 @@ pub enum Error {
     #[error("{} is corrupt or not an SQLite database: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
 
+    /// A strategy state cannot be rebuilt: its stream's earliest events are archived and the
+    /// snapshot standing for them is missing or older. Nothing is decided on it (a default
+    /// state would be a guess): put the snapshot back, or import the archives and the log
+    /// into a new database, which rebuilds every state.
+    #[error("{} is damaged: {reason}", path.display())]
+    StateLost { path: PathBuf, reason: String },
+
     /// The database was written by a newer healstore. Nothing was changed.
     #[error(
         "database schema version {found} is newer than this healstore supports ({supported}); \
@@ -136,7 +143,9 @@ impl Error {
             Error::InvalidEvent(_) | Error::InvalidInput(_) => ErrorKind::InvalidInput,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::NotHealstore { .. } | Error::SchemaTooNew { .. } => ErrorKind::NotHealstore,
-            Error::Corrupt { .. } | Error::Migration(_) => ErrorKind::Corrupt,
+            Error::Corrupt { .. } | Error::StateLost { .. } | Error::Migration(_) => {
+                ErrorKind::Corrupt
+            }
             Error::DiskFull(_) => ErrorKind::DiskFull,
             Error::ReadOnly(_) => ErrorKind::ReadOnly,
             Error::Io(_) | Error::Open { .. } => ErrorKind::Io,

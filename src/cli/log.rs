@@ -393,10 +393,10 @@ pub async fn archive(
 ) -> anyhow::Result<()> {
     // The file is checked before the healer's checkpoint writes anything.
     healstore::store::archive::check_target(to, &cli.db)?;
-    // Strategy state must be in snapshots before its events leave the log.
+    // Strategy state must be in snapshots before its events leave the log (states at rest
+    // included): the healer writes them, then cuts.
     let healer = super::heal::open_full_healer(cli).await?;
-    healer.checkpoint().await?;
-    let report = healer.store().archive(before, to, cli.now()).await;
+    let report = healer.archive(before, to, cli.now()).await;
     healer.close().await?;
     let report = report?;
     match report {

@@ -51,14 +51,23 @@ async fn verify(
 ) -> anyhow::Result<VerifyReport> {
     let mut report = store.verify(options).await?;
     if report.anchor_position > 0 {
+        // Streams cannot be folded from their start: every archived state stream needs a
+        // snapshot that covers its archived events.
+        let uncovered = store.uncovered_archived_stream().await?;
+        report.ok &= uncovered.is_none();
         report.checks.push(healstore::store::CheckResult {
             check: "snapshots".into(),
-            ok: true,
+            ok: uncovered.is_none(),
             position: None,
-            detail: format!(
-                "not compared: events up to position {} are archived, so streams cannot be folded from their start",
-                report.anchor_position
-            ),
+            detail: match uncovered {
+                Some(u) => u.describe(),
+                None => format!(
+                    "every archived state stream has a snapshot covering its archived events \
+                     (not compared with folds: events up to position {} are archived, so \
+                     streams cannot be folded from their start)",
+                    report.anchor_position
+                ),
+            },
         });
         return Ok(report);
     }

@@ -295,6 +295,9 @@ struct States {
     /// The map holds every state not at rest (a full restore ran): a stream missing from it
     /// is at rest. Otherwise a missing stream is loaded from its snapshot and events.
     complete: std::sync::atomic::AtomicBool,
+    /// Strategies whose streams a restore folded again from the log (snapshots had gone
+    /// missing): the next checkpoint counts their snapshots anew.
+    recount: Mutex<Vec<String>>,
 }
 
 /// The per-stream locks: an entry lives while someone holds or awaits it.
@@ -355,8 +358,15 @@ pub struct Attempt {
     pub success: Option<bool>,
 }
 
-/// State events a phase appends: the strategy, its stream, its key, the events.
-type Applied = (Arc<dyn ErasedStrategy>, String, String, Vec<Value>);
+/// State events a phase appends: the strategy, its stream, its key, the state (and its
+/// version) the decision was taken on, the events.
+type Applied = (
+    Arc<dyn ErasedStrategy>,
+    String,
+    String,
+    (u64, AnyState),
+    Vec<Value>,
+);
 
 /// The decisions of one phase of a heal, appended together.
 struct Phase {
@@ -476,16 +486,41 @@ impl Healer {
     // ----- restore and catch-up -------------------------------------------------------------
 
     /// Restores every state not at rest: the snapshots, then the strategy events after the
-    /// lowest checkpoint position (a position scan). A damaged snapshot, or a stream whose
-    /// events do not follow on from what is known of it, is loaded on its own
-    /// ([`Healer::load_stream`]).
+    /// lowest checkpoint position (a position scan). A damaged snapshot, one older than its
+    /// checkpoint says (another process wrote it), or a stream whose events do not follow on
+    /// from what is known of it, is loaded on its own ([`Healer::load_stream`]). A strategy
+    /// with fewer snapshots than its last checkpoint left (one went missing behind the
+    /// store's back) has its streams folded again from the log: a missing snapshot costs
+    /// time, never a state.
     async fn restore(&self) -> Result<()> {
         let mut start = i64::MAX;
         let mut damaged = Vec::new();
+        let mut stale = Vec::new();
         for (name, strategy) in &self.strategies {
-            let position = self.store.checkpoint_position(name).await?;
-            start = start.min(position);
-            for snap in self.store.load_snapshots(name).await? {
+            let (position, left) = self.store.checkpoint_of(name).await?;
+            let snaps = self
+                .store
+                .load_snapshots_for_restore(name, position)
+                .await?;
+            let mut from = position;
+            if left.is_some_and(|n| (snaps.len() as u64) < n) {
+                // Streams whose earliest events are archived cannot be folded again.
+                if let Some(u) = self.store.uncovered_archived_stream().await? {
+                    return Err(self.state_lost(u.describe()));
+                }
+                tracing::warn!(
+                    strategy = %name,
+                    "snapshots are missing; the strategy's streams are folded again from the log"
+                );
+                from = 0;
+                self.states
+                    .recount
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(name.clone());
+            }
+            start = start.min(from);
+            for (snap, older) in snaps {
                 let state = serde_json::from_str::<Value>(&snap.state)
                     .ok()
                     .and_then(|v| strategy.restore(&v));
@@ -493,7 +528,7 @@ impl Healer {
                     Some(state) => {
                         let entry = Entry {
                             strategy: name.clone(),
-                            key: snap.key,
+                            key: snap.key.clone(),
                             version: snap.stream_version,
                             state,
                             dirty: false,
@@ -503,8 +538,11 @@ impl Healer {
                         match map.get_mut(&snap.stream_id) {
                             Some(e) if e.version >= entry.version => e.stored = true,
                             _ => {
-                                map.insert(snap.stream_id, entry);
+                                map.insert(snap.stream_id.clone(), entry);
                             }
+                        }
+                        if older {
+                            stale.push((strategy.clone(), snap.stream_id, snap.key));
                         }
                     }
                     None => {
@@ -518,13 +556,27 @@ impl Healer {
             start = 0;
         }
         for (strategy, stream, key) in damaged {
-            self.load_stream(&strategy, &stream, &key, false).await?;
+            self.load_stream(&strategy, &stream, &key).await?;
+        }
+        for (strategy, stream, key) in stale {
+            self.refresh(&strategy, &stream, &key).await?;
         }
         *self.states.cursor.lock().await = start;
         self.states
             .complete
             .store(true, std::sync::atomic::Ordering::Release);
         self.catch_up().await
+    }
+
+    /// The error for a state that cannot be rebuilt.
+    fn state_lost(&self, reason: String) -> Error {
+        Error::StateLost {
+            path: self.store.path().to_path_buf(),
+            reason: format!(
+                "{reason}; nothing is decided on a state that is not known (put the snapshot \
+                 back, or import the archives and the log into a new database)"
+            ),
+        }
     }
 
     fn is_complete(&self) -> bool {
@@ -542,16 +594,18 @@ impl Healer {
         self.restore().await
     }
 
-    /// The one way a stream's state is loaded: its snapshot (unless `skip_snapshot`, or it
-    /// does not decode), then the stream's events after the snapshot's version. Replaces the
-    /// stream's entry unless that one is newer.
+    /// The one way a stream's state is loaded: its snapshot (unless it does not decode), then
+    /// the stream's events after the snapshot's version. Replaces the stream's entry unless
+    /// that one is newer. A stream whose earliest events are archived needs a snapshot
+    /// covering them: without one its state is not known, and it is an error
+    /// ([`Error::StateLost`]) rather than a default. Returns the state's version and a copy
+    /// of it; a state at rest of which no snapshot is stored is not kept in memory.
     async fn load_stream(
         &self,
         strategy: &Arc<dyn ErasedStrategy>,
         stream: &str,
         key: &str,
-        skip_snapshot: bool,
-    ) -> Result<()> {
+    ) -> Result<(u64, AnyState)> {
         let name = strategy.name();
         let mut entry = Entry {
             strategy: name.to_owned(),
@@ -561,7 +615,9 @@ impl Healer {
             dirty: false,
             stored: false,
         };
-        if !skip_snapshot && let Some(snap) = self.store.load_snapshot(stream).await? {
+        let (snapshot, archived) = self.store.load_stream_base(stream).await?;
+        let mut snapshot_is = "missing".to_owned();
+        if let Some(snap) = snapshot {
             entry.stored = true;
             match serde_json::from_str::<Value>(&snap.state)
                 .ok()
@@ -570,21 +626,28 @@ impl Healer {
                 Some(state) => {
                     entry.state = state;
                     entry.version = snap.stream_version;
+                    snapshot_is = format!("of version {} only", snap.stream_version);
                 }
                 None => {
                     tracing::warn!(stream = %stream, "damaged snapshot; rebuilding from events");
                     entry.dirty = true;
+                    snapshot_is = "damaged".to_owned();
                 }
             }
+        }
+        if entry.version < archived {
+            return Err(self.state_lost(format!(
+                "the state of {stream} cannot be rebuilt: its events up to version {archived} \
+                 are archived and its snapshot is {snapshot_is}"
+            )));
         }
         let mut events = self.store.read_stream_after(stream, entry.version);
         while let Some(e) = events.next().await {
             let e = e?;
             if e.stream_version != entry.version + 1 {
-                return Err(Error::InvalidInput(format!(
+                return Err(self.state_lost(format!(
                     "the state of {stream} cannot be rebuilt: its events start at version {} \
-                     after version {} (its snapshot is missing and its earlier events were \
-                     archived)",
+                     after version {}",
                     e.stream_version, entry.version
                 )));
             }
@@ -597,24 +660,34 @@ impl Healer {
             entry.dirty = true;
         }
         drop(events);
+        let now = self.now();
         let mut map = self.lock_map();
-        match map.get(stream) {
-            Some(current) if current.version > entry.version => {}
-            Some(current) if current.version == entry.version && !skip_snapshot => {}
-            _ => {
-                map.insert(stream.to_owned(), entry);
-            }
+        if let Some(current) = map.get(stream)
+            && current.version >= entry.version
+        {
+            return Ok((current.version, strategy.clone_state(&current.state)));
         }
-        Ok(())
+        let found = (entry.version, strategy.clone_state(&entry.state));
+        if entry.stored || !strategy.at_rest(&entry.state, now) {
+            map.insert(stream.to_owned(), entry);
+        } else {
+            // At rest, and no snapshot to delete: it needs no memory.
+            map.remove(stream);
+        }
+        Ok(found)
     }
 
     /// Brings the states in memory up to the log's head with other processes' appends (this
     /// healer's own were folded as they were appended, and are not read again).
     async fn catch_up(&self) -> Result<()> {
         let mut cursor = self.states.cursor.lock().await;
-        let head = self.store.head_position().await?;
+        let (head, anchor) = self.store.head_and_anchor().await?;
         if head <= *cursor {
             return Ok(());
+        }
+        if anchor > *cursor {
+            // Another process archived events this healer had not read.
+            self.resync_after_cut().await?;
         }
         // The stretches since the cursor that other processes appended (positions are dense:
         // the writer numbers them under the write lock).
@@ -651,7 +724,7 @@ impl Healer {
         gaps.dedup();
         for (name, stream, key) in gaps {
             if let Some(strategy) = self.strategies.get(&name).cloned() {
-                self.load_stream(&strategy, &stream, &key, false).await?;
+                self.load_stream(&strategy, &stream, &key).await?;
             }
         }
         *cursor = head;
@@ -660,6 +733,44 @@ impl Healer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|p| *p > head);
+        Ok(())
+    }
+
+    /// After another process archived events this healer had not read, the states they
+    /// changed are read again from what the archive keeps, the snapshots: every state in
+    /// memory whose stream moved on and, when the map holds every state not at rest, every
+    /// snapshot in use that is newer than memory. The cost follows the states in use.
+    async fn resync_after_cut(&self) -> Result<()> {
+        let known: Vec<(String, String, String, u64)> = self
+            .lock_map()
+            .iter()
+            .map(|(stream, e)| (stream.clone(), e.strategy.clone(), e.key.clone(), e.version))
+            .collect();
+        for chunk in known.chunks(1024) {
+            let streams: Vec<String> = chunk.iter().map(|k| k.0.clone()).collect();
+            let versions = self.store.stream_versions(&streams).await?;
+            for (stream, name, key, version) in chunk {
+                if versions.get(stream).is_some_and(|v| v > version)
+                    && let Some(strategy) = self.strategies.get(name).cloned()
+                {
+                    self.load_stream(&strategy, stream, key).await?;
+                }
+            }
+        }
+        if self.is_complete() {
+            for (name, strategy) in &self.strategies {
+                for snap in self.store.load_snapshots(name).await? {
+                    let behind = self
+                        .lock_map()
+                        .get(&snap.stream_id)
+                        .is_none_or(|e| e.version < snap.stream_version);
+                    if behind {
+                        self.load_stream(strategy, &snap.stream_id, &snap.key)
+                            .await?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -765,10 +876,7 @@ impl Healer {
         if let Some(found) = self.cached(strategy, stream) {
             return Ok(found);
         }
-        self.load_stream(strategy, stream, key, false).await?;
-        Ok(self
-            .cached(strategy, stream)
-            .unwrap_or_else(|| (0, strategy.new_state())))
+        self.load_stream(strategy, stream, key).await
     }
 
     fn cached(&self, strategy: &Arc<dyn ErasedStrategy>, stream: &str) -> Option<(u64, AnyState)> {
@@ -805,7 +913,8 @@ impl Healer {
     ) -> Result<()> {
         let known = self.lock_map().get(stream).map(|e| e.version);
         let Some(from) = known else {
-            return self.load_stream(strategy, stream, key, false).await;
+            self.load_stream(strategy, stream, key).await?;
+            return Ok(());
         };
         let mut events = self.store.read_stream_after(stream, from);
         let mut read = Vec::new();
@@ -815,7 +924,7 @@ impl Healer {
         drop(events);
         let gap = self.fold_read(strategy, stream, &read);
         if gap {
-            self.load_stream(strategy, stream, key, false).await?;
+            self.load_stream(strategy, stream, key).await?;
         }
         Ok(())
     }
@@ -850,23 +959,37 @@ impl Healer {
         false
     }
 
-    /// Folds events this healer just appended (they are applied once, by version).
+    /// Folds events this healer just appended (they are applied once, by version) onto the
+    /// state in memory, or, when that state left memory meanwhile (it was at rest, and a
+    /// checkpoint or a fold let it go between the decision and its append) or is behind, onto
+    /// `base`: the state the decision was taken on, at the version the append stated, which
+    /// its success proves current.
     fn apply_local(
         &self,
         strategy: &Arc<dyn ErasedStrategy>,
         stream: &str,
         key: &str,
+        base: (u64, &AnyState),
         events: &[(u64, Value)],
     ) {
         let mut map = self.lock_map();
-        let entry = map.entry(stream.to_owned()).or_insert_with(|| Entry {
-            strategy: strategy.name().to_owned(),
-            key: key.to_owned(),
-            version: 0,
-            state: strategy.new_state(),
-            dirty: false,
-            stored: false,
-        });
+        if map.get(stream).is_none_or(|e| e.version < base.0) {
+            let stored = map.get(stream).is_some_and(|e| e.stored);
+            map.insert(
+                stream.to_owned(),
+                Entry {
+                    strategy: strategy.name().to_owned(),
+                    key: key.to_owned(),
+                    version: base.0,
+                    state: strategy.clone_state(base.1),
+                    dirty: true,
+                    stored,
+                },
+            );
+        }
+        let Some(entry) = map.get_mut(stream) else {
+            return;
+        };
         for (version, payload) in events {
             if *version == entry.version + 1 {
                 let _ = strategy.apply_json(&mut entry.state, payload);
@@ -1251,6 +1374,7 @@ impl Healer {
                         member.clone(),
                         sstream.clone(),
                         key.clone(),
+                        (version, state),
                         d.events.iter().map(|(_, v)| v.clone()).collect(),
                     ));
                 } else if !d.events.is_empty() {
@@ -1339,14 +1463,16 @@ impl Healer {
                 Ok(appended) => {
                     self.note_own(&appended);
                     let mut i = 0;
-                    for (strategy, stream, key, values) in applied.iter().take(n_state_parts) {
+                    for (strategy, stream, key, (version, state), values) in
+                        applied.iter().take(n_state_parts)
+                    {
                         let versions: Vec<(u64, Value)> = appended[i..i + values.len()]
                             .iter()
                             .zip(values)
                             .map(|(a, v)| (a.stream_version, v.clone()))
                             .collect();
                         i += values.len();
-                        self.apply_local(strategy, stream, key, &versions);
+                        self.apply_local(strategy, stream, key, (*version, state), &versions);
                     }
                     guards.extend(limit_guards.held.into_iter().map(|(_, g)| g));
                     return Ok(Some(Phase {
@@ -1365,7 +1491,7 @@ impl Healer {
                 }
                 Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
                     tracing::debug!("lost a race on a strategy state; deciding again");
-                    for (strategy, stream, key, _) in &applied {
+                    for (strategy, stream, key, _, _) in &applied {
                         self.refresh(strategy, stream, key).await?;
                     }
                     continue;
@@ -1546,7 +1672,7 @@ impl Healer {
                         .zip(&reaction)
                         .map(|(a, (_, v))| (a.stream_version, v.clone()))
                         .collect();
-                    self.apply_local(strategy, sstream, key, &applied);
+                    self.apply_local(strategy, sstream, key, (version, &state), &applied);
                     return Ok(());
                 }
                 // A conflict on the strategy's state: react again. One on the failure's
@@ -1799,8 +1925,8 @@ impl Healer {
                 self.ensure_complete().await?;
                 guards.lock(self, FLEET_LIMIT_STREAM).await;
                 let (version, listed) = self.fleet_limit_facts().await?;
-                self.refresh_listed(&listed).await?;
-                let (mut disabled, known) = self.disabled_agents(now, &listed);
+                let read = self.refresh_listed(&listed).await?;
+                let (mut disabled, known) = self.disabled_agents(now, &listed, &read);
                 let total = match (limits.fleet_size, &self.coordinator) {
                     (Some(n), _) => n as usize,
                     (None, Some(c)) => match c.topology().await {
@@ -1875,8 +2001,10 @@ impl Healer {
 
     /// Brings the state of every agent the fleet limit's last fact counted up to at least the
     /// version it was counted at (a state at rest, or one another process changed, is read
-    /// from its stream): an agent released since then no longer counts.
-    async fn refresh_listed(&self, listed: &[DisabledAgent]) -> Result<()> {
+    /// from its stream): an agent released since then no longer counts. Returns the streams
+    /// it read from the log: they are current, in memory or (at rest) not.
+    async fn refresh_listed(&self, listed: &[DisabledAgent]) -> Result<HashSet<String>> {
+        let mut read = HashSet::new();
         for l in listed {
             let known = self.lock_map().get(&l.stream).map(|e| e.version);
             if known.is_some_and(|v| v >= l.version) {
@@ -1892,9 +2020,10 @@ impl Healer {
             });
             if let Some((strategy, key)) = found {
                 self.refresh(&strategy, &l.stream, key).await?;
+                read.insert(l.stream.clone());
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Agents disabled now: those some strategy's state disables, and those the fleet limit's
@@ -1904,6 +2033,7 @@ impl Healer {
         &self,
         now: DateTime<Utc>,
         listed: &[DisabledAgent],
+        read: &HashSet<String>,
     ) -> (Vec<DisabledAgent>, usize) {
         let map = self.lock_map();
         let mut disabled: HashMap<String, DisabledAgent> = HashMap::new();
@@ -1928,7 +2058,9 @@ impl Healer {
             }
         }
         for l in listed {
-            let behind = map.get(&l.stream).is_none_or(|e| e.version < l.version);
+            // A stream just read from the log is current (out of memory: at rest).
+            let behind = !read.contains(&l.stream)
+                && map.get(&l.stream).is_none_or(|e| e.version < l.version);
             if behind {
                 known.insert(l.agent.clone());
                 disabled.entry(l.agent.clone()).or_insert_with(|| l.clone());
@@ -2130,7 +2262,13 @@ impl Healer {
                                 .zip(&r.events)
                                 .map(|(a, (_, v))| (a.stream_version, v.clone()))
                                 .collect();
-                            self.apply_local(&strategy, &sstream, &key, &applied);
+                            self.apply_local(
+                                &strategy,
+                                &sstream,
+                                &key,
+                                (version, &state),
+                                &applied,
+                            );
                             break Some(r);
                         }
                         Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
@@ -2230,7 +2368,7 @@ impl Healer {
     pub async fn verify_snapshots(&self) -> Result<Vec<(String, String)>> {
         let mut bad = Vec::new();
         for (name, strategy) in &self.strategies {
-            for snap in self.store.load_snapshots(name).await? {
+            for snap in self.store.load_all_snapshots(name).await? {
                 let mut state = strategy.new_state();
                 let mut version = 0u64;
                 let mut events = self.store.read(EventFilter::stream(snap.stream_id.clone()));
@@ -2305,22 +2443,31 @@ impl Healer {
                     continue;
                 };
                 let rest = s.at_rest(&e.state, now);
+                let snapshot = || Snapshot {
+                    stream_id: stream.clone(),
+                    strategy: e.strategy.clone(),
+                    key: e.key.clone(),
+                    stream_version: e.version,
+                    state: s.snapshot(&e.state).to_string(),
+                    at_rest: rest,
+                };
                 if rest && (e.stored || e.dirty) {
-                    deleted.push((stream.clone(), e.version));
+                    // Deleted; or kept at rest when the stream's first events are archived.
+                    deleted.push(snapshot());
                     written.push((stream.clone(), e.version, true));
                 } else if e.dirty {
-                    snapshots.push(Snapshot {
-                        stream_id: stream.clone(),
-                        strategy: e.strategy.clone(),
-                        key: e.key.clone(),
-                        stream_version: e.version,
-                        state: s.snapshot(&e.state).to_string(),
-                    });
+                    snapshots.push(snapshot());
                     written.push((stream.clone(), e.version, false));
                 }
             }
         }
         let n = snapshots.len();
+        let recount = self
+            .states
+            .recount
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let positions = if self.is_complete() {
             self.strategies
                 .keys()
@@ -2334,24 +2481,111 @@ impl Healer {
                 positions,
                 snapshots,
                 deleted,
+                recount: recount.clone(),
             })
             .await?;
+        self.states
+            .recount
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !recount.contains(s));
         // Committed: only now are the states saved (unless they changed meanwhile).
         let mut map = self.lock_map();
         for (stream, version, rest) in written {
             let Some(e) = map.get_mut(&stream) else {
                 continue;
             };
+            if !rest {
+                // A snapshot of the stream is stored now, even if the state moved on since.
+                e.stored = true;
+            }
             if e.version != version {
                 continue;
             }
             e.dirty = false;
-            e.stored = !rest;
             if rest {
                 map.remove(&stream);
             }
         }
         Ok(n)
+    }
+
+    /// Archives the events before `before` into `file` ([`Store::archive`]) after writing
+    /// what the cut needs to keep every state: a checkpoint of every state not at rest, and a
+    /// snapshot (at rest) of each state stream the cut goes through that has none. A state at
+    /// rest needs no snapshot while its events are in the log; once they are archived, its
+    /// snapshot is all that rebuilds it. `None` when there is nothing to archive.
+    pub async fn archive(
+        &self,
+        before: DateTime<Utc>,
+        file: &std::path::Path,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::store::archive::ArchiveReport>> {
+        // The file first: nothing is written for an archive that cannot be.
+        crate::store::archive::check_target(file, self.store.path())?;
+        self.ensure_complete().await?;
+        self.checkpoint().await?;
+        let Some(cut) = self.store.archive_cut(before).await? else {
+            return Ok(None);
+        };
+        let mut after = String::new();
+        loop {
+            let page = self.store.uncovered_streams(cut, &after, 512).await?;
+            let Some((_, last, _)) = page.last() else {
+                break;
+            };
+            after = last.clone();
+            let mut snapshots = Vec::with_capacity(page.len());
+            for (name, stream, _) in &page {
+                let strategy = self.strategies.get(name).cloned();
+                let key = stream
+                    .strip_prefix(STRATEGY_STREAM_PREFIX)
+                    .and_then(|k| k.strip_prefix(name.as_str()))
+                    .and_then(|k| k.strip_prefix('-'));
+                let (Some(strategy), Some(key)) = (strategy, key) else {
+                    return Err(Error::InvalidInput(format!(
+                        "the state of {stream} belongs to strategy {name}, which this healer \
+                         does not run: it has no snapshot, so its events cannot be archived"
+                    )));
+                };
+                let (version, state) = self.load_stream(&strategy, stream, key).await?;
+                let now = self.now();
+                snapshots.push(Snapshot {
+                    stream_id: stream.clone(),
+                    strategy: name.clone(),
+                    key: key.to_owned(),
+                    stream_version: version,
+                    state: strategy.snapshot(&state).to_string(),
+                    at_rest: strategy.at_rest(&state, now),
+                });
+            }
+            let written: Vec<(String, u64, bool)> = snapshots
+                .iter()
+                .map(|s| (s.stream_id.clone(), s.stream_version, s.at_rest))
+                .collect();
+            self.store
+                .write_checkpoint(Checkpoint {
+                    positions: Vec::new(),
+                    snapshots,
+                    deleted: Vec::new(),
+                    recount: Vec::new(),
+                })
+                .await?;
+            // Saved: states at rest leave memory again.
+            let mut map = self.lock_map();
+            for (stream, version, rest) in written {
+                if let Some(e) = map.get_mut(&stream) {
+                    e.stored = true;
+                    if e.version == version {
+                        e.dirty = false;
+                        if rest {
+                            map.remove(&stream);
+                        }
+                    }
+                }
+            }
+        }
+        self.store.archive_up_to(before, file, now, Some(cut)).await
     }
 
     /// Writes a checkpoint and closes the store.

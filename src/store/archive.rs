@@ -2,7 +2,9 @@
 //!
 //! `archive(before, file)` cuts the longest prefix of the log (in position order) whose events
 //! all occurred before `before`, and never past a strategy checkpoint (strategy state is then
-//! restored from snapshots, not from archived events). In order:
+//! restored from snapshots, not from archived events); every strategy state stream the cut
+//! goes through must have a snapshot covering it, at rest or not (`Healer::archive` writes
+//! them). In order:
 //!
 //! 1. The prefix is written to `file` (gzip; a header line, then one JSON line per event with
 //!    its position, stream version and chain hash), checking the chain on the way, through a
@@ -26,6 +28,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::AssertSqlSafe;
 use tokio::io::AsyncWriteExt;
 
 use super::Store;
@@ -93,24 +96,27 @@ pub(crate) struct Cut {
 impl Store {
     /// Archives the events before `before` into `file` (see the module's documentation).
     /// `None` when there is nothing to archive.
+    ///
+    /// Every strategy state stream the cut goes through must have a snapshot covering it,
+    /// states at rest included (a fold could not rebuild them once their events are gone):
+    /// [`crate::heal::Healer::archive`] writes them first; this refuses a cut without them.
     pub async fn archive(
         &self,
         before: DateTime<Utc>,
         file: &Path,
         now: DateTime<Utc>,
     ) -> Result<Option<ArchiveReport>> {
-        // The file is checked before anything else: never the database, an existing file or
-        // a non-regular one.
-        crate::output::check(file, self.path(), EXISTING)?;
+        self.archive_up_to(before, file, now, None).await
+    }
+
+    /// The last position an archive before `before` would cut: the longest prefix of events
+    /// that all occurred before it, never past a strategy checkpoint. `None`: nothing to cut.
+    pub(crate) async fn archive_cut(&self, before: DateTime<Utc>) -> Result<Option<i64>> {
         let pool = self.read_pool();
-        let (anchor_position, anchor_hash): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
+        let anchor_position: i64 =
+            sqlx::query_scalar("SELECT position FROM chain_anchor WHERE id = 1")
                 .fetch_one(pool)
                 .await?;
-        let anchor = chain::from_blob(&anchor_hash).ok_or_else(|| Error::Corrupt {
-            path: self.path().to_path_buf(),
-            reason: "the chain anchor is not a 32-byte hash".into(),
-        })?;
         let mut cut: Option<i64> = sqlx::query_scalar(
             "SELECT COALESCE((SELECT MIN(position) FROM events WHERE occurred_at >= ?) - 1, \
                              (SELECT MAX(position) FROM events))",
@@ -126,8 +132,35 @@ impl Store {
         if let (Some(c), Some(p)) = (checkpoint, cut) {
             cut = Some(p.min(c));
         }
+        Ok(cut.filter(|p| *p > anchor_position))
+    }
+
+    /// [`Store::archive`], cutting at most up to `limit`.
+    pub(crate) async fn archive_up_to(
+        &self,
+        before: DateTime<Utc>,
+        file: &Path,
+        now: DateTime<Utc>,
+        limit: Option<i64>,
+    ) -> Result<Option<ArchiveReport>> {
+        // The file is checked before anything else: never the database, an existing file or
+        // a non-regular one.
+        crate::output::check(file, self.path(), EXISTING)?;
+        let pool = self.read_pool();
+        let (anchor_position, anchor_hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
+                .fetch_one(pool)
+                .await?;
+        let anchor = chain::from_blob(&anchor_hash).ok_or_else(|| Error::Corrupt {
+            path: self.path().to_path_buf(),
+            reason: "the chain anchor is not a 32-byte hash".into(),
+        })?;
+        let mut cut = self.archive_cut(before).await?;
+        if let (Some(l), Some(p)) = (limit, cut) {
+            cut = Some(p.min(l));
+        }
         if let Some(p) = cut {
-            // And every strategy with events in the prefix must have a checkpoint at all.
+            // And every strategy with events in the prefix must have a checkpoint at all,
             let uncovered: Option<String> = sqlx::query_scalar(
                 "SELECT COALESCE(strategy, stream_id) FROM events \
                  WHERE stream_id >= 'strategy-' AND stream_id < 'strategy.' AND position <= ? \
@@ -142,6 +175,21 @@ impl Store {
                 return Err(Error::InvalidInput(format!(
                     "strategy {s} has no snapshot yet: checkpoint the healer before archiving \
                      (the command line does)"
+                )));
+            }
+            // and every state stream in it a snapshot that covers it.
+            let stream: Option<(Option<String>, String, i64)> =
+                sqlx::query_as(AssertSqlSafe(super::snapshots::uncovered_sql("")))
+                    .bind(p)
+                    .bind(1i64)
+                    .fetch_optional(pool)
+                    .await?;
+            if let Some((_, stream, version)) = stream {
+                return Err(Error::InvalidInput(format!(
+                    "the state of {stream} (version {version}) has no snapshot covering it: a \
+                     state's snapshot must be stored before its events are archived; archive \
+                     through a healer (Healer::archive; the command line does), which writes \
+                     them"
                 )));
             }
         }

@@ -48,6 +48,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V8__archived_facts",
         include_str!("../../migrations/V8__archived_facts.sql"),
     ),
+    (
+        "V9__snapshots_at_rest",
+        include_str!("../../migrations/V9__snapshots_at_rest.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

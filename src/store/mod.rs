@@ -30,7 +30,7 @@ pub use holder::note_path as holder_note_path;
 pub use migrate::SCHEMA_VERSION;
 
 pub use read::{EventFilter, EventStream};
-pub use snapshots::{Checkpoint, Snapshot};
+pub use snapshots::{Checkpoint, Snapshot, Uncovered};
 pub use verify::{CheckResult, VerifyOptions, VerifyReport};
 pub use writer::{ImportReport, ImportSink, StreamAppend};
 
@@ -342,6 +342,18 @@ impl Store {
             .await
             .map_err(|e| self.db_err(e))?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// The newest event's position (0 when none) and the archive anchor's (events at or below
+    /// it were archived), read together.
+    pub(crate) async fn head_and_anchor(&self) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT COALESCE((SELECT MAX(position) FROM events), 0), \
+                    COALESCE((SELECT position FROM chain_anchor WHERE id = 1), 0)",
+        )
+        .fetch_one(&self.inner.readers)
+        .await
+        .map_err(|e| self.db_err(e))
     }
 
     /// Whether an event id is stored.

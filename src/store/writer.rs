@@ -1480,6 +1480,22 @@ impl Writer {
                     .into(),
             ));
         }
+        // Every strategy state stream the cut goes through keeps a snapshot covering it (checked
+        // before the file was written; again here, under the write lock, in case another
+        // process's checkpoint deleted one meanwhile).
+        let uncovered: Option<(Option<String>, String, i64)> =
+            sqlx::query_as(AssertSqlSafe(super::snapshots::uncovered_sql("")))
+                .bind(cut.to_position)
+                .bind(1i64)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if let Some((_, stream, version)) = uncovered {
+            return Err(Error::Conflict(format!(
+                "the snapshot of {stream} (version {version}) was deleted while archiving; \
+                 nothing was archived (archive again, to a new file name)"
+            )));
+        }
         for sql in [
             "INSERT OR REPLACE INTO archived_streams (stream_id, version) \
              SELECT stream_id, MAX(stream_version) FROM events WHERE position <= ?1 \

@@ -463,15 +463,20 @@ fn sigkill_during_concurrent_first_migrations_leaves_a_file_that_opens_with_the_
 fn downgrade_to_previous_version(db: &Path) {
     let mut statements = Vec::new();
     for migration in [
+        include_str!("../../migrations/V9__snapshots_at_rest.sql"),
         include_str!("../../migrations/V8__archived_facts.sql"),
         include_str!("../../migrations/V5__circuit_transitions.sql"),
         include_str!("../../migrations/V4__hash_chain.sql"),
     ] {
-        for line in migration.lines() {
+        // Undone in reverse order (an index before the column it names).
+        for line in migration.lines().rev() {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["CREATE", "TRIGGER", name, ..] => statements.push(format!("DROP TRIGGER {name}")),
                 ["CREATE", "TABLE", name, ..] => statements.push(format!("DROP TABLE {name}")),
+                ["CREATE", "INDEX", name, ..] => {
+                    statements.push(format!("DROP INDEX IF EXISTS {name}"))
+                }
                 ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
                     statements.push(format!("ALTER TABLE {table} DROP COLUMN {column}"))
                 }

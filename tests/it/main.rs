@@ -15,6 +15,7 @@ mod input;
 mod outputs;
 mod patterns;
 mod process;
+mod state;
 mod store;
 mod strategies;
 mod verify;

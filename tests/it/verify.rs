@@ -271,11 +271,14 @@ fn altered_read_models_and_snapshots_are_caught() {
 fn a_database_from_before_the_chain_gets_it_on_upgrade() {
     let (_dir, path) = healed_db();
     let (_, before) = verify(&path);
-    // Make it look like a schema-3 database: no hashes, no anchor, no record of migrations 4
-    // on (nor the table of migration 8).
+    // Make it look like a schema-3 database: no hashes, no anchor, no snapshots at rest, no
+    // record of migrations 4 on (nor the table of migration 8).
     sql(
         &path,
         &[
+            "DROP INDEX strategy_snapshots_in_use",
+            "ALTER TABLE strategy_snapshots DROP COLUMN at_rest",
+            "ALTER TABLE strategy_checkpoints DROP COLUMN snapshots",
             "DROP TRIGGER rm_circuit_transitioned",
             "DROP TABLE circuit_transitions",
             "DROP TRIGGER events_refuse_update",
