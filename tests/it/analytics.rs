@@ -23,14 +23,17 @@ pub fn ms(n: i64) -> Duration {
 }
 
 /// Writes the story of one failure into its stream: detection, then the given results
-/// (strategy, success, duration, at), then a resolution if `resolved_at` is given.
+/// (strategy, success, duration, at), then a remediation (`failure_resolved`) if `resolved`
+/// is given, then a recovery (`failure_recovered`) if `recovered` is.
 pub struct Story<'a> {
     pub id: &'a str,
     pub failure_type: &'a str,
     pub agent: Option<&'a str>,
+    pub task: Option<&'a str>,
     pub detected_at: DateTime<Utc>,
     pub results: Vec<(&'a str, bool, i64, DateTime<Utc>)>,
     pub resolved: Option<(&'a str, DateTime<Utc>)>,
+    pub recovered: Option<(&'a str, DateTime<Utc>)>,
     pub decision: &'a str,
 }
 
@@ -40,15 +43,33 @@ impl<'a> Story<'a> {
             id,
             failure_type,
             agent: None,
+            task: None,
             detected_at: at,
             results: Vec::new(),
             resolved: None,
+            recovered: None,
             decision: "act",
         }
     }
 
     pub fn agent(mut self, a: &'a str) -> Self {
         self.agent = Some(a);
+        self
+    }
+
+    pub fn task(mut self, t: &'a str) -> Self {
+        self.task = Some(t);
+        self
+    }
+
+    /// A remediation: the healing actions of `strategy` succeeded at `at`.
+    pub fn remediated(self, strategy: &'a str, at: DateTime<Utc>) -> Self {
+        self.resolved(strategy, at)
+    }
+
+    /// A recovery at `at`, known `how` (`signal`, `status`, `confirmed`).
+    pub fn recovered(mut self, how: &'a str, at: DateTime<Utc>) -> Self {
+        self.recovered = Some((how, at));
         self
     }
 
@@ -75,7 +96,7 @@ impl<'a> Story<'a> {
                 failure_type: self.failure_type.into(),
                 severity: Severity::High,
                 agent_id: agent.clone(),
-                task_id: None,
+                task_id: self.task.map(str::to_owned),
                 source_event: None,
                 metadata: Map::new(),
             })
@@ -121,6 +142,9 @@ impl<'a> Story<'a> {
                 .to_new_event(at),
             );
         }
+        if let Some((how, at)) = self.recovered {
+            out.push(recovered_event(self.id, self.agent, how, at));
+        }
         out
     }
 
@@ -134,6 +158,15 @@ impl<'a> Story<'a> {
             .await
             .unwrap();
     }
+}
+
+/// A `failure_recovered` fact, written as any producer would write it.
+pub fn recovered_event(id: &str, agent: Option<&str>, how: &str, at: DateTime<Utc>) -> NewEvent {
+    let mut payload = serde_json::json!({"failure_id": id, "how": how});
+    if let Some(a) = agent {
+        payload["agent_id"] = serde_json::json!(a);
+    }
+    NewEvent::new("failure_recovered", at, payload)
 }
 
 pub async fn transition(store: &Store, circuit: &str, from: &str, to: &str, at: DateTime<Utc>) {
@@ -348,7 +381,8 @@ async fn rollups_and_edges_agree_with_a_brute_force_count() {
     for i in 0..400 {
         ids.push(format!("r-{i}"));
     }
-    let mut brute = Vec::new(); // (detected, type, results[(strategy, ok, ms, at)], resolved)
+    // (detected, type, results[(strategy, ok, ms, at)], remediated, recovered)
+    let mut brute = Vec::new();
     for id in &ids {
         let at = t0() + Duration::microseconds(rng.between(0, span_us as u64 - 1) as i64);
         let k = rng.between(0, 2) as usize;
@@ -371,8 +405,14 @@ async fn rollups_and_edges_agree_with_a_brute_force_count() {
         if let Some(r) = resolved {
             story = story.resolved(strategies[k], r);
         }
+        // Recovered (or not) independently of the remediation, up to two hours later.
+        let recovered = (rng.between(0, 2) != 0)
+            .then(|| at + Duration::microseconds(rng.between(0, 7_200_000_000) as i64));
+        if let Some(r) = recovered {
+            story = story.recovered("signal", r);
+        }
         story.write(&store).await;
-        brute.push((at, types[k], results, resolved));
+        brute.push((at, types[k], results, resolved, recovered));
     }
     let a = Analytics::new(&store);
     let mut windows = vec![
@@ -390,6 +430,7 @@ async fn rollups_and_edges_agree_with_a_brute_force_count() {
     for w in windows {
         let inside = |t: DateTime<Utc>| t >= w.since && t < w.until;
         let s = a.stats(&w).await.unwrap();
+        let j = serde_json::to_value(&s).unwrap();
         let detected = brute.iter().filter(|b| inside(b.0)).count() as i64;
         let results: Vec<_> = brute
             .iter()
@@ -398,41 +439,58 @@ async fn rollups_and_edges_agree_with_a_brute_force_count() {
             .collect();
         let oks = results.iter().filter(|r| r.1).count() as i64;
         let dur: i64 = results.iter().map(|r| r.2).sum();
-        let ttrs: Vec<i64> = brute
-            .iter()
-            .filter_map(|b| {
-                b.3.filter(|r| inside(*r))
-                    .map(|r| (r - b.0).num_microseconds().unwrap())
-            })
-            .collect();
-        let unresolved = brute
-            .iter()
-            .filter(|b| inside(b.0) && b.3.is_none_or(|r| r >= w.until))
-            .count() as i64;
         assert_eq!(s.total_failures, detected, "{w:?}");
         assert_eq!(s.total_healings, results.len() as i64, "{w:?}");
         assert_eq!(s.successful_healings, oks, "{w:?}");
-        assert_eq!(s.resolved, ttrs.len() as i64, "{w:?}");
-        assert_eq!(s.unresolved, unresolved, "{w:?}");
         if !results.is_empty() {
             let avg = dur as f64 / results.len() as f64;
             assert!((s.avg_healing_time_ms - avg).abs() < 0.001, "{w:?}");
         }
-        if !ttrs.is_empty() {
-            let mean = ttrs.iter().sum::<i64>() as f64 / ttrs.len() as f64 / 1000.0;
-            assert!(
-                (s.mttr_ms - mean).abs() < 0.001,
-                "{w:?}: {} vs {mean}",
-                s.mttr_ms
-            );
-            let mut sorted = ttrs.clone();
+        // Remediation (the 4th field) and recovery (the 5th), each with count, mean and
+        // nearest-rank percentiles, and the failures detected but not done by the window's end.
+        for (name, end) in [("remediate", 3usize), ("recover", 4usize)] {
+            let done_at = |b: &(
+                DateTime<Utc>,
+                &str,
+                Vec<_>,
+                Option<DateTime<Utc>>,
+                Option<DateTime<Utc>>,
+            )| { if end == 3 { b.3 } else { b.4 } };
+            let times: Vec<i64> = brute
+                .iter()
+                .filter_map(|b| {
+                    done_at(b)
+                        .filter(|r| inside(*r))
+                        .map(|r| (r - b.0).num_microseconds().unwrap())
+                })
+                .collect();
+            let count = if end == 3 { "remediated" } else { "recovered" };
+            assert_eq!(j[count], times.len() as i64, "{name} {w:?}");
+            let mean_key = format!("mttr_{name}_ms");
+            if times.is_empty() {
+                assert_eq!(j[&mean_key], 0.0, "{name} {w:?}");
+                continue;
+            }
+            let mean = times.iter().sum::<i64>() as f64 / times.len() as f64 / 1000.0;
+            let got = j[&mean_key].as_f64().unwrap();
+            assert!((got - mean).abs() < 0.001, "{name} {w:?}: {got} vs {mean}");
+            let mut sorted = times.clone();
             sorted.sort();
             let rank =
                 |p: usize| sorted[((sorted.len() * p).div_ceil(100)).max(1) - 1] as f64 / 1000.0;
-            assert_eq!(s.mttr_p50_ms, rank(50), "{w:?}");
-            assert_eq!(s.mttr_p90_ms, rank(90), "{w:?}");
-            assert_eq!(s.mttr_p99_ms, rank(99), "{w:?}");
+            for p in [50, 90, 99] {
+                assert_eq!(
+                    j[format!("mttr_{name}_p{p}_ms")],
+                    rank(p),
+                    "{name} p{p} {w:?}"
+                );
+            }
         }
+        let unrecovered = brute
+            .iter()
+            .filter(|b| inside(b.0) && b.4.is_none_or(|r| r >= w.until))
+            .count() as i64;
+        assert_eq!(j["unrecovered"], unrecovered, "{w:?}");
         let by_type: i64 = s.by_failure_type.values().sum();
         assert_eq!(by_type, detected);
     }
@@ -788,6 +846,63 @@ async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
         .await
         .unwrap();
     transition(&store, "a-1", "closed", "open", t0()).await;
+    // Recoveries: by each kind of evidence, one of an unknown failure, a second one of a
+    // failure (the first wins), one of a schema version the read models do not interpret.
+    // q-1, q-2 and f-2 were detected at 60 s, 120 s and 1 s: they recover in 5, 7 and 9 s.
+    for (id, how, secs) in [
+        ("q-1", "signal", 65),
+        ("q-2", "status", 127),
+        ("f-2", "confirmed", 10),
+    ] {
+        store
+            .append(
+                &format!("failure-{id}"),
+                ExpectedVersion::Any,
+                vec![recovered_event(
+                    id,
+                    None,
+                    how,
+                    t0() + Duration::seconds(secs),
+                )],
+            )
+            .await
+            .unwrap();
+    }
+    for (stream, e) in [
+        (
+            "failure-nobody",
+            recovered_event("nobody", None, "signal", t0()),
+        ),
+        (
+            "failure-q-1",
+            recovered_event("q-1", None, "confirmed", t0() + Duration::hours(3)),
+        ),
+        ("failure-q-3", {
+            let mut e = recovered_event("q-3", None, "signal", t0());
+            e.schema_version = 2;
+            e
+        }),
+    ] {
+        store
+            .append(stream, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    // A circuit opening with its deadline (as the circuit breaker writes it).
+    let mut payload = serde_json::json!({
+        "type": "circuit_transitioned", "strategy": "CircuitBreaker", "key": "a-2",
+        "circuit": "a-2", "agent_id": "a-2", "from": "closed", "to": "open", "reason": "test",
+        "details": {}, "at": "2026-11-01T12:00:00.000000Z",
+        "open_until": "2026-11-01T12:01:00.250001Z", "reopen_count": 0,
+    });
+    store
+        .append(
+            "strategy-CircuitBreaker-a-2",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("circuit_transitioned", t0(), payload.take())],
+        )
+        .await
+        .unwrap();
     let a = Analytics::new(&store);
     a.learn_and_record(
         &window(t0(), t0() + Duration::days(1)),
@@ -803,11 +918,15 @@ async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
     assert_eq!(report.failures, 43);
     let after = read_model_digests(store.read_pool()).await.unwrap();
     assert_eq!(before, after);
-    let s = a
-        .stats(&window(t0(), t0() + Duration::hours(1)))
-        .await
-        .unwrap();
-    assert_eq!(s.mttr_p50_ms, 100.0);
+    let s = serde_json::to_value(
+        a.stats(&window(t0(), t0() + Duration::hours(1)))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s["mttr_remediate_p50_ms"], 100.0, "{s}");
+    assert_eq!(s["recovered"], 3);
+    assert_eq!(s["mttr_recover_ms"], 7_000.0);
     store.close().await.unwrap();
 }
 

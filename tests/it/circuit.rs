@@ -1263,3 +1263,154 @@ fn a_zero_half_open_wait_is_refused() {
     };
     assert!(c.validate().is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Time in state: transitions dated when they happened
+// ---------------------------------------------------------------------------------------------
+
+async fn report(path: &std::path::Path, from: DateTime<Utc>, to: DateTime<Utc>) -> Value {
+    let store = Store::open(path, StoreOptions::default()).await.unwrap();
+    let r = healstore::Analytics::new(&store)
+        .circuits(&healstore::Window::new(from, to).unwrap(), 3)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    serde_json::to_value(r).unwrap()
+}
+
+fn circuit_of<'a>(report: &'a Value, key: &str) -> &'a Value {
+    report["circuits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["circuit"] == key)
+        .unwrap_or_else(|| panic!("no {key} in {report}"))
+}
+
+#[tokio::test]
+async fn time_in_state_is_right_when_nothing_ran_after_the_deadline() {
+    // A circuit opens at t0 + 4 s until t0 + 64 s; nothing ticks, permits or signals after.
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let healer = healer_at(&path, clock.clone()).await;
+    five_failures(&healer, &clock, "a").await;
+    healer.close().await.unwrap();
+
+    // Over [t0, t0 + 100 s): open for 60 s, then half-open for 36 s, and half-open at the end.
+    let r = report(&path, t0(), at(100)).await;
+    let c = circuit_of(&r, "a");
+    assert_eq!(c["open_ms"], 60_000, "{c}");
+    assert_eq!(c["half_open_ms"], 36_000, "{c}");
+    assert_eq!(c["state"], "half_open");
+    assert_eq!(c["opens"], 1);
+    assert_eq!(c["transitions"], 2);
+    // A window that starts after the deadline: half-open throughout.
+    let r = report(&path, at(70), at(90)).await;
+    let c = circuit_of(&r, "a");
+    assert_eq!(
+        (c["open_ms"].clone(), c["half_open_ms"].clone()),
+        (json!(0), json!(20_000))
+    );
+    assert_eq!(c["state"], "half_open");
+    // One that ends before it: open throughout.
+    let r = report(&path, at(10), at(40)).await;
+    let c = circuit_of(&r, "a");
+    assert_eq!(
+        (c["open_ms"].clone(), c["half_open_ms"].clone()),
+        (json!(30_000), json!(0))
+    );
+    assert_eq!(c["state"], "open");
+
+    // A tick long after the deadline records the half-open period, dated at the deadline.
+    clock.set(at(500));
+    let healer = healer_at(&path, clock.clone()).await;
+    healer.tick().await.unwrap();
+    healer.close().await.unwrap();
+    let half_open = read_all(&path)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "circuit_transitioned")
+        .find(|e| e.payload["to"] == "half_open")
+        .expect("recorded");
+    assert_eq!(half_open.occurred_at, at(64), "dated when it happened");
+    assert_eq!(half_open.recorded_at, at(500), "recorded when noticed");
+    let r = report(&path, t0(), at(600)).await;
+    let c = circuit_of(&r, "a");
+    assert_eq!(c["open_ms"], 60_000, "{c}");
+    assert_eq!(c["half_open_ms"], 536_000);
+    assert_eq!(
+        c["transitions"], 2,
+        "the recorded transition is the one that happened"
+    );
+}
+
+#[test]
+fn circuits_and_circuit_report_agree_at_any_now() {
+    use crate::common::{expect_success, run};
+    let (_dir, db) = temp_db();
+    let cli = |args: &[&str]| -> Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let out = expect_success(&run(&db, &all));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let time = |s: i64| healstore::time::format_time(at(s));
+    // Five failures of `a` open its circuit at 4 s until 64 s.
+    for i in 0..5 {
+        let id = format!("f-{i}");
+        let t = time(i);
+        cli(&[
+            "--now",
+            &t,
+            "record",
+            "failure",
+            "--type",
+            "agent_down",
+            "--agent",
+            "a",
+            "--id",
+            &id,
+        ]);
+    }
+    let agree = |now: i64, expected: &str| {
+        let now = time(now);
+        let listed = cli(&["--now", &now, "circuits", "--agent", "a"]);
+        // A closed circuit with nothing left to remember is not listed.
+        let state = listed["circuits"]
+            .get(0)
+            .map_or(json!("closed"), |c| c["state"].clone());
+        let r = cli(&["--now", &now, "circuit-report", "--window", "1d"]);
+        let c = circuit_of(&r, "a");
+        assert_eq!(state, expected, "circuits at {now}");
+        assert_eq!(c["state"], expected, "circuit-report at {now}: {c}");
+    };
+    agree(10, "open");
+    agree(63, "open");
+    agree(64, "half_open");
+    agree(100, "half_open");
+    // A permit at 120 s records the half-open period and a trial call.
+    let code = run(
+        &db,
+        &["--now", &time(120), "circuit", "permit", "--agent", "a"],
+    );
+    assert_eq!(code.status.code(), Some(0));
+    agree(120, "half_open");
+    agree(121, "half_open");
+    // Two successes close it.
+    for s in [130, 131] {
+        cli(&["--now", &time(s), "record", "success", "--agent", "a"]);
+    }
+    agree(131, "closed");
+    let r = cli(&[
+        "--now",
+        &time(200),
+        "circuit-report",
+        "--since",
+        &time(0),
+        "--until",
+        &time(200),
+    ]);
+    let c = circuit_of(&r, "a");
+    assert_eq!(c["open_ms"], 60_000, "{c}");
+    assert_eq!(c["half_open_ms"], 67_000, "{c}");
+}

@@ -15,6 +15,7 @@ mod input;
 mod outputs;
 mod patterns;
 mod process;
+mod resolution;
 mod state;
 mod store;
 mod strategies;
