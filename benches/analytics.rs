@@ -3,8 +3,8 @@
 //! The store is generated once with SQL straight into the event table (the triggers maintain
 //! the read models as they would for appends) and cached under `target/`. Each failure has
 //! its detection, a healing decision, a result (85 % succeed, 50-500 ms) and, when healed, a
-//! resolution 0-2 s later; one failure in a thousand also opens and closes a circuit. About
-//! 3.85 million events in all.
+//! remediation 0-2 s later and a recovery 0-5 s after that; one failure in a thousand also
+//! opens and closes a circuit. About 4.7 million events in all.
 //!
 //! Timed (median of 5 runs after a warm-up; "now" is deliberately not on an hour boundary, so
 //! every window has partial hours at both edges): stats over 24 h, effectiveness over 7 days,
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::TryStreamExt;
 use healstore::analytics::advice::AdviceOptions;
-use healstore::analytics::{Analytics, EffectivenessOptions, LearnOptions};
+use healstore::analytics::{Analytics, EffectivenessOptions, LearnOptions, MttrTo};
 use healstore::{EventFilter, RecordedEvent, Store, StoreOptions, Window};
 use sqlx::{ConnectOptions, Connection};
 
@@ -48,7 +48,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     print_machine();
     rt.block_on(async {
-        let path = std::path::PathBuf::from(format!("target/bench-analytics-{n}.db"));
+        // `-r`: the data with recoveries (an older cache file has none).
+        let path = std::path::PathBuf::from(format!("target/bench-analytics-{n}-r.db"));
         let store = prepare(&path, n).await?;
         let events: i64 = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(store.read_pool())
@@ -77,7 +78,10 @@ fn main() -> anyhow::Result<()> {
             ),
             (
                 "  mttr series 24h (CLI, percentiles)",
-                time(5, || a.mttr_series(&day, None, chrono::Duration::hours(1))).await?,
+                time(5, || {
+                    a.mttr_series(&day, MttrTo::Recover, None, chrono::Duration::hours(1))
+                })
+                .await?,
             ),
         ];
         let learn_7d = time(3, || a.learn_patterns(&week, &learn)).await?;
@@ -233,7 +237,7 @@ async fn prepare(path: &std::path::Path, n: i64) -> anyhow::Result<Store> {
     Ok(Store::open(path, StoreOptions::default()).await?)
 }
 
-/// One batch of failures `[?1, ?2)`: four events each (three when the heal failed), plus a
+/// One batch of failures `[?1, ?2)`: five events each (three when the heal failed), plus a
 /// circuit opening and closing for every thousandth. Pseudo-random fields come from
 /// multiplicative hashes of the failure's number, so the data is the same in every run.
 const GENERATE: &str = r#"
@@ -261,21 +265,22 @@ g AS (
               'b-' || i AS fid
     FROM f
 ),
-k(k) AS (VALUES (1), (2), (3), (4), (5), (6), (7))
+k(k) AS (VALUES (1), (2), (3), (4), (5), (6), (7), (8))
 INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version,
                     occurred_at, recorded_at, payload, failure_id, agent_id, failure_type,
                     strategy, success, duration_ms)
 SELECT
     fid || '-' || k,
-    CASE WHEN k <= 4 THEN 'failure-' || fid ELSE 'cb-' || fid END,
-    CASE WHEN k <= 4 THEN k ELSE k - 4 END,
+    CASE WHEN k <= 4 OR k = 8 THEN 'failure-' || fid ELSE 'cb-' || fid END,
+    CASE WHEN k <= 4 THEN k WHEN k = 8 THEN 5 ELSE k - 4 END,
     CASE k WHEN 1 THEN 'failure_detected' WHEN 2 THEN 'healing_attempted'
            WHEN 3 THEN 'healing_completed' WHEN 4 THEN 'failure_resolved'
-           ELSE 'circuit_transitioned' END,
+           WHEN 8 THEN 'failure_recovered' ELSE 'circuit_transitioned' END,
     1,
     CASE k WHEN 1 THEN t WHEN 2 THEN t + 1000 WHEN 3 THEN t + dur * 1000
            WHEN 4 THEN t + dur * 1000 + extra WHEN 5 THEN t + 1
-           WHEN 6 THEN t + 60000000 ELSE t + 65000000 END,
+           WHEN 6 THEN t + 60000000 WHEN 7 THEN t + 65000000
+           ELSE t + dur * 1000 + extra + (i * 7919) % 5000000 END,
     t,
     CASE k
       WHEN 1 THEN json_object('failure_id', fid, 'failure_type', ft, 'severity', 'high',
@@ -290,18 +295,19 @@ SELECT
       WHEN 4 THEN json_object('failure_id', fid, 'failure_type', ft, 'agent_id', agent,
                               'strategy', strat,
                               'detected_at', strftime('%Y-%m-%dT%H:%M:%fZ', t / 1000000.0, 'unixepoch'))
+      WHEN 8 THEN json_object('failure_id', fid, 'agent_id', agent, 'how', 'signal')
       ELSE json_object('circuit', agent, 'agent_id', agent, 'strategy', 'CircuitBreaker',
                        'from', CASE k WHEN 5 THEN 'closed' WHEN 6 THEN 'open' ELSE 'half_open' END,
                        'to', CASE k WHEN 5 THEN 'open' WHEN 6 THEN 'half_open' ELSE 'closed' END,
                        'reason', 'generated', 'details', json_object())
     END,
-    CASE WHEN k <= 4 THEN fid END,
+    CASE WHEN k <= 4 OR k = 8 THEN fid END,
     agent,
     CASE WHEN k <= 4 THEN ft END,
-    CASE WHEN k IN (2, 3, 4) THEN strat WHEN k >= 5 THEN 'CircuitBreaker' END,
+    CASE WHEN k IN (2, 3, 4) THEN strat WHEN k BETWEEN 5 AND 7 THEN 'CircuitBreaker' END,
     CASE WHEN k = 3 THEN ok END,
     CASE WHEN k = 3 THEN dur END
-FROM g JOIN k ON (k <= 3 OR (k = 4 AND ok) OR (k >= 5 AND i % 1000 = 0))
+FROM g JOIN k ON (k <= 3 OR (k IN (4, 8) AND ok) OR (k BETWEEN 5 AND 7 AND i % 1000 = 0))
 ORDER BY i, k
 "#;
 
@@ -333,6 +339,7 @@ struct Tally {
     dur: i64,
     by_strategy: BTreeMap<String, (i64, i64, i64)>,
     ttr: Vec<i64>,
+    recovered: i64,
 }
 
 fn tally(events: &[RecordedEvent]) -> Tally {
@@ -367,6 +374,7 @@ fn tally(events: &[RecordedEvent]) -> Tally {
                 s.1 += i64::from(ok);
                 s.2 += d;
             }
+            "failure_recovered" => t.recovered += 1,
             "failure_resolved" => {
                 if let Ok(d) = healstore::time::parse_time(text(e, "detected_at")) {
                     t.ttr
@@ -384,11 +392,16 @@ async fn baseline_stats(store: &Store, w: &Window) -> healstore::Result<(i64, i6
     let events = read_all(
         store,
         w,
-        &["failure_detected", "healing_completed", "failure_resolved"],
+        &[
+            "failure_detected",
+            "healing_completed",
+            "failure_resolved",
+            "failure_recovered",
+        ],
     )
     .await?;
     let t = tally(&events);
-    Ok((t.failures, t.results, t.ttr.len()))
+    Ok((t.failures, t.results, t.ttr.len() + t.recovered as usize))
 }
 
 async fn baseline_effectiveness(store: &Store, w: &Window) -> healstore::Result<usize> {

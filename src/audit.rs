@@ -10,8 +10,10 @@
 //!
 //! Each record carries the failure it heals (from the `failures` read model), the decision
 //! and reason behind it (the strategy's latest `healing_attempted` before the action), its
-//! result and duration, and whether the failure was resolved (as of the report: the
-//! resolution may come after the window).
+//! result and duration, and where the failure stands as of the report (possibly after the
+//! window): whether it was *remediated* (the healing actions succeeded), when and by which
+//! strategy, and whether it *recovered* (the agent or task works again), when and how it is
+//! known.
 //!
 //! The report streams: events are read in keyset-paged queries over `(occurred_at,
 //! position)`, each its own short read transaction, with SQL doing the joins; memory holds one
@@ -76,10 +78,17 @@ pub struct AuditRecord {
     pub result: String,
     pub error: Option<String>,
     pub duration_ms: Option<i64>,
-    /// Whether the failure is resolved, when and by which strategy (as of the report).
-    pub resolved: bool,
-    pub resolved_at: Option<String>,
-    pub resolved_by: Option<String>,
+    /// Whether the failure was remediated (a strategy's healing actions succeeded), when and
+    /// by which strategy (as of the report).
+    pub remediated: bool,
+    pub remediated_at: Option<String>,
+    pub remediated_by: Option<String>,
+    /// Whether the failure recovered (its agent or task works again), when, and how that is
+    /// known: `signal` (a success signal), `status` (a healthy status from the coordinator
+    /// after a remediation) or `confirmed` (a caller said so).
+    pub recovered: bool,
+    pub recovered_at: Option<String>,
+    pub recovered_how: Option<String>,
 }
 
 /// Decisions that plan actions (the others plan none).
@@ -135,15 +144,16 @@ impl Scan {
         let sql = format!(
             "SELECT e.position, e.event_id, e.event_type, e.occurred_at, e.failure_id, e.agent_id,
                     e.strategy, e.success, e.duration_ms, e.payload,
-                    f.failure_type, f.agent_id, f.severity, f.detected_at, f.resolved_at,
-                    f.resolved_by,
+                    f.failure_type, f.agent_id, f.severity, f.detected_at, f.remediated_at,
+                    f.remediated_by,
                     d.payload, c.position, c.success, c.duration_ms,
                     CASE WHEN e.event_type = 'healing_attempted' AND c.position IS NOT NULL THEN
                         (SELECT count(*) FROM events x
                          WHERE x.failure_id = e.failure_id AND x.event_type = 'action_executed'
                            AND x.strategy = e.strategy
                            AND x.position > e.position AND x.position < c.position)
-                    END
+                    END,
+                    f.recovered_at, f.recovered_how
              FROM events e
              LEFT JOIN failures f ON f.failure_id = e.failure_id
              LEFT JOIN events d ON e.event_type = 'action_executed' AND d.position =
@@ -214,7 +224,8 @@ fn to_records(row: &SqliteRow) -> Result<Vec<AuditRecord>> {
     let position: i64 = row.try_get(0)?;
     let event_type: String = row.try_get(2)?;
     let payload = parse_payload(&row.try_get::<String, _>(9)?, position)?;
-    let resolved_at = time_of(row.try_get(14)?)?;
+    let remediated_at = time_of(row.try_get(14)?)?;
+    let recovered_at = time_of(row.try_get(21)?)?;
     let base = AuditRecord {
         time: time_of(Some(row.try_get(3)?))?.unwrap_or_default(),
         source: event_type.clone(),
@@ -240,9 +251,12 @@ fn to_records(row: &SqliteRow) -> Result<Vec<AuditRecord>> {
         result: String::new(),
         error: None,
         duration_ms: None,
-        resolved: resolved_at.is_some(),
-        resolved_at,
-        resolved_by: row.try_get(15)?,
+        remediated: remediated_at.is_some(),
+        remediated_at,
+        remediated_by: row.try_get(15)?,
+        recovered: recovered_at.is_some(),
+        recovered_at,
+        recovered_how: row.try_get(22)?,
     };
     if event_type == "action_executed" {
         let decision = row

@@ -99,7 +99,10 @@ pub struct HealingCompleted {
     pub metadata: Map<String, Value>,
 }
 
-/// A failure was resolved: the system recovered. MTTR is measured from detection to this.
+/// A failure was *remediated*: the healing actions of a strategy succeeded (a restart went
+/// through, a retry was scheduled, a circuit opened). That says what healstore did, not that
+/// the agent or task works again: see [`FailureRecovered`]. The time to remediate is measured
+/// from detection to this. (The type's name predates the distinction and is kept.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureResolved {
     pub failure_id: String,
@@ -110,6 +113,47 @@ pub struct FailureResolved {
     pub strategy: Option<String>,
     #[serde(with = "serde_rfc3339")]
     pub detected_at: DateTime<Utc>,
+}
+
+/// What shows that a failed agent or task works again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryHow {
+    /// A success signal (`agent_succeeded`) for the failure's task, or for its agent when the
+    /// failure names no task, after the failure.
+    Signal,
+    /// A healthy status from the coordinator right after a remediation.
+    Status,
+    /// A caller confirmed it (`record recovered`, [`crate::heal::Healer::record_recovered`]).
+    Confirmed,
+}
+
+impl RecoveryHow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryHow::Signal => "signal",
+            RecoveryHow::Status => "status",
+            RecoveryHow::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// A failure *recovered*: the failed agent or task works again. Recorded once per failure, in
+/// its stream; MTTR (the time to recover) is measured from detection to this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecovered {
+    pub failure_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    pub how: RecoveryHow,
+    /// The event that shows it (the success signal), if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_event_id: Option<String>,
+    /// For `status`: the state the coordinator reported (`active`, `idle`, `busy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// An agent completed work successfully (a success signal for circuit breakers and backoffs).
@@ -260,6 +304,7 @@ heal_events! {
     ActionExecuted(ActionExecuted) = "action_executed" v 1,
     HealingCompleted(HealingCompleted) = "healing_completed" v 1,
     FailureResolved(FailureResolved) = "failure_resolved" v 1,
+    FailureRecovered(FailureRecovered) = "failure_recovered" v 1,
     AgentSucceeded(AgentSucceeded) = "agent_succeeded" v 1,
     CircuitTransitioned(CircuitTransitioned) = "circuit_transitioned" v 1,
     ConfigurationChanged(ConfigurationChanged) = "configuration_changed" v 1,
@@ -329,6 +374,13 @@ fn check_ranges(e: &HealEvent) -> std::result::Result<(), String> {
             check_key("failure_type", &r.failure_type)?;
             opt("agent_id", &r.agent_id)?;
             opt("strategy", &r.strategy)?;
+        }
+        HealEvent::FailureRecovered(r) => {
+            check_key("failure_id", &r.failure_id)?;
+            opt("agent_id", &r.agent_id)?;
+            opt("task_id", &r.task_id)?;
+            opt("evidence_event_id", &r.evidence_event_id)?;
+            opt("status", &r.status)?;
         }
         HealEvent::AgentSucceeded(a) => {
             check_key("agent_id", &a.agent_id)?;

@@ -8,21 +8,26 @@
 //! | `low_success_rate` | at least `min_results` healings and a success rate below 0.7 |
 //! | `excellent_success_rate` | at least `min_results` healings and a rate above 0.95 |
 //! | `replace_strategy`, `tune_strategy`, `investigate_strategy` | a strategy's verdict says so |
-//! | `high_mttr` | MTTR above 5,000 ms |
-//! | `rising_mttr` | the second half's MTTR is over 1.5x the first half's, each half with at least 5 resolutions |
+//! | `high_mttr` | MTTR (the mean time to recover) above 5,000 ms |
+//! | `rising_mttr` | the second half's MTTR is over 1.5x the first half's, each half with at least 5 recoveries |
 //! | `most_common_failure` | at least `min_results` failures: the most frequent type |
 //! | `enable_degradation` | resource failures seen and GradualDegradation acted on none of them |
 //! | `enable_circuit_breaker` | timeouts seen and CircuitBreaker considered none of them |
 //! | `flapping_circuit` | a circuit opened at least `flap_threshold` times |
 //! | `healer_limits_reached` | decisions withheld by the healer's limits |
-//! | `unresolved_failures` | over 10 % of the window's failures are not resolved by its end |
+//! | `unrecovered_failures` | over 10 % of the window's failures have not recovered by its end |
 //! | `performing_well` | none of the warnings above fired |
+//!
+//! MTTR is the mean time to *recover* (detection to evidence that the agent or task works
+//! again), as the seed design means it: its target (500 ms), the health score and the MTTR
+//! rules use it. The time to remediate (the healing actions succeeded) is reported beside it,
+//! without a target.
 //!
 //! Health score (the seed's formula): `50 x success_rate + 30 x max(0, 1 - mttr / 500) +
 //! 20 x mean strategy success rate (0.5 with none)`, capped at 100, one decimal. Two cases the
 //! formula leaves open are decided here: a window without failures scores 100 (nothing needed
-//! healing), and a window whose failures were all left unresolved gets no MTTR points (an MTTR
-//! of 0 there means "never", not "instantly").
+//! healing), and a window in which no failure recovered gets no MTTR points (an MTTR of 0
+//! there means "never", not "instantly").
 
 use std::collections::BTreeMap;
 
@@ -99,7 +104,7 @@ pub struct Target {
     pub target: f64,
     pub met: bool,
     /// False when the window holds nothing to measure the figure on (no healing results, no
-    /// resolved failure): then `met` is false and the figure says nothing.
+    /// recovered failure): then `met` is false and the figure says nothing.
     pub measured: bool,
 }
 
@@ -148,7 +153,7 @@ pub struct Dashboard {
 
 /// The seed's health score.
 pub fn health_score(stats: &Stats, effectiveness: &Effectiveness) -> HealthScore {
-    if stats.total_failures == 0 && stats.total_healings == 0 && stats.resolved == 0 {
+    if stats.total_failures == 0 && stats.total_healings == 0 && stats.recovered == 0 {
         return HealthScore {
             score: 100.0,
             success_points: 50.0,
@@ -157,10 +162,10 @@ pub fn health_score(stats: &Stats, effectiveness: &Effectiveness) -> HealthScore
         };
     }
     let success_points = stats.success_rate * 50.0;
-    let mttr_points = if stats.resolved == 0 {
+    let mttr_points = if stats.recovered == 0 {
         0.0
     } else {
-        (1.0 - stats.mttr_ms / 500.0).max(0.0) * 30.0
+        (1.0 - stats.mttr_recover_ms / 500.0).max(0.0) * 30.0
     };
     let rates: Vec<f64> = effectiveness
         .strategies
@@ -196,12 +201,12 @@ pub fn targets(stats: &Stats, effectiveness: &Effectiveness, health: &HealthScor
             measured: stats.total_healings > 0,
         },
         Target {
-            metric: "mttr_ms".into(),
-            value: stats.mttr_ms,
+            metric: "mttr_recover_ms".into(),
+            value: stats.mttr_recover_ms,
             comparison: "<".into(),
             target: 500.0,
-            met: stats.resolved > 0 && stats.mttr_ms < 500.0,
-            measured: stats.resolved > 0,
+            met: stats.recovered > 0 && stats.mttr_recover_ms < 500.0,
+            measured: stats.recovered > 0,
         },
     ];
     for s in &effectiveness.strategies {
@@ -322,17 +327,17 @@ fn advise(
         );
     }
 
-    if stats.mttr_ms > 5000.0 {
+    if stats.mttr_recover_ms > 5000.0 {
         out.push(
                 rec(
                     "high_mttr",
                     "warning",
                     format!(
-                        "Mean time to recover is {:.0} ms (over 5,000 ms): look at the slowest strategies",
-                        stats.mttr_ms
+                        "Mean time to recover is {:.0} ms (over 5,000 ms; {:.0} ms to remediate): look at the slowest strategies, and at what keeps failures from recovering once remediated",
+                        stats.mttr_recover_ms, stats.mttr_remediate_ms
                     ),
                 )
-                .value(stats.mttr_ms),
+                .value(stats.mttr_recover_ms),
             );
     }
 
@@ -432,20 +437,20 @@ fn advise(
     }
 
     if stats.total_failures > 0 {
-        let share = stats.unresolved as f64 / stats.total_failures as f64;
+        let share = stats.unrecovered as f64 / stats.total_failures as f64;
         if share > 0.1 {
             out.push(
                 rec(
-                    "unresolved_failures",
+                    "unrecovered_failures",
                     "warning",
                     format!(
-                        "{} of {} failures ({}) were not resolved by the window's end",
-                        stats.unresolved,
+                        "{} of {} failures ({}) had not recovered by the window's end (no success signal, healthy status or confirmation)",
+                        stats.unrecovered,
                         stats.total_failures,
                         pct(share)
                     ),
                 )
-                .value(stats.unresolved as f64),
+                .value(stats.unrecovered as f64),
             );
         }
     }
@@ -505,18 +510,18 @@ impl Analytics {
         Ok((deg > 0, cb > 0, withheld))
     }
 
-    /// MTTR in the window's two halves, when it rose by over half with enough resolutions on
-    /// both sides.
+    /// MTTR (to recovery) in the window's two halves, when it rose by over half with enough
+    /// recoveries on both sides.
     async fn mttr_halves(&self, window: &Window) -> Result<Option<(f64, f64)>> {
         let (s, u) = (window.since_us(), window.until_us());
         let mid = s + (u - s) / 2;
         let (n1, m1, n2, m2): (i64, Option<f64>, i64, Option<f64>) = sqlx::query_as(
             "SELECT \
-               COUNT(CASE WHEN resolved_at < ?2 THEN 1 END), \
-               AVG(CASE WHEN resolved_at < ?2 THEN ttr_us END), \
-               COUNT(CASE WHEN resolved_at >= ?2 THEN 1 END), \
-               AVG(CASE WHEN resolved_at >= ?2 THEN ttr_us END) \
-             FROM failures WHERE resolved_at >= ?1 AND resolved_at < ?3",
+               COUNT(CASE WHEN recovered_at < ?2 THEN 1 END), \
+               AVG(CASE WHEN recovered_at < ?2 THEN recover_us END), \
+               COUNT(CASE WHEN recovered_at >= ?2 THEN 1 END), \
+               AVG(CASE WHEN recovered_at >= ?2 THEN recover_us END) \
+             FROM failures WHERE recovered_at >= ?1 AND recovered_at < ?3",
         )
         .bind(s)
         .bind(mid)

@@ -5,6 +5,12 @@
 //! The state at the window's start is the target of each circuit's last transition before it;
 //! time is clipped to the window. Transitions come from the `circuit_transitions` read model, so
 //! circuit history outlives archived events.
+//!
+//! An open circuit is half-open from its deadline on (`open_until`, kept with each opening),
+//! whether or not anything recorded it: the report follows the deadline, as `healstore
+//! circuits` does at any `--now`. A recorded `open → half_open` transition is dated at the
+//! deadline; one recorded later by an older healstore (dated when it was noticed) is taken as
+//! the record of the transition the deadline made, not as a second one.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +28,7 @@ pub struct CircuitSummary {
     pub circuit: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
-    /// The state at the end of the window.
+    /// The state at the end of the window (at that instant, transitions then included).
     pub state: String,
     pub transitions: i64,
     pub opens: i64,
@@ -58,13 +64,28 @@ pub struct CircuitReport {
     pub flapping: Vec<String>,
 }
 
-/// strategy, circuit, agent, from, to, at.
-type TransitionRow = (String, String, Option<String>, String, String, i64);
+/// strategy, circuit, agent, state, open_until.
+type PriorRow = (String, String, Option<String>, String, Option<i64>);
+
+/// strategy, circuit, agent, from, to, at, open_until.
+type TransitionRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    Option<i64>,
+);
 
 struct Fold {
     agent_id: Option<String>,
     state: String,
     since: i64,
+    /// The deadline of the current opening, while open.
+    until: Option<i64>,
+    /// The circuit turned half-open at its deadline and no transition recorded it yet.
+    implicit: bool,
     transitions: i64,
     opens: i64,
     reopens: i64,
@@ -74,9 +95,11 @@ struct Fold {
 }
 
 impl Fold {
-    fn new(state: String, at: i64, agent_id: Option<String>) -> Fold {
+    fn new(state: String, at: i64, agent_id: Option<String>, until: Option<i64>) -> Fold {
         Fold {
             agent_id,
+            until: until.filter(|_| state == "open"),
+            implicit: false,
             state,
             since: at,
             transitions: 0,
@@ -100,6 +123,21 @@ impl Fold {
         }
         self.since = at;
     }
+
+    /// An open circuit whose deadline is at or before `at` is half-open from the deadline on;
+    /// the transition counts when the deadline falls inside the window `[s, u)`.
+    fn pass_deadline(&mut self, at: i64, s: i64, u: i64) {
+        let Some(until) = self.until.filter(|d| self.state == "open" && *d <= at) else {
+            return;
+        };
+        self.close_span(until.max(self.since));
+        self.state = "half_open".into();
+        self.until = None;
+        self.implicit = true;
+        if until >= s && until < u {
+            self.transitions += 1;
+        }
+    }
 }
 
 impl Analytics {
@@ -110,9 +148,9 @@ impl Analytics {
 
         // States at the window's start (only transitions exist in the log, so this looks at
         // each circuit's last one before it).
-        let prior: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-            "SELECT strategy, circuit, agent_id, to_state FROM ( \
-               SELECT strategy, circuit, agent_id, to_state, \
+        let prior: Vec<PriorRow> = sqlx::query_as(
+            "SELECT strategy, circuit, agent_id, to_state, open_until FROM ( \
+               SELECT strategy, circuit, agent_id, to_state, open_until, \
                       ROW_NUMBER() OVER (PARTITION BY strategy, circuit \
                                          ORDER BY at DESC, position DESC) AS rn \
                FROM circuit_transitions WHERE at < ?1) \
@@ -121,38 +159,51 @@ impl Analytics {
         .bind(s)
         .fetch_all(self.pool())
         .await?;
-        for (strategy, circuit, agent, st) in prior {
-            folds.insert((strategy, circuit), Fold::new(st, s, agent));
+        for (strategy, circuit, agent, st, until) in prior {
+            let mut f = Fold::new(st, s, agent, until);
+            f.pass_deadline(s, s, u);
+            folds.insert((strategy, circuit), f);
         }
 
         let mut rows = sqlx::query_as::<_, TransitionRow>(
-            "SELECT strategy, circuit, agent_id, from_state, to_state, at \
-             FROM circuit_transitions WHERE at >= ?1 AND at < ?2 ORDER BY at, position",
+            "SELECT strategy, circuit, agent_id, from_state, to_state, at, open_until \
+             FROM circuit_transitions WHERE at >= ?1 AND at <= ?2 ORDER BY at, position",
         )
         .bind(s)
         .bind(u)
         .fetch(self.pool());
-        while let Some((strategy, circuit, agent, from, to, at)) = rows.try_next().await? {
+        while let Some((strategy, circuit, agent, from, to, at, until)) = rows.try_next().await? {
             let f = folds
                 .entry((strategy, circuit))
-                .or_insert_with(|| Fold::new(from.clone(), s, agent.clone()));
+                .or_insert_with(|| Fold::new(from.clone(), s, agent.clone(), None));
+            if f.agent_id.is_none() {
+                f.agent_id = agent;
+            }
+            f.pass_deadline(at, s, u);
+            if std::mem::take(&mut f.implicit) && from == "open" && to == "half_open" {
+                // The record of the transition the deadline made.
+                continue;
+            }
             f.close_span(at);
-            f.transitions += 1;
-            if to == "open" {
+            // A transition at the window's end counts in the next window; it only sets the
+            // state at the end (what `healstore circuits` shows at that instant).
+            if at < u {
+                f.transitions += 1;
+            }
+            if to == "open" && at < u {
                 f.opens += 1;
                 if from == "half_open" {
                     f.reopens += 1;
                 }
             }
+            f.until = until.filter(|_| to == "open");
             f.state = to;
-            if f.agent_id.is_none() {
-                f.agent_id = agent;
-            }
         }
         drop(rows);
 
         let mut circuits = Vec::new();
         for ((strategy, circuit), mut f) in folds {
+            f.pass_deadline(u, s, u);
             f.close_span(u);
             let spans = f
                 .spans

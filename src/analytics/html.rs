@@ -74,7 +74,7 @@ fn bars(values: &[(String, f64)], max: f64, unit: &str, target: Option<f64>) -> 
 
 fn line(points: &[(String, f64)], target: Option<f64>, unit: &str) -> String {
     if points.is_empty() {
-        return "<p class=\"empty\">No failures were resolved in this window.</p>".into();
+        return "<p class=\"empty\">No failure recovered in this window.</p>".into();
     }
     let max = points
         .iter()
@@ -240,18 +240,28 @@ svg{{width:100%;height:auto;background:#fafafa;border:1px solid #eee}}.empty{{co
         met("success_rate"),
     ));
     page.push_str(&card(
-        "MTTR (target < 500 ms)",
-        format!("{:.0} ms", o.mttr_ms),
-        met("mttr_ms"),
+        "MTTR: time to recover (target < 500 ms)",
+        format!("{:.0} ms", o.mttr_recover_ms),
+        met("mttr_recover_ms"),
+    ));
+    page.push_str(&card(
+        "Time to remediate",
+        format!("{:.0} ms", o.mttr_remediate_ms),
+        None,
     ));
     page.push_str(&card("Failures", o.total_failures.to_string(), None));
     page.push_str(&card("Healings", o.total_healings.to_string(), None));
-    page.push_str(&card("Unresolved", o.unresolved.to_string(), None));
     page.push_str(&card(
-        "MTTR p50 / p90 / p99",
+        "Remediated / recovered",
+        format!("{} / {}", o.remediated, o.recovered),
+        None,
+    ));
+    page.push_str(&card("Unrecovered", o.unrecovered.to_string(), None));
+    page.push_str(&card(
+        "Time to recover p50 / p90 / p99",
         format!(
             "{:.0} / {:.0} / {:.0} ms",
-            o.mttr_p50_ms, o.mttr_p90_ms, o.mttr_p99_ms
+            o.mttr_recover_p50_ms, o.mttr_recover_p90_ms, o.mttr_recover_p99_ms
         ),
         None,
     ));
@@ -265,7 +275,7 @@ svg{{width:100%;height:auto;background:#fafafa;border:1px solid #eee}}.empty{{co
         .collect();
     let _ = write!(
         page,
-        "<div><h2>MTTR over time ({} buckets)</h2>{}</div>",
+        "<div><h2>MTTR (time to recover) over time ({} buckets)</h2>{}</div>",
         escape(&d.mttr_bucket),
         line(&mttr, Some(500.0), " ms")
     );

@@ -3,7 +3,8 @@
 //! Every figure here is a query over the read models that triggers maintain in the same
 //! transaction as the events ([`rebuild_read_models`] recreates them from the events):
 //!
-//! - `failures`: one row per failure (detection, healing counts, resolution, time to recover);
+//! - `failures`: one row per failure (detection, healing counts, remediation and recovery, each
+//!   with its time from detection);
 //! - `failure_hourly`, `attempt_hourly`, `healing_hourly`: hourly rollups;
 //! - `patterns` and `predictions`: the latest learned patterns and every prediction made;
 //! - `archived_facts`: what the queries below read event by event, kept for archived events.
@@ -125,7 +126,7 @@ pub use effectiveness::{
 };
 pub use patterns::{LearnOptions, Pattern};
 pub use predict::{PredictOptions, Prediction, PredictionOutcome, PredictionReport};
-pub use stats::{MttrBy, MttrPoint, Stats};
+pub use stats::{MttrBy, MttrPoint, MttrTo, Stats};
 
 /// One hour in microseconds: the rollups' bucket.
 pub(crate) const HOUR_US: i64 = 3_600_000_000;
@@ -370,13 +371,14 @@ pub(crate) const READ_MODEL_TABLE_NAMES: &[&str] = &[
 const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
     (
         "failures",
-        "position, failure_id, failure_type, agent_id, severity, detected_at, attempts, results, \
-         successes, last_decision, resolved_position, resolved_at, resolved_by, ttr_us",
+        "position, failure_id, failure_type, agent_id, task_id, severity, detected_at, attempts, \
+         results, successes, last_decision, remediated_position, remediated_at, remediated_by, \
+         remediate_us, recovered_position, recovered_at, recovered_how, recover_us",
         "position",
     ),
     (
         "failure_hourly",
-        "hour, failure_type, detected, resolved, ttr_sum_us",
+        "hour, failure_type, detected, remediated, remediate_us_sum, recovered, recover_us_sum",
         "hour, failure_type",
     ),
     (
@@ -402,7 +404,7 @@ const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
     ),
     (
         "circuit_transitions",
-        "position, strategy, circuit, agent_id, from_state, to_state, at",
+        "position, strategy, circuit, agent_id, from_state, to_state, at, open_until",
         "position",
     ),
 ];

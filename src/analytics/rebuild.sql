@@ -1,15 +1,15 @@
 -- Rebuilds every analytics read model from the events: the set-based equivalent of the
--- triggers (migrations/V3__read_models.sql and V5, as recreated by V6: only schema version 1
--- of each type is interpreted; and V7: saturating sums of times to recover), statement for
--- statement. A test checks that a rebuild
--- reproduces the incrementally maintained tables exactly.
+-- triggers (migrations/V3__read_models.sql and V5, as recreated by V6, V7 and V10: only schema
+-- version 1 of each type is interpreted; sums of times to remediate and recover saturate),
+-- statement for statement. A test checks that a rebuild reproduces the incrementally
+-- maintained tables exactly.
 --
 -- `archived_facts` is not rebuilt: it holds only what archives kept of events no longer in the
 -- log, and a rebuild is refused once events are archived.
 --
 -- Where the triggers depend on the order of events (a failure's healing events count only
--- after its detection; the first resolution wins; the newest pattern version wins), the
--- statements here compare positions to the same effect.
+-- after its detection; the first remediation and the first recovery win; the newest pattern
+-- version wins), the statements here compare positions to the same effect.
 
 DELETE FROM failures;
 DELETE FROM failure_hourly;
@@ -19,9 +19,10 @@ DELETE FROM patterns;
 DELETE FROM predictions;
 DELETE FROM circuit_transitions;
 
-INSERT OR IGNORE INTO failures (position, failure_id, failure_type, agent_id, severity,
-                                detected_at)
-SELECT position, failure_id, failure_type, agent_id, payload ->> '$.severity', occurred_at
+INSERT OR IGNORE INTO failures (position, failure_id, failure_type, agent_id, task_id,
+                                severity, detected_at)
+SELECT position, failure_id, failure_type, agent_id, payload ->> '$.task_id',
+       payload ->> '$.severity', occurred_at
 FROM events
 WHERE event_type = 'failure_detected' AND schema_version = 1
   AND failure_id IS NOT NULL AND failure_type IS NOT NULL
@@ -57,29 +58,51 @@ WITH x AS (
     GROUP BY f.failure_id
 )
 UPDATE failures
-SET resolved_position = x.p, resolved_at = e.occurred_at, resolved_by = e.strategy,
-    ttr_us = MAX(0, e.occurred_at - failures.detected_at)
+SET remediated_position = x.p, remediated_at = e.occurred_at, remediated_by = e.strategy,
+    remediate_us = MAX(0, e.occurred_at - failures.detected_at)
 FROM x JOIN events e ON e.position = x.p
 WHERE failures.failure_id = x.failure_id;
 
--- Times to recover are summed saturating at 2^62 microseconds, as the trigger of V7 sums them.
--- g, the group's floating-point total, tells the groups whose exact sum might overflow: their
--- sum is certainly past the saturation point (above 1.5 x 2^62 within rounding), so their
--- integers are not summed at all (an integer SUM that overflows is an error).
-INSERT INTO failure_hourly (hour, failure_type, detected, resolved, ttr_sum_us)
-SELECT hour, failure_type, SUM(d), SUM(r),
-       CASE WHEN MAX(g) >= 6.9e18 THEN 4611686018427387904
-            ELSE MIN(SUM(CASE WHEN g < 6.9e18 THEN t ELSE 0 END), 4611686018427387904) END
+WITH x AS (
+    SELECT f.failure_id, MIN(e.position) AS p
+    FROM events e JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+    WHERE e.event_type = 'failure_recovered' AND e.schema_version = 1
+    GROUP BY f.failure_id
+)
+UPDATE failures
+SET recovered_position = x.p, recovered_at = e.occurred_at,
+    recovered_how = e.payload ->> '$.how',
+    recover_us = MAX(0, e.occurred_at - failures.detected_at)
+FROM x JOIN events e ON e.position = x.p
+WHERE failures.failure_id = x.failure_id;
+
+-- Times to remediate and to recover are summed saturating at 2^62 microseconds, as the
+-- triggers sum them (V7, V10). gm and gr, the group's floating-point totals, tell the groups
+-- whose exact sum might overflow: their sum is certainly past the saturation point (above
+-- 1.5 x 2^62 within rounding), so their integers are not summed at all (an integer SUM that
+-- overflows is an error).
+INSERT INTO failure_hourly (hour, failure_type, detected, remediated, remediate_us_sum,
+                            recovered, recover_us_sum)
+SELECT hour, failure_type, SUM(d), SUM(m),
+       CASE WHEN MAX(gm) >= 6.9e18 THEN 4611686018427387904
+            ELSE MIN(SUM(CASE WHEN gm < 6.9e18 THEN mt ELSE 0 END), 4611686018427387904) END,
+       SUM(r),
+       CASE WHEN MAX(gr) >= 6.9e18 THEN 4611686018427387904
+            ELSE MIN(SUM(CASE WHEN gr < 6.9e18 THEN rt ELSE 0 END), 4611686018427387904) END
 FROM (
-    SELECT hour, failure_type, d, r, t,
-           TOTAL(t) OVER (PARTITION BY hour, failure_type) AS g
+    SELECT hour, failure_type, d, m, mt, r, rt,
+           TOTAL(mt) OVER (PARTITION BY hour, failure_type) AS gm,
+           TOTAL(rt) OVER (PARTITION BY hour, failure_type) AS gr
     FROM (
         SELECT (detected_at / 3600000000) * 3600000000 AS hour, failure_type,
-               1 AS d, 0 AS r, 0 AS t
+               1 AS d, 0 AS m, 0 AS mt, 0 AS r, 0 AS rt
         FROM failures
         UNION ALL
-        SELECT (resolved_at / 3600000000) * 3600000000, failure_type, 0, 1, ttr_us
-        FROM failures WHERE resolved_at IS NOT NULL
+        SELECT (remediated_at / 3600000000) * 3600000000, failure_type, 0, 1, remediate_us, 0, 0
+        FROM failures WHERE remediated_at IS NOT NULL
+        UNION ALL
+        SELECT (recovered_at / 3600000000) * 3600000000, failure_type, 0, 0, 0, 1, recover_us
+        FROM failures WHERE recovered_at IS NOT NULL
     )
 )
 GROUP BY hour, failure_type;
@@ -125,9 +148,18 @@ WHERE event_type = 'prediction_made' AND schema_version = 1
   AND failure_type IS NOT NULL
 ORDER BY position;
 
-INSERT INTO circuit_transitions (position, strategy, circuit, agent_id, from_state, to_state, at)
+-- An opening's deadline, read as migrations/V10 reads it.
+INSERT INTO circuit_transitions (position, strategy, circuit, agent_id, from_state, to_state, at,
+                                 open_until)
 SELECT position, COALESCE(strategy, ''), payload ->> '$.circuit', agent_id,
-       COALESCE(payload ->> '$.from', 'closed'), payload ->> '$.to', occurred_at
-FROM events
-WHERE event_type = 'circuit_transitioned' AND schema_version = 1
-  AND payload ->> '$.circuit' IS NOT NULL AND payload ->> '$.to' IS NOT NULL;
+       COALESCE(payload ->> '$.from', 'closed'), payload ->> '$.to', occurred_at,
+       CASE
+           WHEN payload ->> '$.to' <> 'open' THEN NULL
+           WHEN u GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'
+           THEN CAST(strftime('%s', substr(u, 1, 19)) AS INTEGER) * 1000000
+                + CAST(substr(u, 21, 6) AS INTEGER)
+           ELSE CAST(round((julianday(u) - 2440587.5) * 86400000.0) AS INTEGER) * 1000
+       END
+FROM (SELECT *, payload ->> '$.open_until' AS u FROM events
+      WHERE event_type = 'circuit_transitioned' AND schema_version = 1
+        AND payload ->> '$.circuit' IS NOT NULL AND payload ->> '$.to' IS NOT NULL);

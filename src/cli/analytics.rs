@@ -7,8 +7,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use healstore::analytics::advice::AdviceOptions;
 use healstore::analytics::{
-    Analytics, Dashboard, EffectivenessOptions, LearnOptions, MttrBy, PredictOptions, Window,
-    parse_duration,
+    Analytics, Dashboard, EffectivenessOptions, LearnOptions, MttrBy, MttrTo, PredictOptions,
+    Window, parse_duration,
 };
 use healstore::config::Config;
 
@@ -40,6 +40,16 @@ impl WindowArgs {
             }
         })
     }
+}
+
+/// What `mttr` measures to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ToArg {
+    /// Detection to recovery (evidence that the agent or task works again): MTTR proper.
+    #[default]
+    Recover,
+    /// Detection to remediation (the healing actions succeeded).
+    Remediate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -149,16 +159,31 @@ pub async fn stats(cli: &Cli, w: &WindowArgs, out: &mut Out) -> anyhow::Result<(
             "avg_healing_time_ms".into(),
             format!("{:.1}", s.avg_healing_time_ms),
         ],
-        vec!["resolved".into(), s.resolved.to_string()],
-        vec!["mttr_ms".into(), format!("{:.1}", s.mttr_ms)],
+        vec!["remediated".into(), s.remediated.to_string()],
         vec![
-            "mttr_p50/p90/p99_ms".into(),
+            "mttr_remediate_ms".into(),
+            format!("{:.1}", s.mttr_remediate_ms),
+        ],
+        vec![
+            "mttr_remediate_p50/p90/p99_ms".into(),
             format!(
                 "{:.1} / {:.1} / {:.1}",
-                s.mttr_p50_ms, s.mttr_p90_ms, s.mttr_p99_ms
+                s.mttr_remediate_p50_ms, s.mttr_remediate_p90_ms, s.mttr_remediate_p99_ms
             ),
         ],
-        vec!["unresolved".into(), s.unresolved.to_string()],
+        vec!["recovered".into(), s.recovered.to_string()],
+        vec![
+            "mttr_recover_ms".into(),
+            format!("{:.1}", s.mttr_recover_ms),
+        ],
+        vec![
+            "mttr_recover_p50/p90/p99_ms".into(),
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                s.mttr_recover_p50_ms, s.mttr_recover_p90_ms, s.mttr_recover_p99_ms
+            ),
+        ],
+        vec!["unrecovered".into(), s.unrecovered.to_string()],
     ];
     out.table(&[], &rows)?;
     counts(out, "by strategy (healings)", &s.by_strategy)?;
@@ -181,6 +206,7 @@ fn counts(out: &mut Out, title: &str, m: &BTreeMap<String, i64>) -> anyhow::Resu
 pub async fn mttr(
     cli: &Cli,
     w: &WindowArgs,
+    to: ToArg,
     by: Option<ByArg>,
     bucket: &str,
     out: &mut Out,
@@ -192,10 +218,18 @@ pub async fn mttr(
         ByArg::Strategy => MttrBy::Strategy,
         ByArg::Agent => MttrBy::Agent,
     });
-    let series = query(cli, async |a| a.mttr_series(&window, by, bucket_len).await).await?;
+    let (to, label) = match to {
+        ToArg::Recover => (MttrTo::Recover, "recover"),
+        ToArg::Remediate => (MttrTo::Remediate, "remediate"),
+    };
+    let series = query(cli, async |a| {
+        a.mttr_series(&window, to, by, bucket_len).await
+    })
+    .await?;
     if out.json() {
         return out.json_value(&serde_json::json!({
             "window": window.describe(),
+            "to": label,
             "bucket": bucket,
             "series": series,
         }));
@@ -445,17 +479,25 @@ pub fn print_dashboard(d: &Dashboard, out: &mut Out) -> anyhow::Result<()> {
             mark("success_rate"),
         ],
         vec![
-            "MTTR".into(),
-            format!("{:.1} ms", o.mttr_ms),
-            mark("mttr_ms"),
+            "MTTR (to recover)".into(),
+            format!("{:.1} ms", o.mttr_recover_ms),
+            mark("mttr_recover_ms"),
         ],
         vec![
             "MTTR p50/p90/p99".into(),
             format!(
                 "{:.1} / {:.1} / {:.1} ms",
-                o.mttr_p50_ms, o.mttr_p90_ms, o.mttr_p99_ms
+                o.mttr_recover_p50_ms, o.mttr_recover_p90_ms, o.mttr_recover_p99_ms
             ),
             String::new(),
+        ],
+        vec![
+            "time to remediate".into(),
+            format!("{:.1} ms", o.mttr_remediate_ms),
+            format!(
+                "p50/p90/p99 {:.1} / {:.1} / {:.1} ms",
+                o.mttr_remediate_p50_ms, o.mttr_remediate_p90_ms, o.mttr_remediate_p99_ms
+            ),
         ],
         vec![
             "failures".into(),
@@ -467,7 +509,11 @@ pub fn print_dashboard(d: &Dashboard, out: &mut Out) -> anyhow::Result<()> {
             o.total_healings.to_string(),
             format!("avg {:.1} ms", o.avg_healing_time_ms),
         ],
-        vec!["unresolved".into(), o.unresolved.to_string(), String::new()],
+        vec![
+            "remediated / recovered".into(),
+            format!("{} / {}", o.remediated, o.recovered),
+            format!("{} unrecovered", o.unrecovered),
+        ],
         vec![
             "circuit opens".into(),
             d.circuits.total_opens.to_string(),

@@ -57,7 +57,18 @@ pub enum Record {
         #[arg(long, value_parser = super::parse_time)]
         at: Option<DateTime<Utc>>,
     },
-    /// Report that an agent completed work successfully (a success signal).
+    /// Confirm that a failure recovered: its agent or task works again (once per failure;
+    /// a recovery already recorded, by a success signal, a healthy status or an earlier
+    /// confirmation, is the answer and nothing is written).
+    Recovered {
+        #[arg(long)]
+        failure: String,
+        /// When it recovered (default: now).
+        #[arg(long, value_parser = super::parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Report that an agent completed work successfully (a success signal; it recovers the
+    /// agent's open failures, or the task's when `--task` is given).
     Success {
         #[arg(long)]
         agent: String,
@@ -161,6 +172,11 @@ async fn precheck(healer: &Healer, what: &Record) -> anyhow::Result<()> {
         Record::Outcome {
             failure, success, ..
         } => healer.check_outcome(failure, *success).await?,
+        Record::Recovered { failure, at } => {
+            healer
+                .check_recovered(failure, at.unwrap_or_else(|| healer.now()))
+                .await?
+        }
         Record::Success { agent, task, .. } => {
             check_id("agent_id", agent)?;
             if let Some(t) = task {
@@ -279,9 +295,28 @@ async fn record_inner(
                     if r.success { "healed" } else { "not healed" },
                     r.strategy,
                     r.duration_ms,
-                    r.time_to_recover_ms
-                        .map(|t| format!(", recovered {t} ms after detection"))
+                    r.time_to_remediate_ms
+                        .map(|t| format!(", remediated {t} ms after detection"))
                         .unwrap_or_default()
+                ))?;
+            }
+        }
+        Record::Recovered { failure, at } => {
+            let r = healer.record_recovered(failure, at.unwrap_or(now)).await?;
+            if out.json() {
+                out.json_value(&r)?;
+            } else {
+                out.line(&format!(
+                    "{}: {} recovered ({}) at {}, {} ms after detection",
+                    if r.duplicate {
+                        "already recorded (nothing was written again)"
+                    } else {
+                        "recorded"
+                    },
+                    r.failure_id,
+                    r.how.as_str(),
+                    healstore::time::format_time(r.recovered_at),
+                    r.time_to_recover_ms
                 ))?;
             }
         }
@@ -385,6 +420,9 @@ fn print_signal(out: &mut Out, r: &SignalReport) -> anyhow::Result<()> {
     }
     if let Some(p) = r.permitted {
         out.line(if p { "permitted" } else { "rejected" })?;
+    }
+    if !r.recovered.is_empty() {
+        out.line(&format!("recovered: {}", r.recovered.join(", ")))?;
     }
     Ok(())
 }
@@ -613,7 +651,23 @@ fn describe(e: &RecordedEvent) -> String {
             },
             p.get("duration_ms").cloned().unwrap_or(Value::Null)
         ),
-        "failure_resolved" => format!("resolved (detected {})", s("detected_at")),
+        "failure_resolved" => format!(
+            "remediated by {} (detected {})",
+            s("strategy"),
+            s("detected_at")
+        ),
+        "failure_recovered" => format!(
+            "recovered ({}){}",
+            s("how"),
+            p.get("evidence_event_id")
+                .and_then(Value::as_str)
+                .map(|e| format!(", evidence {e}"))
+                .or_else(|| p
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .map(|st| format!(", status {st}")))
+                .unwrap_or_default()
+        ),
         "circuit_transitioned" => format!(
             "circuit {}: {} -> {} ({})",
             s("circuit"),
@@ -675,7 +729,8 @@ pub async fn audit_report(
         ("TARGET", 10),
         ("RESULT", 12),
         ("MS", 6),
-        ("RESOLVED", 27),
+        ("REMEDIATED", 27),
+        ("RECOVERED", 37),
         ("REASON", 0),
     ];
     let render = |cells: &[String]| {
@@ -723,9 +778,14 @@ pub async fn audit_report(
                 result,
                 r.duration_ms
                     .map_or_else(|| "-".to_owned(), |d| d.to_string()),
-                match &r.resolved_at {
+                match &r.remediated_at {
                     Some(t) => t.clone(),
                     None => "no".to_owned(),
+                },
+                match (&r.recovered_at, &r.recovered_how) {
+                    (Some(t), Some(how)) => format!("{t} ({how})"),
+                    (Some(t), None) => t.clone(),
+                    _ => "no".to_owned(),
                 },
                 dash(&r.reason),
             ]))?;

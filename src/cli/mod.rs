@@ -148,11 +148,16 @@ pub enum Command {
         #[command(flatten)]
         window: analytics::WindowArgs,
     },
-    /// MTTR (detection to resolution) as a time series.
+    /// MTTR as a time series: the time from detection to recovery (or, with `--to
+    /// remediate`, to remediation) of the failures recovered (remediated) in each bucket.
     Mttr {
         #[command(flatten)]
         window: analytics::WindowArgs,
-        /// Split each bucket by failure type, resolving strategy or agent.
+        /// Measure to recovery (the agent or task works again) or to remediation (the healing
+        /// actions succeeded).
+        #[arg(long, value_enum, default_value = "recover")]
+        to: analytics::ToArg,
+        /// Split each bucket by failure type, remediating strategy or agent.
         #[arg(long, value_enum)]
         by: Option<analytics::ByArg>,
         /// The bucket length (1h, 1d, ...).
@@ -455,9 +460,12 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Tick => heal::tick(cli, &mut out).await?,
         Command::States { strategy } => heal::states(cli, strategy.as_deref(), &mut out).await?,
         Command::Stats { window } => analytics::stats(cli, window, &mut out).await?,
-        Command::Mttr { window, by, bucket } => {
-            analytics::mttr(cli, window, *by, bucket, &mut out).await?
-        }
+        Command::Mttr {
+            window,
+            to,
+            by,
+            bucket,
+        } => analytics::mttr(cli, window, *to, *by, bucket, &mut out).await?,
         Command::Effectiveness { window, verdicts } => {
             analytics::effectiveness(cli, window, verdicts, &mut out).await?
         }

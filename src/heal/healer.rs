@@ -9,6 +9,12 @@
 //! coordinator, records each result and the outcome, and feeds the outcome back to the
 //! strategy.
 //!
+//! An outcome that succeeded *remediates* the failure (`failure_resolved`). Its *recovery*
+//! (`failure_recovered`: the agent or task works again) is another fact, recorded once per
+//! failure: with a success signal for the failure's task or agent
+//! ([`Healer::record_success`]), with a healthy status the coordinator reports right after a
+//! remediation, or when the caller confirms it ([`Healer::record_recovered`]).
+//!
 //! Work on different keys (agents, tasks, resources) runs concurrently; only decisions on the
 //! same strategy state are serialised, by a lock per state stream.
 
@@ -29,8 +35,8 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{ExpectedVersion, NewEvent, RecordedEvent};
 use crate::events::{
-    ActionExecuted, DisabledAgent, FailureDetected, FailureResolved, HealEvent, HealingAttempted,
-    HealingCompleted, LimitCounted,
+    ActionExecuted, DisabledAgent, FailureDetected, FailureRecovered, FailureResolved, HealEvent,
+    HealingAttempted, HealingCompleted, LimitCounted, RecoveryHow,
 };
 use crate::store::{Checkpoint, EventFilter, Snapshot, Store, StreamAppend};
 
@@ -421,6 +427,8 @@ pub struct SignalReport {
     pub reactions: Vec<ReactionReport>,
     /// For a permit request: whether the call is admitted.
     pub permitted: Option<bool>,
+    /// For a success signal: the failures it recovered (ids, oldest detection first).
+    pub recovered: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1012,13 +1020,15 @@ impl Healer {
         locks.map.entry(stream.to_owned()).or_default().clone()
     }
 
-    /// Strategy events as stored: the event's JSON object, plus its strategy and key.
+    /// Strategy events as stored: the event's JSON object, plus its strategy and key, dated
+    /// `now` unless the strategy says the fact happened earlier ([`Strategy::occurred_at`]).
     fn strategy_events(
-        strategy: &str,
+        strategy: &Arc<dyn ErasedStrategy>,
         key: &str,
         events: &[(String, Value)],
         now: DateTime<Utc>,
     ) -> Result<Vec<NewEvent>> {
+        let name = strategy.name();
         events
             .iter()
             .map(|(t, v)| {
@@ -1026,13 +1036,16 @@ impl Healer {
                     Value::Object(o) => o.clone(),
                     _ => {
                         return Err(Error::InvalidEvent(format!(
-                            "strategy {strategy}: events must serialise to JSON objects"
+                            "strategy {name}: events must serialise to JSON objects"
                         )));
                     }
                 };
-                obj.insert("strategy".into(), json!(strategy));
+                let at = strategy
+                    .occurred_at(v)
+                    .map_or(now, |at| micros(at).min(now));
+                obj.insert("strategy".into(), json!(name));
                 obj.insert("key".into(), json!(key));
-                Ok(NewEvent::new(t.clone(), now, Value::Object(obj)))
+                Ok(NewEvent::new(t.clone(), at, Value::Object(obj)))
             })
             .collect()
     }
@@ -1368,7 +1381,7 @@ impl Healer {
                     parts.push(StreamAppend {
                         stream_id: sstream.clone(),
                         expected: ExpectedVersion::Exact(version),
-                        events: Self::strategy_events(&name, &key, &d.events, now)?,
+                        events: Self::strategy_events(member, &key, &d.events, now)?,
                     });
                     applied.push((
                         member.clone(),
@@ -1613,6 +1626,12 @@ impl Healer {
             Map::new(),
             end,
         ));
+        let recovery = if all_ok {
+            self.status_recovery(coordinator.as_ref(), failure, &decision.actions)
+                .await
+        } else {
+            None
+        };
         // The heal holds the strategy's lock, and a caller's outcome is refused for a decision
         // that acted (not delegated): nothing else appends to the failure's stream now.
         self.record_outcome_events(
@@ -1624,14 +1643,51 @@ impl Healer {
             fstream,
             ExpectedVersion::Any,
             events,
+            recovery,
             end,
         )
         .await?;
         Ok(all_ok)
     }
 
+    /// After a remediation, the coordinator's word on the failed agent: a healthy status
+    /// (`active`, `idle`, `busy`) is evidence that it works again, a recovery `how` =
+    /// `status`. Asked only for a failure of an agent as a whole (a task's failure recovers
+    /// when the task succeeds) that the decision did not take out of rotation (an opened
+    /// circuit remediates, it does not make the agent work). An error or an unknown agent is
+    /// no evidence.
+    async fn status_recovery(
+        &self,
+        coordinator: &dyn Coordinator,
+        failure: &Failure,
+        actions: &[Action],
+    ) -> Option<NewEvent> {
+        let agent = failure.agent_id.as_deref()?;
+        if failure.task_id.is_some()
+            || actions
+                .iter()
+                .any(|a| matches!(a, Action::UnregisterAgent { agent_id } if agent_id == agent))
+        {
+            return None;
+        }
+        let status = match coordinator.agent_status(agent).await {
+            Ok(Some(status)) if HEALTHY_STATES.contains(&status.state.as_str()) => status,
+            _ => return None,
+        };
+        Some(recovery_event(
+            &failure.failure_id,
+            Some(agent.to_owned()),
+            None,
+            RecoveryHow::Status,
+            None,
+            Some(status.state),
+            self.now(),
+        ))
+    }
+
     /// Appends outcome facts to the failure stream with the strategy's reaction to the
-    /// outcome, atomically (retrying the reaction on conflicts).
+    /// outcome, atomically (retrying the reaction on conflicts), and the failure's `recovery`
+    /// after them, unless one is recorded already (then it is left out).
     #[allow(clippy::too_many_arguments)]
     async fn record_outcome_events(
         &self,
@@ -1643,13 +1699,13 @@ impl Healer {
         fstream: &str,
         fexpected: ExpectedVersion,
         facts: Vec<NewEvent>,
+        mut recovery: Option<NewEvent>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let name = strategy.name().to_owned();
         for tries in 1.. {
             let (version, state) = self.current(strategy, sstream, key).await?;
             let reaction = strategy.on_result(&state, failure, success, now);
-            let state_events = Self::strategy_events(&name, key, &reaction, now)?;
+            let state_events = Self::strategy_events(strategy, key, &reaction, now)?;
             let n_state = state_events.len();
             let mut parts = Vec::new();
             if n_state > 0 {
@@ -1659,10 +1715,12 @@ impl Healer {
                     events: state_events,
                 });
             }
+            let mut fevents = facts.clone();
+            fevents.extend(recovery.clone());
             parts.push(StreamAppend {
                 stream_id: fstream.to_owned(),
                 expected: fexpected,
-                events: facts.clone(),
+                events: fevents,
             });
             match self.store.append_atomic(parts).await {
                 Ok(appended) => {
@@ -1674,6 +1732,13 @@ impl Healer {
                         .collect();
                     self.apply_local(strategy, sstream, key, (version, &state), &applied);
                     return Ok(());
+                }
+                // The failure recovered meanwhile (a signal): its recovery is recorded.
+                Err(Error::EventIdReused { event_id, .. })
+                    if recovery.as_ref().is_some_and(|r| r.event_id == event_id) =>
+                {
+                    recovery = None;
+                    continue;
                 }
                 // A conflict on the strategy's state: react again. One on the failure's
                 // stream goes to the caller (another outcome was recorded meanwhile).
@@ -1749,6 +1814,7 @@ impl Healer {
                     &fstream,
                     ExpectedVersion::Exact(version),
                     facts,
+                    None,
                     at,
                 )
                 .await
@@ -1759,7 +1825,7 @@ impl Healer {
                         strategy: name,
                         success,
                         duration_ms: duration,
-                        time_to_recover_ms: success
+                        time_to_remediate_ms: success
                             .then(|| (at - failure.detected_at).num_milliseconds()),
                         duplicate: false,
                     });
@@ -2073,6 +2139,14 @@ impl Healer {
 
     /// Records that an agent completed work successfully, and lets strategies react (a
     /// half-open circuit counts it towards closing, for example).
+    ///
+    /// The signal is evidence that the agent (and the task, when named) works again: the
+    /// failures it recovers are appended a `failure_recovered` fact each (`how` = `signal`,
+    /// the signal's event as evidence) in the same commit as the signal. Those are the
+    /// failures detected before `at` and not recovered yet of the task, when the signal names
+    /// one, and, among the failures that name no task, those of the agent: a failure of a task
+    /// waits for that task to succeed (on any agent). They are found through the `failures`
+    /// read model's indexes of open failures, a page at a time.
     pub async fn record_success(
         &self,
         agent_id: &str,
@@ -2091,24 +2165,236 @@ impl Healer {
             }),
             at,
         );
-        let appended = self
-            .store
-            .append(
-                &format!("agent-{agent_id}"),
-                ExpectedVersion::Any,
-                vec![fact],
+        let recovered = self.append_with_recoveries(fact, agent_id, task_id).await?;
+        let mut report = self
+            .signal(
+                &Signal::AgentSucceeded {
+                    agent_id: agent_id.to_owned(),
+                    task_id: task_id.map(str::to_owned),
+                },
+                at,
+                None,
             )
             .await?;
-        self.note_own(&appended);
-        self.signal(
-            &Signal::AgentSucceeded {
-                agent_id: agent_id.to_owned(),
-                task_id: task_id.map(str::to_owned),
-            },
-            at,
-            None,
+        report.recovered = recovered;
+        Ok(report)
+    }
+
+    /// Appends a success signal with the recoveries it is evidence for (see
+    /// [`Healer::record_success`]); returns the failures recovered.
+    async fn append_with_recoveries(
+        &self,
+        signal: NewEvent,
+        agent_id: &str,
+        task_id: Option<&str>,
+    ) -> Result<Vec<String>> {
+        const PAGE: i64 = 256;
+        let at = signal.occurred_at;
+        let evidence = signal.event_id.clone();
+        let mut pending = Some(StreamAppend {
+            stream_id: format!("agent-{agent_id}"),
+            expected: ExpectedVersion::Any,
+            events: vec![signal],
+        });
+        let mut recovered = Vec::new();
+        let mut conflicts = 0;
+        loop {
+            // Past too many races with other recorders, the signal is recorded alone (the
+            // failures it would recover have been recovered by the others meanwhile).
+            let open = if conflicts < MAX_CONFLICT_RETRIES {
+                self.open_failures(agent_id, task_id, at, PAGE).await?
+            } else {
+                Vec::new()
+            };
+            if open.is_empty() && pending.is_none() {
+                break;
+            }
+            let mut parts: Vec<StreamAppend> = pending.iter().cloned().collect();
+            let first = parts.len();
+            parts.extend(open.iter().map(|(failure_id, agent, task)| StreamAppend {
+                stream_id: failure_stream(failure_id),
+                expected: ExpectedVersion::Any,
+                events: vec![recovery_event(
+                    failure_id,
+                    agent.clone(),
+                    task.clone(),
+                    RecoveryHow::Signal,
+                    Some(evidence.clone()),
+                    None,
+                    at,
+                )],
+            }));
+            match self.store.append_atomic(parts).await {
+                Ok(appended) => {
+                    self.note_own(&appended);
+                    pending = None;
+                    recovered.extend(
+                        open.iter()
+                            .zip(&appended[first..])
+                            .filter(|(_, a)| !a.duplicate)
+                            .map(|((id, _, _), _)| id.clone()),
+                    );
+                    if (open.len() as i64) < PAGE {
+                        break;
+                    }
+                }
+                // Another process recovered one of them meanwhile: look again.
+                Err(Error::EventIdReused { .. }) => conflicts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Up to `limit` failures detected before `at` and not recovered: of `task` when given,
+    /// and of `agent` among those that name no task. Two index look-ups (the partial indexes
+    /// of open failures), never a scan.
+    async fn open_failures(
+        &self,
+        agent: &str,
+        task: Option<&str>,
+        at: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
+        sqlx::query_as(
+            "SELECT failure_id, agent_id, task_id FROM ( \
+               SELECT failure_id, agent_id, task_id, detected_at \
+               FROM failures INDEXED BY failures_open_by_agent \
+               WHERE agent_id = ?1 AND task_id IS NULL AND recovered_at IS NULL \
+                 AND detected_at < ?3 \
+               UNION ALL \
+               SELECT failure_id, agent_id, task_id, detected_at \
+               FROM failures INDEXED BY failures_open_by_task \
+               WHERE task_id = ?2 AND recovered_at IS NULL AND detected_at < ?3) \
+             ORDER BY detected_at, failure_id LIMIT ?4",
         )
+        .bind(agent)
+        .bind(task)
+        .bind(crate::time::to_micros(at))
+        .bind(limit)
+        .fetch_all(self.store.read_pool())
         .await
+        .map_err(Error::from)
+    }
+
+    /// Confirms that a failure recovered at `at` (the caller knows its agent or task works
+    /// again): a `failure_recovered` fact with `how` = `confirmed`. Once per failure: when a
+    /// recovery is recorded already (confirmed, or shown by a signal or a status), nothing is
+    /// written and the recorded one is the answer (`duplicate`). An unknown failure id is not
+    /// found; a recovery before the failure's detection is refused.
+    pub async fn record_recovered(
+        &self,
+        failure_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<RecoveryReport> {
+        let at = micros(at);
+        let f = self.recovery_state(failure_id, at).await?;
+        if let Some(recorded) = f.recorded {
+            return Ok(recorded);
+        }
+        let event = recovery_event(
+            failure_id,
+            f.agent_id,
+            f.task_id,
+            RecoveryHow::Confirmed,
+            None,
+            None,
+            at,
+        );
+        match self
+            .store
+            .append(
+                &failure_stream(failure_id),
+                ExpectedVersion::Any,
+                vec![event],
+            )
+            .await
+        {
+            Ok(appended) if appended.iter().all(|a| !a.duplicate) => {
+                self.note_own(&appended);
+                Ok(RecoveryReport {
+                    failure_id: failure_id.to_owned(),
+                    how: RecoveryHow::Confirmed,
+                    recovered_at: at,
+                    time_to_recover_ms: (at - f.detected_at).num_milliseconds().max(0),
+                    duplicate: false,
+                })
+            }
+            // Recorded meanwhile (by another process, or this very fact by an earlier try).
+            Ok(_) | Err(Error::EventIdReused { .. }) => self
+                .recovery_state(failure_id, at)
+                .await?
+                .recorded
+                .ok_or_else(|| {
+                    Error::Conflict(format!(
+                        "the recovery of failure {failure_id} is stored but not yet readable; \
+                         retry"
+                    ))
+                }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks, without writing anything, what [`Healer::record_recovered`] would refuse: an
+    /// unknown failure, or (when no recovery is recorded yet) a recovery before its detection.
+    pub async fn check_recovered(&self, failure_id: &str, at: DateTime<Utc>) -> Result<()> {
+        self.recovery_state(failure_id, micros(at))
+            .await
+            .map(|_| ())
+    }
+
+    /// A failure as the `failures` read model has it, for a confirmation at `at`.
+    async fn recovery_state(&self, failure_id: &str, at: DateTime<Utc>) -> Result<Recovery> {
+        crate::event::check_id("failure_id", failure_id)?;
+        type Row = (
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT detected_at, agent_id, task_id, recovered_at, recovered_how, recover_us \
+             FROM failures WHERE failure_id = ?1",
+        )
+        .bind(failure_id)
+        .fetch_optional(self.store.read_pool())
+        .await
+        .map_err(Error::from)?;
+        let Some((detected, agent_id, task_id, recovered_at, how, recover_us)) = row else {
+            return Err(Error::NotFound(format!(
+                "no failure with id {failure_id:?} is recorded"
+            )));
+        };
+        let detected_at = crate::time::from_micros(detected)?;
+        let recorded = match recovered_at {
+            Some(r) => Some(RecoveryReport {
+                failure_id: failure_id.to_owned(),
+                how: match how.as_deref() {
+                    Some("signal") => RecoveryHow::Signal,
+                    Some("status") => RecoveryHow::Status,
+                    _ => RecoveryHow::Confirmed,
+                },
+                recovered_at: crate::time::from_micros(r)?,
+                time_to_recover_ms: recover_us.unwrap_or(0) / 1000,
+                duplicate: true,
+            }),
+            None => None,
+        };
+        if recorded.is_none() && at < detected_at {
+            return Err(Error::InvalidInput(format!(
+                "failure {failure_id} cannot have recovered at {}, before its detection at {}",
+                crate::time::format_time(at),
+                crate::time::format_time(detected_at)
+            )));
+        }
+        Ok(Recovery {
+            detected_at,
+            agent_id,
+            task_id,
+            recorded,
+        })
     }
 
     /// Reports a resource's usage, so that degradation can step back as pressure falls.
@@ -2209,6 +2495,7 @@ impl Healer {
         let mut report = SignalReport {
             reactions: Vec::new(),
             permitted: None,
+            recovered: Vec::new(),
         };
         let mut names: Vec<&String> = self.strategies.keys().collect();
         names.sort();
@@ -2249,7 +2536,7 @@ impl Healer {
                     if r.events.is_empty() || !record {
                         break Some(r);
                     }
-                    let events = Self::strategy_events(name, &key, &r.events, now)?;
+                    let events = Self::strategy_events(&strategy, &key, &r.events, now)?;
                     match self
                         .store
                         .append(&sstream, ExpectedVersion::Exact(version), events)
@@ -2602,8 +2889,9 @@ pub struct OutcomeReport {
     pub strategy: String,
     pub success: bool,
     pub duration_ms: i64,
-    /// Detection to resolution, when resolved.
-    pub time_to_recover_ms: Option<i64>,
+    /// Detection to remediation, when the actions succeeded (the failure's recovery is
+    /// another fact: see [`Healer::record_recovered`]).
+    pub time_to_remediate_ms: Option<i64>,
     /// The outcome was already recorded (by a retry, or another caller at the same time):
     /// nothing was written, and this is the recorded one.
     pub duplicate: bool,
@@ -2687,13 +2975,68 @@ impl Awaited {
             strategy: self.name.clone(),
             success: r.success,
             duration_ms: r.duration_ms,
-            time_to_recover_ms: r
+            time_to_remediate_ms: r
                 .success
                 .then(|| (r.at - self.failure.detected_at).num_milliseconds()),
             duplicate: true,
         })
     }
 }
+
+/// What [`Healer::record_recovered`] recorded, or found recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecoveryReport {
+    pub failure_id: String,
+    /// How the recovery is known: `signal`, `status` or `confirmed`.
+    pub how: RecoveryHow,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub recovered_at: DateTime<Utc>,
+    /// Detection to recovery.
+    pub time_to_recover_ms: i64,
+    /// The recovery was recorded already (by a signal, a status or an earlier confirmation):
+    /// nothing was written, and this is the recorded one.
+    pub duplicate: bool,
+}
+
+/// A failure as a confirmation of its recovery finds it.
+struct Recovery {
+    detected_at: DateTime<Utc>,
+    agent_id: Option<String>,
+    task_id: Option<String>,
+    recorded: Option<RecoveryReport>,
+}
+
+/// The id of a failure's recovery fact: one per failure, whoever records it.
+fn recovery_event_id(failure_id: &str) -> String {
+    format!("{failure_id}-recovered")
+}
+
+/// A failure's recovery fact (its id makes it once per failure).
+fn recovery_event(
+    failure_id: &str,
+    agent_id: Option<String>,
+    task_id: Option<String>,
+    how: RecoveryHow,
+    evidence_event_id: Option<String>,
+    status: Option<String>,
+    at: DateTime<Utc>,
+) -> NewEvent {
+    Healer::fact(
+        HealEvent::FailureRecovered(FailureRecovered {
+            failure_id: failure_id.to_owned(),
+            agent_id,
+            task_id,
+            how,
+            evidence_event_id,
+            status,
+        }),
+        at,
+    )
+    .with_id(recovery_event_id(failure_id))
+}
+
+/// The agent states a coordinator reports for an agent that works.
+const HEALTHY_STATES: &[&str] = &["active", "idle", "busy"];
 
 /// An instant truncated to the microsecond (never fails: out-of-range instants are kept).
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {

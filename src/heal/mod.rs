@@ -19,7 +19,7 @@ pub use coordinator::{Coordinator, CoordinatorError, NoopCoordinator};
 pub use detect::detect;
 pub use healer::{
     Attempt, Composite, HealReport, Healer, HealerBuilder, HealerOptions, Limits, Mode,
-    OutcomeReport, ReactionReport, SignalReport, StateView, strategy_stream,
+    OutcomeReport, ReactionReport, RecoveryReport, SignalReport, StateView, strategy_stream,
 };
 pub use model::{
     Action, AgentStatus, Failure, HealingResult, Priority, Severity, Topology, failure_types,

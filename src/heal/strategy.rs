@@ -275,6 +275,15 @@ pub trait Strategy: Send + Sync + 'static {
     /// recording the fact.
     fn apply(&self, state: &mut Self::State, event: &Self::Event);
 
+    /// When the fact an event records happened, if not at the `now` of the decision or
+    /// reaction that produced it: a transition that a deadline made effective before anything
+    /// recorded it (an open circuit turns half-open at its deadline, whenever that is
+    /// noticed). The healer stores it as the event's `occurred_at`; an instant after `now` is
+    /// taken as `now`. Default: `None`.
+    fn occurred_at(&self, _event: &Self::Event) -> Option<DateTime<Utc>> {
+        None
+    }
+
     /// The stored event type of an event. Default: the `type` tag of its JSON form.
     fn event_type(&self, event: &Self::Event) -> String {
         serde_json::to_value(event)
@@ -355,6 +364,8 @@ pub(crate) trait ErasedStrategy: Send + Sync {
         signal: &Signal,
         now: DateTime<Utc>,
     ) -> Option<ErasedReaction>;
+    /// [`Strategy::occurred_at`] of an event in its stored form.
+    fn occurred_at(&self, payload: &Value) -> Option<DateTime<Utc>>;
     /// Folds a stored event; an event that does not decode is skipped (and reported).
     fn apply_json(&self, state: &mut AnyState, payload: &Value) -> Result<(), String>;
     fn snapshot(&self, state: &AnyState) -> Value;
@@ -445,6 +456,10 @@ impl<S: Strategy> ErasedStrategy for Erased<S> {
             actions: r.actions,
             permitted: r.permitted,
         })
+    }
+    fn occurred_at(&self, payload: &Value) -> Option<DateTime<Utc>> {
+        let event = S::Event::deserialize(payload).ok()?;
+        self.0.occurred_at(&event)
     }
     fn apply_json(&self, state: &mut AnyState, payload: &Value) -> Result<(), String> {
         let event: S::Event = S::Event::deserialize(payload).map_err(|e| e.to_string())?;

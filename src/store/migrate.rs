@@ -52,6 +52,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V9__snapshots_at_rest",
         include_str!("../../migrations/V9__snapshots_at_rest.sql"),
     ),
+    (
+        "V10__remediation_recovery_and_circuit_deadlines",
+        include_str!("../../migrations/V10__remediation_recovery_and_circuit_deadlines.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

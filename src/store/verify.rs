@@ -92,6 +92,7 @@ const READ_MODEL_TRIGGERS: &[&str] = &[
     "rm_healing_attempted",
     "rm_healing_completed",
     "rm_failure_resolved",
+    "rm_failure_recovered",
     "rm_pattern_learned",
     "rm_prediction_made",
     "rm_circuit_transitioned",

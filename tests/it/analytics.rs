@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use healstore::analytics::advice::AdviceOptions;
-use healstore::analytics::{Analytics, EffectivenessOptions, MttrBy, read_model_digests};
+use healstore::analytics::{Analytics, EffectivenessOptions, MttrBy, MttrTo, read_model_digests};
 use healstore::events::{
     CircuitTransitioned, FailureDetected, FailureResolved, HealingAttempted, HealingCompleted,
     Severity,
@@ -197,14 +197,15 @@ fn window(from: DateTime<Utc>, to: DateTime<Utc>) -> Window {
 }
 
 /// The upstream test data: AgentRestart succeeds in 150 ms and 175 ms, TaskRetry fails in
-/// 250 ms. The two agent failures are resolved 200 ms and 400 ms after detection; the task
-/// timeout is not resolved.
+/// 250 ms. The two agent failures are remediated, and recover (the coordinator reports the
+/// agents healthy), 200 ms and 400 ms after detection; the task timeout does neither.
 async fn upstream_fixture(store: &Store) {
     let t = t0();
     Story::new("f-1", "agent_down", t)
         .agent("a-1")
         .result("AgentRestart", true, 150, t + ms(180))
         .resolved("AgentRestart", t + ms(200))
+        .recovered("status", t + ms(200))
         .write(store)
         .await;
     let t2 = t + Duration::seconds(1);
@@ -212,6 +213,7 @@ async fn upstream_fixture(store: &Store) {
         .agent("a-2")
         .result("AgentRestart", true, 175, t2 + ms(390))
         .resolved("AgentRestart", t2 + ms(400))
+        .recovered("status", t2 + ms(400))
         .write(store)
         .await;
     let t3 = t + Duration::seconds(2);
@@ -239,8 +241,9 @@ async fn stats_match_the_hand_computed_upstream_fixture() {
     assert_eq!(s.successful_healings, 2);
     assert_eq!(s.success_rate, 0.6667);
     assert_eq!(s.avg_healing_time_ms, 191.667); // (150 + 175 + 250) / 3
+    assert_eq!((s.remediated, s.mttr_remediate_ms), (2, 300.0));
     assert_eq!(s.resolved, 2);
-    // Detection to resolution, not the duration of the heal calls (that would be 162.5).
+    // Detection to recovery, not the duration of the heal calls (that would be 162.5).
     assert_eq!(s.mttr_ms, 300.0);
     assert_eq!(s.mttr_p50_ms, 200.0);
     assert_eq!(s.mttr_p90_ms, 400.0);
@@ -288,7 +291,7 @@ async fn stats_match_the_hand_computed_upstream_fixture() {
     assert_eq!(d.health.strategy_points, 10.0);
     let target = |m: &str| d.targets.iter().find(|t| t.metric == m).unwrap().met;
     assert!(!target("success_rate"));
-    assert!(target("mttr_ms"));
+    assert!(target("mttr_recover_ms"));
     assert!(target("strategy:AgentRestart"));
     assert!(!target("strategy:TaskRetry"));
     assert!(!target("health_score"));
@@ -354,12 +357,12 @@ async fn empty_windows_give_zeros_and_no_nan() {
     assert!(!text.contains("NaN") && !text.contains("null,"), "{text}");
     assert_eq!(d.health_score, 100.0, "nothing failed");
     let target = |m: &str| d.targets.iter().find(|t| t.metric == m).unwrap();
-    assert!(!target("success_rate").measured && !target("mttr_ms").measured);
+    assert!(!target("success_rate").measured && !target("mttr_recover_ms").measured);
     assert!(target("health_score").measured && target("health_score").met);
     assert_eq!(d.recommendations.len(), 1);
     assert_eq!(d.recommendations[0].rule, "performing_well");
     assert!(
-        a.mttr_series(&w, None, Duration::hours(1))
+        a.mttr_series(&w, MttrTo::Recover, None, Duration::hours(1))
             .await
             .unwrap()
             .is_empty()
@@ -448,23 +451,20 @@ async fn rollups_and_edges_agree_with_a_brute_force_count() {
         }
         // Remediation (the 4th field) and recovery (the 5th), each with count, mean and
         // nearest-rank percentiles, and the failures detected but not done by the window's end.
-        for (name, end) in [("remediate", 3usize), ("recover", 4usize)] {
-            let done_at = |b: &(
-                DateTime<Utc>,
-                &str,
-                Vec<_>,
-                Option<DateTime<Utc>>,
-                Option<DateTime<Utc>>,
-            )| { if end == 3 { b.3 } else { b.4 } };
+        for (name, remediation) in [("remediate", true), ("recover", false)] {
             let times: Vec<i64> = brute
                 .iter()
                 .filter_map(|b| {
-                    done_at(b)
-                        .filter(|r| inside(*r))
+                    let done = if remediation { b.3 } else { b.4 };
+                    done.filter(|r| inside(*r))
                         .map(|r| (r - b.0).num_microseconds().unwrap())
                 })
                 .collect();
-            let count = if end == 3 { "remediated" } else { "recovered" };
+            let count = if remediation {
+                "remediated"
+            } else {
+                "recovered"
+            };
             assert_eq!(j[count], times.len() as i64, "{name} {w:?}");
             let mean_key = format!("mttr_{name}_ms");
             if times.is_empty() {
@@ -506,18 +506,48 @@ async fn mttr_history_is_bucketed_and_grouped() {
     Story::new("f-4", "task_timeout", t)
         .agent("a-3")
         .result("TaskRetry", true, 10, t + ms(900))
-        .resolved("TaskRetry", t + ms(1000))
+        .resolved("TaskRetry", t + ms(900))
+        .recovered("signal", t + ms(1000))
         .write(&store)
         .await;
     let a = Analytics::new(&store);
     let w = window(t0(), t0() + Duration::hours(3));
-    let series = a.mttr_series(&w, None, Duration::hours(1)).await.unwrap();
+    let series = a
+        .mttr_series(&w, MttrTo::Recover, None, Duration::hours(1))
+        .await
+        .unwrap();
     assert_eq!(series.len(), 2);
     assert_eq!(series[0].bucket_start, "2026-11-01T12:00:00.000000Z");
     assert_eq!((series[0].resolved, series[0].mttr_ms), (2, 300.0));
     assert_eq!((series[1].resolved, series[1].mttr_ms), (1, 1000.0));
+    // To remediation: f-4 took 900 ms.
+    let series = a
+        .mttr_series(&w, MttrTo::Remediate, None, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!((series[1].resolved, series[1].mttr_ms), (1, 900.0));
     let by = a
-        .mttr_series(&w, Some(MttrBy::FailureType), Duration::days(1))
+        .mttr_series(
+            &w,
+            MttrTo::Recover,
+            Some(MttrBy::Strategy),
+            Duration::days(1),
+        )
+        .await
+        .unwrap();
+    let groups: Vec<_> = by.iter().map(|p| p.group.clone().unwrap()).collect();
+    assert_eq!(
+        groups,
+        ["AgentRestart", "TaskRetry"],
+        "the remediating strategy"
+    );
+    let by = a
+        .mttr_series(
+            &w,
+            MttrTo::Recover,
+            Some(MttrBy::FailureType),
+            Duration::days(1),
+        )
         .await
         .unwrap();
     assert_eq!(by.len(), 2);
@@ -525,7 +555,7 @@ async fn mttr_history_is_bucketed_and_grouped() {
     assert_eq!(by[0].mttr_ms, 300.0);
     assert_eq!(by[1].group.as_deref(), Some("task_timeout"));
     let by = a
-        .mttr_series(&w, Some(MttrBy::Agent), Duration::days(1))
+        .mttr_series(&w, MttrTo::Recover, Some(MttrBy::Agent), Duration::days(1))
         .await
         .unwrap();
     let groups: Vec<_> = by.iter().map(|p| p.group.clone().unwrap()).collect();
@@ -556,7 +586,9 @@ async fn results(
             at + ms(100),
         );
         if ok(i) {
-            s = s.resolved(strategy, at + ms(100));
+            s = s
+                .resolved(strategy, at + ms(100))
+                .recovered("signal", at + ms(100));
         }
         s.write(store).await;
     }
@@ -667,7 +699,7 @@ async fn each_recommendation_rule_fires_on_data_that_calls_for_it() {
     let t = t0();
     let w = window(t, t + Duration::hours(2));
 
-    // Low overall success, the most common failure, unresolved failures.
+    // Low overall success, the most common failure, unrecovered failures.
     let (_d1, p1) = temp_db();
     let s = open(&p1).await;
     results(&s, "l", "TaskRetry", "task_timeout", t, 20, |i| i % 2 == 0).await;
@@ -675,7 +707,7 @@ async fn each_recommendation_rule_fires_on_data_that_calls_for_it() {
     for r in [
         "low_success_rate",
         "most_common_failure",
-        "unresolved_failures",
+        "unrecovered_failures",
         "enable_circuit_breaker",
     ] {
         assert!(rules.iter().any(|x| x == r), "{r} missing from {rules:?}");
@@ -735,8 +767,9 @@ async fn each_recommendation_rule_fires_on_data_that_calls_for_it() {
         let ttr = if i < 5 { 1_000 } else { 12_000 };
         let id = format!("m-{i}");
         Story::new(&id, "agent_down", at)
-            .result("AgentRestart", true, 50, at + ms(ttr))
-            .resolved("AgentRestart", at + ms(ttr))
+            .result("AgentRestart", true, 50, at + ms(50))
+            .resolved("AgentRestart", at + ms(50))
+            .recovered("signal", at + ms(ttr))
             .write(&s)
             .await;
     }
@@ -805,6 +838,93 @@ async fn circuit_time_in_state_reopens_and_flapping() {
     store.close().await.unwrap();
 }
 
+/// A circuit transition as the circuit breaker writes it: an opening carries its deadline.
+async fn breaker_transition(
+    store: &Store,
+    circuit: &str,
+    from: &str,
+    to: &str,
+    at: DateTime<Utc>,
+    open_until: Option<DateTime<Utc>>,
+) {
+    let mut payload = serde_json::json!({
+        "type": "circuit_transitioned", "strategy": "CircuitBreaker", "key": circuit,
+        "circuit": circuit, "agent_id": circuit, "from": from, "to": to, "reason": "test",
+        "details": {}, "at": healstore::time::format_time(at), "reopen_count": 0,
+    });
+    if let Some(u) = open_until {
+        payload["open_until"] = serde_json::json!(healstore::time::format_time(u));
+    }
+    store
+        .append(
+            &format!("strategy-CircuitBreaker-{circuit}"),
+            ExpectedVersion::Any,
+            vec![NewEvent::new("circuit_transitioned", at, payload)],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_open_circuit_is_half_open_from_its_deadline_however_late_that_was_recorded() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let t = t0();
+    let s = Duration::seconds;
+    // a-1 opens at 10 s until 70 s; an older healstore recorded the half-open period only
+    // when it noticed it, at 100 s; a failed trial re-opens it at 110 s until 230 s, and
+    // nothing is recorded after.
+    breaker_transition(&store, "a-1", "closed", "open", t + s(10), Some(t + s(70))).await;
+    breaker_transition(&store, "a-1", "open", "half_open", t + s(100), None).await;
+    breaker_transition(
+        &store,
+        "a-1",
+        "half_open",
+        "open",
+        t + s(110),
+        Some(t + s(230)),
+    )
+    .await;
+    let a = Analytics::new(&store);
+    let r = a.circuits(&window(t, t + s(300)), 3).await.unwrap();
+    let c = &r.circuits[0];
+    // Open 10-70 and 110-230 s, half-open 70-110 and 230-300 s.
+    assert_eq!((c.open_ms, c.half_open_ms), (180_000, 110_000), "{c:?}");
+    assert_eq!((c.opens, c.reopens, c.transitions), (2, 1, 4));
+    assert_eq!(c.state, "half_open");
+    let states: Vec<(&str, &str, &str)> = c
+        .spans
+        .iter()
+        .map(|x| (x.state.as_str(), &x.from[11..19], &x.until[11..19]))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("closed", "12:00:00", "12:00:10"),
+            ("open", "12:00:10", "12:01:10"),
+            ("half_open", "12:01:10", "12:01:50"),
+            ("open", "12:01:50", "12:03:50"),
+            ("half_open", "12:03:50", "12:05:00"),
+        ]
+    );
+    // A window that starts while it is open, past the deadline: half-open from its start.
+    let r = a
+        .circuits(&window(t + s(240), t + s(250)), 3)
+        .await
+        .unwrap();
+    let c = &r.circuits[0];
+    assert_eq!((c.open_ms, c.half_open_ms, c.transitions), (0, 10_000, 0));
+    // One that ends exactly at the deadline: open to its end, half-open at that instant.
+    let r = a
+        .circuits(&window(t + s(200), t + s(230)), 3)
+        .await
+        .unwrap();
+    let c = &r.circuits[0];
+    assert_eq!((c.open_ms, c.half_open_ms, c.transitions), (30_000, 0, 0));
+    assert_eq!(c.state, "half_open");
+    store.close().await.unwrap();
+}
+
 // ----- read models -----------------------------------------------------------------------------
 
 #[tokio::test]
@@ -848,10 +968,12 @@ async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
     transition(&store, "a-1", "closed", "open", t0()).await;
     // Recoveries: by each kind of evidence, one of an unknown failure, a second one of a
     // failure (the first wins), one of a schema version the read models do not interpret.
-    // q-1, q-2 and f-2 were detected at 60 s, 120 s and 1 s: they recover in 5, 7 and 9 s.
+    // q-0, q-4 and f-3 (not recovered by their stories) were detected at 0 s, 240 s and 2 s:
+    // they recover in 5, 7 and 9 s; f-2 recovered in its story, its confirmation comes second.
     for (id, how, secs) in [
-        ("q-1", "signal", 65),
-        ("q-2", "status", 127),
+        ("q-0", "signal", 5),
+        ("q-4", "status", 247),
+        ("f-3", "confirmed", 11),
         ("f-2", "confirmed", 10),
     ] {
         store
@@ -874,8 +996,8 @@ async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
             recovered_event("nobody", None, "signal", t0()),
         ),
         (
-            "failure-q-1",
-            recovered_event("q-1", None, "confirmed", t0() + Duration::hours(3)),
+            "failure-q-0",
+            recovered_event("q-0", None, "confirmed", t0() + Duration::hours(3)),
         ),
         ("failure-q-3", {
             let mut e = recovered_event("q-3", None, "signal", t0());
@@ -925,8 +1047,10 @@ async fn read_models_rebuilt_from_events_equal_the_incremental_ones() {
     )
     .unwrap();
     assert_eq!(s["mttr_remediate_p50_ms"], 100.0, "{s}");
-    assert_eq!(s["recovered"], 3);
-    assert_eq!(s["mttr_recover_ms"], 7_000.0);
+    // f-1 and f-2, the 30 q-failures healed (each in 100 ms), q-0, q-4 and f-3.
+    assert_eq!(s["recovered"], 35);
+    assert_eq!(s["mttr_recover_p99_ms"], 9_000.0);
+    assert_eq!(s["unrecovered"], 40 + 3 - 35);
     store.close().await.unwrap();
 }
 
@@ -1005,9 +1129,26 @@ mod cli {
         // Tables for people.
         let table = expect_success(&run(&path, &["stats", "--since", SINCE, "--until", UNTIL]));
         assert!(
-            table.contains("mttr_ms") && table.contains("300.0"),
+            table.contains("mttr_recover_ms") && table.contains("300.0"),
             "{table}"
         );
+        assert!(table.contains("mttr_remediate_ms"), "{table}");
+        assert!(table.contains("unrecovered"), "{table}");
+        // MTTR to remediation as a series.
+        let m = json(
+            &path,
+            &[
+                "mttr",
+                "--since",
+                SINCE,
+                "--until",
+                UNTIL,
+                "--to",
+                "remediate",
+            ],
+        );
+        assert_eq!(m["to"], "remediate");
+        assert_eq!(m["series"][0]["mttr_ms"], 300.0);
     }
 
     #[test]
@@ -1046,7 +1187,7 @@ mod cli {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|t| t["metric"] == "mttr_ms" && t["met"] == true)
+                .any(|t| t["metric"] == "mttr_recover_ms" && t["met"] == true)
         );
     }
 
@@ -1147,9 +1288,9 @@ mod cli {
 #[tokio::test]
 async fn times_to_recover_spanning_millennia_neither_fail_appends_nor_overflow_sums() {
     use chrono::TimeZone;
-    // Given failures detected in the year 0 and resolved in the year 9999 (each time to recover
-    // is about 2^58 microseconds), forty of them resolved in one hour: their sum is past what a
-    // 64-bit integer holds,
+    // Given failures detected in the year 0 and remediated and recovered in the year 9999
+    // (each time is about 2^58 microseconds), forty of them in one hour: their sums are past
+    // what a 64-bit integer holds,
     let (_dir, path) = temp_db();
     let store = open(&path).await;
     let detected = Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap();
@@ -1158,18 +1299,21 @@ async fn times_to_recover_spanning_millennia_neither_fail_appends_nor_overflow_s
         let id = format!("old-{i}");
         Story::new(&id, "agent_down", detected + Duration::hours(i))
             .resolved("AgentRestart", hour + Duration::minutes(i))
+            .recovered("signal", hour + Duration::minutes(i))
             .write(&store)
             .await;
     }
-    // then every append succeeded and the hour's sum saturated at 2^62 microseconds,
+    // then every append succeeded and the hour's sums saturated at 2^62 microseconds,
     let mut conn = crate::common::raw_connection(&path).await;
-    let (resolved, sum): (i64, i64) =
-        sqlx::query_as("SELECT resolved, ttr_sum_us FROM failure_hourly WHERE resolved > 0")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let sums: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT remediated, remediate_us_sum, recovered, recover_us_sum FROM failure_hourly \
+         WHERE remediated > 0",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     sqlx::Connection::close(conn).await.unwrap();
-    assert_eq!((resolved, sum), (40, 1i64 << 62));
+    assert_eq!(sums, (40, 1i64 << 62, 40, 1i64 << 62));
     // the statistics over the hour, over part of it and over a longer window answer (the
     // per-failure rows exactly, the hour's rollup with its saturated sum),
     let a = Analytics::new(&store);
@@ -1190,6 +1334,7 @@ async fn times_to_recover_spanning_millennia_neither_fail_appends_nor_overflow_s
             s.resolved > 0 && s.mttr_ms.is_finite() && s.mttr_ms > 0.0,
             "{s:?}"
         );
+        assert_eq!(s.mttr_remediate_ms, s.mttr_recover_ms, "the same times");
         if saturated {
             let mean_ms = (1i64 << 62) as f64 / 40.0 / 1000.0;
             assert_eq!(s.mttr_ms, (mean_ms * 1000.0).round() / 1000.0);
@@ -1214,7 +1359,7 @@ async fn times_to_recover_spanning_millennia_neither_fail_appends_nor_overflow_s
         }
         // and so do the MTTR series, the dashboard and the recommendations.
         let series = a
-            .mttr_series(&w, None, Duration::minutes(10))
+            .mttr_series(&w, MttrTo::Recover, None, Duration::minutes(10))
             .await
             .unwrap();
         assert_eq!(series.iter().map(|p| p.resolved).sum::<i64>(), s.resolved);

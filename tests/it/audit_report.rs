@@ -34,9 +34,12 @@ const FIELDS: &[&str] = &[
     "result",
     "error",
     "duration_ms",
-    "resolved",
-    "resolved_at",
-    "resolved_by",
+    "remediated",
+    "remediated_at",
+    "remediated_by",
+    "recovered",
+    "recovered_at",
+    "recovered_how",
 ];
 
 const DAY_START: &str = "2026-11-01T00:00:00Z";
@@ -83,6 +86,7 @@ fn expected(events: &[RecordedEvent], since: &str, until: &str) -> Vec<AuditReco
     );
     let mut detected: HashMap<String, &RecordedEvent> = HashMap::new();
     let mut resolved: HashMap<String, &RecordedEvent> = HashMap::new();
+    let mut recovered: HashMap<String, &RecordedEvent> = HashMap::new();
     for e in events {
         let fid = text(&e.payload, "failure_id").unwrap_or_default();
         match e.event_type.as_str() {
@@ -91,6 +95,9 @@ fn expected(events: &[RecordedEvent], since: &str, until: &str) -> Vec<AuditReco
             }
             "failure_resolved" => {
                 resolved.entry(fid).or_insert(e);
+            }
+            "failure_recovered" => {
+                recovered.entry(fid).or_insert(e);
             }
             _ => {}
         }
@@ -108,6 +115,7 @@ fn expected(events: &[RecordedEvent], since: &str, until: &str) -> Vec<AuditReco
         let strategy = text(p, "strategy").unwrap();
         let d = fid.as_ref().and_then(|f| detected.get(f));
         let r = fid.as_ref().and_then(|f| resolved.get(f));
+        let rec = fid.as_ref().and_then(|f| recovered.get(f));
         let same = |x: &RecordedEvent, ty: &str| {
             x.event_type == ty
                 && text(&x.payload, "failure_id") == fid
@@ -132,9 +140,12 @@ fn expected(events: &[RecordedEvent], since: &str, until: &str) -> Vec<AuditReco
             result: String::new(),
             error: None,
             duration_ms: None,
-            resolved: r.is_some(),
-            resolved_at: r.map(|r| time(r)),
-            resolved_by: r.and_then(|r| text(&r.payload, "strategy")),
+            remediated: r.is_some(),
+            remediated_at: r.map(|r| time(r)),
+            remediated_by: r.and_then(|r| text(&r.payload, "strategy")),
+            recovered: rec.is_some(),
+            recovered_at: rec.map(|r| time(r)),
+            recovered_how: rec.and_then(|r| text(&r.payload, "how")),
         };
         if e.event_type == "action_executed" {
             let decision = fid.as_ref().and_then(|_| {
@@ -266,14 +277,17 @@ fn the_report_lists_every_action_the_healer_took_with_its_failure_decision_and_r
         assert_eq!(g, w);
     }
     // with the failure's facts filled in for actions on failures, failed actions carrying
-    // their error, and resolutions recorded,
+    // their error, and remediations and recoveries recorded,
     for r in got.iter().filter(|r| r.failure_id.is_some()) {
         assert!(r.failure_type.is_some() && r.severity.is_some() && r.detected_at.is_some());
         assert!(r.decision.is_some() && r.reason.is_some(), "{r:?}");
-        assert_eq!(r.resolved, r.resolved_at.is_some());
+        assert_eq!(r.remediated, r.remediated_at.is_some());
+        assert_eq!(r.recovered, r.recovered_at.is_some());
+        assert_eq!(r.recovered, r.recovered_how.is_some());
     }
     assert!(got.iter().any(|r| r.result == "error" && r.error.is_some()));
-    assert!(got.iter().any(|r| r.resolved));
+    assert!(got.iter().any(|r| r.remediated));
+    assert!(got.iter().any(|r| r.recovered));
 
     // and a table for people says the same, a line per record.
     let table = expect_success(&run(
@@ -281,7 +295,11 @@ fn the_report_lists_every_action_the_healer_took_with_its_failure_decision_and_r
         &["audit", "--since", DAY_START, "--until", DAY_END],
     ));
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("TIME") && lines[0].contains("RESOLVED"));
+    assert!(
+        lines[0].starts_with("TIME")
+            && lines[0].contains("REMEDIATED")
+            && lines[0].contains("RECOVERED")
+    );
     assert_eq!(lines.len(), got.len() + 1);
     for (line, r) in lines[1..].iter().zip(&got) {
         assert!(line.starts_with(&r.time), "{line}");
@@ -522,7 +540,7 @@ fn delegated_shadow_suggest_only_and_withheld_decisions_are_listed_with_their_ou
                 r.action.as_deref().unwrap(),
                 r.result.as_str(),
                 r.duration_ms,
-                r.resolved,
+                r.remediated,
             )
         })
         .collect();
@@ -579,10 +597,10 @@ fn delegated_shadow_suggest_only_and_withheld_decisions_are_listed_with_their_ou
     let f1 = &got[0];
     assert_eq!(f1.time, "2026-11-01T10:00:00.000000Z");
     assert_eq!(
-        f1.resolved_at.as_deref(),
+        f1.remediated_at.as_deref(),
         Some("2026-11-01T10:05:00.000000Z")
     );
-    assert_eq!(f1.resolved_by.as_deref(), Some("AgentRestart"));
+    assert_eq!(f1.remediated_by.as_deref(), Some("AgentRestart"));
     assert_eq!(f1.agent_id.as_deref(), Some("a-1"));
     assert_eq!(f1.severity.as_deref(), Some("high"));
     assert_eq!(f1.target.as_deref(), Some("a-1"));
@@ -736,7 +754,7 @@ fn actions_never_executed_and_actions_on_signals_are_reported() {
     assert_eq!(signal.failure_id, None);
     assert_eq!(signal.decision, None);
     assert_eq!(signal.agent_id.as_deref(), Some("a-5"));
-    assert!(!signal.resolved);
+    assert!(!signal.remediated && !signal.recovered);
 }
 
 #[test]

@@ -1414,3 +1414,33 @@ fn circuits_and_circuit_report_agree_at_any_now() {
     assert_eq!(c["open_ms"], 60_000, "{c}");
     assert_eq!(c["half_open_ms"], 67_000, "{c}");
 }
+
+#[test]
+fn a_half_open_period_noticed_late_is_dated_at_the_deadline_and_waits_from_when_it_was_noticed() {
+    let mut g = Given::with(CircuitBreakerConfig {
+        half_open_max_wait_ms: Some(30_000),
+        ..CircuitBreakerConfig::default()
+    });
+    g.fails_times("a", 5, 0); // open at 4 s until 64 s
+    // Nothing ran until 200 s: the tick records the half-open period the deadline began.
+    let r = g.tick("a", at(200)).expect("due");
+    let CircuitEvent::CircuitTransitioned { at: when, to, .. } = &r.events[0] else {
+        panic!("{r:?}");
+    };
+    assert_eq!((*when, *to), (at(64), CircuitStatus::HalfOpen));
+    assert_eq!(g.cb.occurred_at(&r.events[0]), Some(at(64)));
+    assert_eq!(g.state.changed_at, Some(at(64)));
+    assert_eq!(r.actions, [trial_registration("a")]);
+    // The agent was put back for its trials at 200 s: the wait for a verdict starts then.
+    assert_eq!(g.tick("a", at(229)), None, "29 s after it was noticed");
+    let r = g.tick("a", at(230)).expect("30 s without a verdict");
+    assert_eq!(
+        transitions(&r.events),
+        [(CircuitStatus::HalfOpen, CircuitStatus::Open)]
+    );
+    // A half-open period recorded at its deadline carries no separate notice.
+    let mut on_time = opened("b");
+    let r = on_time.tick("b", at(64)).expect("due");
+    let v = serde_json::to_value(&r.events[0]).unwrap();
+    assert!(v.get("noticed_at").is_none(), "{v}");
+}

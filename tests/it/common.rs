@@ -402,3 +402,71 @@ pub fn spawn_appender(
     });
     (child, feeder)
 }
+
+/// The statements that turn a database at schema version 10 back into what version 9 left:
+/// V10's triggers replaced by those of V6 and V7, its indexes by V3's, its columns dropped or
+/// renamed back, the rollup rows only a recovery created removed, and its history row deleted
+/// (what an older healstore would have left, less the facts it did not interpret).
+pub fn undo_v10_statements() -> Vec<String> {
+    let trigger = |sql: &str, name: &str| {
+        let start = sql
+            .find(&format!("CREATE TRIGGER {name} "))
+            .unwrap_or_else(|| panic!("no CREATE TRIGGER {name}"));
+        let end = start + sql[start..].find("END;").expect("the trigger ends") + "END;".len();
+        sql[start..end].to_owned()
+    };
+    let v6 = include_str!("../../migrations/V6__read_models_known_versions.sql");
+    let v7 = include_str!("../../migrations/V7__saturating_recovery_sums.sql");
+    let mut s: Vec<String> = [
+        "DROP TRIGGER rm_failure_recovered",
+        "DROP TRIGGER rm_failure_detected",
+        "DROP TRIGGER rm_failure_resolved",
+        "DROP TRIGGER rm_circuit_transitioned",
+        "DROP INDEX failures_by_detected",
+        "DROP INDEX failures_by_remediated",
+        "DROP INDEX failures_by_recovered",
+        "DROP INDEX failures_open_by_agent",
+        "DROP INDEX failures_open_by_task",
+        "ALTER TABLE failures DROP COLUMN task_id",
+        "ALTER TABLE failures DROP COLUMN recovered_position",
+        "ALTER TABLE failures DROP COLUMN recovered_at",
+        "ALTER TABLE failures DROP COLUMN recovered_how",
+        "ALTER TABLE failures DROP COLUMN recover_us",
+        "ALTER TABLE failures RENAME COLUMN remediated_position TO resolved_position",
+        "ALTER TABLE failures RENAME COLUMN remediated_at TO resolved_at",
+        "ALTER TABLE failures RENAME COLUMN remediated_by TO resolved_by",
+        "ALTER TABLE failures RENAME COLUMN remediate_us TO ttr_us",
+        "DELETE FROM failure_hourly WHERE detected = 0 AND remediated = 0",
+        "ALTER TABLE failure_hourly DROP COLUMN recovered",
+        "ALTER TABLE failure_hourly DROP COLUMN recover_us_sum",
+        "ALTER TABLE failure_hourly RENAME COLUMN remediated TO resolved",
+        "ALTER TABLE failure_hourly RENAME COLUMN remediate_us_sum TO ttr_sum_us",
+        "ALTER TABLE circuit_transitions DROP COLUMN open_until",
+        "CREATE INDEX failures_by_detected ON failures (detected_at, failure_type, agent_id, \
+         resolved_at)",
+        "CREATE INDEX failures_by_resolved ON failures (resolved_at, ttr_us, failure_type) \
+         WHERE resolved_at IS NOT NULL",
+        "CREATE INDEX failures_unresolved ON failures (detected_at) WHERE resolved_at IS NULL",
+        "DELETE FROM refinery_schema_history WHERE version >= 10",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    s.push(trigger(v6, "rm_failure_detected"));
+    s.push(trigger(v7, "rm_failure_resolved"));
+    s.push(trigger(v6, "rm_circuit_transitioned"));
+    s
+}
+
+/// Runs `statements` on the file through a plain connection, in order.
+pub async fn run_sql(path: &Path, statements: &[String]) {
+    use sqlx::Connection;
+    let mut conn = raw_connection(path).await;
+    for s in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    conn.close().await.expect("close");
+}

@@ -456,11 +456,16 @@ fn sigkill_during_concurrent_first_migrations_leaves_a_file_that_opens_with_the_
     assert!(killed > 0, "no kill landed while init was running");
 }
 
-/// Turns a current database back into one of schema version 3: the objects that migrations 4
-/// on create dropped and their history rows deleted (what an older healstore left; migrations 6
-/// and 7 only recreate triggers, which they drop first). Migration 4 computes the hash chain over
+/// Turns a current database back into one of schema version 3: the last migration undone
+/// (it renames and adds columns), then the objects that migrations 4 on create dropped and
+/// their history rows deleted (what an older healstore left; migrations 6 and 7 only recreate
+/// triggers and saturate sums, which they do again). Migration 4 computes the hash chain over
 /// every stored event, so the upgrade takes time in proportion to the log.
 fn downgrade_to_previous_version(db: &Path) {
+    block_on(crate::common::run_sql(
+        db,
+        &crate::common::undo_v10_statements(),
+    ));
     let mut statements = Vec::new();
     for migration in [
         include_str!("../../migrations/V9__snapshots_at_rest.sql"),

@@ -418,8 +418,9 @@ async fn concurrent_heals_of_one_failure_id_record_it_once() {
     assert_eq!(fresh, 1);
     assert_eq!(
         h.store().stream_version("failure-f-race").await.unwrap(),
-        // detected, circuit declined, restart acted, action, completed, resolved
-        6
+        // detected, circuit declined, restart acted, action, completed, remediated, and
+        // recovered (the coordinator reports the agent active after its restart)
+        7
     );
 }
 
@@ -742,7 +743,7 @@ fn the_cli_records_decisions_outcomes_and_shows_the_audit_trail() {
     );
     assert_eq!(code, 0, "{err}");
     let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(outcome["time_to_recover_ms"], 2000);
+    assert_eq!(outcome["time_to_remediate_ms"], 2000);
     // Reporting twice is refused.
     let (code, _, err) = cli(
         &path,

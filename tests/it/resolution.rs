@@ -523,3 +523,215 @@ async fn the_audit_report_says_when_each_failure_was_remediated_and_recovered() 
     assert_eq!(two["recovered_how"], Value::Null);
     h.close().await.unwrap();
 }
+
+// ----- upgrading a log written before recoveries -------------------------------------------------
+
+#[tokio::test]
+async fn a_database_at_schema_9_gets_remediations_recoveries_tasks_and_deadlines_on_upgrade() {
+    use healstore::analytics::read_model_digests;
+    // A log with remediated, recovered and open failures (one of a task) and a circuit that
+    // opened, turned half-open unrecorded, and was recorded half-open later,
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = deciding_healer(&path, clock.clone()).await;
+    for i in 0..5 {
+        clock.set(at(i));
+        let f = Failure::new("agent_down", Severity::High, at(i))
+            .with_agent("a-1")
+            .with_id(format!("f-{i}"));
+        h.heal(f).await.unwrap();
+    }
+    clock.set(at(10));
+    h.heal(
+        Failure::new("task_timeout", Severity::Medium, at(10))
+            .with_agent("a-2")
+            .with_task("t-7")
+            .with_id("task-f"),
+    )
+    .await
+    .unwrap();
+    h.record_outcome("f-0", true, None, at(11)).await.unwrap();
+    h.record_outcome("task-f", true, None, at(12))
+        .await
+        .unwrap();
+    h.record_success("a-9", Some("t-7"), at(20)).await.unwrap();
+    h.record_recovered("f-1", at(4000)).await.unwrap();
+    clock.set(at(200));
+    h.tick().await.unwrap(); // records the half-open period, dated at its deadline (64 s)
+    h.close().await.unwrap();
+    let store = open(&path).await;
+    let current = read_model_digests(store.read_pool()).await.unwrap();
+    store.close().await.unwrap();
+
+    // as schema version 9 kept it (no task, no recovery, no deadline in the read models),
+    crate::common::run_sql(&path, &crate::common::undo_v10_statements()).await;
+    {
+        use sqlx::Connection;
+        let mut c = crate::common::raw_connection(&path).await;
+        let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM refinery_schema_history")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, 9);
+        c.close().await.unwrap();
+    }
+
+    // is upgraded by the next open, which fills the new columns from the events:
+    let store = open(&path).await;
+    type Row = (
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT failure_id, task_id, remediated_at, remediated_by, recovered_at, recovered_how, \
+         recover_us FROM failures ORDER BY position",
+    )
+    .fetch_all(store.read_pool())
+    .await
+    .unwrap();
+    let us = |t: DateTime<Utc>| t.timestamp_micros();
+    let get = |id: &str| rows.iter().find(|r| r.0 == id).unwrap().clone();
+    assert_eq!(
+        get("f-0"),
+        (
+            "f-0".into(),
+            None,
+            Some(us(at(11))),
+            Some("AgentRestart".into()),
+            None,
+            None,
+            None
+        )
+    );
+    assert_eq!(
+        get("f-1"),
+        (
+            "f-1".into(),
+            None,
+            None,
+            None,
+            Some(us(at(4000))),
+            Some("confirmed".into()),
+            Some(3_999_000_000)
+        )
+    );
+    assert_eq!(
+        get("task-f"),
+        (
+            "task-f".into(),
+            Some("t-7".into()),
+            Some(us(at(12))),
+            Some("TaskRetry".into()),
+            Some(us(at(20))),
+            Some("signal".into()),
+            Some(10_000_000)
+        )
+    );
+    let deadlines: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT from_state, to_state, at, open_until FROM circuit_transitions ORDER BY position",
+    )
+    .fetch_all(store.read_pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        deadlines,
+        [
+            ("closed".into(), "open".into(), us(at(4)), Some(us(at(64)))),
+            ("open".into(), "half_open".into(), us(at(64)), None),
+        ]
+    );
+    // the read models are those the current schema kept all along, and a rebuild's.
+    assert_eq!(
+        read_model_digests(store.read_pool()).await.unwrap(),
+        current
+    );
+    let report = store.verify(&Default::default()).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    let s = stats(&store, window(t0(), at(5000))).await;
+    assert_eq!(
+        (s["remediated"].clone(), s["recovered"].clone()),
+        (json!(2), json!(2))
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_library_confirms_a_recovery_once_and_refuses_unknown_failures() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = deciding_healer(&path, clock.clone()).await;
+    let f = Failure::new("quorum_loss", Severity::Critical, t0())
+        .with_meta("required_quorum", 3)
+        .with_meta("healthy_agents", 1)
+        .with_id("q-1");
+    h.heal(f).await.unwrap();
+    // A failure of the fleet: no signal can show its recovery; the caller says so.
+    let r = h.record_recovered("q-1", at(90)).await.unwrap();
+    assert_eq!(r.how, healstore::events::RecoveryHow::Confirmed);
+    assert_eq!((r.time_to_recover_ms, r.duplicate), (90_000, false));
+    let again = h.record_recovered("q-1", at(95)).await.unwrap();
+    assert_eq!(again.recovered_at, at(90));
+    assert!(again.duplicate);
+    let err = h.record_recovered("nope", at(1)).await.unwrap_err();
+    assert_eq!(err.kind(), healstore::ErrorKind::NotFound, "{err}");
+    assert_eq!(recoveries(&path).await.len(), 1);
+    // Concurrent confirmations from two healers on one file record it once.
+    let h2 = deciding_healer(&path, clock.clone()).await;
+    h.heal(
+        Failure::new("quorum_loss", Severity::Critical, t0())
+            .with_meta("required_quorum", 3)
+            .with_meta("healthy_agents", 1)
+            .with_id("q-2"),
+    )
+    .await
+    .unwrap();
+    let (a, b) = tokio::join!(
+        h.record_recovered("q-2", at(10)),
+        h2.record_recovered("q-2", at(20))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.recovered_at, b.recovered_at, "one recovery, one answer");
+    assert!(a.duplicate != b.duplicate, "{a:?} {b:?}");
+    assert_eq!(recoveries(&path).await.len(), 2);
+    h.close().await.unwrap();
+    h2.close().await.unwrap();
+}
+
+#[test]
+fn a_recovery_fact_that_does_not_fit_its_shape_is_refused() {
+    let (_dir, db) = temp_db();
+    let line = |payload: Value| {
+        json!({
+            "stream_id": "failure-f-1", "event_type": "failure_recovered",
+            "occurred_at": "2026-11-01T12:00:00Z", "payload": payload,
+        })
+        .to_string()
+    };
+    expect_success(&run(&db, &["init"]));
+    let before = db_files(&db);
+    for (payload, needle) in [
+        (
+            json!({"failure_id": "f-1", "how": "hoped"}),
+            "unknown variant",
+        ),
+        (json!({"failure_id": "f-1"}), "missing field `how`"),
+        (json!({"failure_id": "", "how": "signal"}), "failure_id"),
+        (
+            json!({"failure_id": "f-1", "how": "signal", "why": "x"}),
+            "unknown field `why`",
+        ),
+    ] {
+        let out = crate::common::run_with_input(
+            &db,
+            &["import", "-"],
+            format!("{}\n", line(payload)).as_bytes(),
+        );
+        expect_error(&out, needle);
+    }
+    assert_same_files(&before, &db_files(&db), "refused recovery facts");
+}

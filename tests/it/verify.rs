@@ -242,7 +242,7 @@ fn altered_read_models_and_snapshots_are_caught() {
     let (_dir, path) = healed_db();
     sql(
         &path,
-        &["UPDATE failures SET ttr_us = ttr_us + 1 WHERE resolved_at IS NOT NULL"],
+        &["UPDATE failures SET remediate_us = remediate_us + 1 WHERE remediated_at IS NOT NULL"],
     );
     let (code, r) = verify(&path);
     assert_eq!(code, 1);
@@ -272,7 +272,12 @@ fn a_database_from_before_the_chain_gets_it_on_upgrade() {
     let (_dir, path) = healed_db();
     let (_, before) = verify(&path);
     // Make it look like a schema-3 database: no hashes, no anchor, no snapshots at rest, no
-    // record of migrations 4 on (nor the table of migration 8).
+    // record of migrations 4 on (nor the table of migration 8), the last migration undone
+    // first.
+    block_on(crate::common::run_sql(
+        &path,
+        &crate::common::undo_v10_statements(),
+    ));
     sql(
         &path,
         &[

@@ -314,6 +314,16 @@ pub struct CircuitState {
     pub half_open_trials: u32,
     /// Successes since the circuit became half-open.
     pub half_open_successes: u32,
+    /// For a half-open period recorded after the deadline that began it: when it was
+    /// recorded (and the agent put back for its trial calls). The wait for a verdict
+    /// ([`half_open_max_wait_ms`](CircuitBreakerConfig::half_open_max_wait_ms)) counts from
+    /// then, not from the deadline.
+    #[serde(
+        default,
+        with = "serde_rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub half_open_noticed_at: Option<DateTime<Utc>>,
 }
 
 /// What happened to a circuit. Stored with the variant's name as event type.
@@ -354,7 +364,9 @@ pub enum CircuitEvent {
         from: u32,
         to: u32,
     },
-    /// The status changed. Its JSON is also a [`crate::events::CircuitTransitioned`].
+    /// The status changed, at `at`. Its JSON is also a [`crate::events::CircuitTransitioned`].
+    /// An open circuit turns half-open at its deadline: that transition is dated at the
+    /// deadline (the event's `occurred_at` too), whenever it is recorded.
     CircuitTransitioned {
         #[serde(with = "serde_rfc3339")]
         at: DateTime<Utc>,
@@ -376,6 +388,14 @@ pub enum CircuitEvent {
         open_until: Option<DateTime<Utc>>,
         /// The escalation level from now on.
         reopen_count: u32,
+        /// When the transition was recorded, if later than `at` (a half-open period noticed
+        /// after its deadline).
+        #[serde(
+            default,
+            with = "serde_rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        noticed_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -564,11 +584,12 @@ impl CircuitBreaker {
             details,
             open_until,
             reopen_count,
+            noticed_at: None,
         }
     }
 
     /// The `open → half_open` transition that the deadline already made effective, if it is
-    /// not recorded yet.
+    /// not recorded yet: dated at the deadline, noticed at `now`.
     fn due_half_open(
         &self,
         s: &CircuitState,
@@ -594,16 +615,23 @@ impl CircuitBreaker {
             ),
             None => "the open period has no recorded end: admitting trial calls".to_owned(),
         };
-        Some(self.transition(
+        let at = s.open_until.filter(|until| *until <= now).unwrap_or(now);
+        let mut e = self.transition(
             key,
-            now,
+            at,
             CircuitStatus::Open,
             CircuitStatus::HalfOpen,
             reason,
             details,
             None,
             s.reopen_count,
-        ))
+        );
+        if let CircuitEvent::CircuitTransitioned { noticed_at, .. } = &mut e
+            && now > at
+        {
+            *noticed_at = Some(now);
+        }
+        Some(e)
     }
 
     /// A recorded half-open period that outlived `half_open_max_wait_ms` without a verdict:
@@ -615,7 +643,7 @@ impl CircuitBreaker {
         now: DateTime<Utc>,
     ) -> Option<Reaction<CircuitEvent>> {
         let wait = self.config.half_open_max_wait_ms?;
-        let since = s.changed_at?;
+        let since = s.half_open_noticed_at.or(s.changed_at)?;
         if s.state != CircuitStatus::HalfOpen {
             return None;
         }
@@ -1120,6 +1148,18 @@ impl Strategy for CircuitBreaker {
         }
     }
 
+    /// Every event carries the instant it happened: for a half-open period recorded after the
+    /// deadline that began it, the deadline.
+    fn occurred_at(&self, event: &CircuitEvent) -> Option<DateTime<Utc>> {
+        Some(match event {
+            CircuitEvent::CircuitFailureCounted { at, .. }
+            | CircuitEvent::CircuitSuccessCounted { at, .. }
+            | CircuitEvent::CircuitTrialStarted { at, .. }
+            | CircuitEvent::CircuitReopenCountDecayed { at, .. }
+            | CircuitEvent::CircuitTransitioned { at, .. } => *at,
+        })
+    }
+
     fn signal_keys(&self, signal: &Signal, known: &[String]) -> Vec<String> {
         match signal {
             Signal::AgentSucceeded { agent_id, .. } | Signal::Permit { agent_id } => {
@@ -1201,11 +1241,17 @@ impl Strategy for CircuitBreaker {
                 to,
                 open_until,
                 reopen_count,
+                noticed_at,
                 ..
             } => {
                 s.circuit.clone_from(circuit);
                 s.state = *to;
                 s.changed_at = Some(*at);
+                s.half_open_noticed_at = if *to == CircuitStatus::HalfOpen {
+                    *noticed_at
+                } else {
+                    None
+                };
                 s.open_until = *open_until;
                 s.reopen_count = *reopen_count;
                 // Trial counts belong to one half-open period.
