@@ -2,7 +2,10 @@
 //!
 //! Flapping agents, slow tasks, token pressure that rises and falls, and a lost quorum are
 //! generated with seeded randomness; every raw event goes through detection and the healer,
-//! which acts through the simulated coordinator. Simulated time advances by a fixed step per
+//! which acts through the simulated coordinator. What shows that the fleet works again is
+//! reported as a caller would: healthy agents' successes, retried tasks that succeed, and
+//! confirmations once token pressure has fallen back or the quorum is whole again (the
+//! failures of neither an agent nor a task). Simulated time advances by a fixed step per
 //! tick (an injected clock, no sleeping). A second run continues where the first stopped: it
 //! starts after the newest recorded event, and the circuits, backoffs and degradation levels
 //! are restored from the log.
@@ -125,6 +128,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     let quorum_tick = args.ticks / 2;
     let mut successes = 0u64;
     let mut transitions = 0usize;
+    // Failures of the fleet or a resource, confirmed recovered once the simulation sees it.
+    let mut pressure: Vec<String> = Vec::new();
+    let mut quorum: Vec<(String, u32)> = Vec::new();
+    let mut confirmed = 0u64;
 
     for tick in 0..args.ticks {
         let now = clock.now_value();
@@ -148,12 +155,27 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
                 successes += 1;
             }
         }
-        // Slow tasks: a small pool, so that retries of one task add up.
+        // Slow tasks: a small pool, so that retries of one task add up; a retried task
+        // succeeds, now and then, on a healthy agent.
         if rng.chance(0.25) {
             let task = format!("task-{}", rng.below(6) + 1);
             let agent = format!("agent-{}", rng.below(args.agents as usize) + 1);
             let raw = json!({"type": "task_timeout", "task_id": task, "agent_id": agent});
             heal_raw(&healer, &raw, &mut tally).await?;
+        }
+        if rng.chance(0.3) {
+            let task = format!("task-{}", rng.below(6) + 1);
+            let healthy: Vec<&String> = snapshot
+                .agents
+                .iter()
+                .filter(|(_, a)| a.registered && a.healthy)
+                .map(|(id, _)| id)
+                .collect();
+            if !healthy.is_empty() {
+                let agent = healthy[rng.below(healthy.len())];
+                healer.record_success(agent, Some(&task), now).await?;
+                successes += 1;
+            }
         }
         // Token pressure: a slow wave that crosses the degradation thresholds and falls back.
         let phase = f64::from(tick) / 12.0;
@@ -164,21 +186,46 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
                 "type": "resource_exhaustion", "resource_type": "tokens",
                 "current_usage": (usage * limit).round(), "limit": limit,
             });
-            heal_raw(&healer, &raw, &mut tally).await?;
+            if let Some(r) = heal_raw(&healer, &raw, &mut tally).await? {
+                pressure.push(r.failure.failure_id);
+            }
         } else if tick % 3 == 0 {
             healer
                 .record_usage("tokens", (usage * limit).round(), limit, now)
                 .await?;
         }
+        if usage < 0.8 {
+            // Pressure has fallen back: the token failures are over.
+            for id in pressure.drain(..) {
+                healer.record_recovered(&id, healer.now()).await?;
+                confirmed += 1;
+            }
+        }
         // Halfway through, part of the fleet drops out and the quorum is lost.
         if tick == quorum_tick {
             let lost = fleet.lose_agents((args.agents as usize / 2).max(1));
             let healthy = fleet.topology().await.map(|t| t.healthy_count).unwrap_or(0);
+            let required = (args.agents / 2 + 1).max(3);
             let raw = json!({
-                "type": "quorum_loss", "required_quorum": (args.agents / 2 + 1).max(3),
+                "type": "quorum_loss", "required_quorum": required,
                 "healthy_agents": healthy, "lost": lost,
             });
-            heal_raw(&healer, &raw, &mut tally).await?;
+            if let Some(r) = heal_raw(&healer, &raw, &mut tally).await? {
+                quorum.push((r.failure.failure_id, required));
+            }
+        }
+        if !quorum.is_empty() {
+            let healthy = fleet.topology().await.map(|t| t.healthy_count).unwrap_or(0);
+            let mut still = Vec::new();
+            for (id, required) in quorum.drain(..) {
+                if healthy >= required {
+                    healer.record_recovered(&id, healer.now()).await?;
+                    confirmed += 1;
+                } else {
+                    still.push((id, required));
+                }
+            }
+            quorum = still;
         }
         transitions += healer.tick().await?.reactions.len();
         clock.advance(Duration::seconds(TICK));
@@ -217,6 +264,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         "simulated_until": healstore::time::format_time(end),
         "failures": tally,
         "success_signals": successes,
+        "recoveries_confirmed": confirmed,
         "tick_reactions": transitions,
         "circuits": circuit_rows,
         "degradation": degradation.iter().map(|d| json!({"resource": d.key, "state": d.state})).collect::<Vec<_>>(),
@@ -304,10 +352,15 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     Ok(())
 }
 
-async fn heal_raw(healer: &Healer, raw: &Value, tally: &mut Tally) -> anyhow::Result<()> {
-    if let Some(f) = healstore::heal::detect(raw, healer.now())? {
-        let report = healer.heal(f).await?;
-        tally.add(&report);
-    }
-    Ok(())
+async fn heal_raw(
+    healer: &Healer,
+    raw: &Value,
+    tally: &mut Tally,
+) -> anyhow::Result<Option<HealReport>> {
+    let Some(f) = healstore::heal::detect(raw, healer.now())? else {
+        return Ok(None);
+    };
+    let report = healer.heal(f).await?;
+    tally.add(&report);
+    Ok(Some(report))
 }
