@@ -86,6 +86,12 @@ pub enum Error {
         actual: u64,
     },
 
+    /// The append was queued behind another one it depends on (see
+    /// [`crate::Store::submit_atomic_after`]), and that one was not stored: neither is this.
+    /// Read the streams again and decide again.
+    #[error("not stored: append {ticket}, which this one was decided after, was not stored")]
+    DependencyFailed { ticket: u64 },
+
     /// An event id is already stored for an event with different content.
     #[error(
         "event id {event_id:?} is already stored at position {position} with different content"
@@ -138,6 +144,7 @@ impl Error {
         match self {
             Error::Busy(_) => ErrorKind::RetryLater,
             Error::WrongExpectedVersion { .. }
+            | Error::DependencyFailed { .. }
             | Error::EventIdReused { .. }
             | Error::Conflict(_) => ErrorKind::Conflict,
             Error::InvalidEvent(_) | Error::InvalidInput(_) => ErrorKind::InvalidInput,

@@ -121,6 +121,8 @@ struct Inner {
     path: PathBuf,
     options: StoreOptions,
     requests: mpsc::Sender<writer::Request>,
+    /// The next append's ticket (see [`Store::submit_atomic_after`]); 0 is never given.
+    tickets: std::sync::atomic::AtomicU64,
     readers: SqlitePool,
     /// The highest position this process has committed; wakes live tails.
     head: watch::Receiver<i64>,
@@ -216,6 +218,7 @@ impl Store {
                 path,
                 options,
                 requests: req_tx,
+                tickets: std::sync::atomic::AtomicU64::new(1),
                 readers,
                 head: head_rx,
                 writer: Mutex::new(Some(checkpointer)),
@@ -295,6 +298,19 @@ impl Store {
 
     /// [`Store::append_atomic`], queued like [`Store::submit`].
     pub async fn submit_atomic(&self, parts: Vec<StreamAppend>) -> Result<PendingAppend> {
+        self.submit_atomic_after(parts, Vec::new()).await
+    }
+
+    /// [`Store::submit_atomic`] for an append decided on the outcome of earlier appends that
+    /// are still on their way (`after`: their [`PendingAppend::ticket`]s): should one of them
+    /// not be stored, neither is this one, which fails with [`Error::DependencyFailed`]. Appends
+    /// are stored in the order they were submitted, so a caller may decide on what it has
+    /// submitted without waiting for it to be committed.
+    pub async fn submit_atomic_after(
+        &self,
+        parts: Vec<StreamAppend>,
+        after: Vec<u64>,
+    ) -> Result<PendingAppend> {
         for p in &parts {
             crate::event::check_id("stream_id", &p.stream_id)?;
             for e in &p.events {
@@ -302,22 +318,31 @@ impl Store {
             }
         }
         let (reply, answer) = oneshot::channel();
+        let ticket = self
+            .inner
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let parts: Vec<StreamAppend> = parts.into_iter().filter(|p| !p.events.is_empty()).collect();
-        if parts.is_empty() {
+        if parts.is_empty() && after.is_empty() {
             let _ = reply.send(Ok(Vec::new()));
-            return Ok(PendingAppend(answer));
+            return Ok(PendingAppend(answer, ticket));
         }
         let parts = parts
             .into_iter()
             .map(writer::PreparedPart::try_from)
             .collect::<Result<_>>()?;
-        let req = writer::Request::Append(writer::AppendRequest { parts, reply });
+        let req = writer::Request::Append(writer::AppendRequest {
+            parts,
+            ticket,
+            after,
+            reply,
+        });
         self.inner
             .requests
             .send(req)
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(PendingAppend(answer))
+        Ok(PendingAppend(answer, ticket))
     }
 
     /// Appends one event with no version check.
@@ -431,9 +456,15 @@ impl Store {
 
 /// An append on its way to the disk (see [`Store::submit`]).
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<Vec<Appended>>>);
+pub struct PendingAppend(oneshot::Receiver<Result<Vec<Appended>>>, u64);
 
 impl PendingAppend {
+    /// This append's number, for appends decided after it (see
+    /// [`Store::submit_atomic_after`]).
+    pub fn ticket(&self) -> u64 {
+        self.1
+    }
+
     /// True once the append has been answered (awaiting it will not wait).
     pub fn is_ready(&self) -> bool {
         !self.0.is_empty()

@@ -44,6 +44,11 @@ pub(crate) enum Request {
 pub(crate) struct AppendRequest {
     /// All parts commit together or not at all.
     pub parts: Vec<PreparedPart>,
+    /// This request's number, for later requests that depend on it.
+    pub ticket: u64,
+    /// Earlier requests this one was decided after: should one of them not be stored,
+    /// neither is this one ([`Error::DependencyFailed`]).
+    pub after: Vec<u64>,
     pub reply: oneshot::Sender<Result<Vec<Appended>>>,
 }
 
@@ -257,6 +262,37 @@ pub(crate) struct Writer {
     /// transaction, so nothing may run on it in autocommit mode (see [`Writer::fast`]) until
     /// [`Writer::recover`] replaces it.
     suspect: bool,
+    /// Tickets of recent requests that were not stored (see [`AppendRequest::after`]).
+    failed: FailedTickets,
+}
+
+/// The tickets of the most recent requests that were not stored. A request depends only on
+/// requests queued before it and still unanswered when it was decided, so a bounded memory of
+/// the latest failures is enough.
+#[derive(Default)]
+pub(crate) struct FailedTickets {
+    set: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+/// Failed tickets remembered.
+const FAILED_TICKETS_KEPT: usize = 65_536;
+
+impl FailedTickets {
+    fn insert(&mut self, ticket: u64) {
+        if self.set.insert(ticket) {
+            self.order.push_back(ticket);
+            while self.order.len() > FAILED_TICKETS_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, ticket: &u64) -> bool {
+        self.set.contains(ticket)
+    }
 }
 
 /// Stream versions and the chain's tip as this writer left them, valid while the position
@@ -322,6 +358,7 @@ impl Writer {
             versions: VersionCache::default(),
             open_transaction: false,
             suspect: false,
+            failed: FailedTickets::default(),
         }
     }
 
@@ -536,6 +573,8 @@ impl Writer {
                         events: &p.events,
                     })
                     .collect(),
+                ticket: r.ticket,
+                after: &r.after,
             })
             .collect();
         let outcome = self.with_retry(&items).await;
@@ -549,13 +588,18 @@ impl Writer {
                 let mut answers = Vec::with_capacity(items.len());
                 let mut last = None;
                 for item in items.chunks(1) {
-                    match self.with_retry(item).await {
+                    let answer = match self.with_retry(item).await {
                         Ok((mut a, l)) => {
                             last = l.or(last);
-                            answers.push(a.pop().unwrap_or_else(|| Ok(Vec::new())));
+                            a.pop().unwrap_or_else(|| Ok(Vec::new()))
                         }
-                        Err(e) => answers.push(Err(e)),
+                        Err(e) => Err(e),
+                    };
+                    // The next appends may depend on this one.
+                    if answer.is_err() {
+                        self.failed.insert(item[0].ticket);
                     }
+                    answers.push(answer);
                 }
                 Ok((answers, last))
             }
@@ -566,6 +610,9 @@ impl Writer {
             Ok((answers, last)) => {
                 self.committed(last);
                 for (req, answer) in group.into_iter().zip(answers) {
+                    if answer.is_err() {
+                        self.failed.insert(req.ticket);
+                    }
                     let _ = req.reply.send(answer);
                 }
             }
@@ -582,6 +629,7 @@ impl Writer {
                     other => other,
                 };
                 for req in group {
+                    self.failed.insert(req.ticket);
                     let _ = req.reply.send(Err(replicate(&e)));
                 }
             }
@@ -626,7 +674,14 @@ impl Writer {
         self.versions.forget();
         let recorded_at = to_micros(self.options.clock.now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        let plan = plan(&mut tx, items, recorded_at, self.options.hash_chain).await?;
+        let plan = plan(
+            &mut tx,
+            items,
+            recorded_at,
+            self.options.hash_chain,
+            &self.failed,
+        )
+        .await?;
         insert_rows(&mut tx, &plan.rows).await?;
         tx.commit().await?;
         Ok((plan.answers, plan.rows.last().map(|r| r.position)))
@@ -703,7 +758,13 @@ impl Writer {
             }
         };
         let (_, _, counter_before, tip_before) = found;
-        let plan = plan_with(items, found, recorded_at, self.options.hash_chain);
+        let plan = plan_with(
+            items,
+            found,
+            recorded_at,
+            self.options.hash_chain,
+            &self.failed,
+        );
         // A refused append may be the retry of one already stored, which is answered with its
         // positions whatever version it states: only the look-up by id can tell.
         if plan.answers.iter().any(|a| a.is_err()) {
@@ -822,11 +883,19 @@ impl Writer {
                             expected: *exp,
                             events: ev,
                         }],
+                        ticket: 0,
+                        after: &[],
                     })
                     .collect();
-                let plan = plan(&mut tx, &plan_items, recorded_at, self.options.hash_chain)
-                    .await
-                    .map_err(db)?;
+                let plan = plan(
+                    &mut tx,
+                    &plan_items,
+                    recorded_at,
+                    self.options.hash_chain,
+                    &FailedTickets::default(),
+                )
+                .await
+                .map_err(db)?;
                 for ((line, ..), answer) in chunk.iter().zip(&plan.answers) {
                     match answer {
                         Ok(a) if a[0].duplicate => report.duplicates += 1,
@@ -881,6 +950,8 @@ impl AppendRequest {
 /// One caller's request: its parts commit together or not at all.
 struct PlanItem<'a> {
     parts: Vec<PlanPart<'a>>,
+    ticket: u64,
+    after: &'a [u64],
 }
 
 struct PlanPart<'a> {
@@ -926,6 +997,7 @@ async fn plan<'a>(
     items: &'a [PlanItem<'a>],
     recorded_at: i64,
     chained: bool,
+    failed: &FailedTickets,
 ) -> sqlx::Result<Plan<'a>> {
     let parts = || items.iter().flat_map(|i| i.parts.iter());
     let mut ids: Vec<&str> = parts()
@@ -935,7 +1007,7 @@ async fn plan<'a>(
     ids.dedup();
     let streams = streams_of(items);
     let found = look_up(conn, &ids, &streams).await?;
-    Ok(plan_with(items, found, recorded_at, chained))
+    Ok(plan_with(items, found, recorded_at, chained, failed))
 }
 
 /// The distinct streams a group appends to.
@@ -956,14 +1028,26 @@ fn plan_with<'a>(
     (stored, mut versions, mut next_position, tip): LookUp,
     recorded_at: i64,
     chained: bool,
+    failed: &FailedTickets,
 ) -> Plan<'a> {
     next_position += 1;
+    // Requests of this plan that were refused: later ones may depend on them.
+    let mut failed_here = std::collections::HashSet::new();
 
     // Ids written earlier in this same transaction (a retry queued behind its first try).
     let mut written: HashMap<&str, (i64, &str, u64, usize)> = HashMap::new();
     let mut rows: Vec<Row<'a>> = Vec::new();
     let mut answers = Vec::with_capacity(items.len());
     for item in items {
+        if let Some(&ticket) = item
+            .after
+            .iter()
+            .find(|t| failed.contains(t) || failed_here.contains(*t))
+        {
+            failed_here.insert(item.ticket);
+            answers.push(Err(Error::DependencyFailed { ticket }));
+            continue;
+        }
         // An id given twice within one append is a caller bug, not a retry.
         let mut seen = std::collections::HashSet::new();
         let twice = item
@@ -976,6 +1060,7 @@ fn plan_with<'a>(
                 "event id {:?} appears twice in one append",
                 e.event_id
             ))));
+            failed_here.insert(item.ticket);
             continue;
         }
         // Planned tentatively: a failing part undoes the parts before it.
@@ -1018,6 +1103,7 @@ fn plan_with<'a>(
                 };
             }
             written.retain(|_, w| w.3 < rows_before);
+            failed_here.insert(item.ticket);
         }
         answers.push(answer);
     }
@@ -1535,10 +1621,18 @@ impl Writer {
                 expected: ExpectedVersion::Any,
                 events: &events,
             }],
+            ticket: 0,
+            after: &[],
         }];
-        let plan = plan(&mut tx, &items, recorded_at, self.options.hash_chain)
-            .await
-            .map_err(db)?;
+        let plan = plan(
+            &mut tx,
+            &items,
+            recorded_at,
+            self.options.hash_chain,
+            &FailedTickets::default(),
+        )
+        .await
+        .map_err(db)?;
         if let Some(Err(e)) = plan.answers.into_iter().next() {
             return Err(e);
         }

@@ -1100,3 +1100,87 @@ async fn a_refused_append_fails_alone_and_the_rest_of_its_group_commits() {
     crate::common::assert_log_invariants(&log);
     store.close().await.unwrap();
 }
+
+fn part(stream: &str, expected: ExpectedVersion, id: &str) -> healstore::StreamAppend {
+    healstore::StreamAppend {
+        stream_id: stream.into(),
+        expected,
+        events: vec![ev(id, t0())],
+    }
+}
+
+#[tokio::test]
+async fn an_append_decided_after_one_that_is_not_stored_is_not_stored_either() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    // Queued together (one group, most likely): a refused append, one decided after it, one
+    // decided after nothing, and one decided after an append that is stored.
+    let refused = store
+        .submit_atomic(vec![part("s", ExpectedVersion::Exact(5), "a")])
+        .await
+        .unwrap();
+    let stored = store
+        .submit_atomic(vec![part("t", ExpectedVersion::NoStream, "b")])
+        .await
+        .unwrap();
+    let dependent = store
+        .submit_atomic_after(
+            vec![part("u", ExpectedVersion::Any, "c")],
+            vec![refused.ticket()],
+        )
+        .await
+        .unwrap();
+    let chained = store
+        .submit_atomic_after(
+            vec![part("u", ExpectedVersion::Any, "d")],
+            vec![dependent.ticket()],
+        )
+        .await
+        .unwrap();
+    let independent = store
+        .submit_atomic_after(
+            vec![part("u", ExpectedVersion::Any, "e")],
+            vec![stored.ticket()],
+        )
+        .await
+        .unwrap();
+    let refused_ticket = refused.ticket();
+    let dependent_ticket = dependent.ticket();
+    assert!(matches!(
+        refused.await,
+        Err(Error::WrongExpectedVersion { .. })
+    ));
+    assert!(stored.await.is_ok());
+    match dependent.await {
+        Err(e @ Error::DependencyFailed { ticket }) => {
+            assert_eq!(ticket, refused_ticket);
+            assert_eq!(e.kind(), healstore::ErrorKind::Conflict);
+        }
+        other => panic!("expected a failed dependency, got {other:?}"),
+    }
+    assert!(
+        matches!(chained.await, Err(Error::DependencyFailed { ticket }) if ticket == dependent_ticket),
+        "a dependency of a dependency that failed fails too"
+    );
+    assert_eq!(independent.await.unwrap()[0].stream_version, 1);
+
+    // Queued after the refusal was answered: the writer still knows it.
+    let later = store
+        .submit_atomic_after(
+            vec![part("u", ExpectedVersion::Any, "f")],
+            vec![refused_ticket],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(later.await, Err(Error::DependencyFailed { .. })));
+    let ids: Vec<String> = all(&store, EventFilter::default())
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["b", "e"],
+        "only the appends not depending on a refusal"
+    );
+}
