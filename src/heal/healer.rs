@@ -33,7 +33,7 @@ use super::strategies::check::Section;
 use super::strategy::{AnyState, Erased, ErasedStrategy, Signal, Strategy, Verdict};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::event::{ExpectedVersion, NewEvent, RecordedEvent};
+use crate::event::{Appended, ExpectedVersion, NewEvent, RecordedEvent};
 use crate::events::{
     ActionExecuted, DisabledAgent, FailureDetected, FailureRecovered, FailureResolved, HealEvent,
     HealingAttempted, HealingCompleted, LimitCounted, RecoveryHow,
@@ -286,6 +286,13 @@ struct Entry {
     dirty: bool,
     /// A snapshot of this stream may be stored (it was loaded from one, or written one).
     stored: bool,
+    /// Appends (tickets) whose events this state holds already, before their commit: an
+    /// append decided on this state depends on them, no snapshot is taken of it and it does
+    /// not leave memory until they are answered.
+    pending: Vec<u64>,
+    /// It may hold events of an append (this ticket) that was not stored: loaded again before
+    /// any use, and whatever was decided on it depends on that append.
+    stale: Option<u64>,
 }
 
 #[derive(Default)]
@@ -304,6 +311,8 @@ struct States {
     /// Strategies whose streams a restore folded again from the log (snapshots had gone
     /// missing): the next checkpoint counts their snapshots anew.
     recount: Mutex<Vec<String>>,
+    /// Told whenever appends decided on states in memory are answered.
+    settled: tokio::sync::Notify,
 }
 
 /// The per-stream locks: an entry lives while someone holds or awaits it.
@@ -312,6 +321,33 @@ struct KeyLocks {
     map: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// The map's size after the last pruning: it is pruned again when it doubles.
     pruned_at: usize,
+}
+
+/// Drops the states holding events of an append whose answer will not be awaited.
+struct Unsettled<'a> {
+    healer: &'a Healer,
+    ticket: u64,
+    streams: Vec<String>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.streams.is_empty() {
+            return;
+        }
+        {
+            let mut map = self.healer.lock_map();
+            for s in &self.streams {
+                if let Some(e) = map.get_mut(s)
+                    && e.pending.contains(&self.ticket)
+                {
+                    e.pending.retain(|t| *t != self.ticket);
+                    e.stale = Some(self.ticket);
+                }
+            }
+        }
+        self.healer.states.settled.notify_waiters();
+    }
 }
 
 /// How many of this healer's own positions are remembered before a catch-up folds them away.
@@ -337,6 +373,8 @@ pub fn agent_limit_stream(agent: &str) -> String {
 #[derive(Default)]
 struct LimitGuards {
     held: Vec<(String, tokio::sync::OwnedMutexGuard<()>)>,
+    /// Appends whose events the states counted hold: the limit's fact depends on them.
+    after: Vec<u64>,
 }
 
 impl LimitGuards {
@@ -465,6 +503,9 @@ pub struct Healer {
 /// How often a decision is retried after losing a race to another process.
 const MAX_CONFLICT_RETRIES: usize = 16;
 
+/// How often one decision is taken again because a decision it was built on was not stored.
+const MAX_DEPENDENCY_RETRIES: usize = 1024;
+
 impl Healer {
     pub fn builder() -> HealerBuilder {
         HealerBuilder::new()
@@ -541,6 +582,8 @@ impl Healer {
                             state,
                             dirty: false,
                             stored: true,
+                            pending: Vec::new(),
+                            stale: None,
                         };
                         let mut map = self.lock_map();
                         match map.get_mut(&snap.stream_id) {
@@ -622,6 +665,8 @@ impl Healer {
             state: strategy.new_state(),
             dirty: false,
             stored: false,
+            pending: Vec::new(),
+            stale: None,
         };
         let (snapshot, archived) = self.store.load_stream_base(stream).await?;
         let mut snapshot_is = "missing".to_owned();
@@ -672,6 +717,7 @@ impl Healer {
         let mut map = self.lock_map();
         if let Some(current) = map.get(stream)
             && current.version >= entry.version
+            && current.stale.is_none()
         {
             return Ok((current.version, strategy.clone_state(&current.state)));
         }
@@ -798,6 +844,9 @@ impl Healer {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let mut map = self.lock_map();
+        if map.get(&e.stream_id).is_some_and(|x| x.stale.is_some()) {
+            return; // loaded again before its next use
+        }
         let known = map.get(&e.stream_id).map(|x| x.version);
         let version = match known {
             Some(v) => v,
@@ -818,6 +867,8 @@ impl Healer {
             state: strategy.new_state(),
             dirty: false,
             stored: false,
+            pending: Vec::new(),
+            stale: None,
         });
         if let Err(err) = strategy.apply_json(&mut entry.state, &e.payload) {
             tracing::warn!(position = e.position, error = %err, "strategy event does not decode; skipped");
@@ -838,6 +889,8 @@ impl Healer {
     ) {
         if let Some(e) = map.get(stream)
             && !e.stored
+            && e.pending.is_empty()
+            && e.stale.is_none()
             && strategy.at_rest(&e.state, now)
         {
             map.remove(stream);
@@ -890,6 +943,7 @@ impl Healer {
     fn cached(&self, strategy: &Arc<dyn ErasedStrategy>, stream: &str) -> Option<(u64, AnyState)> {
         let map = self.lock_map();
         map.get(stream)
+            .filter(|e| e.stale.is_none())
             .map(|e| (e.version, strategy.clone_state(&e.state)))
     }
 
@@ -905,7 +959,7 @@ impl Healer {
         if let Some(found) = self.cached(strategy, stream) {
             return Ok(found);
         }
-        if self.is_complete() {
+        if self.is_complete() && !self.lock_map().contains_key(stream) {
             return Ok((0, strategy.new_state()));
         }
         self.current(strategy, stream, key).await
@@ -981,7 +1035,10 @@ impl Healer {
         events: &[(u64, Value)],
     ) {
         let mut map = self.lock_map();
-        if map.get(stream).is_none_or(|e| e.version < base.0) {
+        if map
+            .get(stream)
+            .is_none_or(|e| e.version < base.0 || e.stale.is_some())
+        {
             let stored = map.get(stream).is_some_and(|e| e.stored);
             map.insert(
                 stream.to_owned(),
@@ -992,6 +1049,8 @@ impl Healer {
                     state: strategy.clone_state(base.1),
                     dirty: true,
                     stored,
+                    pending: Vec::new(),
+                    stale: None,
                 },
             );
         }
@@ -1007,6 +1066,147 @@ impl Healer {
         }
         let now = self.now();
         Self::rest(strategy, &mut map, stream, now);
+    }
+
+    /// Loads again every state that holds events of an append that was not stored.
+    async fn reload_stale(&self) -> Result<()> {
+        let stale: Vec<(String, String, String)> = self
+            .lock_map()
+            .iter()
+            .filter(|(_, e)| e.stale.is_some())
+            .map(|(s, e)| (s.clone(), e.strategy.clone(), e.key.clone()))
+            .collect();
+        for (stream, name, key) in stale {
+            if let Some(strategy) = self.strategies.get(&name).cloned() {
+                // (no lock: the caller may hold this stream's; a load never replaces a state
+                // that is not stale with an older one)
+                self.wait_settled(&stream).await;
+                self.load_stream(&strategy, &stream, &key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The appends not yet answered whose events the state of `stream` holds.
+    fn pending_of(&self, stream: &str) -> Vec<u64> {
+        self.lock_map()
+            .get(stream)
+            .map(|e| e.pending.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the state of `stream` holds no event whose append is unanswered (an
+    /// answer that is not itself an append, such as a permit, never reads a decision that
+    /// may not be stored).
+    async fn wait_settled(&self, stream: &str) {
+        loop {
+            let settled = self.states.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self
+                .lock_map()
+                .get(stream)
+                .is_none_or(|e| e.pending.is_empty())
+            {
+                return;
+            }
+            settled.await;
+        }
+    }
+
+    /// Submits an append decided on the states in memory while their locks are held, applies
+    /// its state events to those states at once (later decisions build on them; their appends
+    /// depend on this one and are stored only if it is), releases the locks and waits for the
+    /// answer. `applied` are the state events of the first parts of `parts`, each with the
+    /// state and version it was decided on (which it is applied to when the state left memory
+    /// meanwhile). On a refusal the states that hold its events are stale: loaded again from
+    /// the log before their next use.
+    async fn submit_decided(
+        &self,
+        parts: Vec<StreamAppend>,
+        applied: &[Applied],
+        after: Vec<u64>,
+        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<Vec<Appended>> {
+        let pending = self.store.submit_atomic_after(parts, after).await?;
+        let ticket = pending.ticket();
+        {
+            let mut map = self.lock_map();
+            for (strategy, stream, key, (version, base), values) in applied {
+                if map
+                    .get(stream)
+                    .is_none_or(|e| e.version < *version || e.stale.is_some())
+                {
+                    let stored = map.get(stream).is_some_and(|e| e.stored);
+                    map.insert(
+                        stream.clone(),
+                        Entry {
+                            strategy: strategy.name().to_owned(),
+                            key: key.clone(),
+                            version: *version,
+                            state: strategy.clone_state(base),
+                            dirty: true,
+                            stored,
+                            pending: Vec::new(),
+                            stale: None,
+                        },
+                    );
+                }
+                let Some(entry) = map.get_mut(stream) else {
+                    continue;
+                };
+                if entry.version == *version {
+                    for payload in values {
+                        let _ = strategy.apply_json(&mut entry.state, payload);
+                    }
+                    entry.version = version + values.len() as u64;
+                    entry.dirty = true;
+                    entry.pending.push(ticket);
+                } else {
+                    // The state moved (or left memory) since it was read: the append will
+                    // meet another version; the stream is loaded again when needed.
+                    entry.stale = Some(ticket);
+                }
+            }
+        }
+        drop(guards);
+        // Should this future be dropped before the answer (a caller gave up), the states that
+        // hold the events leave memory rather than keep events that may not be stored.
+        let mut unsettled = Unsettled {
+            healer: self,
+            ticket,
+            streams: applied.iter().map(|(_, s, _, _, _)| s.clone()).collect(),
+        };
+        let answer = pending.await;
+        unsettled.streams.clear();
+        {
+            let now = self.now();
+            let mut map = self.lock_map();
+            let mut i = 0;
+            for (strategy, stream, _, (version, _), values) in applied {
+                let stored = answer.as_ref().is_ok_and(|a| {
+                    a[i..i + values.len()]
+                        .iter()
+                        .enumerate()
+                        .all(|(j, a)| a.stream_version == version + 1 + j as u64)
+                });
+                i += values.len();
+                let Some(entry) = map.get_mut(stream) else {
+                    continue;
+                };
+                let held = entry.pending.contains(&ticket);
+                entry.pending.retain(|t| *t != ticket);
+                if held && !stored {
+                    entry.stale = Some(ticket);
+                } else if entry.pending.is_empty() {
+                    Self::rest(strategy, &mut map, stream, now);
+                }
+            }
+        }
+        self.states.settled.notify_waiters();
+        let appended = answer?;
+        self.note_own(&appended);
+        Ok(appended)
     }
 
     fn key_lock(&self, stream: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -1120,12 +1320,15 @@ impl Healer {
                 Some("act") => {
                     let (strategy, decision) = phase.acting.expect("an acting decision");
                     let attempt = report.attempts.last_mut().expect("an attempt");
+                    // The decision is committed: other heals of the same states may decide
+                    // while this one acts (as they do while a delegated action is carried
+                    // out); the outcome's reaction is appended at the version it reads then.
+                    drop(phase.guards);
                     let ok = self
                         .act(
                             &strategy, &failure, &fstream, &decision, attempt, now, started,
                         )
                         .await?;
-                    drop(phase.guards);
                     if ok || rest.is_empty() {
                         break;
                     }
@@ -1290,15 +1493,18 @@ impl Healer {
             .collect();
         streams.sort();
         streams.dedup();
-        let mut guards = Vec::with_capacity(streams.len());
-        for s in &streams {
-            guards.push(self.key_lock(s).lock_owned().await);
-        }
-        let mut limit_guards = LimitGuards::default();
 
         // No catch-up with the log before deciding: each decision states the version of the
         // state it was taken on, and a conflict re-reads the streams it was on.
+        let mut dependencies_failed = 0;
         for tries in 1.. {
+            let mut guards = Vec::with_capacity(streams.len());
+            for s in &streams {
+                guards.push(self.key_lock(s).lock_owned().await);
+            }
+            // Held until the append is answered: limits are counted from what is stored.
+            let mut limit_guards = LimitGuards::default();
+            let mut after: Vec<u64> = Vec::new();
             let mut parts: Vec<StreamAppend> = Vec::new();
             let mut applied: Vec<Applied> = Vec::new();
             let mut fevents: Vec<NewEvent> = Vec::new();
@@ -1335,6 +1541,7 @@ impl Healer {
                 let key = member.key(failure);
                 let sstream = strategy_stream(&name, &key);
                 let (version, state) = self.current(member, &sstream, &key).await?;
+                after.extend(self.pending_of(&sstream));
                 let mut d = member.decide(&state, failure, now);
                 d.details.insert("state_version".into(), json!(version));
                 d.details
@@ -1350,7 +1557,7 @@ impl Healer {
                         Mode::Shadow => label = "shadow".into(),
                         Mode::Auto => {
                             let version_after = version + d.events.len() as u64;
-                            match self
+                            let r = self
                                 .check_limits(
                                     failure,
                                     &name,
@@ -1360,8 +1567,8 @@ impl Healer {
                                     now,
                                     &mut limit_guards,
                                 )
-                                .await?
-                            {
+                                .await?;
+                            match r {
                                 Err(why) => {
                                     label = "withheld".into();
                                     reason = format!("{reason}; withheld: {why}");
@@ -1472,27 +1679,19 @@ impl Healer {
                 },
                 events: fevents,
             });
-            match self.store.append_atomic(parts).await {
-                Ok(appended) => {
-                    self.note_own(&appended);
-                    let mut i = 0;
-                    for (strategy, stream, key, (version, state), values) in
-                        applied.iter().take(n_state_parts)
-                    {
-                        let versions: Vec<(u64, Value)> = appended[i..i + values.len()]
-                            .iter()
-                            .zip(values)
-                            .map(|(a, v)| (a.stream_version, v.clone()))
-                            .collect();
-                        i += values.len();
-                        self.apply_local(strategy, stream, key, (*version, state), &versions);
-                    }
-                    guards.extend(limit_guards.held.into_iter().map(|(_, g)| g));
+            after.append(&mut limit_guards.after);
+            after.sort_unstable();
+            after.dedup();
+            let r = self
+                .submit_decided(parts, &applied[..n_state_parts], after, guards)
+                .await;
+            match r {
+                Ok(_) => {
                     return Ok(Some(Phase {
                         attempts,
                         acting,
                         consumed,
-                        guards,
+                        guards: limit_guards.held.into_iter().map(|(_, g)| g).collect(),
                     }));
                 }
                 Err(
@@ -1502,8 +1701,20 @@ impl Healer {
                 ) if first && self.store.stream_version(&fstream).await? > 0 => {
                     return Ok(None);
                 }
-                Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
+                // A refused decision this one was built on is not this one's conflict: it is
+                // decided again, as often as the others take (one of them is stored each time).
+                Err(e @ (Error::WrongExpectedVersion { .. } | Error::DependencyFailed { .. }))
+                    if tries - dependencies_failed < MAX_CONFLICT_RETRIES
+                        && dependencies_failed < MAX_DEPENDENCY_RETRIES =>
+                {
+                    if matches!(e, Error::DependencyFailed { .. }) {
+                        dependencies_failed += 1;
+                    }
+                    drop(limit_guards);
                     tracing::debug!("lost a race on a strategy state; deciding again");
+                    for stream in &streams {
+                        self.wait_settled(stream).await;
+                    }
                     for (strategy, stream, key, _, _) in &applied {
                         self.refresh(strategy, stream, key).await?;
                     }
@@ -1632,8 +1843,9 @@ impl Healer {
         } else {
             None
         };
-        // The heal holds the strategy's lock, and a caller's outcome is refused for a decision
-        // that acted (not delegated): nothing else appends to the failure's stream now.
+        // A caller's outcome is refused for a decision that acted (not delegated): nothing
+        // else appends to the failure's stream now. The strategy's lock is taken again for
+        // the reaction, which other heals may have moved on meanwhile.
         self.record_outcome_events(
             strategy,
             failure,
@@ -1645,6 +1857,7 @@ impl Healer {
             events,
             recovery,
             end,
+            true,
         )
         .await?;
         Ok(all_ok)
@@ -1687,7 +1900,9 @@ impl Healer {
 
     /// Appends outcome facts to the failure stream with the strategy's reaction to the
     /// outcome, atomically (retrying the reaction on conflicts), and the failure's `recovery`
-    /// after them, unless one is recorded already (then it is left out).
+    /// after them, unless one is recorded already (then it is left out). With `lock`, the
+    /// strategy's lock is taken for the reaction and released once it is queued; otherwise
+    /// the caller holds it.
     #[allow(clippy::too_many_arguments)]
     async fn record_outcome_events(
         &self,
@@ -1701,9 +1916,15 @@ impl Healer {
         facts: Vec<NewEvent>,
         mut recovery: Option<NewEvent>,
         now: DateTime<Utc>,
+        lock: bool,
     ) -> Result<()> {
         for tries in 1.. {
+            let mut guards = Vec::new();
+            if lock {
+                guards.push(self.key_lock(sstream).lock_owned().await);
+            }
             let (version, state) = self.current(strategy, sstream, key).await?;
+            let after = self.pending_of(sstream);
             let reaction = strategy.on_result(&state, failure, success, now);
             let state_events = Self::strategy_events(strategy, key, &reaction, now)?;
             let n_state = state_events.len();
@@ -1722,16 +1943,26 @@ impl Healer {
                 expected: fexpected,
                 events: fevents,
             });
-            match self.store.append_atomic(parts).await {
-                Ok(appended) => {
-                    self.note_own(&appended);
-                    let applied: Vec<(u64, Value)> = appended[..n_state]
-                        .iter()
-                        .zip(&reaction)
-                        .map(|(a, (_, v))| (a.stream_version, v.clone()))
-                        .collect();
-                    self.apply_local(strategy, sstream, key, (version, &state), &applied);
-                    return Ok(());
+            let decided = if n_state > 0 {
+                vec![(
+                    strategy.clone(),
+                    sstream.to_owned(),
+                    key.to_owned(),
+                    (version, state),
+                    reaction.iter().map(|(_, v)| v.clone()).collect(),
+                )]
+            } else {
+                Vec::new()
+            };
+            match self.submit_decided(parts, &decided, after, guards).await {
+                Ok(_) => return Ok(()),
+                // A conflict on the strategy's state (or on a decision it was built on): react
+                // again. One on the failure's stream goes to the caller (another outcome was
+                // recorded meanwhile).
+                Err(Error::DependencyFailed { .. }) if tries < MAX_DEPENDENCY_RETRIES => {
+                    self.wait_settled(sstream).await;
+                    self.refresh(strategy, sstream, key).await?;
+                    continue;
                 }
                 // The failure recovered meanwhile (a signal): its recovery is recorded.
                 Err(Error::EventIdReused { event_id, .. })
@@ -1740,11 +1971,10 @@ impl Healer {
                     recovery = None;
                     continue;
                 }
-                // A conflict on the strategy's state: react again. One on the failure's
-                // stream goes to the caller (another outcome was recorded meanwhile).
                 Err(Error::WrongExpectedVersion { stream, .. })
                     if stream != fstream && tries < MAX_CONFLICT_RETRIES =>
                 {
+                    self.wait_settled(sstream).await;
                     self.refresh(strategy, sstream, key).await?;
                     continue;
                 }
@@ -1816,6 +2046,7 @@ impl Healer {
                     facts,
                     None,
                     at,
+                    false,
                 )
                 .await
             {
@@ -1989,10 +2220,16 @@ impl Healer {
             if !disabling.is_empty() {
                 // Every state not at rest counts: the map must hold them all.
                 self.ensure_complete().await?;
+                self.reload_stale().await?;
                 guards.lock(self, FLEET_LIMIT_STREAM).await;
                 let (version, listed) = self.fleet_limit_facts().await?;
                 let read = self.refresh_listed(&listed).await?;
                 let (mut disabled, known) = self.disabled_agents(now, &listed, &read);
+                guards.after.extend(
+                    self.lock_map()
+                        .values()
+                        .flat_map(|e| e.pending.iter().copied().chain(e.stale)),
+                );
                 let total = match (limits.fleet_size, &self.coordinator) {
                     (Some(n), _) => n as usize,
                     (None, Some(c)) => match c.topology().await {
@@ -2521,6 +2758,9 @@ impl Healer {
                 let sstream = strategy_stream(name, &key);
                 let lock = self.key_lock(&sstream);
                 let _guard = lock.lock().await;
+                // A signal's answer (a permit) is not an append that could depend on the
+                // decisions still being stored: it waits for them.
+                self.wait_settled(&sstream).await;
                 let mut tries = 0;
                 let reaction = loop {
                     tries += 1;
@@ -2627,6 +2867,7 @@ impl Healer {
     pub async fn states(&self, strategy: Option<&str>) -> Result<Vec<StateView>> {
         self.ensure_complete().await?;
         self.catch_up().await?;
+        self.reload_stale().await?;
         let now = self.now();
         let map = self.lock_map();
         let mut out: Vec<StateView> = map
@@ -2696,6 +2937,7 @@ impl Healer {
     pub async fn snapshots(&self) -> Result<HashMap<String, (u64, Value)>> {
         self.ensure_complete().await?;
         self.catch_up().await?;
+        self.reload_stale().await?;
         let now = self.now();
         let map = self.lock_map();
         Ok(map
@@ -2729,6 +2971,9 @@ impl Healer {
                 let Some(s) = self.strategies.get(&e.strategy) else {
                     continue;
                 };
+                if !e.pending.is_empty() || e.stale.is_some() {
+                    continue; // not all stored yet: saved by a later checkpoint
+                }
                 let rest = s.at_rest(&e.state, now);
                 let snapshot = || Snapshot {
                     stream_id: stream.clone(),

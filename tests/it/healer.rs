@@ -1398,3 +1398,54 @@ async fn concurrent_outcomes_of_one_delegated_decision_are_recorded_once() {
     assert!(err.contains("conflict") && err.contains("F-out"), "{err}");
     assert_eq!(completions(a.store(), "F-out").await, 1);
 }
+
+#[tokio::test]
+async fn concurrent_heals_of_one_state_in_two_healers_each_count_once_in_an_unbroken_stream() {
+    use futures_util::StreamExt;
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let a = Arc::new(healer(&path, clock.clone()).await);
+    let b = Arc::new(healer(&path, clock.clone()).await);
+    // One fleet-wide state: every heal decides on it. Within a healer, decisions follow one
+    // another without waiting for each other's commit; between the two healers they conflict.
+    let n = 90;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let h = if i % 3 == 0 { b.clone() } else { a.clone() };
+            tokio::spawn(async move {
+                let f = Failure::new("quorum_loss", Severity::Critical, t0())
+                    .with_id(format!("q-{i}"))
+                    .with_meta("required_quorum", 3)
+                    .with_meta("healthy_agents", 2);
+                h.heal(f).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(!r.duplicate);
+        assert_eq!(r.attempts.last().unwrap().decision, "act", "{r:?}");
+        assert!(r.result.success, "{r:?}");
+    }
+    let stream = healstore::heal::strategy_stream("QuorumRecovery", "fleet");
+    let mut events = a.store().read(healstore::EventFilter {
+        stream_id: Some(stream.clone()),
+        ..Default::default()
+    });
+    let mut versions = Vec::new();
+    let mut requested = 0;
+    while let Some(e) = events.next().await {
+        let e = e.unwrap();
+        versions.push(e.stream_version);
+        if e.payload["type"] == "quorum_recovery_requested" {
+            requested += 1;
+        }
+    }
+    assert_eq!(requested, n, "one request per heal, none lost or doubled");
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    let fresh = healer(&path, clock.clone()).await;
+    let expected = fresh.snapshots().await.unwrap();
+    assert!(expected.contains_key(&stream) || versions.is_empty());
+    assert_eq!(a.snapshots().await.unwrap(), expected, "first healer");
+    assert_eq!(b.snapshots().await.unwrap(), expected, "second healer");
+}
