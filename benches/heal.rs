@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use healstore::config::Config;
-use healstore::heal::{Coordinator, Failure, NoopCoordinator, Severity};
-use healstore::{Durability, EventFilter, NewEvent, Store, StoreOptions};
+use healstore::heal::{Coordinator, Failure, NoopCoordinator, Severity, detect};
+use healstore::{Durability, EventFilter, ExpectedVersion, NewEvent, Store, StoreOptions};
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +34,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     print_machine();
+    let only = std::env::var("HEALSTORE_BENCH_ONLY").unwrap_or_default();
     rt.block_on(async {
+        if only == "throughput" {
+            throughput_section(10_000 / scale).await?;
+            return anyhow::Ok(());
+        }
         println!("\n== heal latency (single caller, no-op coordinator) ==");
         println!(
             "{:<8} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
@@ -77,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             Some(restore(10_000 / scale, 100).await?)
         };
+        throughput_section(10_000 / scale).await?;
         println!(
             "\npeak memory (VmHWM): {} MiB",
             vm_hwm_kib().map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
@@ -332,4 +338,214 @@ async fn restore(agents: usize, per_agent: usize) -> anyhow::Result<f64> {
         ratio * 100.0
     );
     Ok(ratio)
+}
+
+/// The upstream workload: `n` raw monitoring events, `heartbeat_failed`, `task_timeout`,
+/// `resource_exhaustion` and `quorum_loss` in turn, spread over `agents` agents.
+fn upstream_workload(n: usize, agents: usize, t0: chrono::DateTime<Utc>) -> Vec<Failure> {
+    (0..n)
+        .filter_map(|i| {
+            let agent = format!("agent-{}", (i * 7919) % agents);
+            let at = healstore::time::format_time(t0 + chrono::Duration::milliseconds(i as i64));
+            let raw = match i % 4 {
+                0 => json!({"type": "heartbeat_failed", "agent_id": agent, "timestamp": at}),
+                1 => json!({"type": "task_timeout", "task_id": format!("task-{i}"),
+                            "agent_id": agent, "timestamp": at}),
+                2 => json!({"type": "resource_exhaustion", "agent_id": agent,
+                            "resource_type": "memory", "current_usage": 0.8 + (i % 20) as f64 / 100.0,
+                            "limit": 1.0, "timestamp": at}),
+                _ => json!({"type": "quorum_loss", "required_quorum": 3, "healthy_agents": 2,
+                            "timestamp": at}),
+            };
+            detect(&raw, t0).ok().flatten()
+        })
+        .collect()
+}
+
+pub struct Throughput {
+    pub heals_per_s: f64,
+    pub events_per_heal: f64,
+    pub decide_p99_ms: f64,
+    pub events: Vec<NewEvent>,
+}
+
+/// `concurrency` tasks heal the workload's failures, each taking the next one when its heal
+/// returned. Returns the throughput and the events the heals appended (for the append
+/// baseline).
+async fn heal_throughput(
+    durability: Durability,
+    concurrency: usize,
+    failures: &[Failure],
+) -> anyhow::Result<Throughput> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(
+        dir.path().join("heal.db"),
+        StoreOptions {
+            durability,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let healer = Arc::new(
+        Config::default()
+            .builder()
+            .coordinator(Arc::new(NoopCoordinator) as Arc<dyn Coordinator>)
+            .open(store)
+            .await?,
+    );
+    let head0 = healer.store().head_position().await?;
+    let failures = Arc::new(failures.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (healer, failures, next) = (healer.clone(), failures.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut decided = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(f) = failures.get(i) else { break };
+                let r = healer.heal(f.clone()).await?;
+                decided.push(r.decided_us as f64 / 1000.0);
+            }
+            anyhow::Ok(decided)
+        }));
+    }
+    let mut decided = Vec::new();
+    for task in tasks {
+        decided.extend(task.await??);
+    }
+    let took = t.elapsed();
+    let store = healer.store().clone();
+    let head = store.head_position().await?;
+    let mut events = Vec::new();
+    let mut s = store.read(EventFilter {
+        after_position: head0,
+        position_order: true,
+        ..Default::default()
+    });
+    while let Some(e) = s.next().await {
+        let e = e?;
+        events.push(
+            NewEvent::new(e.event_type.clone(), e.occurred_at, e.payload.clone())
+                .with_id(format!("copy-{}", e.event_id)),
+        );
+    }
+    drop(s);
+    drop(healer);
+    store.close().await?;
+    decided.sort_by(f64::total_cmp);
+    Ok(Throughput {
+        heals_per_s: failures.len() as f64 / took.as_secs_f64(),
+        events_per_heal: (head - head0) as f64 / failures.len() as f64,
+        decide_p99_ms: percentile(&decided, 0.99),
+        events,
+    })
+}
+
+/// The append benchmark's method on the same events: `concurrency` appenders, each appending
+/// one event at a time (to the event's own stream in the heal run) and awaiting it. Returns
+/// events/s.
+async fn append_throughput(
+    durability: Durability,
+    concurrency: usize,
+    events: &[NewEvent],
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(
+        dir.path().join("append.db"),
+        StoreOptions {
+            durability,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let events = Arc::new(events.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..concurrency {
+        let (store, events, next) = (store.clone(), events.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(e) = events.get(i) else { break };
+                store
+                    .append(&format!("copy-{a}"), ExpectedVersion::Any, vec![e.clone()])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let took = t.elapsed();
+    store.close().await?;
+    Ok(events.len() as f64 / took.as_secs_f64())
+}
+
+/// Heal throughput at 1, 16 and 256 concurrent heals against appending the same events.
+async fn throughput_section(n: usize) -> anyhow::Result<()> {
+    println!("\n== heal throughput: upstream workload, {n} failures over 1,000 agents ==");
+    println!(
+        "{:<8} {:>6} {:>10} {:>11} {:>12} {:>13} {:>9} {:>12}",
+        "durab.",
+        "conc.",
+        "heals/s",
+        "events/heal",
+        "events/s",
+        "append ev/s",
+        "ratio",
+        "decide p99"
+    );
+    let failures = upstream_workload(n, 1000, Utc::now() - chrono::Duration::hours(1));
+    let mut goals = Vec::new();
+    for d in [Durability::Normal, Durability::Full] {
+        let only_256 = std::env::var("HEALSTORE_BENCH_CONC").is_ok_and(|v| v == "256");
+        for c in [1, 16, 256] {
+            if only_256 && c != 256 {
+                continue;
+            }
+            let h = heal_throughput(d, c, &failures).await?;
+            let append = append_throughput(d, c, &h.events).await?;
+            let events_per_s = h.heals_per_s * h.events_per_heal;
+            let ratio = events_per_s / append;
+            println!(
+                "{:<8} {:>6} {:>10.0} {:>11.2} {:>12.0} {:>13.0} {:>8.0}% {:>9.2} ms",
+                if d == Durability::Full {
+                    "full"
+                } else {
+                    "normal"
+                },
+                c,
+                h.heals_per_s,
+                h.events_per_heal,
+                events_per_s,
+                append,
+                ratio * 100.0,
+                h.decide_p99_ms
+            );
+            if c == 256 {
+                goals.push((d, h.heals_per_s, ratio));
+            }
+        }
+    }
+    println!(
+        "peak memory (VmHWM): {} MiB",
+        vm_hwm_kib().map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+    );
+    for (d, hps, ratio) in goals {
+        let (name, want) = match d {
+            Durability::Full => ("full", 2500.0),
+            Durability::Normal => ("normal", 5000.0),
+        };
+        println!(
+            "  at 256, {name}: >= {want:.0} heals/s: {hps:.0}  {}; >= 40 % of append: {:.0} %  {}",
+            if hps >= want { "MET" } else { "NOT MET" },
+            ratio * 100.0,
+            if ratio >= 0.40 { "MET" } else { "NOT MET" }
+        );
+    }
+    Ok(())
 }
