@@ -28,7 +28,8 @@ const OPEN_LINE: &str = r#"{"event_id":"endless","stream_id":"s","event_type":"t
 /// `VmHWM`, sampled every millisecond while it runs (the last samples before it exits may be
 /// missed: a lower bound, but memory that grows with the input grows for as long as the input
 /// is read). The kernel's `ru_maxrss` would not do: a child's counts the test process's own
-/// resident set at the time of the spawn.
+/// resident set at the time of the spawn; for the same reason samples taken before the child
+/// execs healstore are left out.
 fn run_measured(
     mut cmd: Command,
     feed: impl FnOnce(std::process::ChildStdin) + Send + 'static,
@@ -67,7 +68,13 @@ fn run_measured(
     let deadline = Instant::now() + common::CHILD_TIMEOUT;
     let mut peak = 0u64;
     let status = loop {
+        // (only once it runs healstore: between the fork and the exec, the child is a copy of
+        // this test process, whose resident set it then shows)
         if let Ok(text) = std::fs::read_to_string(&status_file)
+            && text.lines().any(|l| {
+                l.strip_prefix("Name:")
+                    .is_some_and(|n| n.trim() == "healstore")
+            })
             && let Some(kib) = text
                 .lines()
                 .find_map(|l| l.strip_prefix("VmHWM:"))
