@@ -6,6 +6,17 @@
 //!   the time until the failure and its decisions are committed (`HealReport::decided_us`) and
 //!   the whole heal (actions and outcome recorded too). Goal: decision p99 at most 5 ms at
 //!   `full`.
+//! - **Heal throughput** (the upstream workload): 10,000 raw monitoring events,
+//!   `heartbeat_failed`, `task_timeout`, `resource_exhaustion` and `quorum_loss` in turn, over
+//!   1,000 agents, detected and healed with the default configuration and a coordinator that
+//!   accepts everything, by 1, 16 and 256 concurrent callers, at `full` and `normal`. Half the
+//!   failures decide on one of two fleet-wide states (the memory resource's degradation level
+//!   and the quorum). Reported: heals/s, events per heal, events/s, and the decision latency
+//!   p99. Baseline in the same run: the same events appended by as many concurrent appenders,
+//!   one event per append (the append benchmark's method). Goals at 256: at least 5,000
+//!   heals/s at `normal` and 2,500 at `full`, and at least 40 % of the baseline's events/s.
+//!   `HEALSTORE_BENCH_ONLY=throughput` runs this part alone (`HEALSTORE_BENCH_CONC=256` only
+//!   the 256 rows).
 //! - **Restore**: 10,000 circuits and 1,000,000 circuit events. Baseline: reading those events
 //!   alone. Then a healer opened with no snapshot (a full replay), and one opened after a
 //!   checkpoint with 1 % of the events written after it. Goal: the restore with snapshots at
