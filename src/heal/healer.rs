@@ -2277,29 +2277,42 @@ impl Healer {
     }
 
     /// The fleet limit stream's version and the agents its last fact counted as disabled.
+    ///
+    /// One statement, so that the version and the fact are read from one snapshot of the
+    /// log: a version read after another process's fact was committed, with the fact (or its
+    /// absence) read before, would let a decision append at the new version without counting
+    /// the agent that fact disabled.
     async fn fleet_limit_facts(&self) -> Result<(u64, Vec<DisabledAgent>)> {
-        let row: Option<(i64, String, i64, String)> = sqlx::query_as(
-            "SELECT stream_version, event_type, schema_version, payload FROM events \
-             WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1",
+        let (version, event_type, schema_version, payload): (
+            i64,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        ) = sqlx::query_as(
+            "SELECT v.version, e.event_type, e.schema_version, e.payload \
+             FROM (SELECT COALESCE((SELECT MAX(stream_version) FROM events \
+                                    WHERE stream_id = ?1), \
+                                   (SELECT version FROM archived_streams \
+                                    WHERE stream_id = ?1), 0) AS version) v \
+             LEFT JOIN events e ON e.stream_id = ?1 AND e.stream_version = v.version",
         )
         .bind(FLEET_LIMIT_STREAM)
-        .fetch_optional(self.store.read_pool())
+        .fetch_one(self.store.read_pool())
         .await
         .map_err(Error::from)?;
-        let Some((version, event_type, schema_version, payload)) = row else {
+        let version = u64::try_from(version).unwrap_or(0);
+        let (Some(event_type), Some(payload)) = (event_type, payload) else {
             // Never written, or archived: every agent it counted was disabled before the cut,
             // and this healer's states (restored from snapshots) know them.
-            return Ok((
-                self.store.stream_version(FLEET_LIMIT_STREAM).await?,
-                Vec::new(),
-            ));
+            return Ok((version, Vec::new()));
         };
         let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-        let listed = match HealEvent::decode(&event_type, schema_version.max(1) as u32, &payload) {
+        let schema_version = schema_version.unwrap_or(1).max(1) as u32;
+        let listed = match HealEvent::decode(&event_type, schema_version, &payload) {
             Some(HealEvent::LimitCounted(c)) => c.disabled,
             _ => Vec::new(),
         };
-        Ok((version as u64, listed))
+        Ok((version, listed))
     }
 
     /// Brings the state of every agent the fleet limit's last fact counted up to at least the
