@@ -51,9 +51,12 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
-    /// The file is an SQLite database, but not one that healstore created.
-    #[error("{} is an SQLite database but not a healstore database", path.display())]
-    NotHealstore { path: PathBuf },
+    /// The file is not a healstore database: another application's SQLite database (any
+    /// schema object healstore did not create, another application id), or, where one is
+    /// required, an empty file. `what` completes the sentence naming the file (see
+    /// [`Error::foreign`] and [`Error::not_healstore`]).
+    #[error("{} {what}", path.display())]
+    NotHealstore { path: PathBuf, what: String },
 
     /// The file is damaged or is not an SQLite database at all.
     #[error("{} is corrupt or not an SQLite database: {reason}", path.display())]
@@ -211,6 +214,22 @@ fn describe(err: &sqlx::Error) -> String {
 }
 
 impl Error {
+    /// Another application's SQLite database; `detail` says how it shows.
+    pub(crate) fn foreign(path: &Path, detail: impl std::fmt::Display) -> Error {
+        Error::NotHealstore {
+            path: path.to_path_buf(),
+            what: format!("is an SQLite database but not a healstore database ({detail})"),
+        }
+    }
+
+    /// A file that is not a healstore database for `reason` (`the file is empty`).
+    pub(crate) fn not_healstore(path: &Path, reason: impl std::fmt::Display) -> Error {
+        Error::NotHealstore {
+            path: path.to_path_buf(),
+            what: format!("is not a healstore database: {reason}"),
+        }
+    }
+
     /// Maps a database error to the variant of its kind, naming the file where that helps.
     pub(crate) fn from_db(err: sqlx::Error, path: &Path) -> Error {
         let detail = describe(&err);

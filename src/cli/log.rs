@@ -14,7 +14,8 @@ use tokio::io::{AsyncRead, BufReader};
 use super::{Cli, Out};
 
 pub async fn init(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
-    let existed = cli.db.exists();
+    // An empty file is made a database here, as a missing one is.
+    let existed = std::fs::metadata(&cli.db).is_ok_and(|m| m.len() > 0);
     let store = cli.open(true).await?;
     let head = store.head_position().await?;
     store.close().await?;

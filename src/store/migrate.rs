@@ -81,13 +81,22 @@ const HISTORY_TABLE: &str = "refinery_schema_history";
 pub(crate) const APPLICATION_ID: i64 = 0x484C_5354;
 
 /// Refuses, without writing anything, a file that is some other application's database or
-/// whose schema is newer than this binary.
-pub(crate) async fn refuse_foreign(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+/// whose schema is newer than this binary; and, unless `create`, an SQLite file that holds
+/// nothing yet (a command that only reads never makes a file a healstore database).
+pub(crate) async fn refuse_foreign(
+    conn: &mut SqliteConnection,
+    path: &Path,
+    create: bool,
+) -> Result<()> {
     match inspect(conn, path).await? {
         Found::Newer(found) => Err(Error::SchemaTooNew {
             found,
             supported: SCHEMA_VERSION,
         }),
+        Found::Empty if !create => Err(Error::not_healstore(
+            path,
+            "it is an SQLite database that holds nothing (`healstore init` makes it one)",
+        )),
         _ => Ok(()),
     }
 }
@@ -253,25 +262,52 @@ enum Found {
     Newer(i64),
 }
 
+/// What the file holds. Only a file with no schema object at all, no application id but
+/// healstore's and no user version is taken for an empty one (SQLite's own `sqlite_*`
+/// objects aside); anything else must be healstore's own: its application id and its schema
+/// history. A file holding only a view, or marked by another application, is refused.
 async fn inspect(conn: &mut SqliteConnection, path: &Path) -> Result<Found> {
     let db = |e| Error::from_db(e, path);
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    let objects: Vec<(String, String)> = sqlx::query_as(
+        "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+         ORDER BY type = 'table' DESC, name",
     )
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    if tables.is_empty() {
-        return Ok(Found::Empty);
-    }
     let app_id: i64 = sqlx::query_scalar("PRAGMA application_id")
         .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
-    if !tables.iter().any(|t| t == HISTORY_TABLE) || app_id != APPLICATION_ID {
-        return Err(Error::NotHealstore {
-            path: path.to_path_buf(),
-        });
+    let user_version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(Error::foreign(
+            path,
+            format_args!("its application id {app_id:#010x} is another application's"),
+        ));
+    }
+    if user_version != 0 {
+        return Err(Error::foreign(
+            path,
+            format_args!("it carries user version {user_version}, which healstore never sets"),
+        ));
+    }
+    if objects.is_empty() {
+        return Ok(Found::Empty);
+    }
+    if app_id != APPLICATION_ID || !objects.iter().any(|(_, n)| n == HISTORY_TABLE) {
+        let (kind, name) = &objects[0];
+        let more = match objects.len() - 1 {
+            0 => String::new(),
+            n => format!(" and {n} more object(s)"),
+        };
+        return Err(Error::foreign(
+            path,
+            format_args!("it holds {kind} {name:?}{more}, and no healstore schema"),
+        ));
     }
     let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT MAX(version) FROM {HISTORY_TABLE}"

@@ -65,8 +65,9 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Stamps `recorded_at`. Defaults to the system clock.
     pub clock: Arc<dyn Clock>,
-    /// Create (and migrate) the file when it does not exist. When false, a missing file is an
-    /// error.
+    /// Create (and migrate) the file when it does not exist, or is empty. When false, a
+    /// missing file is an error, and so is an empty one or an SQLite file that holds nothing
+    /// ([`Error::NotHealstore`]): only a store that may create a database makes a file one.
     pub create: bool,
     /// Read connections in the pool.
     pub readers: u32,
@@ -180,7 +181,7 @@ impl Store {
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::from_db(e, &path))?;
-        migrate::refuse_foreign(&mut conn, &path).await?;
+        migrate::refuse_foreign(&mut conn, &path, options.create).await?;
         enable_wal(&mut conn, &path, options.busy_timeout).await?;
         restrict_permissions(&path);
         migrate::migrate(&mut conn, &path).await?;
@@ -572,6 +573,10 @@ fn check_path(path: &Path, create: bool) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(open_err("it is a directory")),
         Ok(m) if !m.is_file() => Err(open_err("it is not a regular file")),
+        // SQLite takes an empty file for a new database; only a store that may create one
+        // makes it one. (Checked before SQLite opens it: SQLite would delete a write-ahead
+        // log lying beside an empty file.)
+        Ok(m) if m.len() == 0 && !create => Err(Error::not_healstore(path, "the file is empty")),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if create {

@@ -5,7 +5,10 @@
 
 use std::path::Path;
 
-use crate::common::{block_on, expect_success, raw_connection, run, temp_db};
+use crate::common::{
+    Rng, assert_same_files, block_on, db_files, expect_error, expect_success, raw_connection, run,
+    temp_db,
+};
 
 /// A database with a healed history: a short demo run.
 fn healed_db() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -305,4 +308,214 @@ END",
         after["head_hash"], before["head_hash"],
         "the same chain as when written"
     );
+}
+
+// Files that are not healstore's.
+
+/// The commands that only read the database (they never create it).
+fn read_commands() -> Vec<Vec<&'static str>> {
+    vec![
+        vec!["events"],
+        vec!["--format", "json", "events", "--limit", "1"],
+        vec!["export"],
+        vec!["audit", "f-1"],
+        vec!["audit", "--agent", "agent-1"],
+        vec!["audit", "--since", "2026-11-01T00:00:00Z"],
+        vec!["stats"],
+        vec!["mttr"],
+        vec!["effectiveness"],
+        vec!["recommendations"],
+        vec!["dashboard"],
+        vec!["circuit-report"],
+        vec!["patterns"],
+        vec!["predict"],
+        vec!["rebuild"],
+        vec!["verify"],
+        vec!["--format", "json", "verify", "--skip-read-models"],
+    ]
+}
+
+/// Every command, with arguments that would succeed on a healstore database.
+fn every_command(dir: &Path) -> Vec<Vec<String>> {
+    let input = dir.join("input.jsonl");
+    std::fs::write(&input, crate::common::test_line("r-1", "s", 1) + "\n").unwrap();
+    let input = input.to_str().unwrap().to_owned();
+    let archive = dir.join("archive.gz").to_str().unwrap().to_owned();
+    let mut all: Vec<Vec<String>> = read_commands()
+        .into_iter()
+        .map(|v| v.into_iter().map(str::to_owned).collect())
+        .collect();
+    for v in [
+        vec!["init"],
+        vec!["import", &input],
+        vec!["append", &input],
+        vec![
+            "record",
+            "failure",
+            "--type",
+            "agent_down",
+            "--agent",
+            "a-1",
+        ],
+        vec![
+            "record",
+            "event",
+            "--json",
+            r#"{"type":"heartbeat_failed","agent_id":"a-1"}"#,
+        ],
+        vec!["record", "outcome", "--failure", "f-1", "--success"],
+        vec!["record", "success", "--agent", "a-1"],
+        vec![
+            "record",
+            "usage",
+            "--resource",
+            "tokens",
+            "--current",
+            "5",
+            "--limit",
+            "10",
+        ],
+        vec!["circuits"],
+        vec!["circuit", "open", "--agent", "a-1", "--reason", "test"],
+        vec!["circuit", "permit", "--agent", "a-1"],
+        vec!["tick"],
+        vec!["states"],
+        vec!["demo", "--ticks", "2"],
+        vec![
+            "archive",
+            "--before",
+            "2026-11-01T00:00:00Z",
+            "--to",
+            &archive,
+        ],
+    ] {
+        all.push(v.into_iter().map(str::to_owned).collect());
+    }
+    all
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_empty_file_is_refused_by_every_read_command_and_left_empty() {
+    let (dir, path) = temp_db();
+    std::fs::write(&path, b"").unwrap();
+    let entries = dir_entries(dir.path());
+    for args in read_commands() {
+        let line = expect_error(
+            &run(&path, &args),
+            "not a healstore database: the file is empty",
+        );
+        assert!(line.contains(&path.display().to_string()), "{line}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "{args:?}");
+        assert_eq!(dir_entries(dir.path()), entries, "{args:?}");
+    }
+    // An SQLite file that holds nothing at all is no healstore database either.
+    let (dir2, blank) = temp_db();
+    sqlite_file(&blank, &["CREATE TABLE t (x)", "DROP TABLE t"]);
+    assert!(std::fs::metadata(&blank).unwrap().len() > 0);
+    let files = db_files(&blank);
+    let entries = dir_entries(dir2.path());
+    for args in read_commands() {
+        expect_error(&run(&blank, &args), "not a healstore database");
+        assert_same_files(&files, &db_files(&blank), &format!("{args:?}"));
+        assert_eq!(dir_entries(dir2.path()), entries, "{args:?}");
+    }
+    // Opening one for writing still makes it a healstore database.
+    for p in [&path, &blank] {
+        expect_success(&run(p, &["init"]));
+        let (code, r) = verify(p);
+        assert_eq!(code, 0, "{r}");
+        assert_eq!(r["events"], 0);
+    }
+}
+
+/// An SQLite file (rollback journal, as most applications keep them) made by `statements`.
+fn sqlite_file(path: &Path, statements: &[&str]) {
+    block_on(async {
+        use sqlx::{ConnectOptions, Connection};
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Delete)
+            .connect()
+            .await
+            .unwrap();
+        for s in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(s.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn.close().await.unwrap();
+    })
+}
+
+#[test]
+fn foreign_files_are_refused_by_every_command_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands = every_command(dir.path());
+    let mut rng = Rng::fixed(11);
+    let random: Vec<u8> = (0..2 * 4096).map(|_| rng.next_u64() as u8).collect();
+    let kinds: Vec<(&str, Option<&[&str]>, &str)> = vec![
+        (
+            "view",
+            Some(&["CREATE VIEW answer AS SELECT 42 AS n"]),
+            "not a healstore database",
+        ),
+        (
+            "application-id",
+            Some(&["PRAGMA application_id = 1234"]),
+            "not a healstore database",
+        ),
+        (
+            "application-id-and-table",
+            Some(&[
+                "PRAGMA application_id = 1234",
+                "CREATE TABLE notes (body TEXT)",
+            ]),
+            "not a healstore database",
+        ),
+        (
+            "user-version",
+            Some(&["PRAGMA user_version = 7"]),
+            "not a healstore database",
+        ),
+        (
+            "table",
+            Some(&[
+                "CREATE TABLE notes (body TEXT)",
+                "INSERT INTO notes VALUES ('milk')",
+            ]),
+            "not a healstore database",
+        ),
+        ("random", None, "corrupt or not an SQLite database"),
+    ];
+    for (kind, statements, needle) in kinds {
+        let path = dir.path().join(format!("{kind}.db"));
+        match statements {
+            Some(s) => sqlite_file(&path, s),
+            None => std::fs::write(&path, &random).unwrap(),
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > 0, "{kind}");
+        let files = db_files(&path);
+        let entries = dir_entries(dir.path());
+        for args in &commands {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let line = expect_error(&run(&path, &argv), needle);
+            assert!(
+                line.contains(&path.display().to_string()),
+                "{kind} {args:?}: {line}"
+            );
+            assert_same_files(&files, &db_files(&path), &format!("{kind} {args:?}"));
+            assert_eq!(dir_entries(dir.path()), entries, "{kind} {args:?}");
+        }
+    }
 }
