@@ -356,19 +356,8 @@ pub(crate) async fn read_model_counts(conn: &mut SqliteConnection) -> sqlx::Resu
     })
 }
 
-/// The read models' tables.
-pub(crate) const READ_MODEL_TABLE_NAMES: &[&str] = &[
-    "failures",
-    "failure_hourly",
-    "attempt_hourly",
-    "healing_hourly",
-    "patterns",
-    "predictions",
-    "circuit_transitions",
-];
-
 /// The read models' tables, their columns, and their canonical row order.
-const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
+pub(crate) const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
     (
         "failures",
         "position, failure_id, failure_type, agent_id, task_id, severity, detected_at, attempts, \

@@ -220,9 +220,11 @@ pub enum Command {
     },
     /// Drop every read model and rebuild it from the events.
     Rebuild,
-    /// Check the database: SQLite's integrity, the append-only triggers, the hash chain over
-    /// every event, the read models and the strategy snapshots against the events. Exit 0 when
-    /// all holds, 1 naming the first problem.
+    /// Check the database: SQLite's integrity, the schema (triggers included) against
+    /// healstore's migrations, the hash chain over every event, every payload and its indexed
+    /// columns, the read models and the strategy snapshots against the events, and (with
+    /// --expect-head) a head kept from an earlier run. Exit 0 when all holds, 1 naming the
+    /// first problem.
     Verify(verify::VerifyArgs),
     /// Move the events that occurred before a time into a compressed archive file (readable by
     /// its owner only), keeping the analytics of the archived periods and the chain verifiable

@@ -88,20 +88,36 @@ impl StoredEvent {
 
 /// The next link: `SHA-256(prev || content)`.
 pub fn link(prev: &Hash, c: &Content<'_>) -> Hash {
+    link_raw(
+        prev,
+        [
+            c.position,
+            c.stream_version,
+            c.schema_version,
+            c.occurred_at,
+            c.recorded_at,
+        ],
+        [
+            c.event_id.as_bytes(),
+            c.stream_id.as_bytes(),
+            c.event_type.as_bytes(),
+            c.payload.as_bytes(),
+        ],
+    )
+}
+
+/// [`link`] over the stored bytes of the text fields (`event_id`, `stream_id`, `event_type`,
+/// `payload`), whether or not they are UTF-8: `verify` reads them so, so that a field altered
+/// into something that is not text still gets its hash compared rather than failing the read.
+pub(crate) fn link_raw(prev: &Hash, numbers: [i64; 5], texts: [&[u8]; 4]) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
-    for n in [
-        c.position,
-        c.stream_version,
-        c.schema_version,
-        c.occurred_at,
-        c.recorded_at,
-    ] {
+    for n in numbers {
         h.update(n.to_le_bytes());
     }
-    for s in [c.event_id, c.stream_id, c.event_type, c.payload] {
+    for s in texts {
         h.update((s.len() as u64).to_le_bytes());
-        h.update(s.as_bytes());
+        h.update(s);
     }
     h.finalize().into()
 }

@@ -103,9 +103,68 @@ pub(crate) async fn refuse_foreign(
 
 /// Brings the database at `conn` to [`SCHEMA_VERSION`], or refuses it.
 pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    for m in apply(conn, path).await? {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}
+
+/// One object of a database's schema, as `sqlite_schema` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SchemaObject {
+    /// `table`, `index`, `trigger` or `view`.
+    pub kind: String,
+    pub name: String,
+    /// The table an index or trigger belongs to (the object itself for tables and views).
+    pub table: String,
+    /// The statement that created it, as SQLite keeps it.
+    pub sql: Option<String>,
+}
+
+/// The schema objects of the database at `conn`, SQLite's own `sqlite_*` objects aside, in
+/// type and name order.
+pub(crate) async fn schema_objects(conn: &mut SqliteConnection) -> sqlx::Result<Vec<SchemaObject>> {
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema \
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, name, table, sql)| SchemaObject {
+            kind,
+            name,
+            table,
+            sql,
+        })
+        .collect())
+}
+
+/// The schema this binary's migrations give a new database: a database migrated in memory
+/// with the same embedded migrations, as `verify` compares a file's schema with it.
+pub(crate) async fn reference_schema() -> Result<Vec<SchemaObject>> {
+    use sqlx::ConnectOptions as _;
+    let path = Path::new(":memory:");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .in_memory(true)
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .connect()
+        .await
+        .map_err(|e| Error::from_db(e, path))?;
+    apply(&mut conn, path).await?;
+    let objects = schema_objects(&mut conn)
+        .await
+        .map_err(|e| Error::from_db(e, path))?;
+    conn.close().await.map_err(|e| Error::from_db(e, path))?;
+    Ok(objects)
+}
+
+/// [`migrate`]'s work: the names of the migrations it applied.
+async fn apply(conn: &mut SqliteConnection, path: &Path) -> Result<Vec<String>> {
     // Fast path without the write lock: an up-to-date database is opened without writing.
     match inspect(conn, path).await? {
-        Found::Current => return Ok(()),
+        Found::Current => return Ok(Vec::new()),
         Found::Newer(found) => {
             return Err(Error::SchemaTooNew {
                 found,
@@ -121,7 +180,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
         .map_err(|e| Error::from_db(e, path))?;
     // Re-check under the lock: another process may have migrated in the meantime.
     match inspect(&mut tx, path).await? {
-        Found::Current => return Ok(()),
+        Found::Current => return Ok(Vec::new()),
         Found::Newer(found) => {
             return Err(Error::SchemaTooNew {
                 found,
@@ -170,10 +229,11 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
             .map_err(|e| Error::from_db(e, path))?;
     }
     tx.commit().await.map_err(|e| Error::from_db(e, path))?;
-    for m in report.applied_migrations() {
-        tracing::info!(migration = %m, "applied migration");
-    }
-    Ok(())
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(ToString::to_string)
+        .collect())
 }
 
 /// True when the log (never archived) holds an event of a type the read models interpret in a

@@ -31,7 +31,7 @@ pub use migrate::SCHEMA_VERSION;
 
 pub use read::{EventFilter, EventStream};
 pub use snapshots::{Checkpoint, Snapshot, Uncovered};
-pub use verify::{CheckResult, VerifyOptions, VerifyReport};
+pub use verify::{CheckResult, ExpectedHead, VerifyOptions, VerifyReport};
 pub use writer::{ImportReport, ImportSink, StreamAppend};
 
 /// How hard a commit tries to survive a crash.

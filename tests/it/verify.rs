@@ -3,11 +3,11 @@
 //! sqlite3 shell after dropping a trigger), and the chain computed for a database upgraded
 //! from before it existed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::common::{
     Rng, assert_same_files, block_on, db_files, expect_error, expect_success, raw_connection, run,
-    temp_db,
+    stderr_text, temp_db,
 };
 
 /// A database with a healed history: a short demo run.
@@ -55,13 +55,25 @@ fn sql_scalar(path: &Path, q: &str) -> i64 {
 
 /// Runs `verify --format json`; the exit code and the report.
 fn verify(path: &Path) -> (i32, serde_json::Value) {
-    let out = run(path, &["--format", "json", "verify"]);
+    verify_with(path, &[])
+}
+
+/// Runs `verify --format json` with more arguments; the exit code and the report.
+fn verify_with(path: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut argv = vec!["--format", "json", "verify"];
+    argv.extend_from_slice(args);
+    let out = run(path, &argv);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let code = out.status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 1,
         "verify failed to run ({code}): {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stderr_text(&out).contains("panicked"),
+        "verify panicked: {}",
+        stderr_text(&out)
     );
     (
         code,
@@ -89,7 +101,9 @@ fn an_untouched_database_verifies() {
     for c in [
         "integrity",
         "triggers",
+        "schema",
         "chain",
+        "payloads",
         "counter",
         "read_models",
         "snapshots",
@@ -99,8 +113,17 @@ fn an_untouched_database_verifies() {
     // Verifying twice gives the same commitment to the whole log.
     let (_, again) = verify(&path);
     assert_eq!(again["head_hash"], r["head_hash"]);
+    assert_eq!(r["head_position"], r["last_position"]);
     let table = expect_success(&run(&path, &["verify"]));
-    assert!(table.contains("verified:"), "{table}");
+    let head = format!(
+        "head {}:{}",
+        r["head_position"],
+        r["head_hash"].as_str().unwrap()
+    );
+    assert!(
+        table.contains("verified:") && table.contains(&head),
+        "{table}"
+    );
 }
 
 #[test]
@@ -310,7 +333,429 @@ END",
     );
 }
 
-// Files that are not healstore's.
+// ---------------------------------------------------------------------------------------------
+// Tampering that keeps the chain intact, and files that are not healstore's.
+// ---------------------------------------------------------------------------------------------
+
+/// The append-only trigger on UPDATE exactly as healstore creates it, to put back after a
+/// forgery (so that only the other checks can tell).
+const REFUSE_UPDATE: &str = "CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'healstore: the event log is append-only; UPDATE refused');
+END";
+
+/// The append-only trigger on DELETE exactly as healstore creates it.
+const REFUSE_DELETE: &str = "CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'healstore: the event log is append-only; DELETE refused');
+END";
+
+/// A healed database folded into its main file (no write-ahead log), so that copies of it
+/// are cheap.
+fn healed_file() -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = healed_db();
+    sql(&path, &["PRAGMA wal_checkpoint(TRUNCATE)"]);
+    (dir, path)
+}
+
+/// A copy of `src` (its main file) next to it, named `name`.
+fn copy_of(src: &Path, name: &str) -> PathBuf {
+    let dest = src.with_file_name(format!("{name}.db"));
+    std::fs::copy(src, &dest).unwrap();
+    dest
+}
+
+fn sql_opt(path: &Path, q: &str) -> Option<i64> {
+    block_on(async {
+        let mut c = raw_connection(path).await;
+        sqlx::query_scalar(sqlx::AssertSqlSafe(q.to_string()))
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    })
+}
+
+/// The failed checks of a report.
+fn failed(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect()
+}
+
+/// The lowest position a failed check names.
+fn first_bad_position(report: &serde_json::Value) -> Option<i64> {
+    failed(report)
+        .iter()
+        .filter_map(|c| c["position"].as_i64())
+        .min()
+}
+
+fn successful_healings(path: &Path) -> i64 {
+    let text = expect_success(&run(
+        path,
+        &[
+            "--format",
+            "json",
+            "stats",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--until",
+            "2028-01-01T00:00:00Z",
+        ],
+    ));
+    let stats: serde_json::Value = serde_json::from_str(&text).unwrap();
+    stats["successful_healings"].as_i64().unwrap()
+}
+
+#[test]
+fn a_failed_healing_forged_into_a_success_is_named_by_position_and_column() {
+    let (_dir, path) = healed_db();
+    let forged = sql_opt(
+        &path,
+        "SELECT MIN(position) FROM events WHERE event_type = 'healing_completed' AND success = 0",
+    )
+    .expect("the demo records a failed healing");
+    let before = successful_healings(&path);
+    // The indexed copy of the payload's `success` is rewritten; the payload (which the chain
+    // covers) is not, and the read models are rebuilt from the forged columns.
+    sql(
+        &path,
+        &[
+            "DROP TRIGGER events_refuse_update",
+            "UPDATE events SET success = 1 WHERE event_type = 'healing_completed'",
+            REFUSE_UPDATE,
+        ],
+    );
+    expect_success(&run(&path, &["rebuild"]));
+    assert!(
+        successful_healings(&path) > before,
+        "the forgery reaches the statistics"
+    );
+    let (code, r) = verify(&path);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(check(&r, "chain")["ok"], true, "the chain is intact: {r}");
+    let payloads = check(&r, "payloads");
+    assert_eq!(payloads["ok"], false, "{r}");
+    assert_eq!(payloads["position"], forged, "{r}");
+    let detail = payloads["detail"].as_str().unwrap();
+    assert!(detail.contains("success"), "{detail}");
+    let text = String::from_utf8_lossy(&run(&path, &["verify"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("NOT verified: payloads at position {forged}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_indexed_column_is_checked_against_its_payload() {
+    let (_dir, src) = healed_file();
+    for (column, forge) in [
+        ("failure_id", "failure_id = 'forged'"),
+        ("agent_id", "agent_id = 'agent-forged'"),
+        ("failure_type", "failure_type = 'forged'"),
+        ("strategy", "strategy = 'Forged'"),
+        ("success", "success = 1 - success"),
+        ("duration_ms", "duration_ms = duration_ms + 1"),
+        ("duration_ms", "duration_ms = NULL"),
+    ] {
+        let path = copy_of(&src, column);
+        let at = sql_opt(
+            &path,
+            &format!("SELECT MIN(position) FROM events WHERE {column} IS NOT NULL"),
+        )
+        .unwrap_or_else(|| panic!("no event with a {column}"));
+        sql(
+            &path,
+            &[
+                "DROP TRIGGER events_refuse_update",
+                &format!("UPDATE events SET {forge} WHERE position = {at}"),
+                REFUSE_UPDATE,
+            ],
+        );
+        let (code, r) = verify(&path);
+        assert_eq!(code, 1, "{forge}: {r}");
+        let payloads = check(&r, "payloads");
+        assert_eq!(payloads["position"], at, "{forge}: {r}");
+        assert!(
+            payloads["detail"].as_str().unwrap().contains(column),
+            "{forge}: {payloads}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    // A column filled in where the payload has no such field.
+    let path = copy_of(&src, "filled");
+    let at = sql_opt(
+        &path,
+        "SELECT MIN(position) FROM events WHERE agent_id IS NULL",
+    )
+    .expect("an event without an agent");
+    sql(
+        &path,
+        &[
+            "DROP TRIGGER events_refuse_update",
+            &format!("UPDATE events SET agent_id = 'agent-1' WHERE position = {at}"),
+            REFUSE_UPDATE,
+        ],
+    );
+    let (code, r) = verify(&path);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(check(&r, "payloads")["position"], at, "{r}");
+}
+
+/// The head of an intact log, as `verify --format json` reports it: `position:hash`.
+fn head_of(path: &Path) -> (i64, String) {
+    let (code, r) = verify(path);
+    assert_eq!(code, 0, "{r}");
+    let position = r["head_position"].as_i64().expect("head_position");
+    assert_eq!(r["head_position"], r["last_position"], "{r}");
+    let hash = r["head_hash"].as_str().expect("head_hash").to_owned();
+    assert_eq!(hash.len(), 64, "{r}");
+    (position, hash)
+}
+
+#[test]
+fn removing_the_newest_event_and_rewinding_the_counter_is_caught_by_the_expected_head() {
+    let (_dir, path) = healed_db();
+    let (head, hash) = head_of(&path);
+    let expected = format!("{head}:{hash}");
+    let (code, r) = verify_with(&path, &["--expect-head", &expected]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(check(&r, "head")["ok"], true, "{r}");
+
+    // The newest event goes, the counter is wound back, the triggers are put back and the
+    // read models rebuilt: the shortened log is consistent with itself.
+    sql(
+        &path,
+        &[
+            "DROP TRIGGER events_refuse_delete",
+            &format!("DELETE FROM events WHERE position = {head}"),
+            "UPDATE sqlite_sequence SET seq = seq - 1 WHERE name = 'events'",
+            REFUSE_DELETE,
+        ],
+    );
+    expect_success(&run(&path, &["rebuild"]));
+    let (code, r) = verify(&path);
+    assert_eq!(code, 0, "only a head kept elsewhere can tell: {r}");
+
+    // Against the head an earlier run reported, it is not the log it was.
+    for expectation in [expected.clone(), hash.clone()] {
+        let (code, r) = verify_with(&path, &["--expect-head", &expectation]);
+        assert_eq!(code, 1, "{expectation}: {r}");
+        let c = check(&r, "head");
+        assert_eq!(c["ok"], false, "{r}");
+        if expectation.contains(':') {
+            assert_eq!(c["position"], head, "{r}");
+            assert!(
+                c["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("ends at position {}", head - 1)),
+                "{c}"
+            );
+        }
+    }
+    let text = String::from_utf8_lossy(&run(&path, &["verify", "--expect-head", &expected]).stdout)
+        .into_owned();
+    assert!(text.contains("NOT verified: head"), "{text}");
+}
+
+#[test]
+fn an_expected_head_from_an_earlier_run_still_verifies_after_the_log_grew() {
+    let (dir, path) = healed_db();
+    let (head, hash) = head_of(&path);
+    for agent in ["agent-1", "agent-2"] {
+        expect_success(&run(
+            &path,
+            &[
+                "--now",
+                "2026-11-01T13:00:00Z",
+                "record",
+                "success",
+                "--agent",
+                agent,
+            ],
+        ));
+    }
+    let (now, _) = head_of(&path);
+    assert!(now > head);
+    for expectation in [format!("{head}:{hash}"), hash.clone(), hash.to_uppercase()] {
+        let (code, r) = verify_with(&path, &["--expect-head", &expectation]);
+        assert_eq!(code, 0, "{expectation}: {r}");
+        let c = check(&r, "head");
+        assert_eq!(c["ok"], true, "{r}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("position {head}")),
+            "{c}"
+        );
+    }
+    // Another hash at that position, or a position the log never reached, is not this log.
+    let other = format!("{head}:{}", "ab".repeat(32));
+    let (code, r) = verify_with(&path, &["--expect-head", &other]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(check(&r, "head")["position"], head, "{r}");
+    let (code, r) = verify_with(&path, &["--expect-head", &"ab".repeat(32)]);
+    assert_eq!(code, 1, "{r}");
+    let beyond = format!("{}:{hash}", now + 5);
+    let (code, r) = verify_with(&path, &["--expect-head", &beyond]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(check(&r, "head")["position"], now + 1, "{r}");
+
+    // A malformed expectation is an input error, and nothing is touched.
+    let files = db_files(&path);
+    for bad in [
+        "",
+        "12",
+        "x:y",
+        "12:abc",
+        "-3:00",
+        &format!("-1:{hash}"),
+        &format!("{hash}:12"),
+    ] {
+        let out = run(&path, &["verify", &format!("--expect-head={bad}")]);
+        expect_error(&out, "--expect-head");
+    }
+    assert_same_files(&files, &db_files(&path), "a refused --expect-head");
+    drop(dir);
+}
+
+#[test]
+fn schema_objects_healstore_did_not_create_are_named() {
+    let (_dir, src) = healed_file();
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "ignore",
+            &[
+                "CREATE TRIGGER events_ignore_failures BEFORE INSERT ON events \
+                 WHEN NEW.event_type = 'failure_detected' BEGIN SELECT RAISE(IGNORE); END",
+            ],
+            "events_ignore_failures",
+        ),
+        (
+            "changed",
+            &[
+                "DROP TRIGGER rm_healing_completed",
+                "CREATE TRIGGER rm_healing_completed AFTER INSERT ON events \
+                 WHEN NEW.event_type = 'healing_completed' BEGIN SELECT 1; END",
+            ],
+            "rm_healing_completed",
+        ),
+        ("missing", &["DROP INDEX events_by_time"], "events_by_time"),
+        (
+            "index",
+            &["CREATE INDEX events_by_payload ON events (payload)"],
+            "events_by_payload",
+        ),
+        (
+            "view",
+            &["CREATE VIEW recent_events AS SELECT * FROM events"],
+            "recent_events",
+        ),
+        ("table", &["CREATE TABLE shadow (x)"], "shadow"),
+    ];
+    for (name, statements, needle) in cases {
+        let path = copy_of(&src, name);
+        sql(&path, statements);
+        let (code, r) = verify(&path);
+        assert_eq!(code, 1, "{name}: {r}");
+        assert!(
+            failed(&r)
+                .iter()
+                .any(|c| c["detail"].as_str().unwrap().contains(needle)),
+            "{name}: no failed check names {needle}: {r}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Rewrites event `at`'s payload with `edit` (SQL over `payload`) and recomputes the hash
+/// chain from there with healstore's own chain code, as a forger who knows it would.
+fn forge_with_chain(path: &Path, at: i64, edit: &str) {
+    use healstore::store::chain;
+    block_on(async {
+        let mut c = raw_connection(path).await;
+        for s in [
+            "DROP TRIGGER events_refuse_update".to_owned(),
+            format!("UPDATE events SET payload = {edit} WHERE position = {at}"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        let prev: Vec<u8> = sqlx::query_scalar("SELECT hash FROM events WHERE position = ?")
+            .bind(at - 1)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        let mut prev: chain::Hash = prev.try_into().unwrap();
+        type Row = (i64, String, String, i64, String, i64, i64, i64, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+             occurred_at, recorded_at, payload FROM events WHERE position >= ? ORDER BY position",
+        )
+        .bind(at)
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        for r in &rows {
+            prev = chain::link(
+                &prev,
+                &chain::Content {
+                    position: r.0,
+                    event_id: &r.1,
+                    stream_id: &r.2,
+                    stream_version: r.3,
+                    event_type: &r.4,
+                    schema_version: r.5,
+                    occurred_at: r.6,
+                    recorded_at: r.7,
+                    payload: &r.8,
+                },
+            );
+            sqlx::query("UPDATE events SET hash = ? WHERE position = ?")
+                .bind(prev.to_vec())
+                .bind(r.0)
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql(REFUSE_UPDATE).execute(&mut c).await.unwrap();
+    })
+}
+
+#[test]
+fn a_payload_edited_with_the_chain_recomputed_is_caught_by_the_expected_head() {
+    let (_dir, path) = healed_db();
+    let (head, hash) = head_of(&path);
+    let at = sql_opt(
+        &path,
+        &format!(
+            "SELECT MIN(position) FROM events WHERE event_type = 'healing_attempted' \
+             AND position > {}",
+            head / 2
+        ),
+    )
+    .expect("a decision in the second half of the log");
+    forge_with_chain(&path, at, "json_set(payload, '$.reason', 'forged')");
+    let (code, r) = verify(&path);
+    assert_eq!(code, 0, "a recomputed chain is consistent with itself: {r}");
+    assert_ne!(r["head_hash"], hash.as_str());
+    for expectation in [format!("{head}:{hash}"), hash.clone()] {
+        let (code, r) = verify_with(&path, &["--expect-head", &expectation]);
+        assert_eq!(code, 1, "{expectation}: {r}");
+        let c = check(&r, "head");
+        assert_eq!(c["ok"], false, "{r}");
+        if expectation.contains(':') {
+            assert_eq!(c["position"], head, "{r}");
+        }
+    }
+}
 
 /// The commands that only read the database (they never create it).
 fn read_commands() -> Vec<Vec<&'static str>> {
@@ -459,6 +904,100 @@ fn sqlite_file(path: &Path, statements: &[&str]) {
 }
 
 #[test]
+fn an_undecodable_payload_is_named_by_position() {
+    let (_dir, src) = healed_file();
+    let detected = sql_opt(
+        &src,
+        "SELECT MIN(position) FROM events WHERE event_type = 'failure_detected'",
+    )
+    .unwrap();
+    let strategy = sql_opt(
+        &src,
+        "SELECT MIN(position) FROM events WHERE stream_id LIKE 'strategy-%'",
+    )
+    .expect("the demo records strategy events");
+    for (name, at, forge) in [
+        // Read by the read models' rebuild.
+        ("not-json", detected, "substr(payload, 2)"),
+        ("not-utf8", detected, "CAST(x'7b22ff223a317d' AS TEXT)"),
+        // Read by the strategies' folds.
+        ("strategy", strategy, "CAST(x'7bff7d' AS TEXT)"),
+    ] {
+        let path = copy_of(&src, name);
+        sql(
+            &path,
+            &[
+                "DROP TRIGGER events_refuse_update",
+                &format!("UPDATE events SET payload = {forge} WHERE position = {at}"),
+                REFUSE_UPDATE,
+            ],
+        );
+        let (code, r) = verify(&path);
+        assert_eq!(code, 1, "{name}: {r}");
+        let payloads = check(&r, "payloads");
+        assert_eq!(payloads["position"], at, "{name}: {r}");
+        assert!(
+            payloads["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("undecodable payload at position {at}")),
+            "{name}: {payloads}"
+        );
+        assert_eq!(first_bad_position(&r), Some(at), "{name}: {r}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn random_byte_flips_in_payloads_are_named_by_position() {
+    let (_dir, src) = healed_file();
+    let (lo, hi) = (
+        sql_scalar(&src, "SELECT MIN(position) FROM events"),
+        sql_scalar(&src, "SELECT MAX(position) FROM events"),
+    );
+    let mut rng = Rng::seeded("payload byte flips");
+    for round in 0..12 {
+        let path = copy_of(&src, &format!("flip-{round}"));
+        let at = rng.between(lo as u64, hi as u64) as i64;
+        let what = block_on(async {
+            let mut c = raw_connection(&path).await;
+            let mut payload: Vec<u8> =
+                sqlx::query_scalar("SELECT CAST(payload AS BLOB) FROM events WHERE position = ?")
+                    .bind(at)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+            let i = rng.between(0, payload.len() as u64 - 1) as usize;
+            let mask = rng.between(1, 255) as u8;
+            payload[i] ^= mask;
+            sqlx::raw_sql("DROP TRIGGER events_refuse_update")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE events SET payload = CAST(? AS TEXT) WHERE position = ?")
+                .bind(&payload)
+                .bind(at)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::raw_sql(REFUSE_UPDATE).execute(&mut c).await.unwrap();
+            format!("position {at}, byte {i} ^ {mask:#04x}")
+        });
+        let out = run(&path, &["--format", "json", "verify"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_text(&out)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(first_bad_position(&r), Some(at), "{what}: {r}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
 fn foreign_files_are_refused_by_every_command_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let commands = every_command(dir.path());
@@ -518,4 +1057,32 @@ fn foreign_files_are_refused_by_every_command_byte_for_byte() {
             assert_eq!(dir_entries(dir.path()), entries, "{kind} {args:?}");
         }
     }
+}
+
+#[test]
+fn verify_compares_the_read_models_while_another_process_holds_the_write_lock() {
+    let (_dir, path) = healed_db();
+    block_on(async {
+        let mut writer = raw_connection(&path).await;
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        // Another connection holds the write lock for as long as verify runs: verify must
+        // neither wait for it nor fail.
+        let out = run(
+            &path,
+            &["--busy-timeout", "2s", "--format", "json", "verify"],
+        );
+        let text = expect_success(&out);
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let rm = check(&r, "read_models");
+        assert_eq!(rm["ok"], true, "{r}");
+        assert!(
+            rm["detail"].as_str().unwrap().contains("equal a rebuild"),
+            "{rm}"
+        );
+        // And the writer's transaction is still its own.
+        sqlx::raw_sql("COMMIT").execute(&mut writer).await.unwrap();
+    });
 }
