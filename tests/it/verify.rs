@@ -1086,3 +1086,62 @@ fn verify_compares_the_read_models_while_another_process_holds_the_write_lock() 
         sqlx::raw_sql("COMMIT").execute(&mut writer).await.unwrap();
     });
 }
+
+#[test]
+fn an_expected_head_is_checked_across_an_archive() {
+    let (dir, path) = healed_db();
+    let (head, hash) = head_of(&path);
+    let early = sql_scalar(&path, "SELECT MIN(position) FROM events");
+    let early_hash: String = block_on(async {
+        let mut c = raw_connection(&path).await;
+        sqlx::query_scalar("SELECT lower(hex(hash)) FROM events WHERE position = ?")
+            .bind(early)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    let archive = dir.path().join("cut.gz");
+    expect_success(&run(
+        &path,
+        &[
+            "--now",
+            "2026-11-01T13:00:00Z",
+            "archive",
+            "--before",
+            "2026-11-01T12:00:05Z",
+            "--to",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let (code, r) = verify(&path);
+    assert_eq!(code, 0, "{r}");
+    let anchor = r["anchor_position"].as_i64().unwrap();
+    assert!(anchor > early && anchor < head, "{r}");
+    // A head after the cut is still in the log; so is the anchor itself.
+    let anchor_hash: String = block_on(async {
+        let mut c = raw_connection(&path).await;
+        sqlx::query_scalar("SELECT lower(hex(hash)) FROM chain_anchor")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    for expectation in [
+        format!("{head}:{hash}"),
+        hash.clone(),
+        format!("{anchor}:{anchor_hash}"),
+        anchor_hash.clone(),
+    ] {
+        let (code, r) = verify_with(&path, &["--expect-head", &expectation]);
+        assert_eq!(code, 0, "{expectation}: {r}");
+        assert_eq!(check(&r, "head")["ok"], true, "{r}");
+    }
+    // A head that was archived cannot be checked in the database: verify says where to look.
+    let (code, r) = verify_with(&path, &["--expect-head", &format!("{early}:{early_hash}")]);
+    assert_eq!(code, 1, "{r}");
+    let c = check(&r, "head");
+    assert_eq!(c["position"], early, "{r}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("verify --archive"),
+        "{c}"
+    );
+}
