@@ -21,9 +21,17 @@
 //!   alone. Then a healer opened with no snapshot (a full replay), and one opened after a
 //!   checkpoint with 1 % of the events written after it. Goal: the restore with snapshots at
 //!   most 10 % of the full replay.
+//! - **Short-lived keys** (run in a process of its own, so that its peak memory is its own):
+//!   one healer heals 1,000,000 task failures, each of a new task that is retried and then
+//!   succeeds (its state back at rest), 64 at a time, checkpointing every 50,000. At 10,000,
+//!   100,000 and 1,000,000 keys: the states and locks in memory, resident and peak memory, and
+//!   the time a fresh healer takes to open (restore) on the file. Goal: all flat. Then `permit`
+//!   on a closed circuit (one failure counted, in memory) of that caught-up healer, p50 and
+//!   p99. Goal: at most 20 µs.
 //!
-//! `cargo bench --bench heal` (`HEALSTORE_BENCH_QUICK=1` for a 20x smaller run). Peak memory is
-//! the process's VmHWM.
+//! `cargo bench --bench heal` (`HEALSTORE_BENCH_QUICK=1` for a 20x smaller run;
+//! `HEALSTORE_BENCH_ONLY=keys` for the short-lived keys alone). Peak memory is the process's
+//! VmHWM.
 
 mod common;
 
@@ -44,8 +52,14 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if std::env::var_os(KEYS_CHILD).is_some() {
+        return rt.block_on(short_lived_keys(1_000_000 / scale));
+    }
     print_machine();
     let only = std::env::var("HEALSTORE_BENCH_ONLY").unwrap_or_default();
+    if only == "keys" {
+        return run_keys_child();
+    }
     rt.block_on(async {
         if only == "throughput" {
             throughput_section(10_000 / scale).await?;
@@ -117,7 +131,11 @@ fn main() -> anyhow::Result<()> {
             None => println!("  restore with snapshots <= 10 % of a full replay: not measured"),
         }
         anyhow::Ok(())
-    })
+    })?;
+    if only == "latency" || only == "throughput" {
+        return Ok(());
+    }
+    run_keys_child()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -558,5 +576,167 @@ async fn throughput_section(n: usize) -> anyhow::Result<()> {
             if ratio >= 0.40 { "MET" } else { "NOT MET" }
         );
     }
+    Ok(())
+}
+
+// ----- short-lived keys ------------------------------------------------------------------------
+
+/// Set in the child process that runs the short-lived keys alone.
+const KEYS_CHILD: &str = "HEALSTORE_BENCH_KEYS_CHILD";
+
+/// Runs [`short_lived_keys`] in a child process (this benchmark again), so that the peak
+/// memory it reports is its own and not the earlier sections'.
+fn run_keys_child() -> anyhow::Result<()> {
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .env(KEYS_CHILD, "1")
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "the short-lived keys run failed: {status}"
+    );
+    Ok(())
+}
+
+/// The process's resident set (`VmRSS`), in KiB.
+fn vm_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+/// One healer, `keys` task failures of new tasks, each retried and then succeeding.
+async fn short_lived_keys(keys: usize) -> anyhow::Result<()> {
+    const AT_ONCE: usize = 64;
+    let checkpoint_every = (keys / 20).max(1);
+    let milestones: Vec<usize> = [keys / 100, keys / 10, keys]
+        .into_iter()
+        .filter(|m| *m > 0)
+        .collect();
+    println!("\n== short-lived keys: {keys} task keys, each retried then succeeding ==");
+    println!(
+        "{:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>11} {:>9}",
+        "keys", "keys/s", "states", "locks", "RSS MiB", "peak MiB", "restore ms", "restored"
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("keys.db");
+    let opts = || StoreOptions {
+        durability: Durability::Normal,
+        ..Default::default()
+    };
+    let healer = Arc::new(
+        Config::default()
+            .builder()
+            .open(Store::open(&path, opts()).await?)
+            .await?,
+    );
+    let mut done = 0;
+    let mut restores = Vec::new();
+    let mut states_seen = Vec::new();
+    for &milestone in &milestones {
+        let t = Instant::now();
+        let from = done;
+        while done < milestone {
+            let to = (done + checkpoint_every).min(milestone);
+            let workers: Vec<_> = (0..AT_ONCE)
+                .map(|w| {
+                    let h = healer.clone();
+                    tokio::spawn(async move {
+                        let mut k = done + w;
+                        while k < to {
+                            let task = format!("task-{k}");
+                            let agent = format!("worker-{}", k % 100);
+                            let f = Failure::new("task_timeout", Severity::Medium, Utc::now())
+                                .with_agent(agent.clone())
+                                .with_task(task.clone());
+                            h.heal(f).await?;
+                            h.record_success(&agent, Some(&task), Utc::now()).await?;
+                            k += AT_ONCE;
+                        }
+                        anyhow::Ok(())
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await??;
+            }
+            done = to;
+            healer.checkpoint().await?;
+        }
+        let rate = (milestone - from) as f64 / t.elapsed().as_secs_f64();
+        let (states, locks) = healer.memory_counts();
+        states_seen.push(states);
+        // A fresh healer on the same file: what a restart costs now (the store opened first:
+        // its connections and schema check are not the healer's restore).
+        let store = Store::open(&path, opts()).await?;
+        let t = Instant::now();
+        let fresh = Config::default().builder().open(store).await?;
+        let restore = t.elapsed();
+        let restored = fresh.memory_counts().0;
+        fresh.store().clone().close().await?;
+        drop(fresh);
+        restores.push(restore.as_secs_f64() * 1000.0);
+        println!(
+            "{:>9} {:>9.0} {:>7} {:>6} {:>9} {:>9} {:>11.1} {:>9}",
+            milestone,
+            rate,
+            states,
+            locks,
+            mib(vm_rss_kib()),
+            mib(vm_hwm_kib()),
+            restore.as_secs_f64() * 1000.0,
+            restored
+        );
+    }
+
+    // `permit` on a closed circuit with one failure counted (a state in memory), the healer
+    // caught up: answered from memory.
+    let f = Failure::new("agent_down", Severity::High, Utc::now()).with_agent("agent-p");
+    healer.heal(f).await?;
+    healer.permit("agent-p").await?;
+    let calls = 100_000;
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = healer.permit("agent-p").await?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        anyhow::ensure!(r.permitted == Some(true), "a closed circuit refused a call");
+    }
+    times.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    println!(
+        "permit on a closed circuit, in process ({calls} calls): p50 {p50:.1} µs, p99 {p99:.1} µs, max {:.1} µs",
+        times.last().copied().unwrap_or(0.0)
+    );
+    let healer =
+        Arc::try_unwrap(healer).map_err(|_| anyhow::anyhow!("the healer is still shared"))?;
+    healer.close().await?;
+
+    let flat = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        hi <= (2.0 * lo).max(lo + 20.0)
+    };
+    let states_flat = states_seen.iter().all(|s| *s <= 200);
+    println!("\ngoals:");
+    println!(
+        "  states in memory flat (at most the workers' own, <= 200): {states_seen:?}  {}",
+        if states_flat { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "  restore time flat (largest <= 2x smallest, or within 20 ms): {:?} ms  {}",
+        restores
+            .iter()
+            .map(|r| (r * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        if flat(&restores) { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "  permit on a closed circuit p99 <= 20 µs: {p99:.1} µs  {}",
+        if p99 <= 20.0 { "MET" } else { "NOT MET" }
+    );
     Ok(())
 }

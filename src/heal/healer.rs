@@ -313,6 +313,9 @@ struct States {
     recount: Mutex<Vec<String>>,
     /// Told whenever appends decided on states in memory are answered.
     settled: tokio::sync::Notify,
+    /// The store's change mark read before the last completed catch-up: while the mark is
+    /// the same, nothing new is in the log and a catch-up has nothing to read.
+    caught_up_at: Mutex<Option<crate::store::ChangeMark>>,
 }
 
 /// The per-stream locks: an entry lives while someone holds or awaits it.
@@ -612,6 +615,8 @@ impl Healer {
         for (strategy, stream, key) in stale {
             self.refresh(&strategy, &stream, &key).await?;
         }
+        // The log after `start` is read whatever the change mark says.
+        *self.caught_up_at() = None;
         *self.states.cursor.lock().await = start;
         self.states
             .complete
@@ -733,10 +738,18 @@ impl Healer {
 
     /// Brings the states in memory up to the log's head with other processes' appends (this
     /// healer's own were folded as they were appended, and are not read again).
+    ///
+    /// Nothing committed since the last catch-up, by anyone, costs no query: the store's
+    /// change mark (read before that catch-up asked for the head) is the same.
     async fn catch_up(&self) -> Result<()> {
+        let mark = self.store.change_mark();
+        if mark.is_some() && *self.caught_up_at() == mark {
+            return Ok(());
+        }
         let mut cursor = self.states.cursor.lock().await;
         let (head, anchor) = self.store.head_and_anchor().await?;
         if head <= *cursor {
+            *self.caught_up_at() = mark;
             return Ok(());
         }
         if anchor > *cursor {
@@ -787,7 +800,16 @@ impl Healer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|p| *p > head);
+        *self.caught_up_at() = mark;
         Ok(())
+    }
+
+    /// The store's change mark read before the last catch-up that completed.
+    fn caught_up_at(&self) -> std::sync::MutexGuard<'_, Option<crate::store::ChangeMark>> {
+        self.states
+            .caught_up_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// After another process archived events this healer had not read, the states they

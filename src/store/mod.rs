@@ -9,6 +9,7 @@ pub mod archive;
 pub mod chain;
 pub(crate) mod holder;
 mod migrate;
+mod probe;
 mod read;
 mod snapshots;
 pub mod verify;
@@ -28,6 +29,7 @@ use crate::event::{Appended, ExpectedVersion, NewEvent};
 
 pub use holder::note_path as holder_note_path;
 pub use migrate::SCHEMA_VERSION;
+pub(crate) use probe::Mark as ChangeMark;
 
 pub use read::{EventFilter, EventStream};
 pub use snapshots::{Checkpoint, Snapshot, Uncovered};
@@ -127,6 +129,8 @@ struct Inner {
     readers: SqlitePool,
     /// The highest position this process has committed; wakes live tails.
     head: watch::Receiver<i64>,
+    /// Whether anyone committed since an earlier look (see [`probe`]).
+    probe: probe::ChangeProbe,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -214,6 +218,7 @@ impl Store {
                 })?;
         let checkpointer = tokio::spawn(checkpointer(checkpoints, commits, wal, task));
 
+        let probe = probe::ChangeProbe::new(&path);
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
@@ -222,6 +227,7 @@ impl Store {
                 tickets: std::sync::atomic::AtomicU64::new(1),
                 readers,
                 head: head_rx,
+                probe,
                 writer: Mutex::new(Some(checkpointer)),
                 shutdown: Mutex::new(Some(stop_tx)),
             }),
@@ -368,6 +374,13 @@ impl Store {
             .await
             .map_err(|e| self.db_err(e))?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// A mark of every commit so far, by any connection of any process, read without a query:
+    /// while it is equal to an earlier one, nothing was committed in between. `None`: not
+    /// known (ask the database).
+    pub(crate) fn change_mark(&self) -> Option<ChangeMark> {
+        self.inner.probe.mark()
     }
 
     /// The newest event's position (0 when none) and the archive anchor's (events at or below

@@ -554,3 +554,55 @@ async fn short_lived_task_keys_leave_memory_and_a_restore_reads_no_state_for_the
     );
     h.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_caught_up_permit_asks_the_database_nothing_and_sees_another_processs_commit_at_once() {
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = Store::open(
+        &path,
+        StoreOptions {
+            readers: 1,
+            ..options(clock.clone())
+        },
+    )
+    .await
+    .unwrap();
+    let h = Config::default()
+        .builder()
+        .open(store.clone())
+        .await
+        .unwrap();
+    // A closed circuit with one failure counted (a state in memory), and a healer caught up.
+    fail(&h, "p", 1).await;
+    assert_eq!(h.permit("p").await.unwrap().permitted, Some(true));
+
+    // With the store's only read connection taken, a permit that asked the database anything
+    // would wait for it: a caught-up healer answers from memory.
+    let taken = store.read_pool().acquire().await.unwrap();
+    for _ in 0..1000 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), h.permit("p"))
+            .await
+            .expect("a caught-up permit does not wait for the database")
+            .unwrap();
+        assert_eq!(r.permitted, Some(true));
+    }
+    drop(taken);
+
+    // Another process opens the circuit: the very next permit sees it.
+    let out = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            at(
+                &path,
+                "2026-11-01T12:00:01Z",
+                &["circuit", "open", "--agent", "p", "--reason", "maintenance"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    expect_success(&out);
+    assert_eq!(h.permit("p").await.unwrap().permitted, Some(false));
+    h.close().await.unwrap();
+}
