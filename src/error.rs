@@ -37,6 +37,27 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The kind as a stable machine-readable code (`retry_later`, `conflict`, `invalid_input`,
+    /// `not_found`, `not_healstore`, `corrupt`, `disk_full`, `read_only`, `io`, `closed`,
+    /// `internal`), for error records in JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::RetryLater => "retry_later",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NotHealstore => "not_healstore",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::DiskFull => "disk_full",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::Io => "io",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 /// Everything that can go wrong in the library. [`Error::kind`] groups the variants by what a
 /// caller should do; every message is one line that already says what happened (print it
 /// alone: no variant carries a `source` that would repeat it).

@@ -1,4 +1,4 @@
-//! Reading JSON Lines input (`import`, `append`, archives) with bounded memory.
+//! Reading JSON Lines input (`import`, `append`, `heal`, archives) with bounded memory.
 //!
 //! Every path reads lines through [`LineReader`], which enforces one maximum line length,
 //! [`MAX_LINE_BYTES`], while it reads: a line that grows past it is refused at once, having
@@ -58,6 +58,11 @@ pub struct LineReader<R> {
     /// The number of lines completed, or of the line being read once an error was returned.
     line: u64,
     max: usize,
+    /// Whether the rest of a line refused as too long is skipped, so that reading goes on
+    /// with the next line ([`LineReader::skipping_long_lines`]).
+    resync: bool,
+    /// Inside a line refused as too long: its rest is discarded before the next line.
+    skipping: bool,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
@@ -73,7 +78,17 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             buf: Vec::new(),
             line: 0,
             max,
+            resync: false,
+            skipping: false,
         }
+    }
+
+    /// After a line refused as too long, reading goes on with the next line (by default
+    /// nothing after such a line is read): the rest of the long line is read and discarded as
+    /// it comes, never buffered.
+    pub fn skipping_long_lines(mut self) -> Self {
+        self.resync = true;
+        self
     }
 
     /// The 1-based number of the line last returned, or of the line an error was about.
@@ -83,6 +98,22 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 
     /// The next line without its ending, or `None` at the end of the input.
     pub async fn next_line(&mut self) -> Result<Option<String>, LineError> {
+        while self.skipping {
+            let available = self.inner.fill_buf().await.map_err(|e| {
+                self.line += 1;
+                LineError::Io(e)
+            })?;
+            if available.is_empty() {
+                self.skipping = false;
+                return Ok(None);
+            }
+            let (n, end) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            self.inner.consume(n);
+            self.skipping = !end;
+        }
         loop {
             let available = self.inner.fill_buf().await.map_err(|e| {
                 self.line += 1;
@@ -116,6 +147,8 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     fn too_long(&mut self) -> LineError {
         self.line += 1;
         self.buf = Vec::new();
+        // (the line's newline, if any, is not consumed yet)
+        self.skipping = self.resync;
         LineError::TooLong
     }
 
@@ -162,6 +195,98 @@ where
         Ok((true, Box::new(BufReader::with_capacity(64 * 1024, gz))))
     } else {
         Ok((false, Box::new(whole)))
+    }
+}
+
+/// A byte stream read by a thread of its own: see [`read_on_thread`].
+pub struct ThreadReader {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+/// How many bytes the reading thread reads at a time, and how many such chunks it may read
+/// ahead of the consumer.
+const THREAD_CHUNK: usize = 64 * 1024;
+const THREAD_CHUNKS_AHEAD: usize = 2;
+
+/// Reads `reader` (standard input, a file, a FIFO) with blocking reads on a thread of its own,
+/// handing what it reads on through a bounded queue (at most a few chunks of 64 KiB ahead of
+/// the consumer).
+///
+/// Unlike tokio's standard input and files, whose blocking reads run on the runtime's
+/// blocking pool and cannot be cancelled, a read waiting on a source that stays open (a
+/// terminal, `tail -F`, a FIFO whose writer is idle) never keeps the process from exiting:
+/// the thread is not the runtime's, and ends with the process.
+///
+/// `open` runs on that thread too (opening a FIFO waits for its writer); its error is the
+/// first read's.
+pub fn read_on_thread<R, F>(open: F) -> std::io::Result<ThreadReader>
+where
+    R: std::io::Read,
+    F: FnOnce() -> std::io::Result<R> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(THREAD_CHUNKS_AHEAD);
+    std::thread::Builder::new()
+        .name("healstore-input".into())
+        .spawn(move || {
+            let mut reader = match open() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; THREAD_CHUNK];
+                let sent = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        tx.blocking_send(Ok(buf))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    break; // the consumer is gone
+                }
+            }
+        })?;
+    Ok(ThreadReader {
+        chunks: rx,
+        chunk: Vec::new(),
+        at: 0,
+    })
+}
+
+impl AsyncRead for ThreadReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while this.at == this.chunk.len() {
+            match this.chunks.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The end of the input.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.chunk = chunk;
+                    this.at = 0;
+                }
+            }
+        }
+        let n = buf.remaining().min(this.chunk.len() - this.at);
+        buf.put_slice(&this.chunk[this.at..this.at + n]);
+        this.at += n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -244,5 +369,49 @@ mod tests {
         let (g, input) = sniff(std::io::Cursor::new(Vec::new())).await.unwrap();
         assert!(!g);
         assert_eq!(LineReader::new(input).next_line().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_skips_long_lines_goes_on_with_the_next_line() {
+        let ok = |s: &str| Ok(s.to_owned());
+        let mut r = LineReader::with_limit(
+            BufReader::with_capacity(3, &b"abcd\nabcdefghij\nxy\nabcdefgh"[..]),
+            4,
+        )
+        .skipping_long_lines();
+        let mut seen = Vec::new();
+        loop {
+            match r.next_line().await {
+                Ok(Some(l)) => seen.push(ok(&l)),
+                Ok(None) => break,
+                Err(e) => seen.push(Err(format!("{}: {e}", r.line_number()))),
+            }
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], ok("abcd"));
+        assert!(matches!(&seen[1], Err(e) if e.starts_with("2: the line is longer")));
+        assert_eq!(seen[2], ok("xy"));
+        assert!(matches!(&seen[3], Err(e) if e.starts_with("4: the line is longer")));
+        // (an endless line is skipped without being buffered, and then ends the input)
+        let endless = tokio::io::AsyncReadExt::take(tokio::io::repeat(b'a'), 10_000_000);
+        let mut r = LineReader::with_limit(BufReader::new(endless), 1000).skipping_long_lines();
+        assert!(matches!(r.next_line().await, Err(LineError::TooLong)));
+        assert!(matches!(r.next_line().await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_thread_reader_hands_on_everything_in_order() {
+        let text: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        let copy = text.clone();
+        let reader = read_on_thread(move || Ok(std::io::Cursor::new(copy))).unwrap();
+        let mut lines = LineReader::new(BufReader::new(reader));
+        let mut n = 0u32;
+        while let Some(l) = lines.next_line().await.unwrap() {
+            assert_eq!(l, n.to_string());
+            n += 1;
+        }
+        assert_eq!(n, 200_000);
     }
 }

@@ -5,6 +5,7 @@
 mod analytics;
 mod demo;
 mod heal;
+mod heal_stream;
 mod log;
 mod output;
 mod verify;
@@ -84,6 +85,18 @@ pub enum Command {
         #[arg(default_value = "-")]
         file: PathBuf,
         /// How many appends may be in flight at once (group commit gathers them).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        pipeline: u32,
+    },
+    /// Detect and heal raw monitoring events read as JSON Lines (a file, a pipe, a FIFO,
+    /// `tail -F` on standard input), many at once, answering each line in input order as soon
+    /// as its heal is committed: `record event`'s answer with the line's number, or an error
+    /// record for a line refused (the stream goes on). Exit 0, or 1 when a line was refused.
+    Heal {
+        /// The file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// How many lines may be in flight at once (group commit gathers their appends).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
         pipeline: u32,
     },
@@ -453,6 +466,9 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => log::events(cli, args, &mut out).await?,
         Command::Demo(args) => demo::run(cli, args, &mut out).await?,
         Command::Record(what) => code = heal::record(cli, what, &mut out).await?,
+        Command::Heal { file, pipeline } => {
+            code = heal_stream::heal(cli, file, *pipeline, &mut out).await?
+        }
         Command::Circuits { agent } => heal::circuits(cli, agent.as_deref(), &mut out).await?,
         Command::Circuit {
             command,

@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod errors;
 mod faults;
+mod heal_stream;
 mod healer;
 mod input;
 mod outputs;
