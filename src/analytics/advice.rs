@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::effectiveness::{Effectiveness, EffectivenessOptions};
-use super::{Analytics, CircuitReport, MttrPoint, Stats, Window, WindowInfo, round};
+use super::{Analytics, CircuitReport, MttrPoint, Stats, Window, WindowInfo};
 use crate::error::Result;
 use crate::time::format_time;
 
@@ -80,7 +80,7 @@ impl Recommendation {
     }
 
     fn value(mut self, v: f64) -> Self {
-        self.value = Some(round(v, 4));
+        self.value = Some(v);
         self
     }
 }
@@ -179,13 +179,10 @@ pub fn health_score(stats: &Stats, effectiveness: &Effectiveness) -> HealthScore
     };
     let strategy_points = mean * 20.0;
     HealthScore {
-        score: round(
-            (success_points + mttr_points + strategy_points).min(100.0),
-            1,
-        ),
-        success_points: round(success_points, 2),
-        mttr_points: round(mttr_points, 2),
-        strategy_points: round(strategy_points, 2),
+        score: (success_points + mttr_points + strategy_points).min(100.0),
+        success_points,
+        mttr_points,
+        strategy_points,
     }
 }
 
@@ -605,7 +602,7 @@ impl Analytics {
             window: window.describe(),
             time_range_ms: window.length_us() / 1000,
             by_failure_type: stats.by_failure_type.clone(),
-            failures_per_hour: round(stats.total_failures as f64 / hours.max(1e-9), 3),
+            failures_per_hour: stats.total_failures as f64 / hours.max(1e-9),
             overall: stats,
             strategies: eff.strategies,
             pairs: eff.pairs,

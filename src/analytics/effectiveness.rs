@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Analytics, Window, WindowInfo, ratio, round};
+use super::{Analytics, Window, WindowInfo, ratio};
 use crate::error::Result;
 
 /// Thresholds for verdicts.
@@ -139,10 +139,10 @@ impl Analytics {
                 results: s.n,
                 success_count: s.ok,
                 failure_count: s.n - s.ok,
-                success_rate: round(rate, 4),
-                avg_healing_time_ms: round(ratio(s.dur as f64, s.n as f64), 3),
-                recent_success_rate: recent.map(|r| round(r, 4)),
-                earlier_success_rate: earlier.map(|r| round(r, 4)),
+                success_rate: rate,
+                avg_healing_time_ms: ratio(s.dur as f64, s.n as f64),
+                recent_success_rate: recent,
+                earlier_success_rate: earlier,
                 recommendation: recommend(rate, &trend, enough).to_owned(),
                 trend,
                 enough_data: enough,
@@ -161,8 +161,8 @@ impl Analytics {
                 results: s.n,
                 success_count: s.ok,
                 failure_count: s.n - s.ok,
-                success_rate: round(rate, 4),
-                avg_healing_time_ms: round(ratio(s.dur as f64, s.n as f64), 3),
+                success_rate: rate,
+                avg_healing_time_ms: ratio(s.dur as f64, s.n as f64),
                 recommendation: recommend(rate, &trend, enough).to_owned(),
                 trend,
                 enough_data: enough,

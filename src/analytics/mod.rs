@@ -264,12 +264,6 @@ pub(crate) fn ratio(num: f64, den: f64) -> f64 {
     if den > 0.0 { num / den } else { 0.0 }
 }
 
-/// Rounds for presentation in JSON (keeps documents stable and readable).
-pub(crate) fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
 /// Analytics over one store's read models.
 #[derive(Debug, Clone)]
 pub struct Analytics {

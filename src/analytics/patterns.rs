@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Analytics, Window, round};
+use super::{Analytics, Window};
 use crate::error::Result;
 use crate::events::HealEvent;
 use crate::time::to_micros;
@@ -200,11 +200,11 @@ fn make(
         agent_id: agent,
         failure_types: types,
         support,
-        confidence: round(confidence.clamp(0.0, 1.0), 4),
+        confidence: confidence.clamp(0.0, 1.0),
         confidence_lower: None,
-        lift: lift.map(|l| round(l, 3)),
-        mean_gap_ms: gap.map(|g| round(g.0, 3)),
-        gap_stddev_ms: gap.map(|g| round(g.1, 3)),
+        lift,
+        mean_gap_ms: gap.map(|g| g.0),
+        gap_stddev_ms: gap.map(|g| g.1),
         hour,
         weekday,
         description,
@@ -357,7 +357,7 @@ impl Analytics {
                     None,
                     None,
                 );
-                p.confidence_lower = Some(round(lower, 4));
+                p.confidence_lower = Some(lower);
                 out.push(p);
             }
         }
@@ -473,7 +473,7 @@ impl Analytics {
                     None,
                     None,
                 );
-                p.confidence_lower = Some(round(lower, 4));
+                p.confidence_lower = Some(lower);
                 out.push(p);
             }
         }
@@ -557,7 +557,7 @@ impl Analytics {
                         weekday,
                     );
                     if is_hour {
-                        p.confidence_lower = Some(round(lower, 4));
+                        p.confidence_lower = Some(lower);
                     }
                     out.push(p);
                 }

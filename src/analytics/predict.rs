@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::patterns::{LearnOptions, Pattern};
-use super::{Analytics, EffectivenessOptions, Window, WindowInfo, round};
+use super::{Analytics, EffectivenessOptions, Window, WindowInfo};
 use crate::error::Result;
 use crate::events::HealEvent;
 use crate::time::{format_time, from_micros, to_micros};
@@ -212,7 +212,7 @@ impl Analytics {
                 prediction_id: format!("pred-{}", id.simple()),
                 agent_id: c.agent,
                 failure_type: c.failure_type,
-                probability: round(c.probability, 4),
+                probability: c.probability,
                 source: c.source.into(),
                 pattern_id: c.pattern_id,
                 basis: c.basis,
@@ -267,8 +267,8 @@ impl Analytics {
             confirmed,
             missed,
             pending,
-            accuracy: round(super::ratio(confirmed as f64, judged), 4),
-            false_positive_rate: round(super::ratio(missed as f64, judged), 4),
+            accuracy: super::ratio(confirmed as f64, judged),
+            false_positive_rate: super::ratio(missed as f64, judged),
             outcomes,
         })
     }

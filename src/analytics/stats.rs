@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Analytics, Window, WindowInfo, ratio, round};
+use super::{Analytics, Window, WindowInfo, ratio};
 use crate::error::{Error, Result};
 use crate::time::{format_time, from_micros};
 
@@ -233,8 +233,8 @@ impl Analytics {
             total_failures: detected,
             total_healings: n,
             successful_healings: ok,
-            success_rate: round(ratio(ok as f64, n as f64), 4),
-            avg_healing_time_ms: round(ratio(dur as f64, n as f64), 3),
+            success_rate: ratio(ok as f64, n as f64),
+            avg_healing_time_ms: ratio(dur as f64, n as f64),
             remediated: remediate.n,
             mttr_remediate_ms: remediate.mean,
             mttr_remediate_p50_ms: remediate.p50,
@@ -275,7 +275,7 @@ impl Analytics {
         let ms = |us: Option<i64>| us.map_or(0.0, |v| v as f64 / 1000.0);
         Ok(TimeTo {
             n,
-            mean: round(ratio(sum_us, n as f64) / 1000.0, 3),
+            mean: ratio(sum_us, n as f64) / 1000.0,
             p50: ms(p50),
             p90: ms(p90),
             p99: ms(p99),
@@ -339,7 +339,7 @@ impl Analytics {
                     bucket_start: format_time(from_micros(bucket)?),
                     group: by.map(|_| k),
                     resolved: n,
-                    mttr_ms: round(ratio(sum, n as f64) / 1000.0, 3),
+                    mttr_ms: ratio(sum, n as f64) / 1000.0,
                     p50_ms: ms(p50),
                     p90_ms: ms(p90),
                     max_ms: ms(max),
@@ -376,7 +376,7 @@ impl Analytics {
                     bucket_start: format_time(from_micros(bucket)?),
                     group: None,
                     resolved: n,
-                    mttr_ms: round(ratio(sum, n as f64) / 1000.0, 3),
+                    mttr_ms: ratio(sum, n as f64) / 1000.0,
                     p50_ms: 0.0,
                     p90_ms: 0.0,
                     max_ms: max as f64 / 1000.0,
