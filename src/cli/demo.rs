@@ -6,8 +6,10 @@
 //! reported as a caller would: healthy agents' successes, retried tasks that succeed, and
 //! confirmations once token pressure has fallen back or the quorum is whole again (the
 //! failures of neither an agent nor a task). Simulated time advances by a fixed step per
-//! tick (an injected clock, no sleeping). A second run continues where the first stopped: it
-//! starts after the newest recorded event, and the circuits, backoffs and degradation levels
+//! tick (an injected clock, no sleeping), and the simulated period ends at the present (or at
+//! `--now`), so that the commands run next see it in their default window. A second run
+//! continues where the first stopped: it starts after the newest recorded event and simulates
+//! the ticks that fit before the present, and the circuits, backoffs and degradation levels
 //! are restored from the log.
 
 use std::collections::BTreeMap;
@@ -23,7 +25,8 @@ use super::{Cli, Out};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Simulated ticks (5 seconds each).
+    /// Simulated ticks (5 seconds each), ending at the present; a run that continues a previous
+    /// one simulates at most the ticks that fit between the previous run's end and now.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     ticks: u32,
     /// Agents in the fleet.
@@ -43,6 +46,36 @@ pub struct DemoArgs {
 }
 
 const TICK: i64 = 5;
+
+/// When the simulated period starts and how many ticks it holds. The period ends at `now`, so
+/// that the commands run after the demo see it in their default window: it starts `ticks`
+/// ticks earlier, or, when the log already holds events in that span (a previous run), one tick
+/// after the newest of them, with as many ticks as fit before `now`.
+fn schedule(
+    now: chrono::DateTime<chrono::Utc>,
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    ticks: u32,
+) -> anyhow::Result<(chrono::DateTime<chrono::Utc>, u32)> {
+    let full = now - Duration::seconds(TICK * i64::from(ticks));
+    match last {
+        Some(t) if t + Duration::seconds(TICK) > full => {
+            let start = t + Duration::seconds(TICK);
+            let fit = (now - start).num_seconds().div_euclid(TICK);
+            if fit < 1 {
+                anyhow::bail!(
+                    "the log's newest event is at {}, less than one tick ({TICK} s) before now \
+                     ({}): the demo simulates the time up to now and continues after the \
+                     log's newest event, so there is nothing to simulate yet; run it again \
+                     later, or pass a later --now",
+                    healstore::time::format_time(t),
+                    healstore::time::format_time(now)
+                );
+            }
+            Ok((start, ticks.min(u32::try_from(fit).unwrap_or(u32::MAX))))
+        }
+        _ => Ok((full, ticks)),
+    }
+}
 
 #[derive(Default, serde::Serialize)]
 struct Tally {
@@ -97,12 +130,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         .map(|e| e.occurred_at);
     drop(last);
     probe.close().await?;
-    let mut start = cli.now();
-    if let Some(t) = last_time
-        && t >= start
-    {
-        start = t + Duration::seconds(TICK);
-    }
+    let (start, ticks) = schedule(cli.now(), last_time, args.ticks)?;
     let clock = Arc::new(ManualClock::new(start));
     let store = Store::open(
         &cli.db,
@@ -125,7 +153,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         .await?;
     let mut rng = SimRng::new(seed.wrapping_add(17));
     let mut tally = Tally::default();
-    let quorum_tick = args.ticks / 2;
+    let quorum_tick = ticks / 2;
     let mut successes = 0u64;
     let mut transitions = 0usize;
     // Failures of the fleet or a resource, confirmed recovered once the simulation sees it.
@@ -133,7 +161,13 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     let mut quorum: Vec<(String, u32)> = Vec::new();
     let mut confirmed = 0u64;
 
-    for tick in 0..args.ticks {
+    for tick in 0..ticks {
+        // Each tick at its instant on the schedule; a tick whose simulated actions took longer
+        // than a tick starts late rather than early.
+        let due = start + Duration::seconds(TICK * i64::from(tick));
+        if clock.now_value() < due {
+            clock.set(due);
+        }
         let now = clock.now_value();
         let snapshot = fleet.snapshot();
         for (id, agent) in &snapshot.agents {
@@ -228,18 +262,18 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             quorum = still;
         }
         transitions += healer.tick().await?.reactions.len();
-        clock.advance(Duration::seconds(TICK));
     }
 
     let circuits = healer.states(Some("CircuitBreaker")).await?;
     let degradation = healer.states(Some("GradualDegradation")).await?;
-    // The last tick's instant (the clock has already moved one step past it).
-    let end = clock.now_value() - Duration::seconds(TICK);
+    // The simulated period ends at the present (or where the last tick's actions ended, if
+    // they ran past it).
+    let end = clock.now_value().max(cli.now());
     let head = healer.store().head_position().await?;
     // The run ends with the dashboard over the simulated period.
-    let window = healstore::Window::new(start, end + Duration::seconds(TICK))?;
+    let window = healstore::Window::new(start, end)?;
     let dashboard = healstore::Analytics::new(healer.store())
-        .dashboard(&window, &Default::default(), end + Duration::seconds(TICK))
+        .dashboard(&window, &Default::default(), end)
         .await?;
     healer.close().await?;
     if let Some(path) = &args.html {
@@ -260,6 +294,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     let summary = json!({
         "database": cli.db.display().to_string(),
         "seed": seed,
+        "ticks": ticks,
         "simulated_from": healstore::time::format_time(start),
         "simulated_until": healstore::time::format_time(end),
         "failures": tally,
@@ -287,7 +322,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     out.line(&format!(
         "simulated {} agents for {} ticks ({} to {}), seed {seed}",
         args.agents,
-        args.ticks,
+        ticks,
         healstore::time::format_time(start),
         healstore::time::format_time(end)
     ))?;

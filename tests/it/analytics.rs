@@ -1268,7 +1268,7 @@ mod cli {
         assert_eq!(before, digests());
         let table = expect_success(&run(
             &path,
-            &["--now", "2026-11-01T12:00:00Z", "demo", "--ticks", "5"],
+            &["--now", "2026-11-01T12:01:00Z", "demo", "--ticks", "5"],
         ));
         assert!(table.contains("Healing dashboard"), "{table}");
         assert!(table.contains("Recommendations"), "{table}");

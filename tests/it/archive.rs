@@ -17,10 +17,14 @@ use crate::common::{
 const NOW: &str = "2026-11-01T12:00:00Z";
 const CUT: &str = "2026-11-01T12:02:30Z";
 
-fn demo(path: &Path, now: &str, ticks: &str) {
+/// A demo run whose simulated period starts at `start` (the demo's period ends at `--now`).
+fn demo(path: &Path, start: &str, ticks: &str) {
+    let end = healstore::time::parse_time(start).unwrap()
+        + chrono::Duration::seconds(5 * ticks.parse::<i64>().unwrap());
+    let end = healstore::time::format_time(end);
     expect_success(&run(
         path,
-        &["--now", now, "demo", "--ticks", ticks, "--seed", "9"],
+        &["--now", &end, "demo", "--ticks", ticks, "--seed", "9"],
     ));
 }
 
@@ -535,7 +539,7 @@ fn windows_cut_through_archived_hours_answer_as_before_the_archive() {
         ("2026-11-01T11:58:00Z", "2026-11-01T13:01:30Z"),
         ("2026-11-01T12:00:45Z", "2026-11-01T13:00:45Z"),
         ("2026-11-01T11:00:00Z", "2026-11-01T14:00:00Z"),
-        ("2026-11-01T12:03:10Z", "2026-11-01T12:03:20Z"),
+        ("2026-11-01T12:03:15Z", "2026-11-01T12:03:25Z"),
     ];
     let before = answers(&path, now, &windows);
     // (each window holds healing results, and some in the hour the cut goes through)

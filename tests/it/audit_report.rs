@@ -242,10 +242,13 @@ fn expected(events: &[RecordedEvent], since: &str, until: &str) -> Vec<AuditReco
 
 fn demo_db() -> (tempfile::TempDir, std::path::PathBuf) {
     let (dir, db) = temp_db();
+    // The demo's 40 ticks of 5 s end at `--now`: they start at DAY_START.
+    let end = healstore::time::parse_time(DAY_START).unwrap() + chrono::Duration::seconds(200);
+    let end = healstore::time::format_time(end);
     expect_success(&run(
         &db,
         &[
-            "--now", DAY_START, "--format", "json", "demo", "--ticks", "40", "--seed", "3",
+            "--now", &end, "--format", "json", "demo", "--ticks", "40", "--seed", "3",
         ],
     ));
     (dir, db)

@@ -797,12 +797,12 @@ fn now_option_makes_the_demos_recorded_at_deterministic() {
     // then both record their events at the very same instants,
     assert!(!first.is_empty());
     assert_eq!(first, second, "recorded_at differs between identical runs");
-    // and those instants come from `--now` (the demo's simulated clock starts there and only
-    // moves forward), not from the wall clock.
+    // and those instants come from `--now` (the demo's simulated period of 120 ticks of 5 s
+    // ends there), not from the wall clock.
     let now = healstore::time::parse_time(NOW).unwrap();
     for t in &first {
         assert!(
-            *t >= now && *t < now + chrono::Duration::days(1),
+            *t >= now - chrono::Duration::minutes(10) && *t < now + chrono::Duration::minutes(1),
             "recorded_at {t} is not derived from --now {NOW}"
         );
     }
@@ -951,4 +951,73 @@ fn append_of_a_line_the_database_refuses_fails_that_line_alone_and_acknowledges_
     // and exactly what was acknowledged is stored: not the refused line.
     let acked_ids: Vec<String> = acks.into_iter().map(|(_, id, _)| id).collect();
     assert_eq!(stored_ids(&db), acked_ids);
+}
+
+#[test]
+fn the_commands_after_a_demo_see_its_period_in_their_default_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // With the wall clock: the demo's period ends at the present, so the default window of
+    // the next commands (the last 24 h, at a later instant) holds all of it.
+    let db = dir.path().join("wall.db");
+    let demo = json(&expect_success(&run(
+        &db,
+        &["--format", "json", "demo", "--ticks", "40"],
+    )));
+    let failures = demo["failures"]["failures"].as_u64().unwrap();
+    assert!(failures > 0, "{demo}");
+    let stats = json(&expect_success(&run(&db, &["--format", "json", "stats"])));
+    assert_eq!(stats["total_failures"].as_u64(), Some(failures), "{stats}");
+    let dashboard = json(&expect_success(&run(
+        &db,
+        &["--format", "json", "dashboard"],
+    )));
+    assert_eq!(
+        dashboard["overall"]["total_failures"].as_u64(),
+        Some(failures)
+    );
+
+    // With `--now`: the period is the ticks before it.
+    let db = dir.path().join("now.db");
+    let demo = json(&expect_success(&run(
+        &db,
+        &["--now", NOW, "--format", "json", "demo", "--ticks", "40"],
+    )));
+    assert_eq!(demo["simulated_until"], "2026-01-01T00:00:00.000000Z");
+    assert_eq!(demo["simulated_from"], "2025-12-31T23:56:40.000000Z");
+    let stats = json(&expect_success(&run(
+        &db,
+        &["--now", NOW, "--format", "json", "stats"],
+    )));
+    assert_eq!(
+        stats["total_failures"], demo["failures"]["failures"],
+        "{stats}"
+    );
+    // A second run at the same instant has nothing left to simulate: refused, nothing written.
+    let head = sql_head(&db);
+    let err = expect_error(
+        &run(&db, &["--now", NOW, "demo", "--ticks", "40"]),
+        "nothing to simulate yet",
+    );
+    assert!(err.contains("--now"), "{err}");
+    assert_eq!(sql_head(&db), head);
+    // A later one continues after the first with the ticks that fit.
+    let later = json(&expect_success(&run(
+        &db,
+        &[
+            "--now",
+            "2026-01-01T00:01:00Z",
+            "--format",
+            "json",
+            "demo",
+            "--ticks",
+            "40",
+        ],
+    )));
+    assert_eq!(later["ticks"], 11, "{later}");
+    assert_eq!(later["simulated_until"], "2026-01-01T00:01:00.000000Z");
+}
+
+fn sql_head(db: &Path) -> i64 {
+    let out = expect_success(&run(db, &["--format", "json", "verify"]));
+    json(&out)["head_position"].as_i64().unwrap()
 }

@@ -154,18 +154,16 @@ fn sigkill_during_healing_loops_leaves_a_sound_file_consistent_read_models_and_s
     for round in 0..4u64 {
         // Given a healer running a long simulated fleet,
         let seed = round.to_string();
+        // Each round's period (100,000 ticks of 5 s, about 5.8 days, ending at `--now`) after
+        // the previous round's.
+        let now = healstore::time::format_time(
+            healstore::time::parse_time("2026-11-01T00:00:00Z").unwrap()
+                + chrono::Duration::days(7 * round as i64),
+        );
         let (count0, _) = try_log_head(&db).unwrap_or((0, 0));
         let mut child = spawn(
             &db,
-            &[
-                "--now",
-                "2026-11-01T00:00:00Z",
-                "demo",
-                "--ticks",
-                "100000",
-                "--seed",
-                &seed,
-            ],
+            &["--now", &now, "demo", "--ticks", "100000", "--seed", &seed],
         );
         // when it is SIGKILLed after it has written a random number of events,
         let target = count0 + rng.between(30, 1500) as i64;
@@ -201,15 +199,7 @@ fn sigkill_during_healing_loops_leaves_a_sound_file_consistent_read_models_and_s
         assert_eq!((count_now, head_now), (count, head), "round {round}");
         expect_success(&run(
             &db,
-            &[
-                "--now",
-                "2026-11-01T00:00:00Z",
-                "demo",
-                "--ticks",
-                "5",
-                "--seed",
-                &seed,
-            ],
+            &["--now", &now, "demo", "--ticks", "5", "--seed", &seed],
         ));
         assert!(
             log_head(&db).0 > count,
@@ -334,10 +324,12 @@ fn sigkill_during_rebuild_leaves_the_old_or_the_new_read_models_never_a_mix() {
     let (mut old, mut new, mut mid_run) = (0, 0, 0);
     for round in 0..8 {
         // (with strategy snapshots, which a rebuild drops, written by a short healing run),
-        expect_success(&run(
-            &db,
-            &["--now", "2026-11-01T00:00:00Z", "demo", "--ticks", "5"],
-        ));
+        // (each round a minute after the previous one: the demo's period ends at `--now`),
+        let now = healstore::time::format_time(
+            healstore::time::parse_time("2026-11-01T00:00:00Z").unwrap()
+                + chrono::Duration::minutes(round),
+        );
+        expect_success(&run(&db, &["--now", &now, "demo", "--ticks", "5"]));
         assert!(snapshot_count(&db) > 0, "round {round}: no snapshots");
         let head = log_head(&db);
         let fresh = digests(&db);

@@ -794,13 +794,20 @@ fn the_cli_records_decisions_outcomes_and_shows_the_audit_trail() {
 #[test]
 fn a_second_demo_run_continues_after_the_first() {
     let (_dir, path) = temp_db();
-    let run = || {
-        let (code, out, err) = cli(&path, &["--format", "json", "demo", "--ticks", "30"]);
+    let run = |now: &str| {
+        let (code, out, err) = cli(
+            &path,
+            &["--now", now, "--format", "json", "demo", "--ticks", "30"],
+        );
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
-    let first = run();
-    let second = run();
+    // The first run's 30 ticks end at 12:00; the second, a minute later, has room for 12.
+    let first = run("2026-11-01T12:00:00Z");
+    let second = run("2026-11-01T12:01:00Z");
+    assert_eq!(first["ticks"], 30);
+    assert_eq!(second["ticks"], 11, "{second}");
+    assert_eq!(second["simulated_until"], "2026-11-01T12:01:00.000000Z");
     assert!(first["failures"]["failures"].as_u64().unwrap() > 0);
     let until = healstore::time::parse_time(first["simulated_until"].as_str().unwrap()).unwrap();
     let from = healstore::time::parse_time(second["simulated_from"].as_str().unwrap()).unwrap();

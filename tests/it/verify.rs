@@ -16,8 +16,9 @@ fn healed_db() -> (tempfile::TempDir, std::path::PathBuf) {
     expect_success(&run(
         &path,
         &[
+            // 30 ticks of 5 s ending at --now: 12:00:00 to 12:02:30.
             "--now",
-            "2026-11-01T12:00:00Z",
+            "2026-11-01T12:02:30Z",
             "demo",
             "--ticks",
             "30",
