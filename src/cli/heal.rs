@@ -115,6 +115,16 @@ pub async fn open_healer(cli: &Cli) -> anyhow::Result<Healer> {
     Ok(config.builder().open_lazy(store).await?)
 }
 
+/// Opens the healer of an existing database for a command that reads state (`circuits`,
+/// `states`, `tick`): a missing or empty file is refused rather than created. (Closing it may
+/// save snapshots of the states it loaded, a cache that speeds up the next restore.)
+pub async fn open_existing_healer(cli: &Cli) -> anyhow::Result<Healer> {
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    let store = cli.open(false).await?;
+    config.record(&store).await?;
+    Ok(config.builder().open_lazy(store).await?)
+}
+
 /// Opens the healer with every state restored (what a checkpoint before an archive needs).
 pub async fn open_full_healer(cli: &Cli) -> anyhow::Result<Healer> {
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
@@ -438,7 +448,7 @@ fn print_signal(out: &mut Out, r: &SignalReport) -> anyhow::Result<()> {
 }
 
 pub async fn circuits(cli: &Cli, agent: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
-    let healer = open_healer(cli).await?;
+    let healer = open_existing_healer(cli).await?;
     let states = healer.states(Some("CircuitBreaker")).await;
     healer.close().await?;
     let rows: Vec<Value> = states?
@@ -531,14 +541,15 @@ pub async fn circuit(
 }
 
 pub async fn tick(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
-    let healer = open_healer(cli).await?;
+    // Nothing to move on in a database that does not exist: refused rather than created.
+    let healer = open_existing_healer(cli).await?;
     let r = healer.tick().await;
     healer.close().await?;
     print_signal(out, &r?)
 }
 
 pub async fn states(cli: &Cli, strategy: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
-    let healer = open_healer(cli).await?;
+    let healer = open_existing_healer(cli).await?;
     let r = healer.states(strategy).await;
     healer.close().await?;
     let states = r?;

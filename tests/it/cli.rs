@@ -1021,3 +1021,18 @@ fn sql_head(db: &Path) -> i64 {
     let out = expect_success(&run(db, &["--format", "json", "verify"]));
     json(&out)["head_position"].as_i64().unwrap()
 }
+
+#[test]
+fn reading_state_does_not_create_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    for command in ["circuits", "states", "tick"] {
+        expect_error(&run(&missing, &[command]), "does not exist");
+        assert!(!missing.exists(), "`{command}` created the database");
+    }
+    std::fs::write(&missing, b"").unwrap();
+    for command in ["circuits", "states", "tick"] {
+        expect_error(&run(&missing, &[command]), "the file is empty");
+        assert_eq!(std::fs::read(&missing).unwrap(), b"");
+    }
+}

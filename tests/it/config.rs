@@ -108,6 +108,7 @@ fn bad_settings() -> Vec<(&'static str, &'static str, &'static str)> {
 fn every_bad_setting_is_refused_in_one_line_naming_its_key_and_changes_nothing() {
     let (dir, db) = temp_db();
     // A database whose configuration (the defaults) is recorded already.
+    expect_success(&run(&db, &["init"]));
     expect_success(&run(&db, &["--now", "2026-11-01T12:00:00Z", "states"]));
     let before = db_files(&db);
     for (what, text, needle) in bad_settings() {
