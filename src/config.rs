@@ -210,6 +210,82 @@ impl Config {
         self.gradual_degradation.validate()
     }
 
+    /// This configuration with one setting changed: `key` is a dotted path as written in the
+    /// file (`circuit_breaker.failure_threshold`, `limits.max_disabled_fraction`, `mode`) and
+    /// `value` a TOML value (`3`, `0.25`, `true`; a bare word is taken as a string, so
+    /// `mode=shadow` works). Unknown keys, values of the wrong type and values the checks
+    /// refuse are refused in one line naming the key; `self` is unchanged either way. Routes
+    /// (a list of tables) are not settable this way: write them in a file.
+    pub fn with_setting(&self, key: &str, value: &str) -> Result<Config> {
+        let refuse =
+            |why: &str| Error::InvalidInput(format!("invalid setting {key}={value}: {why}"));
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(refuse(
+                "the key is a dotted path such as circuit_breaker.failure_threshold",
+            ));
+        }
+        if parts[0] == "route" {
+            return Err(refuse(
+                "routes are set in a configuration file, not one key at a time",
+            ));
+        }
+        let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or(toml::Value::String(value.to_owned())),
+            Err(_) => toml::Value::String(value.to_owned()),
+        };
+        let mut doc = toml::Value::try_from(self).map_err(|e| refuse(&e.to_string()))?;
+        set_path(&mut doc, &parts, parsed).map_err(|why| refuse(&why))?;
+        let text = toml::to_string(&doc).map_err(|e| refuse(&e.to_string()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let m = e.message().trim_end().replace('\n', "; ");
+            if m.starts_with("unknown field") {
+                refuse("no such setting")
+            } else {
+                refuse(&m)
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every combination of the values given per key (`--set key=v1,v2,...`, in the order
+    /// given, the last key varying fastest), each with a label naming its settings. A sweep
+    /// of no keys is this configuration alone; a combination the checks refuse is refused
+    /// with its key and value; more than 1,000 combinations are refused.
+    pub fn sweep(&self, settings: &[(String, Vec<String>)]) -> Result<Vec<(String, Config)>> {
+        let total = settings
+            .iter()
+            .try_fold(1usize, |n, (_, vs)| n.checked_mul(vs.len()))
+            .unwrap_or(usize::MAX);
+        if total > 1000 {
+            return Err(Error::InvalidInput(format!(
+                "a sweep of {total} combinations is too large (at most 1000)"
+            )));
+        }
+        let mut out = vec![(String::new(), self.clone())];
+        for (key, values) in settings {
+            if values.is_empty() {
+                return Err(Error::InvalidInput(format!("--set {key}= names no value")));
+            }
+            let mut next = Vec::with_capacity(out.len() * values.len());
+            for (label, config) in &out {
+                for v in values {
+                    let label = if label.is_empty() {
+                        format!("{key}={v}")
+                    } else {
+                        format!("{label} {key}={v}")
+                    };
+                    next.push((label, config.with_setting(key, v)?));
+                }
+            }
+            out = next;
+        }
+        Ok(out)
+    }
+
     /// The routes in effect: the defaults, with the file's routes replacing theirs per type.
     pub fn effective_routes(&self) -> Vec<(String, Vec<StrategyKind>)> {
         let mut map: std::collections::BTreeMap<String, Vec<StrategyKind>> = Default::default();
@@ -355,6 +431,33 @@ impl Config {
 /// number) names its key with the table it is in, as the other checks do:
 /// `invalid configuration: limits.fleet_size = -1: must be a whole number from 0 to
 /// 4294967295 (line 2, column 14)`.
+/// Sets `parts` (a dotted path) in a TOML document to `value`. A missing last key is inserted
+/// (optional settings that are unset are absent from the serialised form; an unknown one is
+/// refused when the document is read back), a missing section is refused.
+fn set_path(
+    doc: &mut toml::Value,
+    parts: &[&str],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let table = doc
+        .as_table_mut()
+        .ok_or_else(|| "no such setting (its parent is a setting, not a section)".to_owned())?;
+    match parts {
+        [] => Err("the key is empty".to_owned()),
+        [last] => {
+            if table.get(*last).is_some_and(toml::Value::is_table) {
+                return Err("names a section, not a setting".to_owned());
+            }
+            table.insert((*last).to_owned(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => match table.get_mut(*first) {
+            Some(inner) => set_path(inner, rest, value),
+            None => Err("no such setting".to_owned()),
+        },
+    }
+}
+
 fn toml_error(text: &str, e: &toml::de::Error) -> Error {
     // toml's own rendering quotes the line over several lines: keep one.
     let message = e.message().trim_end().replace('\n', "; ");

@@ -239,3 +239,122 @@ async fn a_builder_refuses_a_chain_listing_one_strategy_twice_and_bad_limits() {
     assert_eq!(store.head_position().await.unwrap(), 0);
     store.close().await.unwrap();
 }
+
+#[test]
+fn one_setting_changed_by_its_dotted_key() {
+    let base = Config::default();
+    let c = base
+        .with_setting("circuit_breaker.failure_threshold", "3")
+        .unwrap();
+    assert_eq!(c.circuit_breaker.failure_threshold, 3);
+    assert_eq!(
+        base.circuit_breaker.failure_threshold, 5,
+        "the base is unchanged"
+    );
+    let c = c
+        .with_setting("limits.max_disabled_fraction", "0.5")
+        .unwrap();
+    assert_eq!(
+        c.limits.max_disabled_fraction,
+        Some(0.5),
+        "an unset option is set"
+    );
+    assert_eq!(
+        c.circuit_breaker.failure_threshold, 3,
+        "earlier settings kept"
+    );
+    let c = base.with_setting("mode", "shadow").unwrap();
+    assert_eq!(c.mode, healstore::heal::Mode::Shadow);
+    // Everything else equal to the base.
+    let back = c.with_setting("mode", "\"auto\"").unwrap();
+    assert_eq!(back, base);
+
+    for (key, value, needle) in [
+        ("circuit_breaker.no_such_key", "3", "no such setting"),
+        ("no_such_section.failure_threshold", "3", "no such setting"),
+        ("circuit_breaker", "3", "names a section"),
+        ("mode.deeper", "3", "no such setting"),
+        (
+            "circuit_breaker.failure_threshold",
+            "many",
+            "circuit_breaker.failure_threshold",
+        ),
+        (
+            "circuit_breaker.failure_threshold",
+            "0",
+            "failure_threshold",
+        ),
+        ("task_retry.multiplier", "nan", "multiplier"),
+        (
+            "route.strategies",
+            "[]",
+            "routes are set in a configuration file",
+        ),
+        ("", "3", "dotted path"),
+        ("mode", "sometimes", "mode"),
+    ] {
+        let e = base
+            .with_setting(key, value)
+            .expect_err(&format!("{key}={value} accepted"));
+        let m = e.to_string();
+        assert!(m.contains(needle), "{key}={value}: {m}");
+        assert_eq!(m.lines().count(), 1, "{m}");
+    }
+}
+
+#[test]
+fn a_sweep_is_every_combination_in_order() {
+    let base = Config::default();
+    let sets = vec![
+        (
+            "circuit_breaker.failure_threshold".to_owned(),
+            vec!["3".to_owned(), "5".to_owned(), "8".to_owned()],
+        ),
+        (
+            "circuit_breaker.open_ms".to_owned(),
+            vec!["30000".to_owned(), "60000".to_owned()],
+        ),
+    ];
+    let all = base.sweep(&sets).unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all[0].0,
+        "circuit_breaker.failure_threshold=3 circuit_breaker.open_ms=30000"
+    );
+    assert_eq!(
+        all[5].0,
+        "circuit_breaker.failure_threshold=8 circuit_breaker.open_ms=60000"
+    );
+    for (label, c) in &all {
+        let single = base
+            .with_setting(
+                "circuit_breaker.failure_threshold",
+                &c.circuit_breaker.failure_threshold.to_string(),
+            )
+            .unwrap()
+            .with_setting(
+                "circuit_breaker.open_ms",
+                &c.circuit_breaker.open_ms.to_string(),
+            )
+            .unwrap();
+        assert_eq!(&single, c, "{label}");
+    }
+    assert_eq!(
+        base.sweep(&[]).unwrap(),
+        vec![(String::new(), base.clone())]
+    );
+    let bad = vec![(
+        "circuit_breaker.failure_threshold".to_owned(),
+        vec!["3".to_owned(), "-1".to_owned()],
+    )];
+    assert!(base.sweep(&bad).unwrap_err().to_string().contains("-1"));
+    let huge: Vec<(String, Vec<String>)> = (0..4)
+        .map(|_| {
+            (
+                "circuit_breaker.failure_threshold".to_owned(),
+                (1..=10).map(|i| i.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert!(base.sweep(&huge).unwrap_err().to_string().contains("10000"));
+}
