@@ -46,6 +46,7 @@ pub mod event;
 pub mod events;
 pub mod heal;
 pub mod input;
+pub mod metrics;
 pub mod output;
 pub mod store;
 pub mod time;
@@ -57,6 +58,6 @@ pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{
     Checkpoint, Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend,
-    SCHEMA_VERSION, Snapshot, Store, StoreOptions, StreamAppend, VerifyOptions, VerifyReport,
-    WRITER_CACHE_KIB,
+    SCHEMA_VERSION, Snapshot, Store, StoreObserver, StoreOptions, StreamAppend, VerifyOptions,
+    VerifyReport, WRITER_CACHE_KIB,
 };

@@ -58,6 +58,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "HEALSTORE_BUSY_TIMEOUT", value_parser = parse_wait, default_value = "10m")]
     pub busy_timeout: std::time::Duration,
 
+    /// Diagnostics on stderr: `text`, one `healstore: level: message` line each, or `json`,
+    /// one JSON object a line with its level, target, fields and spans (a request's id), for
+    /// log shippers. `RUST_LOG` chooses what is logged.
+    #[arg(long, global = true, value_enum, env = "HEALSTORE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -65,6 +71,12 @@ pub struct Cli {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
     Json,
 }
 
@@ -308,7 +320,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -385,16 +397,28 @@ fn one_line(e: &anyhow::Error) -> String {
 /// Diagnostics on stderr in the `healstore: <level>: <message>` form of every other line
 /// healstore writes there (`RUST_LOG=healstore=debug` for more than warnings); colours only on
 /// a terminal. The library never installs a subscriber itself.
-fn init_tracing() {
+///
+/// With `--log-format json`, one JSON object a line instead (`timestamp`, `level`, `target`,
+/// the event's `fields`, and the current `span` with its fields, such as a request's id).
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .event_format(Diagnostic)
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .event_format(Diagnostic)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Formats a tracing event as one `healstore: warning: message (field=value, ...)` line.

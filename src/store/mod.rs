@@ -61,6 +61,18 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// Told of the writer's work, for metrics (see [`Store::observe`]). Called on the writer's
+/// thread after each group: keep it to a few atomic updates.
+pub trait StoreObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// A group commit stored this many events (retries answered from the log not counted).
+    fn group_committed(&self, events: usize);
+    /// An append was answered, `ok` or with an error, this long after it was queued.
+    fn append_answered(&self, waited: Duration, ok: bool);
+}
+
+/// The observer, set at most once, shared by the store and its writer.
+pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn StoreObserver>>>;
+
 /// Settings for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -133,6 +145,7 @@ struct Inner {
     probe: probe::ChangeProbe,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    observer: ObserverSlot,
 }
 
 impl Store {
@@ -208,9 +221,11 @@ impl Store {
             .await
             .map_err(|e| Error::from_db(e, &path))?;
         let wal = Arc::new(WalLength::default());
+        let observer = ObserverSlot::default();
         let task =
             writer::Writer::new(conn, writer_options, path.clone(), options.clone(), head_tx)
                 .with_commit_signal(commits.clone(), wal.clone())
+                .with_observer(observer.clone())
                 .spawn(req_rx, stop_rx)
                 .map_err(|e| Error::Open {
                     path: path.clone(),
@@ -230,6 +245,7 @@ impl Store {
                 probe,
                 writer: Mutex::new(Some(checkpointer)),
                 shutdown: Mutex::new(Some(stop_tx)),
+                observer,
             }),
         })
     }
@@ -252,6 +268,18 @@ impl Store {
             .await
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Sets the observer told of every group commit and append answer (metrics). Only the
+    /// first call takes effect: false when an observer was already set.
+    pub fn observe(&self, observer: Arc<dyn StoreObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    /// The highest position this process has committed, changed after each of its commits
+    /// (live tails wait on it; other processes' commits do not move it).
+    pub(crate) fn head_watch(&self) -> watch::Receiver<i64> {
+        self.inner.head.clone()
     }
 
     /// The database file.
@@ -343,6 +371,7 @@ impl Store {
             ticket,
             after,
             reply,
+            submitted: self.inner.observer.get().map(|_| std::time::Instant::now()),
         });
         self.inner
             .requests

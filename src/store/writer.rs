@@ -50,6 +50,8 @@ pub(crate) struct AppendRequest {
     /// neither is this one ([`Error::DependencyFailed`]).
     pub after: Vec<u64>,
     pub reply: oneshot::Sender<Result<Vec<Appended>>>,
+    /// When it was queued; set only while a [`super::StoreObserver`] listens.
+    pub submitted: Option<std::time::Instant>,
 }
 
 /// An event made ready for the writer by the caller's task: its payload serialised and its
@@ -264,6 +266,8 @@ pub(crate) struct Writer {
     suspect: bool,
     /// Tickets of recent requests that were not stored (see [`AppendRequest::after`]).
     failed: FailedTickets,
+    /// Told of every group's answers (see [`super::StoreObserver`]).
+    observer: super::ObserverSlot,
 }
 
 /// The tickets of the most recent requests that were not stored. A request depends only on
@@ -359,7 +363,13 @@ impl Writer {
             open_transaction: false,
             suspect: false,
             failed: FailedTickets::default(),
+            observer: Default::default(),
         }
+    }
+
+    pub fn with_observer(mut self, observer: super::ObserverSlot) -> Writer {
+        self.observer = observer;
+        self
     }
 
     pub fn with_commit_signal(
@@ -606,6 +616,10 @@ impl Writer {
             other => other,
         };
         drop(items);
+        if let Some(o) = self.observer.get() {
+            let answers = outcome.as_ref().ok().map(|(a, _)| a.as_slice());
+            observe_group(o.as_ref(), &group, answers);
+        }
         match outcome {
             Ok((answers, last)) => {
                 self.committed(last);
@@ -937,6 +951,28 @@ fn refused_by_content(e: &Error) -> bool {
 }
 
 /// One error for each caller of a failed group: the same error, of the same kind.
+/// Tells the observer what a group wrote and how long each of its appends waited.
+fn observe_group(
+    o: &dyn super::StoreObserver,
+    group: &[AppendRequest],
+    answers: Option<&[Result<Vec<Appended>>]>,
+) {
+    let now = std::time::Instant::now();
+    let mut events = 0;
+    for (i, req) in group.iter().enumerate() {
+        let answer = answers.and_then(|a| a.get(i)).and_then(|a| a.as_ref().ok());
+        let ok = answer.is_some();
+        // (a retry answered with what is stored wrote nothing)
+        events += answer.map_or(0, |a| a.iter().filter(|e| !e.duplicate).count());
+        if let Some(t) = req.submitted {
+            o.append_answered(now.saturating_duration_since(t), ok);
+        }
+    }
+    if events > 0 {
+        o.group_committed(events);
+    }
+}
+
 fn replicate(e: &Error) -> Error {
     e.clone()
 }

@@ -13,6 +13,8 @@ mod faults;
 mod heal_stream;
 mod healer;
 mod input;
+mod logging;
+mod metrics;
 mod outputs;
 mod patterns;
 mod process;
