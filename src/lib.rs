@@ -48,6 +48,7 @@ pub mod heal;
 pub mod input;
 pub mod metrics;
 pub mod output;
+pub mod serve;
 pub mod store;
 pub mod time;
 
