@@ -17,8 +17,9 @@
 //!    JSON Lines bodies ([`is_json_lines`]) are exempt: they are read a line at a time, each
 //!    line at most [`MAX_LINE_BYTES`], however long the stream.
 //! 4. **Time**: a request whose answer has not begun after [`Limits::request_timeout`] is
-//!    answered `503` with `Retry-After` (a record cut short may still be committed: retried
-//!    with the same `failure_id`, it is answered once). A JSON Lines upload is not limited in
+//!    answered `503` with `Retry-After`; the handler runs on to its end, as a task of its own
+//!    that keeps the slot, so that a heal is never dropped halfway (its record committed:
+//!    retried with the same `failure_id`, it is answered once). A JSON Lines upload is not limited in
 //!    total, but in idleness: a body that sends nothing for that long ends in an error. A
 //!    streamed answer is not limited once it has begun.
 //!
@@ -505,19 +506,29 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
         }
     }
 
-    let response = if json_lines {
+    let (response, slot) = if json_lines {
         let (parts, body) = req.into_parts();
         let body = idle_limited(body, limits.request_timeout);
-        next.run(Request::from_parts(parts, body)).await
+        (next.run(Request::from_parts(parts, body)).await, slot)
     } else {
-        match tokio::time::timeout(limits.request_timeout, next.run(req)).await {
-            Ok(r) => r,
+        // The handler runs as a task of its own, holding the slot: past the timeout the
+        // client is answered, and the handler still runs to its end rather than being
+        // dropped halfway through a heal (its append committed, as a retry will find).
+        let mut work = tokio::spawn(async move { (next.run(req).await, slot) });
+        match tokio::time::timeout(limits.request_timeout, &mut work).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => {
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the request's handler failed".to_owned(),
+                );
+            }
             Err(_) => {
                 return retry_later(
                     "timeout",
                     format!(
-                        "the request took longer than {:?}, the most this server gives one; a \
-                         record retried with the same id is answered once",
+                        "the request took longer than {:?}, the most this server gives one                          (it may still complete: a record retried with the same id is                          answered once)",
                         limits.request_timeout
                     ),
                 );
@@ -587,6 +598,10 @@ mod tests {
     }
 
     fn app(tokens: Option<Tokens>, limits: Limits) -> Router {
+        guarded(tokens, limits).0
+    }
+
+    fn guarded(tokens: Option<Tokens>, limits: Limits) -> (Router, Guard) {
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/v1/things", get(|| async { "things" }))
@@ -615,7 +630,8 @@ mod tests {
                     (StatusCode::OK, n.to_string())
                 }),
             );
-        Guard::new(tokens, limits).apply(router)
+        let g = Guard::new(tokens, limits);
+        (g.apply(router), g)
     }
 
     fn req(method: Method, path: &str, token: Option<&str>) -> axum::http::request::Builder {
@@ -910,7 +926,7 @@ mod tests {
             max_concurrent: 2,
             ..Limits::default()
         };
-        let app = app(Some(tokens()), limits);
+        let (app, g) = guarded(Some(tokens()), limits);
         // Two uploads held open fill the server.
         let mut held = Vec::new();
         let mut answers = Vec::new();
@@ -929,6 +945,12 @@ mod tests {
             held.push(tx);
         }
         // Wait (bounded) until both hold their slot.
+        for _ in 0..10_000 {
+            if g.inner.slots.available_permits() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let g_probe = || {
             req(Method::GET, "/v1/things", Some(READ))
                 .body(Body::empty())
@@ -1087,5 +1109,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&report[..], b"{\"line\":1}\n{\"line\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_handler_runs_to_its_end_holding_its_slot() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let router = {
+            let gate = gate.clone();
+            Router::new()
+                .route(
+                    "/v1/gated",
+                    post(move || {
+                        let gate = gate.clone();
+                        let done_tx = done_tx.clone();
+                        async move {
+                            gate.notified().await;
+                            let _ = done_tx.send(());
+                            "done"
+                        }
+                    }),
+                )
+                .route("/v1/things", get(|| async { "things" }))
+        };
+        let limits = Limits {
+            request_timeout: Duration::from_millis(50),
+            max_concurrent: 1,
+            ..Limits::default()
+        };
+        let g = Guard::new(None, limits);
+        let app = g.apply(router);
+        let (s, _, v) = send(
+            &app,
+            Request::post("/v1/gated").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "timeout"));
+        // The handler goes on, and keeps its slot until it ends.
+        let (s, _, v) = send(
+            &app,
+            Request::get("/v1/things").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+        );
+        gate.notify_one();
+        done_rx.recv().await.expect("the handler ran to its end");
+        for _ in 0..10_000 {
+            if g.inner.slots.available_permits() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let (s, _, _) = send(
+            &app,
+            Request::get("/v1/things").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
     }
 }
