@@ -16,6 +16,9 @@
 //! - [`audit`]: audit reports over a time window, one record per automated action.
 //! - [`analytics`]: SQL over time windows on read models the store maintains with the events:
 //!   statistics, MTTR, effectiveness, recommendations, health, patterns and predictions.
+//! - [`live`]: live subscriptions to the log for many subscribers at once, from a position,
+//!   never skipping or repeating an event, with bounded memory per subscriber.
+//! - [`metrics`]: Prometheus metrics counted from the log, the writer and the healer's memory.
 //! - [`input`]: reading JSON Lines and archives from files, pipes and standard input with
 //!   bounded memory: one maximum line length, gzip told by its first bytes.
 //! - [`output`]: the files written besides the database (archives, pages), never the
@@ -46,6 +49,7 @@ pub mod event;
 pub mod events;
 pub mod heal;
 pub mod input;
+pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod serve;

@@ -13,6 +13,7 @@ mod faults;
 mod heal_stream;
 mod healer;
 mod input;
+mod live;
 mod logging;
 mod metrics;
 mod outputs;
