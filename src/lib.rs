@@ -63,6 +63,6 @@ pub use event::{Appended, EventLine, ExpectedVersion, NewEvent, RecordedEvent};
 pub use events::HealEvent;
 pub use store::{
     Checkpoint, Durability, EventFilter, EventStream, ImportReport, ImportSink, PendingAppend,
-    SCHEMA_VERSION, Snapshot, Store, StoreObserver, StoreOptions, StreamAppend, VerifyOptions,
-    VerifyReport, WRITER_CACHE_KIB,
+    Readiness, SCHEMA_VERSION, Snapshot, Store, StoreObserver, StoreOptions, StreamAppend,
+    VerifyOptions, VerifyReport, WRITER_CACHE_KIB,
 };

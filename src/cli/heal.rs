@@ -377,23 +377,9 @@ fn answer(out: &mut Out, r: &HealReport) -> anyhow::Result<()> {
         })
 }
 
-/// A heal's answer as `--format json` prints it (`record failure`, `record event`, and each
-/// record of `heal`).
+/// A heal's answer as `--format json` prints it (see [`HealReport::to_json`]).
 pub(super) fn report_json(r: &HealReport) -> Map<String, Value> {
-    let v = json!({
-        "failure_id": r.failure.failure_id,
-        "failure_type": r.failure.failure_type,
-        "agent_id": r.failure.agent_id,
-        "duplicate": r.duplicate,
-        "route": r.route,
-        "attempts": r.attempts,
-        "delegated_actions": r.delegated,
-        "result": r.result,
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    r.to_json()
 }
 
 fn print_report(out: &mut Out, r: &HealReport) -> anyhow::Result<()> {

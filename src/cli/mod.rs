@@ -8,6 +8,7 @@ mod heal;
 mod heal_stream;
 mod log;
 mod output;
+mod serve;
 mod verify;
 
 use std::path::PathBuf;
@@ -251,6 +252,16 @@ pub enum Command {
     /// --expect-head) a head kept from an earlier run. Exit 0 when all holds, 1 naming the
     /// first problem.
     Verify(verify::VerifyArgs),
+    /// Serve the command line's JSON contract over HTTP (`/v1/...`, `/healthz`, `/readyz`,
+    /// `/openapi.json`): one process holds the store and the healer for every client. Prints
+    /// `listening on http://HOST:PORT` once it accepts connections; stops on SIGINT or
+    /// SIGTERM, finishing the requests in flight.
+    Serve {
+        /// The address to listen on (loopback unless told otherwise; port 0 picks a free
+        /// port, printed on start).
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+    },
     /// Move the events that occurred before a time into a compressed archive file (readable by
     /// its owner only), keeping the analytics of the archived periods and the chain verifiable
     /// across the cut. `import` and `verify --archive` accept the file.
@@ -537,6 +548,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
         Command::Verify(args) => code = verify::run(cli, args, &mut out).await?,
         Command::Archive { before, to } => log::archive(cli, *before, to, &mut out).await?,
+        Command::Serve { listen } => serve::run(cli, *listen).await?,
         Command::Audit {
             failure_id: _,
             agent,

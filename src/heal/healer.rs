@@ -462,6 +462,27 @@ pub struct HealReport {
     pub decided_us: u64,
 }
 
+impl HealReport {
+    /// The answer as `--format json` prints it (`record failure`, `record event`, each record
+    /// of `heal`) and as the HTTP API returns it: one definition for both.
+    pub fn to_json(&self) -> serde_json::Map<String, Value> {
+        let v = serde_json::json!({
+            "failure_id": self.failure.failure_id,
+            "failure_type": self.failure.failure_type,
+            "agent_id": self.failure.agent_id,
+            "duplicate": self.duplicate,
+            "route": self.route,
+            "attempts": self.attempts,
+            "delegated_actions": self.delegated,
+            "result": self.result,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
 /// What a signal (success, command, tick, permit) changed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SignalReport {

@@ -74,6 +74,20 @@ impl Failure {
         }
     }
 
+    /// Refuses ids no event could hold (an empty failure id, type, agent or task), before
+    /// anything is written.
+    pub fn check_ids(&self) -> crate::Result<()> {
+        use crate::event::check_id;
+        check_id("failure_type", &self.failure_type)?;
+        check_id("failure_id", &self.failure_id)?;
+        for (name, v) in [("agent_id", &self.agent_id), ("task_id", &self.task_id)] {
+            if let Some(v) = v {
+                check_id(name, v)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn with_agent(mut self, agent: impl Into<String>) -> Self {
         self.agent_id = Some(agent.into());
         self

@@ -1,6 +1,119 @@
-//! The HTTP service (`healstore serve`).
+//! The HTTP service: the command line's JSON contract over HTTP, for clients on other hosts and
+//! in any language.
 //!
+//! Like the command line, the server is a thin adapter over the library: a handler reads the
+//! request, calls the library, and answers with the document `--format json` prints; it takes
+//! no decision of its own. One process holds the store and one long-lived healer, so that the
+//! appends of every client are group-committed together.
+//!
+//! - [`state`]: what every handler shares (the store, the healer, the configuration, the clock).
+//! - [`error`]: one error type, answered as `{"error":{"code":..,"message":..}}` with the
+//!   status its kind calls for, and the extractors that refuse bad requests that way.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
+//! - [`routes`]: the handlers, one file per area; [`routes::api`] is the one place that
+//!   registers them.
 //! - [`guard`]: who may call the server and how much: bearer tokens with a role, and limits
 //!   on a request's body, its time and the number served at once.
+//!
+//! [`router`] builds the whole application (layers such as limits, metrics or tracing go on
+//! the router it returns); [`serve`] binds, prints the address, and serves until its shutdown
+//! future completes.
 
+pub mod error;
 pub mod guard;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+pub use error::ApiError;
+pub use state::AppState;
+
+use crate::{Error, Result};
+
+/// The address `healstore serve` listens on unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7878,
+));
+
+/// Where [`serve`] listens.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The address to bind (port 0: a free port; the address bound is printed on start).
+    pub listen: SocketAddr,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: DEFAULT_LISTEN,
+        }
+    }
+}
+
+/// The whole application over `state`: every route of [`routes::api`] (`/openapi.json`
+/// included), and JSON answers for a path no route serves (404 `no_route`) and a method a
+/// route does not serve (405).
+pub fn router(state: AppState) -> axum::Router {
+    let (router, _) = routes::api().split_for_parts();
+    router
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// Binds `options.listen`, writes `listening on http://HOST:PORT` to standard output (one
+/// line, flushed: scripts and tests read the port from it), and serves [`router`] until
+/// `shutdown` completes; then finishes the requests in flight, checkpoints the healer and
+/// closes the store (every accepted append committed and answered).
+pub async fn serve(
+    state: AppState,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    serve_app(state.clone(), router(state), options, shutdown).await
+}
+
+/// [`serve`] with an application built by the caller (for instance [`router`] with layers
+/// added); `state` is the one the application's handlers use, closed at the end.
+pub async fn serve_app(
+    state: AppState,
+    app: axum::Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = match tokio::net::TcpListener::bind(options.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = state.close().await;
+            return Err(Error::from_io(
+                format_args!("cannot listen on {}", options.listen),
+                &e,
+            ));
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = state.close().await;
+            return Err(Error::from_io("cannot read the address bound", &e));
+        }
+    };
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening on http://{addr}");
+        let _ = stdout.flush();
+    }
+    tracing::info!(%addr, "listening");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::from_io("the server stopped", &e));
+    let closed = state.close().await;
+    served?;
+    closed
+}

@@ -405,6 +405,23 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
+    /// Whether the store can serve: its writer task is alive, and the database's schema is
+    /// the one this healstore writes (another process may have migrated it since it was
+    /// opened). Reads the schema history with one query.
+    pub async fn readiness(&self) -> Result<Readiness> {
+        let schema_version: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM refinery_schema_history")
+                .fetch_one(&self.inner.readers)
+                .await
+                .map_err(|e| self.db_err(e))?;
+        let schema_version = schema_version.unwrap_or(0);
+        Ok(Readiness {
+            writer_alive: !self.inner.requests.is_closed(),
+            schema_version,
+            schema_current: schema_version == SCHEMA_VERSION,
+        })
+    }
+
     /// A mark of every commit so far, by any connection of any process, read without a query:
     /// while it is equal to an earlier one, nothing was committed in between. `None`: not
     /// known (ask the database).
@@ -494,6 +511,24 @@ impl Store {
 
     fn db_err(&self, e: sqlx::Error) -> Error {
         Error::from_db(e, &self.inner.path)
+    }
+}
+
+/// What [`Store::readiness`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    /// The task that owns the writing connection still takes appends.
+    pub writer_alive: bool,
+    /// The newest migration applied to the file.
+    pub schema_version: i64,
+    /// The file's schema is the one this healstore writes ([`SCHEMA_VERSION`]).
+    pub schema_current: bool,
+}
+
+impl Readiness {
+    /// Everything holds.
+    pub fn ready(&self) -> bool {
+        self.writer_alive && self.schema_current
     }
 }
 

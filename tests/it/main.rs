@@ -20,6 +20,8 @@ mod outputs;
 mod patterns;
 mod process;
 mod resolution;
+mod serve;
+mod serve_common;
 mod state;
 mod store;
 mod strategies;

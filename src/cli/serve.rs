@@ -1,0 +1,44 @@
+//! `serve [--listen ADDR]`: the HTTP service (see `healstore::serve`). Opens the store and one
+//! healer as `archive` does (the configuration recorded, every state restored), prints
+//! `listening on http://HOST:PORT`, and serves until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+
+use healstore::serve::{AppState, ServeOptions};
+
+use super::Cli;
+
+pub async fn run(cli: &Cli, listen: SocketAddr) -> anyhow::Result<()> {
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    let store = cli.open(true).await?;
+    let state = match AppState::open(store.clone(), config).await {
+        Ok(s) => s,
+        Err(e) => {
+            store.close().await?;
+            return Err(e.into());
+        }
+    };
+    let shutdown = shutdown_signal()?;
+    healstore::serve::serve(state, ServeOptions { listen }, shutdown).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
