@@ -14,6 +14,8 @@
 //!   registers them.
 //! - [`guard`]: who may call the server and how much: bearer tokens with a role, and limits
 //!   on a request's body, its time and the number served at once.
+//! - [`ops`]: what operators watch: `/metrics`, the live event stream, and a span, a request
+//!   id and HTTP metrics for every request.
 //!
 //! [`router`] builds the whole application (layers such as limits, metrics or tracing go on
 //! the router it returns); [`serve`] binds, prints the address, and serves until its shutdown
@@ -22,6 +24,7 @@
 pub mod error;
 pub mod guard;
 pub mod openapi;
+pub mod ops;
 pub mod routes;
 pub mod state;
 
