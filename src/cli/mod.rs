@@ -261,6 +261,12 @@ pub enum Command {
         /// port, printed on start).
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
+        /// The window `/metrics`' health score covers (ending now): 90s, 15m, 1h, 7d, ...
+        #[arg(long, default_value = "1h", value_parser = parse_length)]
+        metrics_health_window: std::time::Duration,
+        /// How often the health score is computed (scrapes read the last one): 500ms, 30s, 5m.
+        #[arg(long, default_value = "30s", value_parser = parse_wait)]
+        metrics_health_interval: std::time::Duration,
     },
     /// Move the events that occurred before a time into a compressed archive file (readable by
     /// its owner only), keeping the analytics of the archived periods and the chain verifiable
@@ -298,6 +304,14 @@ fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
         .filter(|ms| *ms <= 86_400_000)
         .map(std::time::Duration::from_millis)
         .ok_or_else(|| format!("{s:?} is longer than a day"))
+}
+
+/// A length (`90s`, `15m`, `1h`, `7d`, `2w`), as analytics windows take it.
+fn parse_length(s: &str) -> Result<std::time::Duration, String> {
+    healstore::analytics::parse_duration(s)
+        .map_err(|e| e.to_string())?
+        .to_std()
+        .map_err(|_| format!("{s:?} is not a positive length"))
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -548,7 +562,18 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
         Command::Verify(args) => code = verify::run(cli, args, &mut out).await?,
         Command::Archive { before, to } => log::archive(cli, *before, to, &mut out).await?,
-        Command::Serve { listen } => serve::run(cli, *listen).await?,
+        Command::Serve {
+            listen,
+            metrics_health_window,
+            metrics_health_interval,
+        } => {
+            let metrics = healstore::metrics::MetricsOptions {
+                health_window: *metrics_health_window,
+                health_interval: *metrics_health_interval,
+                ..Default::default()
+            };
+            serve::run(cli, *listen, metrics).await?
+        }
         Command::Audit {
             failure_id: _,
             agent,

@@ -8,10 +8,14 @@ use healstore::serve::{AppState, ServeOptions};
 
 use super::Cli;
 
-pub async fn run(cli: &Cli, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(
+    cli: &Cli,
+    listen: SocketAddr,
+    metrics: healstore::metrics::MetricsOptions,
+) -> anyhow::Result<()> {
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
     let store = cli.open(true).await?;
-    let state = match AppState::open(store.clone(), config).await {
+    let state = match AppState::open_with(store.clone(), config, metrics).await {
         Ok(s) => s,
         Err(e) => {
             store.close().await?;

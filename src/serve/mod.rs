@@ -14,8 +14,8 @@
 //!   registers them.
 //! - [`guard`]: who may call the server and how much: bearer tokens with a role, and limits
 //!   on a request's body, its time and the number served at once.
-//! - [`ops`]: what operators watch: `/metrics`, the live event stream, and a span, a request
-//!   id and HTTP metrics for every request.
+//! - [`observe`]: the outermost middleware: a span, a request id and HTTP metrics for every
+//!   request (`/metrics` and the live event stream are in [`routes::ops`]).
 //!
 //! [`router`] builds the whole application (layers such as limits, metrics or tracing go on
 //! the router it returns); [`serve`] binds, prints the address, and serves until its shutdown
@@ -23,8 +23,8 @@
 
 pub mod error;
 pub mod guard;
+pub mod observe;
 pub mod openapi;
-pub mod ops;
 pub mod routes;
 pub mod state;
 
@@ -63,9 +63,15 @@ impl Default for ServeOptions {
 /// route does not serve (405).
 pub fn router(state: AppState) -> axum::Router {
     let (router, _) = routes::api().split_for_parts();
+    let metrics = state.metrics().clone();
     router
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Outermost: every answer, the fallbacks' included, is counted and carries an id.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            observe::observe,
+        ))
         .with_state(state)
 }
 

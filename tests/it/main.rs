@@ -22,6 +22,7 @@ mod process;
 mod resolution;
 mod serve;
 mod serve_common;
+mod serve_ops;
 mod state;
 mod store;
 mod strategies;

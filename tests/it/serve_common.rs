@@ -39,9 +39,15 @@ impl Server {
     /// Starts `healstore --db DB serve --listen 127.0.0.1:0 EXTRA...` and waits for its
     /// address (panics after [`START_TIMEOUT`], with what it wrote on standard error).
     pub fn start(db: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with_env(db, extra_args, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set (`RUST_LOG`, ...).
+    pub fn start_with_env(db: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = super::common::healstore(db)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -153,7 +159,16 @@ impl Server {
         let r = req.send().await.expect("request");
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        let text = r.text().await.expect("body");
+        // A live event stream never ends: its body is not read.
+        let live = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let text = if live {
+            String::new()
+        } else {
+            r.text().await.expect("body")
+        };
         (status, headers, text)
     }
 

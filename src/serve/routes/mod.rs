@@ -3,6 +3,7 @@
 //! every route the server answers is in `/openapi.json`.
 
 pub mod health;
+pub mod ops;
 pub mod record;
 
 use axum::routing::MethodRouter;
@@ -22,6 +23,8 @@ pub fn api() -> Api {
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi_json))
         .routes(routes!(record::failure))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::event_stream))
 }
 
 /// A router that remembers every (method, path) registered on it, described or not.
