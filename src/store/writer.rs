@@ -310,6 +310,9 @@ struct VersionCache {
     head: Option<i64>,
     /// The newest event's hash after that commit.
     tip: super::chain::Hash,
+    /// Whether any stream had archived events when the log was last looked up (an archive
+    /// moves the position counter, so the cache cannot outlive one).
+    archived: bool,
     map: HashMap<String, u64>,
 }
 
@@ -511,6 +514,17 @@ impl Writer {
                     let mut group = vec![a];
                     while events < self.options.max_batch_events {
                         match requests.try_recv() {
+                            // A group stays within one fast-path statement where it can: past
+                            // it, the group would be written in a transaction of several
+                            // statements, each with a statement journal (see
+                            // `FAST_ROWS_PER_INSERT`). The request left over opens the next.
+                            Ok(Request::Append(a))
+                                if events <= FAST_ROWS_PER_INSERT
+                                    && events + a.events() > FAST_ROWS_PER_INSERT =>
+                            {
+                                pending = Some(Request::Append(a));
+                                break;
+                            }
                             Ok(Request::Append(a)) => {
                                 events += a.events();
                                 group.push(a);
@@ -740,38 +754,57 @@ impl Writer {
         }
         let recorded_at = to_micros(self.options.clock.now());
         let streams = streams_of(items);
-        let (cached, uncached): (Vec<&str>, Vec<&str>) = streams
+        let (mut cached, mut uncached): (Vec<&str>, Vec<&str>) = streams
             .iter()
             .partition(|s| self.versions.map.contains_key(**s));
+        // A stream the group creates (its first append expects no stream) is presumed new
+        // rather than looked up: should it exist after all, its version 1 is stored and the
+        // UNIQUE (stream, version) key refuses the INSERT, which sends the group to the way
+        // with every look-up. Not while any stream has archived events: an archived stream
+        // keeps no row at version 1. Every heal creates its failure's stream, so without this
+        // nearly every group was a look-up and then the INSERT: two round trips.
+        let mut presumed = Vec::new();
+        if self.versions.head.is_some() && !self.versions.archived {
+            let created = created_streams(items);
+            (presumed, uncached) = uncached.into_iter().partition(|s| created.contains(s));
+        }
         let found = match self.versions.head {
             Some(head) if uncached.is_empty() => {
                 let versions = cached
                     .iter()
                     .map(|s| ((*s).to_owned(), self.versions.map[*s]))
                     .collect();
-                (HashMap::new(), versions, head, self.versions.tip)
+                (
+                    HashMap::new(),
+                    versions,
+                    head,
+                    self.versions.tip,
+                    self.versions.archived,
+                )
             }
             _ => {
-                let (stored, mut versions, counter, tip) =
+                let (stored, mut versions, counter, tip, archived) =
                     look_up(&mut self.conn, &[], &uncached).await?;
+                self.versions.archived = archived;
                 if self.versions.head == Some(counter) {
                     for s in cached {
                         versions.insert(s.to_owned(), self.versions.map[s]);
                     }
                 } else {
                     // Another process appended since this one last did: what is cached may
-                    // be stale. (Should it append again before these are read, the guard
-                    // refuses the INSERT.)
+                    // be stale, and what was presumed new may exist (or be archived). (Should
+                    // it append again before these are read, the guard refuses the INSERT.)
                     self.versions.forget();
+                    cached.append(&mut presumed);
                     if !cached.is_empty() {
                         let (_, more, ..) = look_up(&mut self.conn, &[], &cached).await?;
                         versions.extend(more);
                     }
                 }
-                (stored, versions, counter, tip)
+                (stored, versions, counter, tip, archived)
             }
         };
-        let (_, _, counter_before, tip_before) = found;
+        let (_, _, counter_before, tip_before, _) = found;
         let plan = plan_with(
             items,
             found,
@@ -1046,6 +1079,19 @@ async fn plan<'a>(
     Ok(plan_with(items, found, recorded_at, chained, failed))
 }
 
+/// The streams whose first append in the group expects them not to exist yet.
+fn created_streams<'a>(items: &'a [PlanItem<'a>]) -> std::collections::HashSet<&'a str> {
+    let mut first = HashMap::new();
+    for p in items.iter().flat_map(|i| i.parts.iter()) {
+        first.entry(p.stream_id).or_insert(p.expected);
+    }
+    first
+        .into_iter()
+        .filter(|(_, e)| matches!(e, ExpectedVersion::NoStream | ExpectedVersion::Exact(0)))
+        .map(|(s, _)| s)
+        .collect()
+}
+
 /// The distinct streams a group appends to.
 fn streams_of<'a>(items: &'a [PlanItem<'a>]) -> Vec<&'a str> {
     let mut streams: Vec<&str> = items
@@ -1061,7 +1107,7 @@ fn streams_of<'a>(items: &'a [PlanItem<'a>]) -> Vec<&'a str> {
 /// and the chain's tip.
 fn plan_with<'a>(
     items: &'a [PlanItem<'a>],
-    (stored, mut versions, mut next_position, tip): LookUp,
+    (stored, mut versions, mut next_position, tip, _): LookUp,
     recorded_at: i64,
     chained: bool,
     failed: &FailedTickets,
@@ -1274,11 +1320,14 @@ fn canonical(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
+/// Stored ids, stream versions, the position counter, the chain's tip, and whether any
+/// stream has archived events.
 type LookUp = (
     HashMap<String, Stored>,
     HashMap<String, u64>,
     i64,
     super::chain::Hash,
+    bool,
 );
 
 /// One round trip where possible: stored ids, stream versions and the position counter in a
@@ -1293,6 +1342,7 @@ async fn look_up(
     let mut versions = HashMap::new();
     let mut counter = 0i64;
     let mut tip = super::chain::GENESIS;
+    let mut archived = false;
     let mut id_chunks = ids.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut stream_chunks = streams.chunks(MAX_LOOKUP_PARAMS / 2);
     let mut first = true;
@@ -1311,8 +1361,10 @@ async fn look_up(
                     .to_owned(),
             );
             // The chain's tip: the newest event's hash, or the anchor for an empty log.
+            // Also whether any stream has archived events (see `Writer::fast`).
             parts.push(
-                "SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, \
+                "SELECT 3, NULL, NULL, NULL, \
+                 EXISTS (SELECT 1 FROM archived_streams), NULL, NULL, \
                  COALESCE((SELECT hex(hash) FROM events ORDER BY position DESC LIMIT 1), \
                           (SELECT hex(hash) FROM chain_anchor WHERE id = 1))"
                     .to_owned(),
@@ -1361,6 +1413,7 @@ async fn look_up(
             match kind {
                 2 => counter = row.try_get(3)?,
                 3 => {
+                    archived = row.try_get::<i64, _>(4)? != 0;
                     // A newest event without a hash was written behind healstore's back (or
                     // with the chain turned off): `verify` reports it; appends go on, chained
                     // from the anchor's hash.
@@ -1391,7 +1444,7 @@ async fn look_up(
             }
         }
     }
-    Ok((stored, versions, counter, tip))
+    Ok((stored, versions, counter, tip, archived))
 }
 
 fn placeholders(n: usize) -> String {
@@ -1407,41 +1460,61 @@ fn placeholders(n: usize) -> String {
 
 const INSERT_COLUMNS: usize = 16;
 
-/// Most rows per INSERT on the fast path: 16 columns x 256 rows = 4,096 bound parameters.
-const FAST_ROWS_PER_INSERT: usize = 256;
+/// Most rows per INSERT on the fast path: 16 columns x 512 rows = 8,192 bound parameters. A
+/// group larger than one statement is written inside `BEGIN IMMEDIATE` ... `COMMIT`, where
+/// every INSERT keeps a statement journal (a copy of each page it touches); the writer
+/// therefore ends a group before the request that would take it past this size. At 256
+/// concurrent heals groups held about 250 events on average, and with 256 rows per statement
+/// three in ten events went the long way: the journal was about a tenth of SQLite's time. 1,024
+/// rows measured no better than 512.
+const FAST_ROWS_PER_INSERT: usize = 512;
 
 /// Rows of the statement that writes `rows` rows on the fast path: `rows` rounded up to a
-/// multiple of 16, the rest padding (see [`fast_insert_sql`]). The writer's statement cache
-/// holds 16 sizes of INSERT rather than one per group size (with those, the quick append
-/// benchmark's peak memory was 40-43 MiB rather than 33-34 MiB), and a group of up to
-/// [`FAST_ROWS_PER_INSERT`] rows is one statement.
+/// multiple of 16 up to 256 rows, of 64 above, the rest padding (see [`fast_insert_sql`]). The
+/// writer's statement cache holds 20 sizes of INSERT rather than one per group size (with
+/// those, the quick append benchmark's peak memory was 40-43 MiB rather than 33-34 MiB), and
+/// a group of up to [`FAST_ROWS_PER_INSERT`] rows is one statement.
 fn fast_insert_size(rows: usize) -> usize {
-    rows.div_ceil(16) * 16
+    if rows <= 256 {
+        rows.div_ceil(16) * 16
+    } else {
+        rows.div_ceil(64) * 64
+    }
 }
 
-/// The fast path's guarded INSERT of `n` rows (a multiple of 16), built once: it writes its
-/// rows only while the position counter is the one bound last (the counter the group was
-/// planned at), and skips padding rows (all NULL). A plain INSERT, not `OR ROLLBACK`: an outer
-/// conflict clause overrides those of the statements in triggers, and the read models' `OR
-/// IGNORE` and `OR REPLACE` (a failure detected twice, a pattern learned again) would have
-/// failed the group. A constraint that refuses a row aborts the statement, which in autocommit
-/// mode is its whole transaction; inside `BEGIN` the caller rolls back.
+/// The sizes [`fast_insert_size`] gives, smallest first.
+fn fast_insert_sizes() -> impl Iterator<Item = usize> {
+    (16..=256)
+        .step_by(16)
+        .chain((320..=FAST_ROWS_PER_INSERT).step_by(64))
+}
+
+/// The fast path's guarded INSERT of `n` rows (one of [`fast_insert_sizes`]), built once: it
+/// writes its rows only while the position counter is the one bound last (the counter the
+/// group was planned at), and skips padding rows (all NULL). A plain INSERT, not `OR
+/// ROLLBACK`: an outer conflict clause overrides those of the statements in triggers, and the
+/// read models' `OR IGNORE` and `OR REPLACE` (a failure detected twice, a pattern learned
+/// again) would have failed the group. A constraint that refuses a row aborts the statement,
+/// which in autocommit mode is its whole transaction; inside `BEGIN` the caller rolls back.
 fn fast_insert_sql(n: usize) -> &'static str {
-    static CACHE: OnceLock<Vec<String>> = OnceLock::new();
+    static CACHE: OnceLock<Vec<(usize, String)>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| {
-        (16..=FAST_ROWS_PER_INSERT)
-            .step_by(16)
+        fast_insert_sizes()
             .map(|n| {
-                format!(
-                    "INSERT INTO events ({INSERT_COLUMN_NAMES}) \
-                     SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
-                     AND COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) = ?",
-                    value_rows(n)
+                (
+                    n,
+                    format!(
+                        "INSERT INTO events ({INSERT_COLUMN_NAMES}) \
+                         SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
+                         AND COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) = ?",
+                        value_rows(n)
+                    ),
                 )
             })
             .collect()
     });
-    &cache[n / 16 - 1]
+    let i = cache.partition_point(|(size, _)| *size < n);
+    &cache[i].1
 }
 
 /// A padding row of a fast-path INSERT: all NULL, skipped by its `WHERE`.
@@ -1687,10 +1760,12 @@ mod tests {
     fn every_fast_insert_size_has_a_statement_with_room_for_its_rows_and_the_guard() {
         for rows in 1..=FAST_ROWS_PER_INSERT {
             let size = fast_insert_size(rows);
+            let step = if rows <= 256 { 16 } else { 64 };
             assert!(
-                size >= rows && size - rows < 16 && size.is_multiple_of(16),
+                size >= rows && size - rows < step && size.is_multiple_of(step),
                 "{rows} rows"
             );
+            assert!(fast_insert_sizes().any(|s| s == size), "{rows} rows");
             let params = fast_insert_sql(size).matches('?').count();
             assert_eq!(params, size * INSERT_COLUMNS + 1, "{rows} rows");
         }

@@ -1184,3 +1184,118 @@ async fn an_append_decided_after_one_that_is_not_stored_is_not_stored_either() {
         "only the appends not depending on a refusal"
     );
 }
+
+/// The writer presumes that a stream an append creates (expecting no stream) is new, rather
+/// than looking it up: a stream that exists (stored before this store opened, by another
+/// store on the same file, or whose events are archived) must still refuse the append.
+#[tokio::test]
+async fn creating_a_stream_that_exists_is_refused_whatever_the_writer_remembers() {
+    let (dir, path) = temp_db();
+    let hour = Duration::hours(1);
+    let store = open(&path).await;
+    store
+        .append("gone", ExpectedVersion::NoStream, vec![ev("g1", t0())])
+        .await
+        .unwrap();
+    let old = store
+        .append(
+            "old",
+            ExpectedVersion::NoStream,
+            vec![ev("o1", t0() + hour)],
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+
+    let store = open(&path).await;
+    // The first append looks the log up; the next ones rely on what the writer remembers.
+    store
+        .append_one("warm", ev("w1", t0() + hour))
+        .await
+        .unwrap();
+    let err = store
+        .append(
+            "old",
+            ExpectedVersion::NoStream,
+            vec![ev("o2", t0() + hour)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { actual: 1, .. }),
+        "{err}"
+    );
+    // A retry of the stored append is still answered with its position.
+    let retry = store
+        .append(
+            "old",
+            ExpectedVersion::NoStream,
+            vec![ev("o1", t0() + hour)],
+        )
+        .await
+        .unwrap();
+    assert!(retry[0].duplicate);
+    assert_eq!(retry[0].position, old[0].position);
+
+    // Another store on the same file creates a stream this writer has never seen.
+    let other = open(&path).await;
+    other
+        .append(
+            "theirs",
+            ExpectedVersion::NoStream,
+            vec![ev("t1", t0() + hour)],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .append(
+            "theirs",
+            ExpectedVersion::NoStream,
+            vec![ev("t2", t0() + hour)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { actual: 1, .. }),
+        "{err}"
+    );
+    other.close().await.unwrap();
+
+    // "gone" is archived: no row of it is left in the log.
+    let report = store
+        .archive(
+            t0() + Duration::minutes(30),
+            &dir.path().join("a.gz"),
+            t0() + hour,
+        )
+        .await
+        .unwrap()
+        .expect("something to archive");
+    assert_eq!(report.events, 1);
+    store
+        .append_one("warm", ev("w2", t0() + hour))
+        .await
+        .unwrap();
+    let err = store
+        .append(
+            "gone",
+            ExpectedVersion::NoStream,
+            vec![ev("g2", t0() + hour)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { actual: 1, .. }),
+        "{err}"
+    );
+    let next = store
+        .append(
+            "gone",
+            ExpectedVersion::Exact(1),
+            vec![ev("g2", t0() + hour)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next[0].stream_version, 2);
+    store.close().await.unwrap();
+}
