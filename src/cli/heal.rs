@@ -435,19 +435,9 @@ fn print_signal(out: &mut Out, r: &SignalReport) -> anyhow::Result<()> {
 
 pub async fn circuits(cli: &Cli, agent: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
     let healer = open_existing_healer(cli).await?;
-    let states = healer.states(Some("CircuitBreaker")).await;
+    let rows = healer.circuits(agent).await;
     healer.close().await?;
-    let rows: Vec<Value> = states?
-        .into_iter()
-        .filter(|s| agent.is_none_or(|a| a == s.key))
-        .map(|s| {
-            let mut v = s.state;
-            if let Some(o) = v.as_object_mut() {
-                o.entry("agent_id").or_insert(json!(s.key));
-            }
-            v
-        })
-        .collect();
+    let rows = rows?;
     if out.json() {
         return out.json_value(&json!({ "circuits": rows }));
     }

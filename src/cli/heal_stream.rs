@@ -17,10 +17,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use healstore::heal::{Failure, HealReport};
-use healstore::input::{LineError, LineReader, MAX_LINE_BYTES};
-use healstore::{Error, ErrorKind};
-use serde_json::{Value, json};
+use healstore::Error;
+use healstore::heal::HealReport;
+use healstore::input::{LineError, LineReader};
 
 use super::{Cli, Out};
 
@@ -33,13 +32,7 @@ const HEAL_BYTES_IN_FLIGHT: usize = 8 << 20;
 /// so a long stream's memory follows the states in use, not every key it ever named.
 const CHECKPOINT_EVERY: u64 = 10_000;
 
-/// What a line is answered with.
-enum Answer {
-    Healed(Box<HealReport>),
-    /// A raw event that is not a failure (an unknown type, an agent that is not failed).
-    NotDetected,
-    Refused(Error),
-}
+use healstore::heal::lines::LineAnswer as Answer;
 
 /// A line's answer, with its number and length (for the bound on bytes in flight).
 struct Done {
@@ -59,15 +52,7 @@ fn ready<'a>(line: u64, bytes: usize, answer: Answer) -> Pending<'a> {
     }))
 }
 
-/// Errors that are about the line itself: it is answered with an error record and the stream
-/// goes on. Any other kind (the database busy past `--busy-timeout`, a full disk, a read-only
-/// or damaged file, I/O) would refuse the next lines too: the stream stops there.
-fn refuses_only_the_line(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::NotFound
-    )
-}
+use healstore::heal::lines::refuses_only_the_line;
 
 pub async fn heal(
     cli: &Cli,
@@ -195,12 +180,11 @@ pub async fn heal(
                             continue;
                         }
                         Err(LineError::TooLong) => {
-                            in_flight.push_back(ready(n, 0, Answer::Refused(Error::InvalidInput(
-                                format!(
-                                    "the line is longer than {MAX_LINE_BYTES} bytes (1 MiB), the \
-                                     most a line may hold; it was skipped"
-                                ),
-                            ))));
+                            in_flight.push_back(ready(
+                                n,
+                                0,
+                                Answer::Refused(healstore::heal::lines::too_long()),
+                            ));
                             continue;
                         }
                         Err(e @ LineError::NotUtf8(_)) => {
@@ -217,7 +201,7 @@ pub async fn heal(
                         continue;
                     }
                     let len = text.len();
-                    let detected = detect(&text, healer.now());
+                    let detected = healstore::heal::lines::detect_line(&text, healer.now());
                     drop(text);
                     s.bytes += len;
                     let failure = match detected {
@@ -277,22 +261,6 @@ pub async fn heal(
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The failure in a line, if any; refused when the line is not JSON, not a raw event, or
-/// names an agent or task that no event could hold.
-fn detect(text: &str, now: chrono::DateTime<chrono::Utc>) -> healstore::Result<Option<Failure>> {
-    let raw: Value = serde_json::from_str(text)
-        .map_err(|e| Error::InvalidInput(format!("the line is not JSON: {e}")))?;
-    let failure = healstore::heal::detect(&raw, now)?;
-    if let Some(f) = &failure {
-        for (what, id) in [("agent_id", &f.agent_id), ("task_id", &f.task_id)] {
-            if let Some(id) = id {
-                healstore::event::check_id(what, id)?;
-            }
-        }
-    }
-    Ok(failure)
 }
 
 /// The stream's bookkeeping.
@@ -369,19 +337,7 @@ impl Stream {
 fn write_answer(out: &mut Out, done: &Done) -> anyhow::Result<()> {
     let n = done.line;
     if out.json() {
-        let doc = match &done.answer {
-            Answer::Healed(r) => {
-                let mut m = super::heal::report_json(r);
-                m.insert("line".into(), json!(n));
-                Value::Object(m)
-            }
-            Answer::NotDetected => json!({"line": n, "detected": false}),
-            Answer::Refused(e) => json!({
-                "line": n,
-                "error": {"code": e.kind().code(), "message": e.to_string()},
-            }),
-        };
-        return out.json_value(&doc);
+        return out.json_value(&done.answer.to_json(n));
     }
     let text = match &done.answer {
         Answer::Healed(r) => summary(r),

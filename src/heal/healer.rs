@@ -2918,6 +2918,24 @@ impl Healer {
 
     // ----- views, checkpoints, shutdown -----------------------------------------------------
 
+    /// Every circuit breaker's state (only `agent`'s, when given), each with its `agent_id`:
+    /// the rows of `healstore circuits`, and of the HTTP API's `GET /v1/circuits`.
+    pub async fn circuits(&self, agent: Option<&str>) -> Result<Vec<Value>> {
+        Ok(self
+            .states(Some("CircuitBreaker"))
+            .await?
+            .into_iter()
+            .filter(|s| agent.is_none_or(|a| a == s.key))
+            .map(|s| {
+                let mut v = s.state;
+                if let Some(o) = v.as_object_mut() {
+                    o.entry("agent_id").or_insert(json!(s.key));
+                }
+                v
+            })
+            .collect())
+    }
+
     /// Every state of a strategy (all strategies when `None`) not at rest, caught up with the
     /// log.
     pub async fn states(&self, strategy: Option<&str>) -> Result<Vec<StateView>> {

@@ -10,6 +10,7 @@
 pub mod coordinator;
 pub mod detect;
 pub mod healer;
+pub mod lines;
 pub mod model;
 pub mod sim;
 pub mod strategies;

@@ -21,6 +21,7 @@ mod patterns;
 mod process;
 mod resolution;
 mod serve;
+mod serve_circuits;
 mod serve_common;
 mod serve_ops;
 mod state;

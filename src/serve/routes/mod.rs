@@ -2,9 +2,11 @@
 //! the OpenAPI document and [`Api::registered`] all come from it, so a test can check that
 //! every route the server answers is in `/openapi.json`.
 
+pub mod circuits;
 pub mod health;
 pub mod ops;
 pub mod record;
+pub mod signals;
 
 use axum::routing::MethodRouter;
 use utoipa::openapi::OpenApi;
@@ -25,6 +27,17 @@ pub fn api() -> Api {
         .routes(routes!(record::failure))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::event_stream))
+        .routes(routes!(signals::raw_event))
+        .routes(routes!(signals::outcome))
+        .routes(routes!(signals::recovered))
+        .routes(routes!(signals::success))
+        .routes(routes!(signals::usage))
+        .routes(routes!(circuits::list))
+        .routes(routes!(circuits::one))
+        .routes(routes!(circuits::permit))
+        .routes(routes!(circuits::open))
+        .routes(routes!(circuits::close))
+        .routes(routes!(circuits::reset))
 }
 
 /// A router that remembers every (method, path) registered on it, described or not.
