@@ -56,6 +56,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V10__remediation_recovery_and_circuit_deadlines",
         include_str!("../../migrations/V10__remediation_recovery_and_circuit_deadlines.sql"),
     ),
+    (
+        "V11__drop_events_by_failure_type",
+        include_str!("../../migrations/V11__drop_events_by_failure_type.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

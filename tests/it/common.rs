@@ -404,10 +404,11 @@ pub fn spawn_appender(
     (child, feeder)
 }
 
-/// The statements that turn a database at schema version 10 back into what version 9 left:
-/// V10's triggers replaced by those of V6 and V7, its indexes by V3's, its columns dropped or
-/// renamed back, the rollup rows only a recovery created removed, and its history row deleted
-/// (what an older healstore would have left, less the facts it did not interpret).
+/// The statements that turn a current database back into what version 9 left: V11's dropped
+/// index restored, V10's triggers replaced by those of V6 and V7, its indexes by V3's, its
+/// columns dropped or renamed back, the rollup rows only a recovery created removed, and the
+/// history rows of 10 on deleted (what an older healstore would have left, less the facts it
+/// did not interpret).
 pub fn undo_v10_statements() -> Vec<String> {
     let trigger = |sql: &str, name: &str| {
         let start = sql
@@ -419,6 +420,8 @@ pub fn undo_v10_statements() -> Vec<String> {
     let v6 = include_str!("../../migrations/V6__read_models_known_versions.sql");
     let v7 = include_str!("../../migrations/V7__saturating_recovery_sums.sql");
     let mut s: Vec<String> = [
+        "CREATE INDEX events_by_failure_type ON events (failure_type, occurred_at) \
+         WHERE failure_type IS NOT NULL",
         "DROP TRIGGER rm_failure_recovered",
         "DROP TRIGGER rm_failure_detected",
         "DROP TRIGGER rm_failure_resolved",
