@@ -598,6 +598,7 @@ fn first_decisions(outputs: &[std::process::Output]) -> Vec<String> {
 fn db_with_config(config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let (dir, db) = common::temp_db();
     std::fs::write(dir.path().join("healstore.toml"), config).expect("write the configuration");
+    expect_success(&run(&db, &["init"]));
     expect_success(&run(&db, &["--now", "2026-11-01T12:00:00Z", "states"]));
     (dir, db)
 }
