@@ -331,3 +331,53 @@ async fn two_servers_share_the_half_open_trial_limit() {
     assert_eq!(one["circuits"][0]["state"], "half_open", "{one}");
     assert_eq!(admitted, max_calls, "admitted across both servers");
 }
+
+/// `POST /v1/heal` answers JSON Lines of raw events line by line, in order, with the records
+/// `healstore heal --format json` writes: heals, events that are no failure, and lines
+/// refused on their own while the stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_lines_heal_answers_each_line_like_the_command_line() {
+    let input = [
+        r#"{"type":"heartbeat_failed","agent_id":"a-1","failure_id":"h-1"}"#,
+        "not json",
+        "",
+        r#"{"type":"all_good"}"#,
+        r#"{"type":"heartbeat_failed","agent_id":""}"#,
+        r#"{"type":"task_timeout","agent_id":"a-2","task_id":"t-1","failure_id":"h-2"}"#,
+        r#"{"type":"heartbeat_failed","agent_id":"a-1","failure_id":"h-1"}"#,
+    ]
+    .join("\n");
+    let (_d1, cli_db) = temp_db();
+    let out = crate::common::run_with_input(
+        &cli_db,
+        &["--now", NOW, "--format", "json", "heal"],
+        input.as_bytes(),
+    );
+    let printed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| timeless(serde_json::from_str(l).unwrap()))
+        .collect();
+    let (_d2, db) = temp_db();
+    let server = Server::start(&db, &["--now", NOW]);
+    let (status, headers, text) = server
+        .send_raw(
+            "POST",
+            "/v1/heal",
+            Some("application/x-ndjson"),
+            input.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let served: Vec<Value> = text
+        .lines()
+        .map(|l| timeless(serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(served.len(), 6, "one record per non-blank line: {text}");
+    assert_eq!(served, printed);
+    let lines: Vec<i64> = served.iter().map(|v| v["line"].as_i64().unwrap()).collect();
+    assert_eq!(lines, [1, 2, 4, 5, 6, 7]);
+    assert_eq!(served[1]["error"]["code"], "invalid_input");
+    assert_eq!(served[2]["detected"], false);
+    assert_eq!(served[5]["duplicate"], true, "a line repeated heals once");
+}

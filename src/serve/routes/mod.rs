@@ -3,6 +3,7 @@
 //! every route the server answers is in `/openapi.json`.
 
 pub mod circuits;
+pub mod heal;
 pub mod health;
 pub mod ops;
 pub mod record;
@@ -28,6 +29,7 @@ pub fn api() -> Api {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::event_stream))
         .routes(routes!(signals::raw_event))
+        .routes(routes!(heal::heal))
         .routes(routes!(signals::outcome))
         .routes(routes!(signals::recovered))
         .routes(routes!(signals::success))
