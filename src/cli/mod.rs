@@ -9,6 +9,7 @@ mod heal_stream;
 mod log;
 mod output;
 mod serve;
+mod serve_guard;
 mod verify;
 
 use std::path::PathBuf;
@@ -267,6 +268,8 @@ pub enum Command {
         /// How often the health score is computed (scrapes read the last one): 500ms, 30s, 5m.
         #[arg(long, default_value = "30s", value_parser = parse_wait)]
         metrics_health_interval: std::time::Duration,
+        #[command(flatten)]
+        guard: serve_guard::GuardArgs,
     },
     /// Move the events that occurred before a time into a compressed archive file (readable by
     /// its owner only), keeping the analytics of the archived periods and the chain verifiable
@@ -566,13 +569,14 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             listen,
             metrics_health_window,
             metrics_health_interval,
+            guard,
         } => {
             let metrics = healstore::metrics::MetricsOptions {
                 health_window: *metrics_health_window,
                 health_interval: *metrics_health_interval,
                 ..Default::default()
             };
-            serve::run(cli, *listen, metrics).await?
+            serve::run(cli, *listen, metrics, guard).await?
         }
         Command::Audit {
             failure_id: _,

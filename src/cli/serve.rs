@@ -7,12 +7,16 @@ use std::net::SocketAddr;
 use healstore::serve::{AppState, ServeOptions};
 
 use super::Cli;
+use super::serve_guard::GuardArgs;
 
 pub async fn run(
     cli: &Cli,
     listen: SocketAddr,
     metrics: healstore::metrics::MetricsOptions,
+    guard: &GuardArgs,
 ) -> anyhow::Result<()> {
+    // Tokens and the exposure check first: a refused start touches no file.
+    let guard = guard.guard(listen)?;
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
     let store = cli.open(true).await?;
     let state = match AppState::open_with(store.clone(), config, metrics).await {
@@ -22,8 +26,13 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    let shutdown = shutdown_signal()?;
-    healstore::serve::serve(state, ServeOptions { listen }, shutdown).await?;
+    let signal = shutdown_signal()?;
+    let app = healstore::serve::router_with(state.clone(), Some(&guard));
+    let shutdown = async move {
+        signal.await;
+        guard.close_streams();
+    };
+    healstore::serve::serve_app(state, app, ServeOptions { listen }, shutdown).await?;
     Ok(())
 }
 

@@ -350,7 +350,7 @@ impl Guard {
     }
 
     /// Puts the guard in front of every route of `router` (its fallbacks included).
-    pub fn apply(&self, router: Router) -> Router {
+    pub fn apply<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
         router
             .layer(DefaultBodyLimit::max(self.inner.limits.max_body))
             .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
@@ -528,7 +528,8 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
                 return retry_later(
                     "timeout",
                     format!(
-                        "the request took longer than {:?}, the most this server gives one                          (it may still complete: a record retried with the same id is                          answered once)",
+                        "the request took longer than {:?}, the most this server gives one (it may still \
+                         complete: a record retried with the same id is answered once)",
                         limits.request_timeout
                     ),
                 );

@@ -62,11 +62,22 @@ impl Default for ServeOptions {
 /// included), and JSON answers for a path no route serves (404 `no_route`) and a method a
 /// route does not serve (405).
 pub fn router(state: AppState) -> axum::Router {
+    router_with(state, None)
+}
+
+/// [`router`] with `guard` (tokens and limits) in front of every route, inside the
+/// observation (so that a refusal is counted and carries a request id too).
+pub fn router_with(state: AppState, guard: Option<&guard::Guard>) -> axum::Router {
     let (router, _) = routes::api().split_for_parts();
     let metrics = state.metrics().clone();
-    router
+    let router = router
         .fallback(error::no_route)
-        .method_not_allowed_fallback(error::method_not_allowed)
+        .method_not_allowed_fallback(error::method_not_allowed);
+    let router = match guard {
+        Some(g) => g.apply(router),
+        None => router,
+    };
+    router
         // Outermost: every answer, the fallbacks' included, is counted and carries an id.
         .layer(axum::middleware::from_fn_with_state(
             metrics,

@@ -51,6 +51,7 @@ pub fn healstore(db: &Path) -> std::process::Command {
         .env_remove("HEALSTORE_DB")
         .env_remove("HEALSTORE_DURABILITY")
         .env_remove("HEALSTORE_CONFIG")
+        .env_remove("HEALSTORE_TOKENS")
         .env_remove("HEALSTORE_LOG_FORMAT")
         .env_remove("RUST_LOG");
     if let Some(dir) = db.parent().filter(|d| d.is_dir()) {

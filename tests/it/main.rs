@@ -23,6 +23,7 @@ mod resolution;
 mod serve;
 mod serve_circuits;
 mod serve_common;
+mod serve_guard;
 mod serve_ops;
 mod state;
 mod store;
