@@ -1,0 +1,313 @@
+//! The HTTP service's operations side, through a real `healstore serve` process:
+//!
+//! - **Scrape** of `/metrics` with 10,000 circuits (one failure counted on each, so that every
+//!   one is a state in the healer's memory): latency p50/p99 and size over 50 scrapes, against
+//!   `GET /healthz` in the same run (the HTTP round trip alone). Goal: at most 50 ms.
+//! - **Idle subscribers**: the server's resident memory before and after 1,000 clients open
+//!   `/v1/events/stream` and wait. Goal: at most 64 MiB added.
+//! - **Append to subscriber**: one client records failures (`POST /v1/failures`, one at a
+//!   time) while another reads the stream; per failure, the time from sending the request to
+//!   receiving its `failure_detected` event, against the request's own round trip. Goal: p99
+//!   at most 50 ms. Measured alone, then again with the 1,000 subscribers connected and not
+//!   reading (slow subscribers: they fall behind the ring and must cost neither memory nor
+//!   the live subscriber's latency).
+//!
+//! Not measured here: HTTP record throughput at 1/16/256 clients against the in-process heal.
+//!
+//! `cargo bench --bench serve`. Peak memory: the server's VmHWM (and this process's).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{print_machine, vm_hwm_kib};
+use futures_util::StreamExt;
+use healstore::{NewEvent, Store, StoreOptions};
+use serde_json::json;
+
+const CIRCUITS: usize = 10_000;
+const SUBSCRIBERS: usize = 1_000;
+const LATENCY_SAMPLES: usize = 300;
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    print_machine();
+    rt.block_on(run())
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(db: &std::path::Path) -> anyhow::Result<Server> {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_healstore"))
+            .arg("--db")
+            .arg(db)
+            .args(["--durability", "normal", "serve", "--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
+            .to_owned();
+        Ok(Server { child, base })
+    }
+
+    /// `VmRSS` and `VmHWM` of the server process, in KiB.
+    fn memory(&self) -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn summary(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    (percentile(&ms, 0.5), percentile(&ms, 0.99))
+}
+
+/// One failure counted on each of `n` circuits, imported.
+async fn fill_circuits(db: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let store = Store::open(db, StoreOptions::default()).await?;
+    let mut sink = store.begin_import().await?;
+    let t0 = Utc::now() - chrono::Duration::minutes(5);
+    for a in 0..n {
+        let circuit = format!("agent-{a}");
+        let at = t0 + chrono::Duration::milliseconds(a as i64);
+        let payload = json!({"type": "circuit_failure_counted",
+            "at": healstore::time::format_time(at), "circuit": circuit,
+            "failure_id": format!("f-{a}"), "failure_type": "agent_down",
+            "strategy": "CircuitBreaker", "key": circuit});
+        sink.send(
+            a as u64 + 1,
+            format!("strategy-CircuitBreaker-agent-{a}"),
+            NewEvent::new("circuit_failure_counted", at, payload).with_id(format!("c-{a}")),
+        )
+        .await?;
+    }
+    sink.finish().await?;
+    store.close().await?;
+    Ok(())
+}
+
+async fn timed_get(client: &reqwest::Client, url: &str) -> anyhow::Result<(f64, usize)> {
+    let t = Instant::now();
+    let r = client.get(url).send().await?;
+    anyhow::ensure!(r.status().is_success(), "{url}: {}", r.status());
+    let body = r.bytes().await?;
+    Ok((t.elapsed().as_secs_f64() * 1e3, body.len()))
+}
+
+async fn run() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("serve.db");
+    fill_circuits(&db, CIRCUITS).await?;
+    let server = Server::start(&db)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(SUBSCRIBERS + 16)
+        .build()?;
+
+    // -- scrape -------------------------------------------------------------------------
+    println!("\n== GET /metrics with {CIRCUITS} circuits (50 scrapes) ==");
+    let metrics = format!("{}/metrics", server.base);
+    let healthz = format!("{}/healthz", server.base);
+    let (_, size) = timed_get(&client, &metrics).await?; // the healer's restore, warm-up
+    let text = client.get(&metrics).send().await?.text().await?;
+    let states = text
+        .lines()
+        .filter(|l| l.starts_with("healstore_circuit_state{") && l.ends_with(" 1"))
+        .count();
+    anyhow::ensure!(
+        states == CIRCUITS,
+        "{states} circuits in the scrape, not {CIRCUITS}"
+    );
+    let mut scrapes = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..50 {
+        scrapes.push(timed_get(&client, &metrics).await?.0);
+        base.push(timed_get(&client, &healthz).await?.0);
+    }
+    let (s50, s99) = summary(scrapes);
+    let (b50, b99) = summary(base);
+    println!(
+        "scrape: p50 {s50:.1} ms, p99 {s99:.1} ms, {:.1} MiB, {} circuit series (goal p99 <= 50 ms: {})",
+        size as f64 / 1048576.0,
+        states * 4,
+        if s99 <= 50.0 { "met" } else { "NOT met" }
+    );
+    println!(
+        "baseline GET /healthz: p50 {b50:.2} ms, p99 {b99:.2} ms; scrape p50 / baseline p50 = {:.0}x",
+        s50 / b50.max(1e-6)
+    );
+
+    // -- append to subscriber, alone --------------------------------------------------------
+    println!("\n== append to subscriber ({LATENCY_SAMPLES} failures, one at a time) ==");
+    let (l50, l99, r50, r99) = latency(&client, &server.base, "alone").await?;
+    println!(
+        "alone: event p50 {l50:.2} ms, p99 {l99:.2} ms (goal p99 <= 50 ms: {}); POST round trip p50 {r50:.2} ms, p99 {r99:.2} ms",
+        if l99 <= 50.0 { "met" } else { "NOT met" }
+    );
+
+    // -- idle subscribers --------------------------------------------------------------------
+    println!("\n== {SUBSCRIBERS} idle subscribers ==");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_before, _) = server.memory();
+    let mut streams = Vec::with_capacity(SUBSCRIBERS);
+    let head: i64 = {
+        let v: serde_json::Value = client
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["head_position"].as_i64().unwrap_or(0)
+    };
+    let t = Instant::now();
+    for _ in 0..SUBSCRIBERS / 100 {
+        let opened = futures_util::future::join_all((0..100).map(|_| {
+            let client = client.clone();
+            let url = format!("{}/v1/events/stream?after={head}", server.base);
+            async move { client.get(url).send().await }
+        }))
+        .await;
+        for r in opened {
+            let r = r?;
+            anyhow::ensure!(r.status().is_success(), "subscribe: {}", r.status());
+            streams.push(r.bytes_stream());
+        }
+    }
+    let opened_in = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_idle, hwm_idle) = server.memory();
+    let added = (rss_idle as f64 - rss_before as f64) / 1024.0;
+    println!(
+        "opened in {:.2} s; server RSS {:.1} -> {:.1} MiB: {added:.1} MiB added, {:.1} KiB per subscriber (goal <= 64 MiB: {}); server VmHWM {:.1} MiB",
+        opened_in.as_secs_f64(),
+        rss_before as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        added * 1024.0 / SUBSCRIBERS as f64,
+        if added <= 64.0 { "met" } else { "NOT met" },
+        hwm_idle as f64 / 1024.0
+    );
+
+    // -- append to subscriber, with 1,000 subscribers that do not read -------------------------
+    let (l50, l99, r50, r99) = latency(&client, &server.base, "crowded").await?;
+    let (rss_after, hwm_after) = server.memory();
+    println!(
+        "with {SUBSCRIBERS} subscribers not reading: event p50 {l50:.2} ms, p99 {l99:.2} ms (goal p99 <= 50 ms: {}); POST p50 {r50:.2} ms, p99 {r99:.2} ms; server RSS {:.1} MiB, VmHWM {:.1} MiB",
+        if l99 <= 50.0 { "met" } else { "NOT met" },
+        rss_after as f64 / 1024.0,
+        hwm_after as f64 / 1024.0
+    );
+    drop(streams);
+    println!(
+        "\nbench process VmHWM: {:.1} MiB",
+        vm_hwm_kib().unwrap_or(0) as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Records failures one at a time while a subscriber reads the stream: per failure, the time
+/// from sending it to receiving its `failure_detected` event, and the request's round trip.
+async fn latency(
+    client: &reqwest::Client,
+    base: &str,
+    tag: &str,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let head: i64 = {
+        let v: serde_json::Value = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["head_position"].as_i64().unwrap_or(0)
+    };
+    let r = client
+        .get(format!("{base}/v1/events/stream?after={head}"))
+        .send()
+        .await?;
+    let mut body = r.bytes_stream();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let reader = tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { break };
+            let now = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                if frame.contains("event: failure_detected")
+                    && let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: "))
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+                    && let Some(id) = v["payload"]["failure_id"].as_str()
+                {
+                    let _ = tx.send((id.to_owned(), now));
+                }
+            }
+        }
+    });
+    let mut event_ms = Vec::new();
+    let mut post_ms = Vec::new();
+    for i in 0..LATENCY_SAMPLES {
+        let id = format!("lat-{tag}-{i}");
+        let t = Instant::now();
+        let r = client
+            .post(format!("{base}/v1/failures"))
+            .json(&json!({"failure_id": id, "failure_type": "task_timeout",
+                          "agent_id": format!("worker-{}", i % 50), "task_id": format!("t-{i}")}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "POST: {}", r.status());
+        r.bytes().await?;
+        post_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        loop {
+            let (got, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+            if got == id {
+                event_ms.push(at.duration_since(t).as_secs_f64() * 1e3);
+                break;
+            }
+        }
+    }
+    reader.abort();
+    let (e50, e99) = summary(event_ms);
+    let (p50, p99) = summary(post_ms);
+    Ok((e50, e99, p50, p99))
+}
