@@ -175,6 +175,39 @@ async fn run() -> anyhow::Result<()> {
         s50 / b50.max(1e-6)
     );
 
+    // The same scrape in this process, in parts: the circuits read from a healer's memory,
+    // then the encoding.
+    {
+        let store = Store::open(&db, StoreOptions::default()).await?;
+        let healer = healstore::config::Config::default()
+            .builder()
+            .open(store.clone())
+            .await?;
+        let m = healstore::metrics::Metrics::default();
+        m.attach(&store).await?;
+        let (mut read, mut states, mut encode) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let t = Instant::now();
+            healer.states(Some("CircuitBreaker")).await?;
+            states.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            m.read_circuits(&healer).await?;
+            read.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            m.render(None).await?;
+            encode.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "in process: Healer::states p50 {:.1} ms; circuits read p50 {:.1} ms; encoding p50 {:.1} ms",
+            summary(states).0,
+            summary(read).0,
+            summary(encode).0
+        );
+        m.stop();
+        drop(healer);
+        store.close().await?;
+    }
+
     // -- append to subscriber, alone --------------------------------------------------------
     println!("\n== append to subscriber ({LATENCY_SAMPLES} failures, one at a time) ==");
     let (l50, l99, r50, r99) = latency(&client, &server.base, "alone").await?;

@@ -681,22 +681,34 @@ impl Metrics {
     /// Reads the circuits' states from the healer's memory (every state not at rest, caught up
     /// with other processes' appends; no log scan).
     pub async fn read_circuits(&self, healer: &Healer) -> Result<()> {
-        let states = healer.states(Some(CIRCUIT_STRATEGY)).await?;
+        use crate::heal::strategies::circuit::{CircuitState, CircuitStatus};
+        let now = healer.now();
         let max = self.inner.options.circuits_max;
+        let mut current: HashMap<String, usize> = HashMap::new();
+        healer
+            .visit_states(CIRCUIT_STRATEGY, |key, state| {
+                if let Some(s) = state.downcast_ref::<CircuitState>() {
+                    let i = match s.status_at(now) {
+                        CircuitStatus::Closed => 0,
+                        CircuitStatus::Open => 1,
+                        CircuitStatus::HalfOpen => 2,
+                        CircuitStatus::ForcedOpen => 3,
+                    };
+                    current.insert(key.to_owned(), i);
+                }
+            })
+            .await?;
         let mut snap = self
             .inner
             .circuits
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut current: HashMap<String, usize> = HashMap::with_capacity(states.len());
-        for s in states {
-            let state = s.state.get("state").and_then(|v| v.as_str()).unwrap_or("");
-            let Some(i) = CIRCUIT_STATES.iter().position(|n| *n == state) else {
-                continue;
-            };
-            if snap.known.len() < max || snap.known.contains(&s.key) {
-                snap.known.insert(s.key.clone());
-                current.insert(s.key, i);
+        for key in current.keys() {
+            if snap.known.len() >= max {
+                break;
+            }
+            if !snap.known.contains(key) {
+                snap.known.insert(key.clone());
             }
         }
         let mut rows: Vec<(String, usize)> = snap

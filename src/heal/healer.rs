@@ -2936,6 +2936,24 @@ impl Healer {
             .collect())
     }
 
+    /// Every state of `strategy` in memory, caught up with the log as [`Healer::states`] is,
+    /// given to `visit` as it is held (neither copied nor described): a cheap view for
+    /// metrics. The states' lock is held meanwhile: keep `visit` short.
+    pub(crate) async fn visit_states(
+        &self,
+        strategy: &str,
+        mut visit: impl FnMut(&str, &AnyState),
+    ) -> Result<()> {
+        self.ensure_complete().await?;
+        self.catch_up().await?;
+        self.reload_stale().await?;
+        let map = self.lock_map();
+        for e in map.values().filter(|e| e.strategy == strategy) {
+            visit(&e.key, &e.state);
+        }
+        Ok(())
+    }
+
     /// Every state of a strategy (all strategies when `None`) not at rest, caught up with the
     /// log.
     pub async fn states(&self, strategy: Option<&str>) -> Result<Vec<StateView>> {

@@ -326,6 +326,20 @@ pub struct CircuitState {
     pub half_open_noticed_at: Option<DateTime<Utc>>,
 }
 
+impl CircuitState {
+    /// The circuit's status at `now`: an open circuit whose deadline has passed is half-open.
+    pub fn status_at(&self, now: DateTime<Utc>) -> CircuitStatus {
+        match self.state {
+            // No deadline cannot come from this module's events; letting trials in is the
+            // safe reading of a damaged state (an isolation with no end is not).
+            CircuitStatus::Open if self.open_until.is_none_or(|until| until <= now) => {
+                CircuitStatus::HalfOpen
+            }
+            other => other,
+        }
+    }
+}
+
 /// What happened to a circuit. Stored with the variant's name as event type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -458,14 +472,7 @@ impl CircuitBreaker {
     /// The status at `now`: an open circuit whose deadline has passed is half-open, whether
     /// or not that was recorded.
     pub fn status_at(&self, s: &CircuitState, now: DateTime<Utc>) -> CircuitStatus {
-        match s.state {
-            // No deadline cannot come from this module's events; letting trials in is the
-            // safe reading of a damaged state (an isolation with no end is not).
-            CircuitStatus::Open if s.open_until.is_none_or(|until| until <= now) => {
-                CircuitStatus::HalfOpen
-            }
-            other => other,
-        }
+        s.status_at(now)
     }
 
     /// The escalation level at `now`: while closed, the recorded level less one per
