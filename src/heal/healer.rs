@@ -2818,10 +2818,16 @@ impl Healer {
                 // decisions still being stored: it waits for them.
                 self.wait_settled(&sstream).await;
                 let mut tries = 0;
+                // After a conflict: the state as the log has it. (A state at rest leaves
+                // memory once loaded, and a complete map takes a missing state for a default
+                // one at version 0, which would conflict again.)
+                let mut reloaded: Option<(u64, AnyState)> = None;
                 let reaction = loop {
                     tries += 1;
-                    let (version, state) =
-                        self.current_for_signal(&strategy, &sstream, &key).await?;
+                    let (version, state) = match reloaded.take() {
+                        Some(found) => found,
+                        None => self.current_for_signal(&strategy, &sstream, &key).await?,
+                    };
                     let Some(r) = strategy.on_signal(&state, &key, signal, now) else {
                         break None;
                     };
@@ -2856,6 +2862,7 @@ impl Healer {
                         }
                         Err(Error::WrongExpectedVersion { .. }) if tries < MAX_CONFLICT_RETRIES => {
                             self.refresh(&strategy, &sstream, &key).await?;
+                            reloaded = Some(self.current(&strategy, &sstream, &key).await?);
                             continue;
                         }
                         Err(e) => return Err(e),

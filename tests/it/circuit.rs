@@ -1444,3 +1444,36 @@ fn a_half_open_period_noticed_late_is_dated_at_the_deadline_and_waits_from_when_
     let v = serde_json::to_value(&r.events[0]).unwrap();
     assert!(v.get("noticed_at").is_none(), "{v}");
 }
+
+#[tokio::test]
+async fn a_long_lived_healer_operates_a_circuit_again_after_it_came_back_to_rest() {
+    // Given a healer with every state restored (as a server keeps one), a circuit forced
+    // open and closed again (at rest: it leaves memory, though its stream has events),
+    let (_dir, path) = temp_db();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let healer = healer_at(&path, clock.clone()).await;
+    for command in ["open", "close"] {
+        healer
+            .command(Some("CircuitBreaker"), "a", command, "maintenance")
+            .await
+            .unwrap();
+    }
+    // when it is operated again, more than once,
+    for command in ["reset", "open", "close", "reset"] {
+        let r = healer
+            .command(Some("CircuitBreaker"), "a", command, "maintenance")
+            .await
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        assert_eq!(r.reactions.len(), 1, "{command}");
+    }
+    // then each command is recorded at the stream's next version.
+    healer.close().await.unwrap();
+    let versions: Vec<u64> = read_all(&path)
+        .await
+        .iter()
+        .filter(|e| e.stream_id == "strategy-CircuitBreaker-a")
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    assert!(versions.len() >= 4, "{versions:?}");
+}
