@@ -297,6 +297,15 @@ impl Config {
         map.into_iter().collect()
     }
 
+    /// The routes in effect, each failure type with its strategies' names (what predictions
+    /// recommend when no pattern says more).
+    pub fn route_names(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.effective_routes()
+            .into_iter()
+            .map(|(t, kinds)| (t, kinds.iter().map(|k| format!("{k:?}")).collect()))
+            .collect()
+    }
+
     /// A healer builder with every route registered.
     pub fn builder(&self) -> HealerBuilder {
         let mut b = HealerBuilder::new().options(HealerOptions {

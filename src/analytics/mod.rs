@@ -109,6 +109,7 @@ pub mod effectiveness;
 pub mod html;
 pub mod patterns;
 pub mod predict;
+pub mod request;
 pub mod stats;
 
 use chrono::{DateTime, Duration, Utc};
@@ -126,6 +127,7 @@ pub use effectiveness::{
 };
 pub use patterns::{LearnOptions, Pattern};
 pub use predict::{PredictOptions, Prediction, PredictionOutcome, PredictionReport};
+pub use request::{Learning, MttrReport, RecommendationsReport, Verdicts, WindowSpec};
 pub use stats::{MttrBy, MttrPoint, MttrTo, Stats};
 
 /// One hour in microseconds: the rollups' bucket.

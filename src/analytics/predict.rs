@@ -58,11 +58,7 @@ impl Default for PredictOptions {
             learn: LearnOptions::default(),
             learn_window: chrono::Duration::days(7),
             agent: None,
-            routes: crate::config::Config::default()
-                .effective_routes()
-                .into_iter()
-                .map(|(t, kinds)| (t, kinds.iter().map(|k| format!("{k:?}")).collect()))
-                .collect(),
+            routes: crate::config::Config::default().route_names(),
             record: true,
             min_observations: 10,
             success_rate_threshold: 0.7,

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use healstore::analytics::advice::AdviceOptions;
+use healstore::analytics::request::{self, Learning, Verdicts, WindowSpec};
 use healstore::analytics::{
-    Analytics, Dashboard, EffectivenessOptions, LearnOptions, MttrBy, MttrTo, PredictOptions,
-    Window, parse_duration,
+    Analytics, Dashboard, MttrBy, MttrTo, PredictOptions, Window, parse_duration,
 };
 use healstore::config::Config;
 
@@ -30,15 +30,16 @@ pub struct WindowArgs {
 }
 
 impl WindowArgs {
+    pub fn spec(&self) -> WindowSpec {
+        WindowSpec {
+            length: self.window.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
+
     pub fn resolve(&self, now: DateTime<Utc>, default: &str) -> anyhow::Result<Window> {
-        let until = self.until.unwrap_or(now);
-        Ok(match self.since {
-            Some(since) => Window::new(since, until)?,
-            None => {
-                let length = parse_duration(self.window.as_deref().unwrap_or(default))?;
-                Window::last(length, until)?
-            }
-        })
+        Ok(self.spec().resolve(now, default)?)
     }
 }
 
@@ -63,22 +64,20 @@ pub enum ByArg {
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerdictArgs {
     /// Healing results a strategy needs before it gets a verdict other than `monitor`.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = request::DEFAULT_MIN_RESULTS, value_parser = clap::value_parser!(i64).range(1..))]
     pub min_results: i64,
     /// Opens in the window from which a circuit counts as flapping.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = request::DEFAULT_FLAP_THRESHOLD, value_parser = clap::value_parser!(i64).range(1..))]
     pub flap_threshold: i64,
 }
 
 impl VerdictArgs {
-    fn advice(&self) -> AdviceOptions {
-        AdviceOptions {
-            effectiveness: EffectivenessOptions {
-                min_results: self.min_results,
-                min_results_for_trend: 10,
-            },
+    fn advice(&self) -> anyhow::Result<AdviceOptions> {
+        Ok(Verdicts {
+            min_results: self.min_results,
             flap_threshold: self.flap_threshold,
         }
+        .advice()?)
     }
 }
 
@@ -86,16 +85,16 @@ impl VerdictArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LearnArgs {
     /// Occurrences a pattern needs.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..))]
+    #[arg(long, default_value_t = request::DEFAULT_MIN_OCCURRENCES, value_parser = clap::value_parser!(i64).range(2..))]
     pub min_occurrences: i64,
     /// Confidence a pattern needs (0 to 1).
-    #[arg(long, default_value_t = 0.7, value_parser = parse_unit)]
+    #[arg(long, default_value_t = request::DEFAULT_MIN_CONFIDENCE, value_parser = parse_unit)]
     pub min_confidence: f64,
     /// Longest gap between two steps of a sequence.
-    #[arg(long, default_value = "1h")]
+    #[arg(long, default_value = request::DEFAULT_SEQUENCE_GAP)]
     pub sequence_gap: String,
     /// How soon after A a B counts as following it.
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = request::DEFAULT_CORRELATION_WINDOW)]
     pub correlation_window: String,
     /// Do not record the learned patterns (and predictions) as events.
     #[arg(long)]
@@ -103,14 +102,14 @@ pub struct LearnArgs {
 }
 
 impl LearnArgs {
-    fn options(&self) -> anyhow::Result<LearnOptions> {
-        Ok(LearnOptions {
+    fn learning(&self) -> Learning {
+        Learning {
             min_occurrences: self.min_occurrences,
             min_confidence: self.min_confidence,
-            sequence_gap: parse_duration(&self.sequence_gap)?,
-            correlation_window: parse_duration(&self.correlation_window)?,
-            ..LearnOptions::default()
-        })
+            sequence_gap: self.sequence_gap.clone(),
+            correlation_window: self.correlation_window.clone(),
+            record: !self.no_record,
+        }
     }
 }
 
@@ -212,29 +211,23 @@ pub async fn mttr(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
-    let bucket_len = parse_duration(bucket)?;
+    // (checked before the store is opened)
+    parse_duration(bucket)?;
     let by = by.map(|b| match b {
         ByArg::FailureType => MttrBy::FailureType,
         ByArg::Strategy => MttrBy::Strategy,
         ByArg::Agent => MttrBy::Agent,
     });
-    let (to, label) = match to {
-        ToArg::Recover => (MttrTo::Recover, "recover"),
-        ToArg::Remediate => (MttrTo::Remediate, "remediate"),
+    let to = match to {
+        ToArg::Recover => MttrTo::Recover,
+        ToArg::Remediate => MttrTo::Remediate,
     };
-    let series = query(cli, async |a| {
-        a.mttr_series(&window, to, by, bucket_len).await
-    })
-    .await?;
+    let r = query(cli, async |a| a.mttr_report(&window, to, by, bucket).await).await?;
     if out.json() {
-        return out.json_value(&serde_json::json!({
-            "window": window.describe(),
-            "to": label,
-            "bucket": bucket,
-            "series": series,
-        }));
+        return out.json_value(&r);
     }
-    let rows: Vec<Vec<String>> = series
+    let rows: Vec<Vec<String>> = r
+        .series
         .iter()
         .map(|p| {
             vec![
@@ -263,8 +256,9 @@ pub async fn effectiveness(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "7d")?;
+    let advice = v.advice()?;
     let e = query(cli, async |a| {
-        a.effectiveness(&window, &v.advice().effectiveness).await
+        a.effectiveness(&window, &advice.effectiveness).await
     })
     .await?;
     if out.json() {
@@ -340,14 +334,15 @@ pub async fn recommendations(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
-    let r = query(cli, async |a| a.recommendations(&window, &v.advice()).await).await?;
+    let advice = v.advice()?;
+    let r = query(cli, async |a| {
+        a.recommendations_report(&window, &advice).await
+    })
+    .await?;
     if out.json() {
-        return out.json_value(&serde_json::json!({
-            "window": window.describe(),
-            "recommendations": r,
-        }));
+        return out.json_value(&r);
     }
-    for (i, r) in r.iter().enumerate() {
+    for (i, r) in r.recommendations.iter().enumerate() {
         out.line(&format!("{}. [{}] {}", i + 1, r.severity, r.message))?;
     }
     Ok(())
@@ -360,6 +355,7 @@ pub async fn circuit_report(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "24h")?;
+    v.advice()?;
     let r = query(cli, async |a| a.circuits(&window, v.flap_threshold).await).await?;
     if out.json() {
         return out.json_value(&r);
@@ -408,8 +404,9 @@ pub async fn dashboard(
     if let Some((path, force)) = html {
         html_check(cli, path, force)?;
     }
+    let advice = v.advice()?;
     let d = query(cli, async |a| {
-        a.dashboard(&window, &v.advice(), cli.now()).await
+        a.dashboard(&window, &advice, cli.now()).await
     })
     .await?;
     if let Some((path, force)) = html {
@@ -566,19 +563,11 @@ pub async fn patterns(
     out: &mut Out,
 ) -> anyhow::Result<()> {
     let window = w.resolve(cli.now(), "7d")?;
-    let options = l.options()?;
+    let learning = l.learning();
+    let options = learning.options()?;
     let r = query(cli, async |a| {
-        if l.no_record {
-            a.learn_patterns(&window, &options).await.map(|patterns| {
-                healstore::analytics::patterns::LearnReport {
-                    window: window.describe(),
-                    patterns,
-                    recorded: 0,
-                }
-            })
-        } else {
-            a.learn_and_record(&window, &options, cli.now()).await
-        }
+        a.patterns_report(&window, &options, learning.record, cli.now())
+            .await
     })
     .await?;
     if out.json() {
@@ -615,23 +604,11 @@ pub async fn predict(
     l: &LearnArgs,
     out: &mut Out,
 ) -> anyhow::Result<()> {
-    let now = w.until.unwrap_or(cli.now());
     let window = w.resolve(cli.now(), "7d")?;
     let (config, _) = Config::load(cli.config.as_deref())?;
-    let routes = config
-        .effective_routes()
-        .into_iter()
-        .map(|(t, kinds)| (t, kinds.iter().map(|k| format!("{k:?}")).collect()))
-        .collect();
-    let options = PredictOptions {
-        learn: l.options()?,
-        learn_window: window.until - window.since,
-        agent: agent.map(str::to_owned),
-        routes,
-        record: !l.no_record,
-        ..PredictOptions::default()
-    };
-    let r = query(cli, async |a| a.predict(now, &options).await).await?;
+    let options = PredictOptions::for_request(&config, &l.learning(), agent, &window)?;
+    // (predicted from the window's end: `--until`, or now)
+    let r = query(cli, async |a| a.predict(window.until, &options).await).await?;
     if out.json() {
         return out.json_value(&r);
     }

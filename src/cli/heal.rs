@@ -435,12 +435,13 @@ fn print_signal(out: &mut Out, r: &SignalReport) -> anyhow::Result<()> {
 
 pub async fn circuits(cli: &Cli, agent: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
     let healer = open_existing_healer(cli).await?;
-    let rows = healer.circuits(agent).await;
+    let report = healer.circuits_report(agent).await;
     healer.close().await?;
-    let rows = rows?;
+    let report = report?;
     if out.json() {
-        return out.json_value(&json!({ "circuits": rows }));
+        return out.json_value(&report);
     }
+    let rows = report.circuits;
     let cell = |v: &Value, k: &str| match v.get(k) {
         None | Some(Value::Null) => "-".to_owned(),
         Some(Value::String(s)) => s.clone(),
@@ -526,11 +527,11 @@ pub async fn tick(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
 
 pub async fn states(cli: &Cli, strategy: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
     let healer = open_existing_healer(cli).await?;
-    let r = healer.states(strategy).await;
+    let r = healer.states_report(strategy).await;
     healer.close().await?;
-    let states = r?;
+    let states = r?.states;
     if out.json() {
-        return out.json_value(&json!({ "states": states }));
+        return out.json_value(&healstore::heal::StatesReport { states });
     }
     let rows: Vec<Vec<String>> = states
         .iter()

@@ -1,13 +1,12 @@
 //! Commands on the raw log: init, import, append, export, events.
 
-use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use healstore::{EventFilter, EventLine, ExpectedVersion, RecordedEvent};
+use healstore::{EventFilter, RecordedEvent};
 use serde_json::json;
 use tokio::io::{AsyncRead, BufReader};
 
@@ -72,62 +71,33 @@ fn input_name(file: &Path) -> String {
 }
 
 pub async fn import(cli: &Cli, file: &Path, out: &mut Out) -> anyhow::Result<()> {
+    use healstore::store::feed::{self, ImportError};
     let failed = || format!("import of {} failed; nothing was imported", file.display());
     let (input, size) = open_input(file).await?;
     // An archive (gzip, with a header line) is read through its decompressor, told by its
     // first bytes: a pipe or standard input works as a file does.
-    let (header, mut lines) = healstore::store::archive::open_input(input, &input_name(file))
+    let opened = healstore::store::archive::open_input(input, &input_name(file))
         .await
         .with_context(failed)?;
     let store = cli.open(true).await?;
-    if let Some(h) = &header
-        && let Err(e) = store.check_archive_import(h).await
-    {
-        store.close().await?;
-        return Err(e.into());
-    }
-    // (an archive's size is not the size of what is read from it)
-    let progress = progress_bar(size.filter(|_| header.is_none()));
-    let mut sink = store.begin_import().await?;
-    let mut bytes = 0u64;
-    let failure = loop {
-        let line = match lines.next_line().await {
-            Ok(Some(l)) => l,
-            Ok(None) => break None,
-            Err(e) => break Some(anyhow::anyhow!("line {}: {e}", lines.line_number())),
-        };
-        let line_no = lines.line_number();
-        bytes += line.len() as u64 + 1;
-        if let Some(p) = &progress {
+    let mut progress: Option<Option<indicatif::ProgressBar>> = None;
+    let report = feed::import(&store, opened, |archive, bytes| {
+        // (an archive's size is not the size of what is read from it)
+        let bar = progress.get_or_insert_with(|| progress_bar(size.filter(|_| !archive)));
+        if let Some(p) = bar {
             p.set_position(bytes);
         }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = EventLine::parse(&line).and_then(EventLine::into_append);
-        drop(line);
-        let (stream, event) = match parsed {
-            Ok(v) => v,
-            Err(e) => break Some(anyhow::anyhow!("line {line_no}: {e}")),
-        };
-        match sink.send(line_no, stream, event).await {
-            Ok(()) => {}
-            // The writer refused an earlier line; `finish` says which.
-            Err(healstore::Error::Closed) => break None,
-            Err(e) => break Some(anyhow::anyhow!("line {line_no}: {e}")),
-        }
-    };
-    if let Some(p) = &progress {
+    })
+    .await;
+    if let Some(Some(p)) = &progress {
         p.finish_and_clear();
     }
-    if let Some(e) = failure {
-        sink.abort().await;
-        store.close().await?;
-        return Err(e.context(failed()));
-    }
-    let report = sink.finish().await;
     store.close().await?;
-    let report = report.with_context(failed)?;
+    let report = match report {
+        Ok(r) => r,
+        Err(ImportError::Refused(e)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::anyhow!("{e}").context(failed())),
+    };
     if out.json() {
         out.json_value(&report)?;
     } else {
@@ -155,99 +125,52 @@ fn progress_bar(size: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Bytes of input lines `append` keeps in flight at most (besides `--pipeline`'s count): with
-/// lines of up to 1 MiB, memory stays bounded whatever the pipeline.
-const APPEND_BYTES_IN_FLIGHT: usize = 16 << 20;
-
 pub async fn append(cli: &Cli, file: &Path, pipeline: u32, out: &mut Out) -> anyhow::Result<()> {
+    use healstore::store::feed::{self, FeedError};
     let (input, _) = open_input(file).await?;
     let store = cli.open(true).await?;
     let mut lines = healstore::input::LineReader::new(BufReader::new(input));
-    // Each append in flight, with its line's number and length.
-    let mut in_flight: VecDeque<(u64, usize, healstore::PendingAppend)> = VecDeque::new();
-    let mut bytes_in_flight = 0usize;
-    let mut eof = false;
-    let result: anyhow::Result<()> = async {
-        // Reads input and acknowledges commits at the same time, in input order: a source
-        // that sends one event and waits for its acknowledgement is answered at once.
-        while !eof || !in_flight.is_empty() {
-            tokio::select! {
-                biased;
-                r = async { (&mut in_flight.front_mut().expect("not empty").2).await },
-                    if !in_flight.is_empty() =>
-                {
-                    let (n, len, _) = in_flight.pop_front().expect("not empty");
-                    bytes_in_flight -= len;
-                    ack(out, n, r)?;
-                    out.flush()?;
-                }
-                line = lines.next_line(), if !eof
-                    && in_flight.len() < pipeline as usize
-                    && bytes_in_flight < APPEND_BYTES_IN_FLIGHT =>
-                {
-                    let line_no = lines.line_number();
-                    let line = match line {
-                        Ok(Some(l)) => l,
-                        Ok(None) => {
-                            eof = true;
-                            continue;
-                        }
-                        Err(e) => bail!("line {line_no}: {e}"),
-                    };
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let len = line.len();
-                    let (stream, event) = EventLine::parse(&line)
-                        .and_then(EventLine::into_append)
-                        .with_context(|| format!("line {line_no}"))?;
-                    drop(line);
-                    let pending = store
-                        .submit(&stream, ExpectedVersion::Any, vec![event])
-                        .await
-                        .with_context(|| format!("line {line_no}"))?;
-                    bytes_in_flight += len;
-                    in_flight.push_back((line_no, len, pending));
-                }
-            }
+    // Reads input and acknowledges commits at the same time, in input order (see
+    // `healstore::store::feed`): a source that sends one event and waits for its
+    // acknowledgement is answered at once.
+    let (acks, received) = tokio::sync::mpsc::channel(pipeline as usize);
+    let appending = async {
+        let r = feed::append_lines(&store, &mut lines, pipeline as usize, &acks).await;
+        drop(acks);
+        r
+    };
+    let printing = async {
+        // (owned here: dropped when printing stops, which stops the feed)
+        let mut received = received;
+        while let Some(a) = received.recv().await {
+            // (a closed output stops the feed: the receiver is dropped)
+            ack(out, &a)?;
+            out.flush()?;
         }
-        Ok(())
-    }
-    .await;
-    // Whatever happened, appends already queued are committed and acknowledged before exit.
-    while let Some((n, _, p)) = in_flight.pop_front() {
-        let _ = ack(out, n, p.await);
-    }
+        anyhow::Ok(())
+    };
+    let (appended, printed) = tokio::join!(appending, printing);
     out.flush()?;
     store.close().await?;
-    result
+    printed?;
+    match appended {
+        Ok(()) | Err(FeedError::Closed) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }
 
-fn ack(
-    out: &mut Out,
-    line: u64,
-    r: healstore::Result<Vec<healstore::Appended>>,
-) -> anyhow::Result<()> {
-    let appended = r.with_context(|| format!("line {line}"))?;
-    for a in appended {
-        if out.json() {
-            out.json_value(&json!({
-                "line": line,
-                "event_id": a.event_id,
-                "position": a.position,
-                "stream_version": a.stream_version,
-                "duplicate": a.duplicate,
-            }))?;
-        } else {
-            out.line(&format!(
-                "line {line}: {} at position {}{}",
-                a.event_id,
-                a.position,
-                if a.duplicate { " (already stored)" } else { "" }
-            ))?;
-        }
+fn ack(out: &mut Out, a: &healstore::store::feed::AppendAck) -> anyhow::Result<()> {
+    if out.json() {
+        out.json_value(a)
+    } else {
+        out.line(&format!(
+            "line {}: {} at position {}{}",
+            a.line,
+            a.event_id,
+            a.position,
+            if a.duplicate { " (already stored)" } else { "" }
+        ))
     }
-    Ok(())
 }
 
 pub async fn export(

@@ -6,7 +6,9 @@
 //! - [`strategies`]: the built-in strategies.
 //! - [`coordinator`]: the [`Coordinator`] through which actions reach the fleet.
 //! - [`healer`]: the [`Healer`], which loads, folds, decides, acts and appends.
+//! - [`answers`]: the healer's answers as the command line and the HTTP API give them.
 
+pub mod answers;
 pub mod coordinator;
 pub mod detect;
 pub mod healer;
@@ -16,6 +18,7 @@ pub mod sim;
 pub mod strategies;
 pub mod strategy;
 
+pub use answers::{CircuitsReport, StatesReport};
 pub use coordinator::{Coordinator, CoordinatorError, NoopCoordinator};
 pub use detect::detect;
 pub use healer::{

@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod chain;
+pub mod feed;
 pub(crate) mod holder;
 mod migrate;
 mod probe;
