@@ -21,6 +21,7 @@
 //! the router it returns); [`serve`] binds, prints the address, and serves until its shutdown
 //! future completes.
 
+pub mod body;
 pub mod error;
 pub mod guard;
 pub mod observe;

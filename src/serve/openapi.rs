@@ -60,3 +60,59 @@ macro_rules! __serve_document {
     };
 }
 pub use crate::__serve_document as document_schema;
+
+document_schema!(
+    /// A heal's answer.
+    HealAnswer,
+    "A heal's answer, as `healstore record failure --format json` prints it: failure_id, \
+     failure_type, agent_id, duplicate, route, attempts, delegated_actions, result. A raw \
+     event that is no failure is answered `{\"detected\":false}`."
+);
+document_schema!(
+    /// A signal's answer.
+    SignalAnswer,
+    "What a signal changed, as `healstore record success|usage`, `circuit ...` and `tick` \
+     print it with --format json: reactions, permitted (a permit: whether the call is \
+     admitted), recovered (a success: the failures it recovered)"
+);
+document_schema!(
+    /// An outcome's answer.
+    OutcomeAnswer,
+    "The outcome recorded, as `healstore record outcome --format json` prints it: failure_id, \
+     strategy, success, duration_ms, time_to_remediate_ms, duplicate"
+);
+document_schema!(
+    /// A recovery's answer.
+    RecoveryAnswer,
+    "The recovery recorded (or found recorded), as `healstore record recovered --format json` \
+     prints it: failure_id, how, recovered_at, time_to_recover_ms, duplicate"
+);
+document_schema!(
+    /// The circuits.
+    CircuitsAnswer,
+    "`healstore circuits --format json`: {\"circuits\": [each breaker's state with agent_id]}"
+);
+document_schema!(
+    /// The strategy states.
+    StatesAnswer,
+    "`healstore states --format json`: {\"states\": [{strategy, key, version, state}]}"
+);
+document_schema!(
+    /// An analytics document.
+    AnalyticsAnswer,
+    "The document the analytics command of the same name prints with --format json (stats, \
+     mttr, effectiveness, recommendations, dashboard, circuit-report, patterns, predict); \
+     see the README"
+);
+document_schema!(
+    /// An import's answer.
+    ImportAnswer,
+    "`healstore import --format json`: imported, duplicates"
+);
+document_schema!(
+    /// JSON Lines.
+    JsonLines,
+    "JSON Lines (application/x-ndjson): one JSON document a line, written as it is ready. A \
+     stream that fails after its answer began ends with an error record \
+     {\"error\":{\"code\":..,\"message\":..}}"
+);

@@ -2,12 +2,16 @@
 //! the OpenAPI document and [`Api::registered`] all come from it, so a test can check that
 //! every route the server answers is in `/openapi.json`.
 
+pub mod analytics;
+pub mod audit;
 pub mod circuits;
+pub mod events;
 pub mod heal;
 pub mod health;
 pub mod ops;
 pub mod record;
 pub mod signals;
+pub mod states;
 
 use axum::routing::MethodRouter;
 use utoipa::openapi::OpenApi;
@@ -40,6 +44,26 @@ pub fn api() -> Api {
         .routes(routes!(circuits::open))
         .routes(routes!(circuits::close))
         .routes(routes!(circuits::reset))
+        .routes(routes!(states::tick))
+        .routes(routes!(states::states))
+        .routes(routes!(analytics::stats))
+        .routes(routes!(analytics::mttr))
+        .routes(routes!(analytics::effectiveness))
+        .routes(routes!(analytics::recommendations))
+        .routes(routes!(analytics::dashboard))
+        .routes(routes!(analytics::dashboard_html))
+        .routes(routes!(analytics::circuit_report))
+        .routes(routes!(
+            analytics::patterns_read,
+            analytics::patterns_record
+        ))
+        .routes(routes!(analytics::predict_read, analytics::predict_record))
+        .routes(routes!(audit::failure))
+        .routes(routes!(audit::agent))
+        .routes(routes!(audit::report))
+        .routes(routes!(events::page))
+        .routes(routes!(events::append))
+        .routes(routes!(events::import))
 }
 
 /// A router that remembers every (method, path) registered on it, described or not.

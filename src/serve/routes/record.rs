@@ -1,7 +1,9 @@
-//! Recording: failures, raw monitoring events, outcomes, success signals and usage reports.
-//! Each answer is what `healstore record ... --format json` prints.
+//! Recording failures, and raw monitoring events as a stream of JSON Lines (outcomes,
+//! recoveries, signals and single raw events are in [`super::signals`]). Each answer is what
+//! `healstore record failure --format json` (or `heal --format json`) prints.
 
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -9,6 +11,7 @@ use crate::heal::{Failure, Severity};
 use crate::serve::AppState;
 use crate::serve::error::extract::Json;
 use crate::serve::error::{ApiError, ErrorBody};
+pub use crate::serve::openapi::HealAnswer;
 
 /// A failure to record and heal (`healstore record failure`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -31,34 +34,27 @@ pub struct FailureRequest {
     pub detected_at: Option<String>,
 }
 
-crate::serve::openapi::document_schema!(
-    /// A heal's answer.
-    HealAnswer,
-    "A heal's answer, as `healstore record failure --format json` prints it: failure_id, \
-     failure_type, agent_id, duplicate, route, attempts, delegated_actions, result"
-);
-
-/// An optional RFC 3339 time from a request, or `default`.
-pub(crate) fn time_or(
-    s: Option<&str>,
-    default: chrono::DateTime<chrono::Utc>,
-) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+/// An optional RFC 3339 time from a request (a 400 when it is not one), or `default`.
+pub(crate) fn time_or(s: Option<&str>, default: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
     match s {
         Some(s) => crate::time::parse_time(s).map_err(|e| ApiError::param(&e)),
         None => Ok(default),
     }
 }
 
+const RETRY: &str = "The database is busy (Retry-After), or the server is stopping";
+
 /// Record a failure and run the healer on it (decision mode: the actions to carry out are in
-/// `delegated_actions`; report how they went with an outcome).
+/// `delegated_actions`; report how they went with an outcome). The failure id is the
+/// idempotency key.
 #[utoipa::path(post, path = "/v1/failures", tag = "record",
     request_body = FailureRequest,
     responses(
         (status = 200, description = "The heal's report (a retry: the recorded one, `duplicate: true`)", body = HealAnswer),
         (status = 400, description = "Not a failure request", body = ErrorBody),
         (status = 409, description = "The failure id is recorded with other facts", body = ErrorBody),
-        (status = 422, description = "Refused (an empty id, a time out of range)", body = ErrorBody),
-        (status = 503, description = "Retry later", body = ErrorBody),
+        (status = 422, description = "Refused (an empty or too long id)", body = ErrorBody),
+        (status = 503, description = RETRY, body = ErrorBody),
     ))]
 pub async fn failure(
     State(state): State<AppState>,
