@@ -723,7 +723,11 @@ fn hold_records(
     let mut answers = Vec::new();
     for id in ids {
         let body = failure(id).to_string();
-        let client = server.client.clone();
+        // A client of its own with no idle connections kept: each try on a new connection.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         let url = server.url("/v1/failures");
         let (release_tx, mut release) = tokio::sync::oneshot::channel::<()>();
         answers.push(tokio::spawn(async move {
@@ -738,7 +742,11 @@ fn hold_records(
                 tokio::pin!(request);
                 tokio::select! {
                     r = &mut request => {
-                        let answer = json_answer(r.unwrap()).await;
+                        // A connection the server closed after answering an earlier 503 may be
+                        // reused and fail while the body is written: nothing was taken, so the
+                        // request is sent again (a failure id makes a retry harmless).
+                        let Ok(r) = r else { continue };
+                        let answer = json_answer(r).await;
                         if answer.0 == 503 && answer.1["error"]["code"] == "overloaded" {
                             continue;
                         }
