@@ -19,6 +19,7 @@ mod metrics;
 mod outputs;
 mod patterns;
 mod process;
+mod python_client;
 mod resolution;
 mod serve;
 mod serve_circuits;
