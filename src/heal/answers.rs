@@ -22,10 +22,22 @@ pub struct StatesReport {
 
 impl Healer {
     /// `circuits --format json`: [`Healer::circuits`] as the document.
+    ///
+    /// With `agent`, that agent's circuit, and a [`NotFound`](crate::Error::NotFound) error
+    /// when the healer holds none for it (an agent it never counted a failure of, or whose
+    /// circuit is back at rest and forgotten: closed, nothing to remember), as
+    /// `healstore circuits --agent A` and `GET /v1/circuits/{agent}` (a 404) both answer.
     pub async fn circuits_report(&self, agent: Option<&str>) -> Result<CircuitsReport> {
-        Ok(CircuitsReport {
-            circuits: self.circuits(agent).await?,
-        })
+        let circuits = self.circuits(agent).await?;
+        if let Some(a) = agent
+            && circuits.is_empty()
+        {
+            return Err(crate::Error::NotFound(format!(
+                "no circuit is held for agent {a:?}: none of its failures is counted (a \
+                 circuit at rest is closed)"
+            )));
+        }
+        Ok(CircuitsReport { circuits })
     }
 
     /// Every strategy's state (only `strategy`'s when given), caught up with the log.

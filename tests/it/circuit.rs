@@ -1374,11 +1374,27 @@ fn circuits_and_circuit_report_agree_at_any_now() {
     }
     let agree = |now: i64, expected: &str| {
         let now = time(now);
-        let listed = cli(&["--now", &now, "circuits", "--agent", "a"]);
-        // A closed circuit with nothing left to remember is not listed.
-        let state = listed["circuits"]
-            .get(0)
-            .map_or(json!("closed"), |c| c["state"].clone());
+        // A closed circuit with nothing left to remember is not held: `circuits --agent`
+        // says so (an error), and the circuit is closed.
+        let out = run(
+            &db,
+            &[
+                "--format", "json", "--now", &now, "circuits", "--agent", "a",
+            ],
+        );
+        let state = if out.status.success() {
+            let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            assert_eq!(
+                listed["circuits"].as_array().map(Vec::len),
+                Some(1),
+                "{listed}"
+            );
+            listed["circuits"][0]["state"].clone()
+        } else {
+            let e = crate::common::expect_error(&out, "no circuit is held for agent \"a\"");
+            assert!(!e.is_empty());
+            json!("closed")
+        };
         let r = cli(&["--now", &now, "circuit-report", "--window", "1d"]);
         let c = circuit_of(&r, "a");
         assert_eq!(state, expected, "circuits at {now}");

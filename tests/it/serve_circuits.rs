@@ -257,8 +257,10 @@ async fn circuits_are_listed_and_operated_like_the_command_line() {
     let (_, one) = server.get_json("/v1/circuits/a-1").await;
     assert_eq!(one["circuits"][0]["agent_id"], "a-1");
     assert_eq!(one["circuits"][0]["state"], "open", "{one}");
-    let (_, none) = server.get_json("/v1/circuits/nobody").await;
-    assert_eq!(none, json!({"circuits": []}));
+    // No circuit held for an agent: a 404, as the command line says it (an error).
+    let none = server.get_json("/v1/circuits/nobody").await;
+    let message = assert_error(&none, 404, "not_found");
+    assert!(message.contains("\"nobody\""), "{message}");
     let (status, permit) = server
         .post_json("/v1/circuits/a-1/permit", &json!(null))
         .await;
@@ -277,6 +279,12 @@ async fn circuits_are_listed_and_operated_like_the_command_line() {
     // The same store, read by the command line at the same instant.
     let cli = cli_json(&db, &["circuits"]);
     assert_eq!(after, cli);
+    let out = run(&db, &["--now", NOW, "circuits", "--agent", "nobody"]);
+    assert_eq!(
+        crate::common::expect_error(&out, "healstore: error: ")
+            .trim_start_matches("healstore: error: "),
+        message
+    );
     assert_ne!(list, after, "the forced-open circuit is listed");
     let (_d, cli_db) = temp_db();
     let cli_open = cli_json(

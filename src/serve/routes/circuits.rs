@@ -35,16 +35,22 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({ "circuits": rows })))
 }
 
-/// One agent's circuit (`healstore circuits --agent A`: an empty list when it has none).
+/// One agent's circuit (`healstore circuits --agent A`): a list of one, or a 404 when the
+/// healer holds no circuit for the agent (none of its failures counted, or its circuit back
+/// at rest: closed).
 #[utoipa::path(get, path = "/v1/circuits/{agent}", tag = "circuits",
     params(("agent" = String, Path, description = "The agent")),
-    responses((status = 200, description = "The agent's circuit, if it has one", body = CircuitsAnswer)))]
+    responses(
+        (status = 200, description = "The agent's circuit", body = CircuitsAnswer),
+        (status = 404, description = "No circuit is held for the agent (a circuit at rest is closed)", body = ErrorBody),
+    ))]
 pub async fn one(
     State(state): State<AppState>,
     Path(agent): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rows = state.healer().circuits(Some(&agent)).await?;
-    Ok(Json(json!({ "circuits": rows })))
+    Ok(Json(json!(
+        state.healer().circuits_report(Some(&agent)).await?
+    )))
 }
 
 /// Ask whether a call may go to the agent: `permitted` true (admitted) or false (rejected).
