@@ -248,6 +248,17 @@ impl Collector for CircuitCollector {
 struct HttpFamilies {
     requests: Family<L3, Counter>,
     duration: HistogramFamily<L2>,
+    in_flight: Gauge<i64, AtomicI64>,
+}
+
+/// One HTTP request in flight (counted in `healstore_http_requests_in_flight` until dropped).
+#[must_use]
+pub struct InFlight(Gauge<i64, AtomicI64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Where the tail has read to, and the store's change mark when it last asked.
@@ -387,7 +398,14 @@ impl Metrics {
         let http = HttpFamilies {
             requests: Family::default(),
             duration: Family::new_with_constructor(http_histogram),
+            in_flight: Gauge::default(),
         };
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being answered now (until the answer's head; a streamed body is \
+             not counted)",
+            http.in_flight.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests answered, by method, route (the matched route template) and status",
@@ -652,6 +670,12 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts one HTTP request in flight until the value returned is dropped.
+    pub fn http_in_flight(&self) -> InFlight {
+        self.inner.http.in_flight.inc();
+        InFlight(self.inner.http.in_flight.clone())
     }
 
     /// Counts one HTTP request: its method, the route template it matched (`unmatched` when

@@ -37,6 +37,7 @@ fn client_request_id(headers: &HeaderMap) -> Option<String> {
 /// never the raw path, and status; the time to the answer's head).
 pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let in_flight = metrics.http_in_flight();
     let id = client_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let route = req
         .extensions()
@@ -52,6 +53,7 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
     );
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut res = next.run(req).instrument(span.clone()).await;
+    drop(in_flight);
     let status = res.status();
     let elapsed = started.elapsed();
     metrics.observe_http(method.as_str(), &route, status.as_u16(), elapsed);
@@ -92,8 +94,16 @@ mod tests {
         use axum::body::Body;
         use tower::ServiceExt as _;
         let metrics = Metrics::default();
+        let inside = metrics.clone();
         let app = axum::Router::new()
             .route("/v1/things/{id}", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/v1/inside",
+                axum::routing::get(move || {
+                    let m = inside.clone();
+                    async move { m.render(None).await.unwrap() }
+                }),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 metrics.clone(),
                 observe,
@@ -125,5 +135,24 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("/v1/things/42"));
+        // The gauge of requests in flight: 1 while a request is answered (itself), 0 after.
+        let inside = call("/v1/inside", None).await.unwrap();
+        let body = axum::body::to_bytes(inside.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.contains("# TYPE healstore_http_requests_in_flight gauge"),
+            "{body}"
+        );
+        assert!(
+            body.contains("\nhealstore_http_requests_in_flight 1\n"),
+            "{body}"
+        );
+        let after = metrics.render(None).await.unwrap();
+        assert!(
+            after.contains("\nhealstore_http_requests_in_flight 0\n"),
+            "{after}"
+        );
     }
 }
