@@ -28,10 +28,94 @@ pub fn base() -> Document {
     Base::openapi()
 }
 
-/// The document once every route is in: the version is the binary's.
+/// The document once every route is in: the version is the binary's, and every route the
+/// guard stands in front of ([`super::guard`]) gets the answers the guard gives, from the
+/// guard's own rules: 401 (no valid token, when the server has tokens), 403 (a read token on
+/// a route that writes), 413 (a JSON body over `--max-body`), 503 (over `--max-concurrent`,
+/// past `--request-timeout`, or stopping), each with the error body; and the bearer scheme.
 pub(super) fn finish(mut doc: Document) -> Document {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if super::guard::OPEN_PATHS.contains(&path.as_str()) {
+            continue;
+        }
+        let operations = [
+            (axum::http::Method::GET, &mut item.get),
+            (axum::http::Method::PUT, &mut item.put),
+            (axum::http::Method::POST, &mut item.post),
+            (axum::http::Method::DELETE, &mut item.delete),
+            (axum::http::Method::PATCH, &mut item.patch),
+            (axum::http::Method::HEAD, &mut item.head),
+        ];
+        for (method, op) in operations {
+            let Some(op) = op else { continue };
+            let json_body = op.request_body.as_ref().is_some_and(|b| match b {
+                utoipa::openapi::RefOr::T(b) => !b.content.keys().any(|ct| {
+                    let mut h = axum::http::HeaderMap::new();
+                    h.insert(
+                        axum::http::header::CONTENT_TYPE,
+                        axum::http::HeaderValue::from_str(ct)
+                            .unwrap_or(axum::http::HeaderValue::from_static("")),
+                    );
+                    super::guard::is_json_lines(&h)
+                }),
+                utoipa::openapi::RefOr::Ref(_) => true,
+            });
+            let mut add = |status: u16, description: &str| {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| error_response(description).into());
+            };
+            add(
+                401,
+                "No valid token (`Authorization: Bearer TOKEN`), when the server has tokens; \
+                 with `WWW-Authenticate: Bearer`",
+            );
+            if !super::guard::Role::Read.allows(&method) {
+                add(403, "A read token: this route needs a write token");
+            }
+            if json_body {
+                add(
+                    413,
+                    "The body is longer than the server takes (`--max-body`)",
+                );
+            }
+            add(
+                503,
+                "Retry later (`Retry-After`): the server is answering as many requests as it \
+                 serves at once (`overloaded`), the request took too long (`timeout`), the \
+                 database is busy (`retry_later`) or the server is stopping (`closed`)",
+            );
+            op.security = Some(vec![SecurityRequirement::new::<_, _, &str>(BEARER, [])]);
+        }
+    }
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     doc
+}
+
+/// The name of the bearer token scheme in the document.
+const BEARER: &str = "bearer";
+
+/// An answer with the error body.
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    utoipa::openapi::ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
 }
 
 /// The whole document, built once from [`super::routes::api`].

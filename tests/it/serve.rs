@@ -48,6 +48,69 @@ fn the_document_describes_every_route_registered() {
     }
 }
 
+/// The guard's answers (401, 403, 413, 503) are in the document for every route it stands in
+/// front of, generated from its rules (a route's own annotation need not list them), each
+/// with the error body; the open probes have none of them.
+#[test]
+fn the_document_gives_the_guards_answers_for_every_guarded_route() {
+    let doc = serde_json::to_value(healstore::serve::openapi::document()).unwrap();
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut checked = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().expect("responses");
+            let has = |status: &str| responses.contains_key(status);
+            if path == "/healthz" || path == "/readyz" {
+                assert!(!has("401") && !has("403"), "{method} {path}: {op}");
+                assert!(op.get("security").is_none(), "{method} {path}");
+                continue;
+            }
+            checked += 1;
+            assert!(has("401"), "{method} {path}: no 401");
+            assert!(has("503"), "{method} {path}: no 503");
+            assert_eq!(
+                has("403"),
+                method != "get",
+                "{method} {path}: 403 for writes only"
+            );
+            let json_body = op["requestBody"]["content"]
+                .as_object()
+                .is_some_and(|c| c.contains_key("application/json"));
+            assert_eq!(
+                has("413"),
+                json_body,
+                "{method} {path}: 413 for JSON bodies"
+            );
+            for status in ["401", "403", "413", "503"] {
+                if let Some(r) = responses.get(status) {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+        }
+    }
+    assert!(checked > 30, "{checked} operations");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // Generated, not annotated: `GET /v1/circuits` describes only its 200 itself.
+    let circuits = &doc["paths"]["/v1/circuits"]["get"]["responses"];
+    assert!(
+        circuits["401"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("token")
+    );
+    // A route's own description of a status is kept.
+    let failures = &doc["paths"]["/v1/failures"]["post"]["responses"]["503"]["description"];
+    assert!(failures.as_str().unwrap().contains("busy"), "{failures}");
+}
+
 #[test]
 fn a_route_without_a_description_is_caught() {
     let api = healstore::serve::routes::api().route(
