@@ -268,6 +268,14 @@ pub enum Command {
         /// How often the health score is computed (scrapes read the last one): 500ms, 30s, 5m.
         #[arg(long, default_value = "30s", value_parser = parse_wait)]
         metrics_health_interval: std::time::Duration,
+        /// After SIGTERM or SIGINT, how long the requests in flight may take to finish: past
+        /// it they are abandoned, what was accepted is committed, and the exit status is 2.
+        #[arg(long, value_name = "WAIT", default_value = "30s", value_parser = parse_wait)]
+        shutdown_timeout: std::time::Duration,
+        /// Checkpoint the healer's states (snapshots) after every N events appended, and at
+        /// shutdown: a restart, even after a crash, replays at most about N events.
+        #[arg(long, value_name = "N", default_value_t = healstore::serve::state::DEFAULT_CHECKPOINT_EVERY)]
+        checkpoint_every: u64,
         #[command(flatten)]
         guard: serve_guard::GuardArgs,
     },
@@ -569,6 +577,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             listen,
             metrics_health_window,
             metrics_health_interval,
+            shutdown_timeout,
+            checkpoint_every,
             guard,
         } => {
             let metrics = healstore::metrics::MetricsOptions {
@@ -576,7 +586,11 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 health_interval: *metrics_health_interval,
                 ..Default::default()
             };
-            serve::run(cli, *listen, metrics, guard).await?
+            let stopping = serve::Stopping {
+                shutdown_timeout: *shutdown_timeout,
+                checkpoint_every: *checkpoint_every,
+            };
+            serve::run(cli, *listen, metrics, guard, stopping).await?
         }
         Command::Audit {
             failure_id: _,

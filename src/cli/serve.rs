@@ -9,11 +9,18 @@ use healstore::serve::{AppState, ServeOptions};
 use super::Cli;
 use super::serve_guard::GuardArgs;
 
+/// How the server's healer checkpoints, and how long a shutdown may wait.
+pub struct Stopping {
+    pub shutdown_timeout: std::time::Duration,
+    pub checkpoint_every: u64,
+}
+
 pub async fn run(
     cli: &Cli,
     listen: SocketAddr,
     metrics: healstore::metrics::MetricsOptions,
     guard: &GuardArgs,
+    stopping: Stopping,
 ) -> anyhow::Result<()> {
     // Tokens and the exposure check first: a refused start touches no file.
     let guard = guard.guard(listen)?;
@@ -26,13 +33,18 @@ pub async fn run(
             return Err(e.into());
         }
     };
+    state.checkpoint_every(stopping.checkpoint_every);
     let signal = shutdown_signal()?;
     let app = healstore::serve::router_with(state.clone(), Some(&guard));
     let shutdown = async move {
         signal.await;
         guard.close_streams();
     };
-    healstore::serve::serve_app(state, app, ServeOptions { listen }, shutdown).await?;
+    let options = ServeOptions {
+        listen,
+        shutdown_timeout: stopping.shutdown_timeout,
+    };
+    healstore::serve::serve_app(state, app, options, shutdown).await?;
     Ok(())
 }
 

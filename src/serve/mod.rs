@@ -32,6 +32,7 @@ pub mod state;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub use error::ApiError;
 pub use state::AppState;
@@ -44,17 +45,25 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
     7878,
 ));
 
-/// Where [`serve`] listens.
+/// How long [`serve`] waits, once told to stop, for the requests in flight to finish.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where [`serve`] listens, and how it stops.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// The address to bind (port 0: a free port; the address bound is printed on start).
     pub listen: SocketAddr,
+    /// Once the shutdown future completes, how long the requests in flight may take to
+    /// finish. Past it they are abandoned (their connections dropped), what was accepted is
+    /// committed, the store closed, and [`serve`] answers an error.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             listen: DEFAULT_LISTEN,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -90,7 +99,9 @@ pub fn router_with(state: AppState, guard: Option<&guard::Guard>) -> axum::Route
 /// Binds `options.listen`, writes `listening on http://HOST:PORT` to standard output (one
 /// line, flushed: scripts and tests read the port from it), and serves [`router`] until
 /// `shutdown` completes; then finishes the requests in flight, checkpoints the healer and
-/// closes the store (every accepted append committed and answered).
+/// closes the store (every accepted append committed and answered). Requests still running
+/// [`ServeOptions::shutdown_timeout`] after `shutdown` are abandoned: the store is closed all
+/// the same (what was accepted committed), and the answer is an error saying so.
 pub async fn serve(
     state: AppState,
     options: ServeOptions,
@@ -130,10 +141,32 @@ pub async fn serve_app(
         let _ = stdout.flush();
     }
     tracing::info!(%addr, "listening");
-    let served = axum::serve(listener, app)
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let serving = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::from_io("the server stopped", &e));
+        .into_future();
+    let timeout = options.shutdown_timeout;
+    let deadline = async move {
+        match stopping.await {
+            Ok(()) => tokio::time::sleep(timeout).await,
+            // Served to the end without being told to stop: no deadline.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = serving => served.map_err(|e| Error::from_io("the server stopped", &e)),
+        () = deadline => {
+            tracing::warn!(?timeout, "shutdown deadline passed: abandoning the requests in flight");
+            Err(Error::Io(format!(
+                "requests still in flight {timeout:?} after the signal to stop were abandoned \
+                 (--shutdown-timeout); what was accepted is committed"
+            )))
+        }
+    };
     let closed = state.close().await;
     served?;
     closed

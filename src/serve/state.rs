@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::heal::Healer;
@@ -24,7 +25,13 @@ struct Inner {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     live: LiveLog,
+    /// The periodic checkpoints' task ([`AppState::checkpoint_every`]) and its stop signal.
+    checkpoints: std::sync::Mutex<Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>>,
 }
+
+/// [`AppState::checkpoint_every`]'s default: a checkpoint after every 10,000 events this
+/// process appends.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 10_000;
 
 impl AppState {
     /// The state of a server over `healer` (opened on its store with `config`'s routes, the
@@ -47,6 +54,7 @@ impl AppState {
                 clock,
                 metrics,
                 live,
+                checkpoints: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -66,6 +74,26 @@ impl AppState {
         config.record(&store).await?;
         let metrics = Metrics::new(metrics);
         metrics.attach(&store).await?;
+        let head = store.head_position().await?;
+        // A checkpoint writes one position for every strategy: the last one's.
+        let mut from = 0;
+        for strategy in [
+            "CircuitBreaker",
+            "AgentRestart",
+            "TaskRetry",
+            "GradualDegradation",
+            "ResourceRebalance",
+            "QuorumRecovery",
+        ] {
+            from = from.max(store.checkpoint_position(strategy).await?);
+        }
+        tracing::info!(
+            checkpoint_position = from,
+            head_position = head,
+            events_to_replay = head - from,
+            "opening the healer: its states from the snapshots of its last checkpoint, then the \
+             events after it"
+        );
         let healer = config.builder().open(store).await?;
         Ok(AppState::with_metrics(healer, config, metrics))
     }
@@ -97,12 +125,75 @@ impl AppState {
         self.inner.clock.now()
     }
 
+    /// Checkpoints the healer ([`Healer::checkpoint`]: snapshots of the states changed since
+    /// the last one) each time this process has appended `every` events since the last one,
+    /// in a task of its own, until [`AppState::close`] (which writes the last checkpoint), so
+    /// that a restart, even after a crash, replays at most about `every` events. A failed
+    /// checkpoint is logged and tried again at the next trigger (the snapshots are read
+    /// models: nothing is lost meanwhile). Called again, it replaces the earlier task.
+    pub fn checkpoint_every(&self, every: u64) {
+        let every = i64::try_from(every.max(1)).unwrap_or(i64::MAX);
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let mut head = self.inner.store.head_watch();
+        let state = self.clone();
+        let task = tokio::spawn(async move {
+            let mut last = *head.borrow_and_update();
+            loop {
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let now = *head.borrow_and_update();
+                if now - last < every {
+                    continue;
+                }
+                match state.checkpoint_now().await {
+                    Ok(snapshots) => {
+                        tracing::debug!(head_position = now, snapshots, "checkpoint written");
+                        last = now;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a periodic checkpoint failed"),
+                }
+            }
+        });
+        let old = self
+            .inner
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace((stop_tx, task));
+        if let Some((stop, task)) = old {
+            let _ = stop.send(true);
+            task.abort();
+        }
+    }
+
+    /// The healer caught up with the log (its position is where its checkpoint says a
+    /// restore starts reading: a healer moves it only as it catches up), then checkpointed.
+    async fn checkpoint_now(&self) -> crate::Result<usize> {
+        let healer = &self.inner.healer;
+        // Visiting no strategy's states is the cheapest catch-up there is.
+        healer.visit_states("", |_, _| {}).await?;
+        healer.checkpoint().await
+    }
+
     /// Writes the healer's checkpoint and closes the store: the end of a server's life.
     /// Appends already accepted are committed and answered first.
     pub async fn close(&self) -> crate::Result<()> {
+        let periodic = self
+            .inner
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, task)) = periodic {
+            // A checkpoint under way is finished, not cut short.
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         self.inner.metrics.stop();
         self.inner.live.stop();
-        let checkpoint = self.inner.healer.checkpoint().await;
+        let checkpoint = self.checkpoint_now().await;
         let closed = self.inner.store.clone().close().await;
         checkpoint?;
         closed

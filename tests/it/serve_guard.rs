@@ -899,3 +899,135 @@ async fn sigkill_under_load_loses_no_acknowledged_failure() {
         );
     }
 }
+
+/// A request still in flight past `--shutdown-timeout` after SIGTERM is abandoned: the server
+/// exits (status 2, saying so) rather than waiting for it, with what it had accepted
+/// committed. The request is held by its body, never finished; the deadline is the server's.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_abandons_requests_past_the_shutdown_timeout() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(
+        &db,
+        &[
+            "--now",
+            NOW,
+            "--max-concurrent",
+            "1",
+            "--request-timeout",
+            "1h",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    );
+    let (status, v) = server.post_json("/v1/failures", &failure("before")).await;
+    assert_eq!(status, 200, "{v}");
+    // One record held at the server (its body half sent), taking the only slot.
+    let body = failure("held").to_string();
+    let (half, _) = body.split_at(body.len() / 2);
+    let (held, _keep_open) = held_body(half);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let request = tokio::spawn(
+        client
+            .post(server.url("/v1/failures"))
+            .header("content-type", "application/json")
+            .body(held)
+            .send(),
+    );
+    wait_until_full(&server, "").await;
+    sigterm(&server);
+    let (status, stderr) = server.terminate();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("abandoned") && stderr.contains("--shutdown-timeout"),
+        "{stderr}"
+    );
+    // The held request got no answer; what was answered before is in the log.
+    assert!(
+        request.await.unwrap().is_err(),
+        "the held request was answered"
+    );
+    assert_eq!(
+        failure_ids(&db).await,
+        ["before".to_owned()].into_iter().collect()
+    );
+}
+
+/// The server's healer checkpoints while it serves (`--checkpoint-every N` events), not only
+/// at shutdown: after many heals and a SIGKILL (no shutdown checkpoint), the store holds a
+/// recent checkpoint, a restarted server says it opens from it (replaying the events after
+/// it only), and its states are those the killed server answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_checkpoints_periodically_and_a_restart_loads_from_it() {
+    let (_dir, db) = temp_db();
+    let args = ["--now", NOW, "--checkpoint-every", "100"];
+    let server = Server::start(&db, &args);
+    for i in 0..120 {
+        let f = json!({"failure_type": "agent_down", "agent_id": format!("agent-{}", i % 30),
+                       "failure_id": format!("cp-{i}")});
+        let (status, v) = server.post_json("/v1/failures", &f).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (_, before) = server.get_json("/v1/circuits").await;
+    let (_, ready) = server.get_json("/readyz").await;
+    let head = ready["head_position"].as_i64().unwrap();
+    assert!(head > 300, "{ready}");
+    // The checkpoint follows the appends in a task of its own: wait for it (bounded).
+    let checkpoint = |db: &Path| {
+        let db = db.to_owned();
+        async move {
+            use sqlx::Connection as _;
+            let mut conn = common::raw_connection(&db).await;
+            let p: Option<i64> =
+                sqlx::query_scalar("SELECT max(position) FROM strategy_checkpoints")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            let _ = conn.close().await;
+            p.unwrap_or(0)
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut at = checkpoint(&db).await;
+    while at < head - 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint near {head}: {at}"
+        );
+        tokio::task::yield_now().await;
+        at = checkpoint(&db).await;
+    }
+    // SAFETY: kill(2) on the server this test spawned, still running.
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGKILL);
+    }
+    drop(server);
+    assert!(
+        checkpoint(&db).await >= at,
+        "the checkpoint survives the kill"
+    );
+
+    let again = Server::start_with_env(&db, &args, &[("RUST_LOG", "healstore=info")]);
+    let (_, after) = again.get_json("/v1/circuits").await;
+    assert_eq!(
+        after, before,
+        "the states after a restart from the checkpoint"
+    );
+    let (status, stderr) = again.terminate();
+    assert!(status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("opening the healer"))
+        .unwrap_or_else(|| panic!("no line on opening the healer: {stderr}"));
+    let field = |name: &str| -> i64 {
+        let v = line
+            .split(|c: char| c.is_whitespace() || "(),".contains(c))
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        v.parse().unwrap()
+    };
+    assert!(field("checkpoint_position") >= at, "{line}");
+    assert!(field("events_to_replay") <= head - at, "{line}");
+}
