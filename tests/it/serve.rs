@@ -784,14 +784,21 @@ async fn circuits_are_operated_with_a_reason_and_asked_for_permits() {
             )
             .await;
         assert_eq!(status, 200, "{command}: {v}");
-        let (_, c) = server.get_json("/v1/circuits/agent-7").await;
-        let states: Vec<&Value> = c["circuits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| &c["state"])
-            .collect();
-        assert!(states.is_empty() || states == [state], "{command}: {c}");
+        // A circuit back at rest is not held: a 404 (it is closed).
+        let (status, c) = server.get_json("/v1/circuits/agent-7").await;
+        if status == 404 {
+            assert_eq!(c["error"]["code"], "not_found", "{command}: {c}");
+            assert_eq!(state, "closed", "{command}: {c}");
+        } else {
+            assert_eq!(status, 200, "{command}: {c}");
+            let states: Vec<&Value> = c["circuits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| &c["state"])
+                .collect();
+            assert!(states == [state], "{command}: {c}");
+        }
     }
     let (status, permit) = server
         .post_json("/v1/circuits/agent-7/permit", &json!({}))
