@@ -5,12 +5,14 @@
 //! - [`strategy`]: the [`Strategy`] contract (pure fold, pure decisions).
 //! - [`strategies`]: the built-in strategies.
 //! - [`coordinator`]: the [`Coordinator`] through which actions reach the fleet.
-//! - [`healer`]: the [`Healer`], which loads, folds, decides, acts and appends.
+//! - [`engine`]: the decision [`Engine`]: routes, strategies, mode and limits, pure.
+//! - [`healer`]: the [`Healer`], which loads, folds, acts and appends around the engine.
 //! - [`answers`]: the healer's answers as the command line and the HTTP API give them.
 
 pub mod answers;
 pub mod coordinator;
 pub mod detect;
+pub mod engine;
 pub mod healer;
 pub mod lines;
 pub mod model;
@@ -21,6 +23,7 @@ pub mod strategy;
 pub use answers::{CircuitsReport, StatesReport};
 pub use coordinator::{Coordinator, CoordinatorError, NoopCoordinator};
 pub use detect::detect;
+pub use engine::Engine;
 pub use healer::{
     Attempt, Composite, HealReport, Healer, HealerBuilder, HealerOptions, Limits, Mode,
     OutcomeReport, ReactionReport, RecoveryReport, SignalReport, StateView, strategy_stream,
