@@ -34,7 +34,8 @@ const RESERVED: &[&str] = &[
 ];
 
 /// Turns a raw event into a failure. `Ok(None)`: the event is not a failure (an unknown type,
-/// or an `agent_failed` whose health state is not failed). `Err`: the event is malformed.
+/// or an `agent_failed` whose health state is not failed). `Err`: the event is malformed, or
+/// names an agent, task or failure id no event could hold.
 pub fn detect(raw: &Value, now: DateTime<Utc>) -> Result<Option<Failure>> {
     let obj = raw
         .as_object()
@@ -138,6 +139,8 @@ pub fn detect(raw: &Value, now: DateTime<Utc>) -> Result<Option<Failure>> {
     failure.task_id = task;
     failure.metadata = metadata;
     failure.source_event = Some(raw.clone());
+    // An agent or task id no event could hold is refused here, before anything is written.
+    failure.check_ids()?;
     Ok(Some(failure))
 }
 

@@ -41,21 +41,7 @@ impl LineAnswer {
 pub fn detect_line(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Option<Failure>> {
     let raw: Value = serde_json::from_str(text)
         .map_err(|e| Error::InvalidInput(format!("the line is not JSON: {e}")))?;
-    detect_checked(&raw, now)
-}
-
-/// The failure in a raw event, if any, its ids checked (`record event`, and each line of a
-/// heal).
-pub fn detect_checked(raw: &Value, now: chrono::DateTime<chrono::Utc>) -> Result<Option<Failure>> {
-    let failure = super::detect(raw, now)?;
-    if let Some(f) = &failure {
-        for (what, id) in [("agent_id", &f.agent_id), ("task_id", &f.task_id)] {
-            if let Some(id) = id {
-                crate::event::check_id(what, id)?;
-            }
-        }
-    }
-    Ok(failure)
+    super::detect(&raw, now)
 }
 
 /// The refusal of a line longer than [`MAX_LINE_BYTES`] (skipped; the stream goes on).

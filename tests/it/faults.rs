@@ -634,6 +634,7 @@ fn corpus(fx: &Fixtures) -> Vec<Case> {
         case("record event --json that is not JSON", Sample, args(&["record", "event", "--json", "heartbeat"]), vec![], "--json is not valid JSON"),
         case("record event --json that is not an object", Sample, args(&["record", "event", "--json", "[]"]), vec![], "must be a JSON object"),
         case("record event --json without an agent", Sample, args(&["record", "event", "--json", r#"{"type":"heartbeat_failed"}"#]), vec![], "needs an agent_id"),
+        case("record event --json with a 300-byte agent id", Sample, args(&["record", "event", "--json", &format!(r#"{{"type":"heartbeat_failed","agent_id":"{}"}}"#, "a".repeat(300))]), vec![], "agent_id is 300 bytes long"),
         case("record outcome without --success or --failed", Sample, args(&["record", "outcome", "--failure", "f-1"]), vec![], "--success"),
         case("record outcome with --success and --failed", Sample, args(&["record", "outcome", "--failure", "f-1", "--success", "--failed"]), vec![], "cannot be used with"),
         case("record outcome --duration-ms that overflows", Sample, args(&["record", "outcome", "--failure", "f-1", "--success", "--duration-ms", "5000000000"]), vec![], "5000000000 is not in"),

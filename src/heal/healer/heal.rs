@@ -48,8 +48,7 @@ impl Healer {
 
     pub(super) async fn heal_inner(&self, mut failure: Failure) -> Result<HealReport> {
         failure.detected_at = micros(failure.detected_at);
-        crate::event::check_id("failure_id", &failure.failure_id)?;
-        crate::event::check_id("failure_type", &failure.failure_type)?;
+        failure.check_ids()?;
         let now = self.now();
         let started = Instant::now();
         let fstream = failure.stream_id();

@@ -185,7 +185,7 @@ pub async fn raw_event(
     Json(raw): Json<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let healer = state.healer();
-    let detected = crate::heal::lines::detect_checked(&Value::Object(raw), healer.now())?;
+    let detected = crate::heal::detect(&Value::Object(raw), healer.now())?;
     Ok(Json(match detected {
         Some(f) => Value::Object(healer.heal(f).await?.to_json()),
         None => json!({"detected": false}),
