@@ -42,6 +42,7 @@
 
 pub mod analytics;
 pub mod audit;
+pub mod backtest;
 pub mod clock;
 pub mod config;
 mod error;

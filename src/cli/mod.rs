@@ -3,6 +3,7 @@
 //! stdout (`healstore events | head`) is not an error.
 
 mod analytics;
+mod backtest;
 mod demo;
 mod heal;
 mod heal_stream;
@@ -170,6 +171,11 @@ pub enum Command {
     /// agents, slow tasks, resource pressure, a lost quorum). A second run continues from the
     /// first one's state.
     Demo(demo::DemoArgs),
+    /// Replay the window's recorded history (failures, outcomes, success signals, usage,
+    /// operator commands, the passage of time) through a candidate configuration (`--config`)
+    /// or the one in effect (`--current`), and compare with what was recorded. Reads the
+    /// store only. Default window: 24 hours.
+    Backtest(backtest::BacktestArgs),
     /// Overall healing statistics over a window (default: the last 24 h).
     Stats {
         #[command(flatten)]
@@ -525,6 +531,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Export { since, until } => log::export(cli, *since, *until, &mut out).await?,
         Command::Events(args) => log::events(cli, args, &mut out).await?,
         Command::Demo(args) => demo::run(cli, args, &mut out).await?,
+        Command::Backtest(args) => backtest::run(cli, args, &mut out).await?,
         Command::Record(what) => code = heal::record(cli, what, &mut out).await?,
         Command::Heal { file, pipeline } => {
             code = heal_stream::heal(cli, file, *pipeline, &mut out).await?

@@ -3,6 +3,7 @@
 mod analytics;
 mod archive;
 mod audit_report;
+mod backtest;
 mod circuit;
 mod cli;
 mod common;

@@ -1,0 +1,531 @@
+//! One candidate's replay: an [`Engine`] with its strategy states in memory, fed the
+//! recorded inputs in order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+
+use super::model::{OutcomeModel, plan};
+use super::report::{Changed, DecisionView, Origin, Tally};
+use crate::events::DisabledAgent;
+use crate::heal::engine::decide::Next;
+use crate::heal::engine::{Engine, limits, strategy_stream};
+use crate::heal::strategy::{AnyState, ErasedStrategy, Signal};
+use crate::heal::{Action, Attempt, Failure};
+
+/// A recorded phase of a failure: its attempts, and the acting one's plan.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecordedPhase {
+    pub at: Option<DateTime<Utc>>,
+    pub attempts: Vec<Attempt>,
+}
+
+impl RecordedPhase {
+    fn acting(&self) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .find(|a| matches!(a.decision.as_str(), "act" | "delegated"))
+    }
+}
+
+/// A candidate's acting decision awaiting its outcome.
+struct Awaiting {
+    failure: Failure,
+    strategy: String,
+    /// Members of the route after the acting one (a chain goes on after a failure).
+    rest: Vec<String>,
+    /// The outcome is history's (the same actions as recorded).
+    observed: bool,
+    /// When it was decided: a chain's next phase is decided at the same instant (the healer
+    /// decides every phase of a heal at the heal's `now`).
+    decided_at: DateTime<Utc>,
+}
+
+/// A modelled outcome: when, the failure, success, duration.
+type Due = Reverse<(DateTime<Utc>, String, bool, i64)>;
+
+/// The candidate's phases of a failure not yet compared with recorded ones.
+type Phases = (Failure, DateTime<Utc>, VecDeque<Vec<Attempt>>);
+
+/// One candidate's replay.
+pub(crate) struct Replay {
+    pub engine: Engine,
+    /// Strategy states: stream -> (strategy, key, version, state).
+    states: HashMap<String, (String, String, u64, AnyState)>,
+    /// Acting decisions per agent (their times), for the hourly limit.
+    counted: HashMap<String, VecDeque<DateTime<Utc>>>,
+    awaiting: HashMap<String, Awaiting>,
+    /// Modelled outcomes: (when, failure id, success, duration).
+    due: BinaryHeap<Due>,
+    /// Candidate phases not yet compared with a recorded one, per failure.
+    phases: HashMap<String, Phases>,
+    pub tally: Tally,
+    pub model: OutcomeModel,
+    pub decisions: u64,
+    pub matching: u64,
+    pub changed: Vec<Changed>,
+    pub first_mismatch: Option<Changed>,
+    /// Failures whose change is already listed: index in `changed`.
+    listed: HashMap<String, usize>,
+}
+
+impl Replay {
+    pub fn new(engine: Engine, model: OutcomeModel) -> Replay {
+        Replay {
+            engine,
+            states: HashMap::new(),
+            counted: HashMap::new(),
+            awaiting: HashMap::new(),
+            due: BinaryHeap::new(),
+            phases: HashMap::new(),
+            tally: Tally::default(),
+            model,
+            decisions: 0,
+            matching: 0,
+            changed: Vec::new(),
+            first_mismatch: None,
+            listed: HashMap::new(),
+        }
+    }
+
+    /// Folds a recorded strategy event into the states (the warm-up before the window).
+    pub fn warm(&mut self, stream: &str, version: u64, payload: &Value) {
+        let Some(name) = payload.get("strategy").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(strategy) = self.engine.strategy(name).cloned() else {
+            return; // a strategy the candidate does not run starts nowhere
+        };
+        let key = payload
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let entry = self.states.entry(stream.to_owned()).or_insert_with(|| {
+            (
+                name.to_owned(),
+                key.to_owned(),
+                version.saturating_sub(1),
+                strategy.new_state(),
+            )
+        });
+        if entry.2 + 1 != version {
+            return;
+        }
+        let _ = strategy.apply_json(&mut entry.3, payload);
+        entry.2 = version;
+    }
+
+    /// Counts an acting decision recorded before the window against its agent's hourly limit.
+    pub fn warm_limit(&mut self, agent: &str, at: DateTime<Utc>) {
+        self.counted
+            .entry(agent.to_owned())
+            .or_default()
+            .push_back(at);
+    }
+
+    fn state_of(&mut self, strategy: &dyn ErasedStrategy, key: &str) -> (String, u64) {
+        let stream = strategy_stream(strategy.name(), key);
+        let e = self.states.entry(stream.clone()).or_insert_with(|| {
+            (
+                strategy.name().to_owned(),
+                key.to_owned(),
+                0,
+                strategy.new_state(),
+            )
+        });
+        (stream, e.2)
+    }
+
+    /// Appends state events (folds them), and counts them in the figures.
+    fn record(&mut self, strategy: &dyn ErasedStrategy, stream: &str, events: &[(String, Value)]) {
+        let Some(e) = self.states.get_mut(stream) else {
+            return;
+        };
+        for (t, v) in events {
+            let _ = strategy.apply_json(&mut e.3, v);
+            e.2 += 1;
+            self.tally.strategy_event(stream, t, v);
+        }
+    }
+
+    /// Modelled outcomes due by `now`.
+    pub fn advance(&mut self, now: DateTime<Utc>) {
+        while let Some(Reverse((at, _, _, _))) = self.due.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id, success, _))) = self.due.pop() else {
+                break;
+            };
+            // (An outcome that turned out to be history's is not drawn.)
+            if self.awaiting.get(&id).is_some_and(|a| !a.observed) {
+                self.outcome(&id, success, at, Origin::Modelled);
+            }
+        }
+    }
+
+    /// A recorded phase of `failure` at `now`: the candidate decides (unless this failure's
+    /// later phases follow from its own outcomes), and the two are compared.
+    pub fn failure_phase(
+        &mut self,
+        failure: &Failure,
+        first: bool,
+        recorded: &RecordedPhase,
+        now: DateTime<Utc>,
+    ) {
+        self.advance(now);
+        if first {
+            let members: Vec<String> = self
+                .engine
+                .members(&failure.failure_type)
+                .iter()
+                .map(|m| m.name().to_owned())
+                .collect();
+            self.phase(failure, &members, recorded, now);
+        }
+        // A later phase the candidate decided before history's was read: when both act
+        // alike, the outcome is history's.
+        if let (Some(a), Some(r)) = (
+            self.awaiting.get_mut(&failure.failure_id),
+            recorded.acting(),
+        ) && !a.observed
+            && a.strategy == r.strategy
+            && self
+                .phases
+                .get(&failure.failure_id)
+                .is_some_and(|(_, _, q)| {
+                    q.front()
+                        .and_then(|p| p.iter().find(|x| x.strategy == r.strategy))
+                        .is_some_and(|x| x.actions == r.actions)
+                })
+        {
+            a.observed = true;
+        }
+        let candidate = match self.phases.get_mut(&failure.failure_id) {
+            Some((_, _, q)) => {
+                let c = q.pop_front();
+                if q.is_empty() {
+                    self.phases.remove(&failure.failure_id);
+                }
+                c
+            }
+            None => None,
+        };
+        self.compare(failure, now, &recorded.attempts, candidate);
+    }
+
+    fn compare(
+        &mut self,
+        failure: &Failure,
+        at: DateTime<Utc>,
+        recorded: &[Attempt],
+        candidate: Option<Vec<Attempt>>,
+    ) {
+        let candidate = candidate.unwrap_or_default();
+        let view = |v: &[Attempt]| v.iter().map(DecisionView::from).collect::<Vec<_>>();
+        let (r, c) = (view(recorded), view(&candidate));
+        self.decisions += 1;
+        if r == c {
+            self.matching += 1;
+            return;
+        }
+        let mismatch = || Changed {
+            failure_id: failure.failure_id.clone(),
+            failure_type: failure.failure_type.clone(),
+            agent_id: failure.agent_id.clone(),
+            at,
+            recorded: r.clone(),
+            candidate: c.clone(),
+        };
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(mismatch());
+        }
+        // A decision changed when a strategy or a verdict differs (not only a reason's
+        // numbers, such as a threshold it names).
+        let labels = |v: &[DecisionView]| {
+            v.iter()
+                .map(|d| (d.strategy.clone(), d.decision.clone()))
+                .collect::<Vec<_>>()
+        };
+        if labels(&r) == labels(&c) {
+            return;
+        }
+        match self.listed.get(&failure.failure_id) {
+            Some(&i) => {
+                self.changed[i].recorded.extend(r);
+                self.changed[i].candidate.extend(c);
+            }
+            None => {
+                self.listed
+                    .insert(failure.failure_id.clone(), self.changed.len());
+                self.changed.push(Changed {
+                    failure_id: failure.failure_id.clone(),
+                    failure_type: failure.failure_type.clone(),
+                    agent_id: failure.agent_id.clone(),
+                    at,
+                    recorded: r,
+                    candidate: c,
+                });
+            }
+        }
+    }
+
+    /// One phase of the candidate: `members` (names) in order until one acts or holds.
+    fn phase(
+        &mut self,
+        failure: &Failure,
+        members: &[String],
+        recorded: &RecordedPhase,
+        now: DateTime<Utc>,
+    ) {
+        let strategies: Vec<_> = members
+            .iter()
+            .filter_map(|n| self.engine.strategy(n).cloned())
+            .collect();
+        let mut attempts = Vec::new();
+        if strategies.is_empty() {
+            attempts.push(self.engine.no_strategy(failure));
+        }
+        let mut acted: Option<(usize, Attempt)> = None;
+        for (i, member) in strategies.iter().enumerate() {
+            if !member.can_heal(failure) {
+                attempts.push(self.engine.cannot_heal(member.as_ref(), failure));
+                continue;
+            }
+            let key = member.key(failure);
+            let (stream, version) = self.state_of(member.as_ref(), &key);
+            let proposal = {
+                let state = &self.states[&stream].3;
+                self.engine
+                    .propose(member.as_ref(), state, version, failure, now)
+            };
+            let mut limit = Ok(());
+            if proposal.needs_limits && !proposal.decision.actions.is_empty() {
+                let d = &proposal.decision;
+                limit = self.check_limits(
+                    failure,
+                    member.name(),
+                    &stream,
+                    version + d.events.len() as u64,
+                    &d.actions,
+                    now,
+                );
+            }
+            let step = self.engine.conclude(proposal, limit);
+            if step.record_state && !step.decision.events.is_empty() {
+                let events = step.decision.events.clone();
+                self.record(member.as_ref(), &stream, &events);
+            }
+            let label = step.attempt.decision.clone();
+            attempts.push(step.attempt.clone());
+            match step.next {
+                Next::Continue => continue,
+                _ => {
+                    if matches!(label.as_str(), "act" | "delegated") {
+                        acted = Some((i, step.attempt));
+                    }
+                    break;
+                }
+            }
+        }
+        for a in &attempts {
+            self.tally.attempt(a);
+        }
+        self.phases
+            .entry(failure.failure_id.clone())
+            .or_insert_with(|| (failure.clone(), now, VecDeque::new()))
+            .2
+            .push_back(attempts);
+        let Some((i, attempt)) = acted else {
+            return;
+        };
+        let rest: Vec<String> = strategies[i + 1..]
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        let same = recorded
+            .acting()
+            .is_some_and(|r| r.strategy == attempt.strategy && r.actions == attempt.actions);
+        self.awaiting.insert(
+            failure.failure_id.clone(),
+            Awaiting {
+                failure: failure.clone(),
+                strategy: attempt.strategy.clone(),
+                rest,
+                observed: same,
+                decided_at: now,
+            },
+        );
+        if !same {
+            match self
+                .model
+                .draw(&failure.failure_type, &plan(&attempt.actions))
+            {
+                Some((success, ms)) => {
+                    let at = now + Duration::milliseconds(ms);
+                    self.due
+                        .push(Reverse((at, failure.failure_id.clone(), success, ms)));
+                }
+                None => {
+                    self.awaiting.remove(&failure.failure_id);
+                    self.tally
+                        .outcome(&attempt.strategy, Origin::Unknown, false, 0);
+                }
+            }
+        }
+    }
+
+    /// The healer's limits on the candidate's own history.
+    fn check_limits(
+        &mut self,
+        failure: &Failure,
+        strategy: &str,
+        stream: &str,
+        version_after: u64,
+        actions: &[Action],
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let l = self.engine.options().limits;
+        let mut count_agent = None;
+        if let (Some(max), Some(agent)) = (l.max_actions_per_agent_per_hour, &failure.agent_id) {
+            let q = self.counted.entry(agent.clone()).or_default();
+            let since = now - Duration::hours(1);
+            while q.front().is_some_and(|t| *t <= since) {
+                q.pop_front();
+            }
+            let n = q.iter().filter(|t| **t <= now).count() as u64;
+            limits::agent_actions(failure, strategy, agent, n, max)?;
+            count_agent = Some(agent.clone());
+        }
+        if let Some(max_share) = l.max_disabled_fraction {
+            let disabling = limits::disabling_agents(actions);
+            if !disabling.is_empty() {
+                let mut disabled = BTreeMap::new();
+                let mut known = std::collections::HashSet::new();
+                for (s, (name, key, version, state)) in &self.states {
+                    let Some(st) = self.engine.strategy(name) else {
+                        continue;
+                    };
+                    let Some(agent) = st.agent_of_key(key) else {
+                        continue;
+                    };
+                    known.insert(agent.to_owned());
+                    if st.disables_agent(state, now) {
+                        disabled.insert(
+                            agent.to_owned(),
+                            DisabledAgent {
+                                agent: agent.to_owned(),
+                                stream: s.clone(),
+                                version: *version,
+                            },
+                        );
+                    }
+                }
+                let total = l.fleet_size.map_or(known.len(), |n| n as usize);
+                limits::fleet_disabled(
+                    failure,
+                    strategy,
+                    disabled.into_values().collect(),
+                    &disabling,
+                    stream,
+                    version_after,
+                    total,
+                    max_share,
+                )?;
+            }
+        }
+        if let Some(agent) = count_agent {
+            self.counted.entry(agent).or_default().push_back(now);
+        }
+        Ok(())
+    }
+
+    /// A recorded outcome of `failure_id` by `strategy`: the candidate's, when it took the
+    /// same action.
+    pub fn recorded_outcome(
+        &mut self,
+        failure_id: &str,
+        strategy: &str,
+        success: bool,
+        at: DateTime<Utc>,
+    ) {
+        self.advance(at);
+        let observed = self
+            .awaiting
+            .get(failure_id)
+            .is_some_and(|a| a.observed && a.strategy == strategy);
+        if observed {
+            self.outcome(failure_id, success, at, Origin::Observed);
+        }
+    }
+
+    fn outcome(&mut self, failure_id: &str, success: bool, at: DateTime<Utc>, origin: Origin) {
+        let Some(a) = self.awaiting.remove(failure_id) else {
+            return;
+        };
+        let ttr = (at - a.failure.detected_at).num_milliseconds();
+        self.tally.outcome(&a.strategy, origin, success, ttr);
+        if let Some(strategy) = self.engine.strategy(&a.strategy).cloned() {
+            let key = strategy.key(&a.failure);
+            let (stream, _) = self.state_of(strategy.as_ref(), &key);
+            let events = {
+                let state = &self.states[&stream].3;
+                strategy.on_result(state, &a.failure, success, at)
+            };
+            if self.engine.options().mode != crate::heal::Mode::SuggestOnly {
+                self.record(strategy.as_ref(), &stream, &events);
+            }
+        }
+        if !success && !a.rest.is_empty() {
+            self.phase(&a.failure, &a.rest, &RecordedPhase::default(), a.decided_at);
+        }
+    }
+
+    /// A signal at `now`, to every strategy (only `only`, when given).
+    pub fn signal(&mut self, signal: &Signal, now: DateTime<Utc>, only: Option<&str>) {
+        self.advance(now);
+        for strategy in self.engine.signalled(only) {
+            let known: Vec<String> = if matches!(signal, Signal::Tick) {
+                let mut k: Vec<String> = self
+                    .states
+                    .values()
+                    .filter(|e| e.0 == strategy.name())
+                    .map(|e| e.1.clone())
+                    .collect();
+                k.sort();
+                k
+            } else {
+                Vec::new()
+            };
+            for key in strategy.signal_keys(signal, &known) {
+                let (stream, _) = self.state_of(strategy.as_ref(), &key);
+                let reacted = {
+                    let state = &self.states[&stream].3;
+                    self.engine
+                        .react(strategy.as_ref(), state, &key, signal, now)
+                };
+                if let Some(r) = reacted
+                    && r.record
+                {
+                    self.record(strategy.as_ref(), &stream, &r.reaction.events);
+                }
+            }
+        }
+    }
+
+    /// Candidate phases never met by a recorded one (the candidate went on where history
+    /// stopped) count as changed decisions.
+    pub fn finish(&mut self) {
+        let left: Vec<_> = self.phases.drain().map(|(_, v)| v).collect();
+        for (failure, at, phases) in left {
+            for p in phases {
+                self.compare(&failure, at, &[], Some(p));
+            }
+        }
+        for (_, a) in self.awaiting.drain() {
+            self.tally.outcome(&a.strategy, Origin::Unknown, false, 0);
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Backtests: recorded history replayed through a configuration. The configuration in effect
+//! decides as recorded (100 %) on logs written by the healer and the demo, with configuration
+//! changes, operator commands and several processes; a candidate's figures are checked by
+//! hand; the store is never written; bad candidates are refused.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use healstore::analytics::Window;
+use healstore::backtest::{BacktestOptions, Candidate, Report, backtest};
+use healstore::config::Config;
+use healstore::heal::{Failure, Healer, NoopCoordinator, Severity};
+use healstore::{ManualClock, Store, StoreOptions};
+use proptest::prelude::*;
+
+use crate::common::{
+    assert_same_files, block_on, db_files, expect_error, expect_success, run, t0, temp_db,
+};
+
+const CIRCUIT_ONLY: &str = r#"
+[[route]]
+failure_types = ["agent_down"]
+strategies = ["circuit_breaker"]
+"#;
+
+fn at(s: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(s)
+}
+
+fn down(agent: &str, id: &str, now: DateTime<Utc>) -> Failure {
+    Failure::new("agent_down", Severity::High, now)
+        .with_agent(agent)
+        .with_id(id)
+}
+
+async fn store_at(path: &Path, clock: Arc<ManualClock>) -> Store {
+    Store::open(
+        path,
+        StoreOptions {
+            clock,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A healer with `config` (recorded in the log first), acting through a coordinator that
+/// does nothing and succeeds.
+async fn healer(store: Store, config: &Config) -> Healer {
+    config.record(&store).await.unwrap();
+    config
+        .builder()
+        .coordinator(Arc::new(NoopCoordinator))
+        .open(store)
+        .await
+        .unwrap()
+}
+
+async fn replay(path: &Path, since: DateTime<Utc>, until: DateTime<Utc>, c: Candidate) -> Report {
+    let store = Store::open(path, StoreOptions::default()).await.unwrap();
+    let options = BacktestOptions {
+        window: Window::new(since, until).unwrap(),
+        seed: 7,
+    };
+    let mut r = backtest(&store, &options, &[c]).await.unwrap();
+    store.close().await.unwrap();
+    r.remove(0)
+}
+
+#[track_caller]
+fn assert_faithful(r: &Report) {
+    assert!(r.decisions > 0, "nothing was replayed");
+    assert_eq!(
+        r.matching, r.decisions,
+        "first mismatch: {:#?}",
+        r.first_mismatch
+    );
+    assert_eq!(r.match_share, 1.0);
+    assert!(r.changed.is_empty());
+    assert_eq!(r.recorded.decisions, r.backtest.decisions);
+    assert_eq!(r.recorded.actions, r.backtest.actions);
+}
+
+fn config(extra: &str) -> Config {
+    Config::parse(&format!("{CIRCUIT_ONLY}{extra}")).unwrap()
+}
+
+/// Eight `agent_down` failures of agent `a`, ten seconds apart from t0.
+async fn eight_failures(path: &Path, threshold: u32) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = store_at(path, clock.clone()).await;
+    let cfg = config(&format!(
+        "[circuit_breaker]\nfailure_threshold = {threshold}\n"
+    ));
+    let h = healer(store, &cfg).await;
+    for i in 0..8 {
+        clock.set(at(10 * i));
+        h.heal(down("a", &format!("f{i}"), at(10 * i)))
+            .await
+            .unwrap();
+    }
+    h.close().await.unwrap();
+}
+
+#[test]
+fn a_lower_failure_threshold_opens_the_circuit_two_failures_earlier() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        eight_failures(&path, 5).await;
+        let candidate = Candidate::Config {
+            name: "threshold 3".into(),
+            config: Box::new(config("[circuit_breaker]\nfailure_threshold = 3\n")),
+        };
+        let r = replay(&path, t0(), at(90), candidate).await;
+        let n = |f: &healstore::backtest::Figures, k: &str| f.decisions.get(k).copied();
+        // Recorded: f0..f3 counted (declined), f4 opens (60 s, until 100 s), f5..f7 held.
+        assert_eq!(n(&r.recorded, "declined"), Some(4));
+        assert_eq!(n(&r.recorded, "act"), Some(1));
+        assert_eq!(n(&r.recorded, "held"), Some(3));
+        // Candidate: f0, f1 counted, f2 opens (until 80 s), f3..f7 held.
+        assert_eq!(n(&r.backtest, "declined"), Some(2));
+        assert_eq!(n(&r.backtest, "act"), Some(1));
+        assert_eq!(n(&r.backtest, "held"), Some(5));
+        assert_eq!(r.recorded.circuits_opened, 1);
+        assert_eq!(r.backtest.circuits_opened, 1);
+        // Isolated: recorded 40 s .. 90 s (the window's end) = 50 s; candidate 20 s .. 80 s
+        // (its deadline) = 60 s.
+        assert!((r.recorded.agent_minutes_isolated - 50.0 / 60.0).abs() < 1e-9);
+        assert!((r.backtest.agent_minutes_isolated - 1.0).abs() < 1e-9);
+        // The opening moved from f4 to f2: f2 is the first failure whose decision changed
+        // (f0 and f1 are declined by both, with the threshold in their reasons).
+        assert_eq!(r.first_mismatch.as_ref().unwrap().failure_id, "f0");
+        let first = &r.changed[0];
+        assert_eq!(first.failure_id, "f2");
+        assert_eq!(first.recorded[0].decision, "declined");
+        assert_eq!(first.candidate[0].decision, "act");
+        let changed: Vec<&str> = r.changed.iter().map(|c| c.failure_id.as_str()).collect();
+        assert_eq!(&changed[..3], &["f2", "f3", "f4"]);
+        // The candidate's opening is another failure than history's: its outcome is modelled
+        // on history's one outcome of that action on agent_down (a success).
+        assert_eq!(r.recorded.outcomes.observed, 1);
+        assert_eq!(r.backtest.outcomes.modelled, 1);
+        assert_eq!(r.backtest.successes.modelled, 1);
+        assert_eq!(r.backtest.outcomes.observed, 0);
+    });
+}
+
+#[test]
+fn the_configuration_in_effect_decides_as_recorded_across_a_change() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let store = store_at(&path, clock.clone()).await;
+        let h = healer(store, &config("[circuit_breaker]\nfailure_threshold = 5\n")).await;
+        for i in 0..6 {
+            clock.set(at(i));
+            h.heal(down("a", &format!("a{i}"), at(i))).await.unwrap();
+        }
+        h.close().await.unwrap();
+        clock.set(at(10));
+        let store = store_at(&path, clock.clone()).await;
+        let h = healer(store, &config("[circuit_breaker]\nfailure_threshold = 2\n")).await;
+        for i in 0..6 {
+            clock.set(at(20 + i));
+            h.heal(down("b", &format!("b{i}"), at(20 + i)))
+                .await
+                .unwrap();
+        }
+        h.close().await.unwrap();
+        let r = replay(&path, t0(), at(60), Candidate::Current).await;
+        assert_faithful(&r);
+        // b opened after two failures: the second configuration was replayed.
+        assert_eq!(r.backtest.circuits_opened, 2);
+    });
+}
+
+#[test]
+fn operator_commands_and_success_signals_are_replayed() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let store = store_at(&path, clock.clone()).await;
+        let h = healer(store, &config("[circuit_breaker]\nfailure_threshold = 3\n")).await;
+        for i in 0..3 {
+            clock.set(at(i));
+            h.heal(down("a", &format!("a{i}"), at(i))).await.unwrap();
+        }
+        clock.set(at(5));
+        h.command(Some("CircuitBreaker"), "a", "close", "fixed by hand")
+            .await
+            .unwrap();
+        h.command(Some("CircuitBreaker"), "b", "open", "maintenance")
+            .await
+            .unwrap();
+        for i in 0..3 {
+            clock.set(at(10 + i));
+            h.heal(down("a", &format!("c{i}"), at(10 + i)))
+                .await
+                .unwrap();
+            h.heal(down("b", &format!("d{i}"), at(10 + i)))
+                .await
+                .unwrap();
+        }
+        clock.set(at(200));
+        h.record_success("a", None, at(200)).await.unwrap();
+        h.permit("a").await.unwrap();
+        h.heal(down("a", "e0", at(200))).await.unwrap();
+        h.close().await.unwrap();
+        let r = replay(&path, t0(), at(300), Candidate::Current).await;
+        assert_faithful(&r);
+        assert_eq!(r.recorded.circuits_opened, r.backtest.circuits_opened);
+        assert_eq!(r.recorded.half_open_trials, r.backtest.half_open_trials);
+    });
+}
+
+#[test]
+fn appends_of_two_processes_replay_as_recorded() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let cfg = config("[circuit_breaker]\nfailure_threshold = 3\n");
+        let h1 = healer(store_at(&path, clock.clone()).await, &cfg).await;
+        let h2 = healer(store_at(&path, clock.clone()).await, &cfg).await;
+        for i in 0..12 {
+            clock.set(at(i));
+            let h = if i % 2 == 0 { &h1 } else { &h2 };
+            let agent = if i % 3 == 0 { "a" } else { "b" };
+            h.heal(down(agent, &format!("f{i}"), at(i))).await.unwrap();
+        }
+        h1.close().await.unwrap();
+        h2.close().await.unwrap();
+        let r = replay(&path, t0(), at(60), Candidate::Current).await;
+        assert_faithful(&r);
+    });
+}
+
+#[test]
+fn the_demo_log_replays_at_one_hundred_percent_and_is_not_written() {
+    let (_dir, path) = temp_db();
+    let end = "2026-11-01T12:05:00Z";
+    expect_success(&run(
+        &path,
+        &["--now", end, "demo", "--ticks", "60", "--seed", "3"],
+    ));
+    let before = db_files(&path);
+    let out = expect_success(&run(
+        &path,
+        &[
+            "--now",
+            end,
+            "--format",
+            "json",
+            "backtest",
+            "--current",
+            "--window",
+            "1h",
+        ],
+    ));
+    assert_same_files(&before, &db_files(&path), "backtest --current");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["decisions"].as_u64().unwrap() > 50, "{v}");
+    assert_eq!(
+        v["matching"], v["decisions"],
+        "first mismatch: {}",
+        v["first_mismatch"]
+    );
+    // A candidate, as a table, writes nothing either.
+    let dir = tempfile::tempdir().unwrap();
+    let cand = dir.path().join("candidate.toml");
+    std::fs::write(&cand, "[circuit_breaker]\nfailure_threshold = 2\n").unwrap();
+    let out = expect_success(&run(
+        &path,
+        &[
+            "--now",
+            end,
+            "--config",
+            cand.to_str().unwrap(),
+            "backtest",
+            "--window",
+            "1h",
+        ],
+    ));
+    assert!(out.contains("circuits opened"), "{out}");
+    assert_same_files(&before, &db_files(&path), "backtest --config");
+}
+
+#[test]
+fn bad_candidates_are_refused_in_one_line() {
+    let (_dir, path) = temp_db();
+    expect_success(&run(
+        &path,
+        &["--now", "2026-11-01T12:01:00Z", "demo", "--ticks", "5"],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        (
+            "[[route]]\nfailure_types = [\"agent_down\"]\nstrategies = [\"Teleport\"]\n",
+            "Teleport",
+        ),
+        (
+            "[circuit_breaker]\nfailure_threshold = 0\n",
+            "failure_threshold",
+        ),
+    ] {
+        let cand = dir.path().join("bad.toml");
+        std::fs::write(&cand, text).unwrap();
+        let before = db_files(&path);
+        let out = run(
+            &path,
+            &[
+                "--config",
+                cand.to_str().unwrap(),
+                "backtest",
+                "--window",
+                "1h",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        let err = expect_error(&out, needle);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_same_files(&before, &db_files(&path), "a refused candidate");
+    }
+    let out = run(&path, &["backtest", "--window", "1h"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// One input of a random history.
+#[derive(Debug, Clone)]
+enum Input {
+    Failure { agent: u8, task: bool },
+    Success { agent: u8 },
+    Command { agent: u8, open: bool },
+    Permit { agent: u8 },
+    Wait { seconds: u16 },
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        6 => (0u8..3, any::<bool>()).prop_map(|(agent, task)| Input::Failure { agent, task }),
+        2 => (0u8..3).prop_map(|agent| Input::Success { agent }),
+        1 => (0u8..3, any::<bool>()).prop_map(|(agent, open)| Input::Command { agent, open }),
+        1 => (0u8..3).prop_map(|agent| Input::Permit { agent }),
+        2 => (1u16..90).prop_map(|seconds| Input::Wait { seconds }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// For random histories, the backtest of the configuration in effect takes the live
+    /// healer's decisions.
+    #[test]
+    fn the_backtest_of_the_configuration_in_effect_is_the_live_healer(
+        inputs in proptest::collection::vec(input(), 1..40),
+        threshold in 2u32..5,
+    ) {
+        block_on(async {
+            let (_dir, path) = temp_db();
+            let clock = Arc::new(ManualClock::new(t0()));
+            let cfg = Config::parse(&format!(
+                "[circuit_breaker]\nfailure_threshold = {threshold}\nopen_ms = 30000\n"
+            ))
+            .unwrap();
+            let h = healer(store_at(&path, clock.clone()).await, &cfg).await;
+            let mut now = t0();
+            for (i, inp) in inputs.iter().enumerate() {
+                now += Duration::milliseconds(100);
+                clock.set(now);
+                let agent = |a: &u8| format!("agent-{a}");
+                match inp {
+                    Input::Failure { agent: a, task } => {
+                        let mut f = Failure::new(
+                            if *task { "task_timeout" } else { "agent_down" },
+                            Severity::High,
+                            now,
+                        )
+                        .with_agent(agent(a))
+                        .with_id(format!("f{i}"));
+                        if *task {
+                            f = f.with_task(format!("t{}", i % 4));
+                        }
+                        h.heal(f).await.unwrap();
+                    }
+                    Input::Success { agent: a } => {
+                        h.record_success(&agent(a), None, now).await.unwrap();
+                    }
+                    Input::Command { agent: a, open } => {
+                        let c = if *open { "open" } else { "close" };
+                        h.command(Some("CircuitBreaker"), &agent(a), c, "test")
+                            .await
+                            .unwrap();
+                    }
+                    Input::Permit { agent: a } => {
+                        h.permit(&agent(a)).await.unwrap();
+                    }
+                    Input::Wait { seconds } => {
+                        now += Duration::seconds(i64::from(*seconds));
+                    }
+                }
+            }
+            h.close().await.unwrap();
+            let r = replay(&path, t0(), now + Duration::seconds(1), Candidate::Current).await;
+            prop_assert_eq!(r.matching, r.decisions, "first mismatch: {:#?}", r.first_mismatch);
+            Ok(())
+        })?;
+    }
+}
