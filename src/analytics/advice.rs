@@ -34,7 +34,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::effectiveness::{Effectiveness, EffectivenessOptions};
-use super::{Analytics, CircuitReport, MttrPoint, Stats, Window, WindowInfo};
+use super::stats::{ALL_SPANS, FACT_SPANS};
+use super::{
+    Analytics, Arms, CircuitReport, HOUR_US, MINUTE_US, MttrPoint, MttrTo, Pieces, Stats, Window,
+    WindowInfo, ratio,
+};
 use crate::error::Result;
 use crate::time::format_time;
 
@@ -466,71 +470,136 @@ impl Analytics {
     /// Whether GradualDegradation acted on a resource failure, whether CircuitBreaker
     /// considered a timeout, and how many decisions the healer's limits withheld.
     async fn coverage(&self, window: &Window) -> Result<(bool, bool, i64)> {
-        let sp = window.split();
+        let p = Pieces::cut(window.since_us(), window.until_us(), FACT_SPANS);
         let resources = sql_list(RESOURCE_FAILURES);
         let timeouts = sql_list(TIMEOUT_FAILURES);
-        // The partial hours' decisions: from the log, and the facts kept of archived events.
-        let raw = |a: &str, b: &str| {
-            format!(
-                "SELECT e.strategy, {} AS failure_type, \
-                   COALESCE(e.payload ->> '$.decision', '') AS decision, 1 AS n \
-                 FROM events e WHERE e.occurred_at >= {a} AND e.occurred_at < {b} AND {} \
-                 UNION ALL \
-                 SELECT strategy, failure_type, decision, 1 FROM archived_facts \
-                 WHERE event_type = 'healing_attempted' AND occurred_at >= {a} AND occurred_at < {b}",
-                healing_failure_type!(),
-                counted_decision!()
-            )
-        };
+        let mut arms = Arms::default();
+        for (a, b) in p.of(HOUR_US) {
+            arms.push(
+                "SELECT strategy, failure_type, decision, attempts AS n FROM attempt_hourly \
+                 WHERE hour >= ? AND hour < ?",
+                &[a, b],
+            );
+        }
+        for (a, b) in p.of(MINUTE_US) {
+            arms.push(
+                "SELECT strategy, failure_type, decision, attempts AS n FROM attempt_minutely \
+                 WHERE minute >= ? AND minute < ?",
+                &[a, b],
+            );
+        }
+        // The partial minutes' decisions: from the log, and the facts kept of archived events.
+        for &(a, b) in &p.rows {
+            arms.push(
+                format!(
+                    "SELECT e.strategy AS strategy, {} AS failure_type, \
+                       COALESCE(e.payload ->> '$.decision', '') AS decision, 1 AS n \
+                     FROM events e WHERE e.occurred_at >= ? AND e.occurred_at < ? AND {}",
+                    healing_failure_type!(),
+                    counted_decision!()
+                ),
+                &[a, b],
+            );
+            arms.push(
+                "SELECT strategy, failure_type, decision, 1 AS n FROM archived_facts \
+                 WHERE event_type = 'healing_attempted' AND occurred_at >= ? AND occurred_at < ?",
+                &[a, b],
+            );
+        }
         let sql = format!(
-            "WITH a AS ( \
-               SELECT strategy, failure_type, decision, attempts AS n FROM attempt_hourly \
-               WHERE hour >= ?2 AND hour < ?3 \
-               UNION ALL {} UNION ALL {}) \
-             SELECT \
+            "SELECT \
                COALESCE(SUM(CASE WHEN strategy = 'GradualDegradation' AND failure_type IN ({resources}) \
                     AND decision IN ('act', 'delegated', 'shadow', 'suggest_only', 'failed') THEN n END), 0), \
                COALESCE(SUM(CASE WHEN strategy = 'CircuitBreaker' AND failure_type IN ({timeouts}) \
                     AND decision <> 'declined' THEN n END), 0), \
                COALESCE(SUM(CASE WHEN decision = 'withheld' THEN n END), 0) \
-             FROM a",
-            raw("?1", "?2"),
-            raw("?3", "?4")
+             FROM ({{}})"
         );
-        let (deg, cb, withheld): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(sp.since)
-            .bind(sp.h1)
-            .bind(sp.h2)
-            .bind(sp.until)
-            .fetch_one(self.pool())
-            .await?;
+        let (deg, cb, withheld): (i64, i64, i64) =
+            arms.query_as(&sql, "").fetch_one(self.pool()).await?;
         Ok((deg > 0, cb > 0, withheld))
     }
 
     /// MTTR (to recovery) in the window's two halves, when it rose by over half with enough
-    /// recoveries on both sides.
+    /// recoveries on both sides (from the rollups, as the stats read them).
     async fn mttr_halves(&self, window: &Window) -> Result<Option<(f64, f64)>> {
-        let (s, u) = (window.since_us(), window.until_us());
+        let (s, u) = (window.since, window.until);
         let mid = s + (u - s) / 2;
-        let (n1, m1, n2, m2): (i64, Option<f64>, i64, Option<f64>) = sqlx::query_as(
-            "SELECT \
-               COUNT(CASE WHEN recovered_at < ?2 THEN 1 END), \
-               AVG(CASE WHEN recovered_at < ?2 THEN recover_us END), \
-               COUNT(CASE WHEN recovered_at >= ?2 THEN 1 END), \
-               AVG(CASE WHEN recovered_at >= ?2 THEN recover_us END) \
-             FROM failures WHERE recovered_at >= ?1 AND recovered_at < ?3",
-        )
-        .bind(s)
-        .bind(mid)
-        .bind(u)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(match (m1, m2) {
-            (Some(a), Some(b)) if n1 >= 5 && n2 >= 5 && b > 1.5 * a && b > 0.0 => {
-                Some((a / 1000.0, b / 1000.0))
+        let halves = |a, b| async move {
+            if a >= b {
+                return Ok((0, 0.0));
             }
-            _ => None,
-        })
+            self.done_sums(&Window::new(a, b)?, MttrTo::Recover).await
+        };
+        let ((n1, t1), (n2, t2)) = tokio::try_join!(halves(s, mid), halves(mid, u))?;
+        let (m1, m2) = (ratio(t1, n1 as f64), ratio(t2, n2 as f64));
+        Ok(
+            if n1 >= 5 && n2 >= 5 && m2 > 1.5 * m1 && m2 > 0.0 {
+                Some((m1 / 1000.0, m2 / 1000.0))
+            } else {
+                None
+            },
+        )
+    }
+
+    /// Failures detected per hour of day (UTC), from the rollups.
+    async fn by_hour_of_day(&self, window: &Window) -> Result<Vec<(i64, i64)>> {
+        let p = Pieces::cut(window.since_us(), window.until_us(), FACT_SPANS);
+        let mut arms = Arms::default();
+        for (a, b) in p.of(HOUR_US) {
+            arms.push(
+                "SELECT (hour / 3600000000) % 24 AS h, detected AS n FROM failure_hourly \
+                 WHERE hour >= ? AND hour < ?",
+                &[a, b],
+            );
+        }
+        for (a, b) in p.of(MINUTE_US) {
+            arms.push(
+                "SELECT (minute / 3600000000) % 24 AS h, detected AS n FROM failure_minutely \
+                 WHERE minute >= ? AND minute < ?",
+                &[a, b],
+            );
+        }
+        for &(a, b) in &p.rows {
+            arms.push(
+                "SELECT (detected_at / 3600000000) % 24 AS h, 1 AS n FROM failures \
+                 WHERE detected_at >= ? AND detected_at < ?",
+                &[a, b],
+            );
+        }
+        Ok(arms
+            .query_as("SELECT h, SUM(n) FROM ({}) GROUP BY h", "")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// The agents with the most failures detected in the window (at most ten), from the
+    /// per-agent rollup by the day, hour and minute.
+    async fn top_agents(&self, window: &Window) -> Result<Vec<(String, i64)>> {
+        let p = Pieces::cut(window.since_us(), window.until_us(), ALL_SPANS);
+        let mut arms = Arms::default();
+        for &(span, a, b) in &p.levels {
+            arms.push(
+                "SELECT agent_id, detected AS n FROM agent_rollup \
+                 WHERE span = ? AND start >= ? AND start < ?",
+                &[span, a, b],
+            );
+        }
+        for &(a, b) in &p.rows {
+            arms.push(
+                "SELECT agent_id, 1 AS n FROM failures \
+                 WHERE detected_at >= ? AND detected_at < ? AND agent_id IS NOT NULL",
+                &[a, b],
+            );
+        }
+        Ok(arms
+            .query_as(
+                "SELECT agent_id, SUM(n) AS t FROM ({}) GROUP BY agent_id \
+                 ORDER BY t DESC, agent_id LIMIT 10",
+                "",
+            )
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// The dashboard: the seed's fields, the figures against its targets, and the series the
@@ -550,29 +619,6 @@ impl Analytics {
         } else {
             (chrono::Duration::days(1), "1d")
         };
-        let by_hour = async {
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT (detected_at / 3600000000) % 24, COUNT(*) FROM failures \
-                 WHERE detected_at >= ?1 AND detected_at < ?2 GROUP BY 1",
-            )
-            .bind(window.since_us())
-            .bind(window.until_us())
-            .fetch_all(self.pool())
-            .await
-            .map_err(crate::Error::from)
-        };
-        let top_agents = async {
-            sqlx::query_as::<_, (String, i64)>(
-                "SELECT agent_id, COUNT(*) AS n FROM failures \
-                 WHERE detected_at >= ?1 AND detected_at < ?2 AND agent_id IS NOT NULL \
-                 GROUP BY agent_id ORDER BY n DESC, agent_id LIMIT 10",
-            )
-            .bind(window.since_us())
-            .bind(window.until_us())
-            .fetch_all(self.pool())
-            .await
-            .map_err(crate::Error::from)
-        };
         // Every part at once, on the reader pool's connections.
         let (stats, eff, circuits, coverage, halves, by_hour, top_agents, mttr_series) = tokio::try_join!(
             self.stats(window),
@@ -580,8 +626,8 @@ impl Analytics {
             self.circuits(window, options.flap_threshold),
             self.coverage(window),
             self.mttr_halves(window),
-            by_hour,
-            top_agents,
+            self.by_hour_of_day(window),
+            self.top_agents(window),
             self.mttr_means(window, bucket),
         )?;
         let recommendations = advise(options, &stats, &eff, &circuits, coverage, halves);

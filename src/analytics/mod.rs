@@ -5,13 +5,22 @@
 //!
 //! - `failures`: one row per failure (detection, healing counts, remediation and recovery, each
 //!   with its time from detection);
-//! - `failure_hourly`, `attempt_hourly`, `healing_hourly`: hourly rollups;
+//! - `failure_hourly`, `attempt_hourly`, `healing_hourly`: hourly rollups, and
+//!   `failure_minutely`, `attempt_minutely`, `healing_minutely` the same by the minute;
+//! - `agent_rollup`: failures detected per agent by the minute, hour and day;
+//! - `ttr_histogram`: the times to remediate and to recover as log-scale histograms by the
+//!   minute, hour and day ([`hist`]), for percentiles within 1 %;
+//! - `recovery_pairs`: failures counted by the minute and hour of their detection and of their
+//!   recovery, for the failures not recovered by a window's end;
 //! - `patterns` and `predictions`: the latest learned patterns and every prediction made;
 //! - `archived_facts`: what the queries below read event by event, kept for archived events.
 //!
-//! A window `[since, until)` is answered from the rollups for its whole hours and from the
-//! per-failure model or the log's indexes for the partial hours at its edges, so a query's cost
-//! grows with the window's length in hours, not with the number of events in it. Queries that
+//! A window `[since, until)` is cut ([`Pieces::cut`]) into its whole days (where a rollup has
+//! them), its whole hours, the whole minutes on either side, and the partial minutes at its
+//! edges: the rollups answer the first three and only the partial minutes are read row by row
+//! from the per-failure model or the log's indexes. A query's cost grows with the window's
+//! length in time (at most 2 x 23 hours and 2 x 59 minutes besides its days), not with the
+//! number of events in it, and a burst in the current hour costs no more than a quiet one. Queries that
 //! read events one by one (the partial hours' healing results and decisions, a strategy's
 //! latest results for its trend, success signals, recent usage reports) read the log and
 //! `archived_facts` together, so that an archive changes no answer. Nothing here loads the log
@@ -106,6 +115,7 @@ pub(crate) const ARCHIVE_FACTS: &str = concat!(
 pub mod advice;
 pub mod circuits;
 pub mod effectiveness;
+pub mod hist;
 pub mod html;
 pub mod patterns;
 pub mod predict;
@@ -132,6 +142,93 @@ pub use stats::{MttrBy, MttrPoint, MttrTo, Stats};
 
 /// One hour in microseconds: the rollups' bucket.
 pub(crate) const HOUR_US: i64 = 3_600_000_000;
+/// One minute and one day in microseconds: the finer and the coarser rollups' buckets.
+pub(crate) const MINUTE_US: i64 = 60_000_000;
+pub(crate) const DAY_US: i64 = 86_400_000_000;
+
+/// A window cut into the pieces the rollups answer: whole units of each span (coarsest in
+/// the middle), and the partial minutes at the edges, read row by row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pieces {
+    /// (span, start, end): whole units of `span` in `[start, end)`.
+    pub levels: Vec<(i64, i64, i64)>,
+    /// `[start, end)` ranges below the finest span.
+    pub rows: Vec<(i64, i64)>,
+}
+
+impl Pieces {
+    /// Cuts `[s, u)` by `spans` (ascending, each a multiple of the one before): the whole
+    /// units of the coarsest span, then, on each side, the whole units of the next one, and
+    /// so on; what is left at the edges is read row by row. At most two ranges per span and
+    /// two row ranges, whatever the window's length.
+    pub(crate) fn cut(s: i64, u: i64, spans: &[i64]) -> Pieces {
+        fn go(s: i64, u: i64, spans: &[i64], out: &mut Pieces) {
+            if s >= u {
+                return;
+            }
+            match spans.split_last() {
+                None => out.rows.push((s, u)),
+                Some((&l, finer)) => {
+                    let (a, b) = (ceil_to(s, l), floor_to(u, l));
+                    if a < b {
+                        go(s, a, finer, out);
+                        out.levels.push((l, a, b));
+                        go(b, u, finer, out);
+                    } else {
+                        go(s, u, finer, out);
+                    }
+                }
+            }
+        }
+        let mut out = Pieces::default();
+        go(s, u, spans, &mut out);
+        out
+    }
+
+    /// The ranges of one span.
+    pub(crate) fn of(&self, span: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.levels
+            .iter()
+            .filter(move |l| l.0 == span)
+            .map(|l| (l.1, l.2))
+    }
+}
+
+/// SQL arms joined by UNION ALL, with their positional parameters in order.
+#[derive(Debug, Default)]
+pub(crate) struct Arms {
+    sql: Vec<String>,
+    binds: Vec<i64>,
+}
+
+impl Arms {
+    /// One arm; `sql` has exactly `binds.len()` `?` placeholders, in order.
+    pub(crate) fn push(&mut self, sql: impl Into<String>, binds: &[i64]) {
+        self.sql.push(sql.into());
+        self.binds.extend_from_slice(binds);
+    }
+
+    /// `outer` with `{}` replaced by the arms (by `empty` when there are none).
+    pub(crate) fn query_as<T>(
+        &self,
+        outer: &str,
+        empty: &str,
+    ) -> sqlx::query::QueryAs<'static, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    {
+        let inner = if self.sql.is_empty() {
+            empty.to_owned()
+        } else {
+            self.sql.join(" UNION ALL ")
+        };
+        let mut q = sqlx::query_as(AssertSqlSafe(outer.replace("{}", &inner)));
+        for b in &self.binds {
+            q = q.bind(*b);
+        }
+        q
+    }
+}
 
 /// A time window, start inclusive, end exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,29 +270,6 @@ impl Window {
         self.until_us() - self.since_us()
     }
 
-    /// The window's split for hybrid queries: `[since, h1)` and `[h2, until)` are read from the
-    /// detailed tables, `[h1, h2)` (whole hours) from the hourly rollups.
-    pub(crate) fn split(&self) -> Split {
-        let (s, u) = (self.since_us(), self.until_us());
-        let h1 = ceil_to(s, HOUR_US);
-        let h2 = floor_to(u, HOUR_US);
-        if h1 < h2 {
-            Split {
-                since: s,
-                h1,
-                h2,
-                until: u,
-            }
-        } else {
-            Split {
-                since: s,
-                h1: u,
-                h2: u,
-                until: u,
-            }
-        }
-    }
-
     /// The window as JSON-friendly text.
     pub fn describe(&self) -> WindowInfo {
         WindowInfo {
@@ -212,14 +286,6 @@ pub struct WindowInfo {
     pub since: String,
     pub until: String,
     pub time_range_ms: i64,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Split {
-    pub since: i64,
-    pub h1: i64,
-    pub h2: i64,
-    pub until: i64,
 }
 
 pub(crate) fn floor_to(t: i64, step: i64) -> i64 {
@@ -391,6 +457,36 @@ pub(crate) const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
         "circuit_transitions",
         "position, strategy, circuit, agent_id, from_state, to_state, at, open_until",
         "position",
+    ),
+    (
+        "failure_minutely",
+        "minute, failure_type, detected, remediated, remediate_us_sum, recovered, recover_us_sum",
+        "minute, failure_type",
+    ),
+    (
+        "attempt_minutely",
+        "minute, strategy, failure_type, decision, attempts",
+        "minute, strategy, failure_type, decision",
+    ),
+    (
+        "healing_minutely",
+        "minute, strategy, failure_type, results, successes, duration_sum_ms",
+        "minute, strategy, failure_type",
+    ),
+    (
+        "agent_rollup",
+        "span, start, agent_id, detected",
+        "span, start, agent_id",
+    ),
+    (
+        "ttr_histogram",
+        "span, start, kind, bucket, n",
+        "span, start, kind, bucket",
+    ),
+    (
+        "recovery_pairs",
+        "span, detected, recovered, n",
+        "span, detected, recovered",
     ),
 ];
 

@@ -16,13 +16,21 @@
 //! - `unrecovered` (also `unresolved`): failures detected in the window and not recovered
 //!   before its end.
 //!
-//! Percentiles are nearest-rank.
+//! Percentiles are nearest-rank: exact over at most [`EXACT_MAX`] times, else read from the
+//! merged per-minute, per-hour and per-day histograms, each within 1 % of the exact value
+//! ([`hist`]); `exact` says which. Every figure is read from rollups for the window's whole
+//! days, hours and minutes and row by row only for the partial minutes at its edges (the
+//! series grouped by type, strategy or agent, and the exact percentiles, read the failures
+//! done in the window row by row).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Analytics, Window, WindowInfo, ratio};
+use super::hist::{self, Histogram};
+use super::{
+    Analytics, Arms, DAY_US, HOUR_US, MINUTE_US, Pieces, Window, WindowInfo, floor_to, ratio,
+};
 use crate::error::{Error, Result};
 use crate::time::{format_time, from_micros};
 
@@ -57,68 +65,154 @@ pub struct Stats {
     pub mttr_p90_ms: f64,
     pub mttr_p99_ms: f64,
     pub unresolved: i64,
+    /// Whether the percentiles above are exact (nearest rank over the times themselves, when
+    /// the window holds at most [`EXACT_MAX`] of them) or read from the merged histograms
+    /// (each within 1 % of the exact value; see [`hist`]). Counts and means are always exact.
+    pub exact: bool,
     /// Healing results per strategy.
     pub by_strategy: BTreeMap<String, i64>,
     /// Failures detected per type.
     pub by_failure_type: BTreeMap<String, i64>,
 }
 
-/// The SQL for the failure side of the stats: detections, remediations and recoveries per
-/// type, from the hourly rollup for whole hours and from the per-failure model at the edges.
-/// Times to remediate and recover are added as floating point (`TOTAL`): an integer sum of
-/// times that may span millennia could overflow. Parameters: since, h1, h2, until.
-const FAILURES_BY_TYPE: &str = "\
-SELECT failure_type, SUM(d), SUM(m), TOTAL(mt), SUM(r), TOTAL(rt) FROM (
-    SELECT failure_type, detected AS d, remediated AS m, remediate_us_sum AS mt,
-           recovered AS r, recover_us_sum AS rt
-    FROM failure_hourly WHERE hour >= ?2 AND hour < ?3
-    UNION ALL
-    SELECT failure_type, 1, 0, 0, 0, 0 FROM failures WHERE detected_at >= ?1 AND detected_at < ?2
-    UNION ALL
-    SELECT failure_type, 1, 0, 0, 0, 0 FROM failures WHERE detected_at >= ?3 AND detected_at < ?4
-    UNION ALL
-    SELECT failure_type, 0, 1, remediate_us, 0, 0 FROM failures
-    WHERE remediated_at >= ?1 AND remediated_at < ?2
-    UNION ALL
-    SELECT failure_type, 0, 1, remediate_us, 0, 0 FROM failures
-    WHERE remediated_at >= ?3 AND remediated_at < ?4
-    UNION ALL
-    SELECT failure_type, 0, 0, 0, 1, recover_us FROM failures
-    WHERE recovered_at >= ?1 AND recovered_at < ?2
-    UNION ALL
-    SELECT failure_type, 0, 0, 0, 1, recover_us FROM failures
-    WHERE recovered_at >= ?3 AND recovered_at < ?4
-) GROUP BY failure_type";
+/// Percentiles over at most this many times are exact (read row by row, nearest rank);
+/// above it they come from the merged histograms, within [`hist::RELATIVE_ERROR`].
+pub const EXACT_MAX: i64 = 2_000;
 
-/// Healing results per strategy and failure type, the same way (parameters as above); the
-/// partial hours' results are read from the log and, for archived events, from
-/// `archived_facts`.
-pub(crate) const RESULTS_BY_STRATEGY_TYPE: &str = concat!(
-    "SELECT strategy, failure_type, SUM(n), SUM(s), SUM(d) FROM (
-    SELECT strategy, failure_type, results AS n, successes AS s, duration_sum_ms AS d
-    FROM healing_hourly WHERE hour >= ?2 AND hour < ?3
-    UNION ALL
-    SELECT e.strategy, ",
-    healing_failure_type!(),
-    ", 1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
-    FROM events e WHERE e.occurred_at >= ?1 AND e.occurred_at < ?2 AND ",
-    counted_result!(),
-    "
-    UNION ALL
-    SELECT e.strategy, ",
-    healing_failure_type!(),
-    ", 1, e.success, MAX(0, COALESCE(e.duration_ms, 0))
-    FROM events e WHERE e.occurred_at >= ?3 AND e.occurred_at < ?4 AND ",
-    counted_result!(),
-    "
-    UNION ALL
-    SELECT strategy, failure_type, 1, success, duration_ms FROM archived_facts
-    WHERE event_type = 'healing_completed' AND occurred_at >= ?1 AND occurred_at < ?2
-    UNION ALL
-    SELECT strategy, failure_type, 1, success, duration_ms FROM archived_facts
-    WHERE event_type = 'healing_completed' AND occurred_at >= ?3 AND occurred_at < ?4
-) GROUP BY strategy, failure_type"
-);
+/// The spans of the failure and healing rollups (`*_minutely`, `*_hourly`).
+pub(crate) const FACT_SPANS: &[i64] = &[MINUTE_US, HOUR_US];
+/// The spans of the histograms and of the per-agent rollup.
+pub(crate) const ALL_SPANS: &[i64] = &[MINUTE_US, HOUR_US, DAY_US];
+
+/// The arms for the failure side of the stats: detections, remediations and recoveries per
+/// type, from the hourly and minute rollups for whole units and from the per-failure model at
+/// the edges. Columns: failure_type, d, m, mt, r, rt.
+pub(crate) fn failure_arms(p: &Pieces) -> Arms {
+    let mut arms = Arms::default();
+    for (a, b) in p.of(HOUR_US) {
+        arms.push(
+            "SELECT failure_type, detected AS d, remediated AS m, remediate_us_sum AS mt, \
+             recovered AS r, recover_us_sum AS rt FROM failure_hourly WHERE hour >= ? AND hour < ?",
+            &[a, b],
+        );
+    }
+    for (a, b) in p.of(MINUTE_US) {
+        arms.push(
+            "SELECT failure_type, detected AS d, remediated AS m, remediate_us_sum AS mt, \
+             recovered AS r, recover_us_sum AS rt FROM failure_minutely \
+             WHERE minute >= ? AND minute < ?",
+            &[a, b],
+        );
+    }
+    for &(a, b) in &p.rows {
+        arms.push(
+            "SELECT failure_type, 1 AS d, 0 AS m, 0 AS mt, 0 AS r, 0 AS rt FROM failures \
+             WHERE detected_at >= ? AND detected_at < ?",
+            &[a, b],
+        );
+        arms.push(
+            "SELECT failure_type, 0 AS d, 1 AS m, remediate_us AS mt, 0 AS r, 0 AS rt \
+             FROM failures WHERE remediated_at >= ? AND remediated_at < ?",
+            &[a, b],
+        );
+        arms.push(
+            "SELECT failure_type, 0 AS d, 0 AS m, 0 AS mt, 1 AS r, recover_us AS rt \
+             FROM failures WHERE recovered_at >= ? AND recovered_at < ?",
+            &[a, b],
+        );
+    }
+    arms
+}
+
+/// Detections, remediations and recoveries per type; times added as floating point (`TOTAL`):
+/// an integer sum of times that may span millennia could overflow.
+const FAILURES_BY_TYPE: &str = "SELECT failure_type, SUM(d), SUM(m), TOTAL(mt), SUM(r), TOTAL(rt) \
+     FROM ({}) GROUP BY failure_type";
+
+/// The arms for healing results per strategy and failure type (columns strategy,
+/// failure_type, n, s, d): the rollups for whole units, the log and `archived_facts` at the
+/// edges.
+fn result_arms(p: &Pieces) -> Arms {
+    let mut arms = Arms::default();
+    for (a, b) in p.of(HOUR_US) {
+        arms.push(
+            "SELECT strategy, failure_type, results AS n, successes AS s, duration_sum_ms AS d \
+             FROM healing_hourly WHERE hour >= ? AND hour < ?",
+            &[a, b],
+        );
+    }
+    for (a, b) in p.of(MINUTE_US) {
+        arms.push(
+            "SELECT strategy, failure_type, results AS n, successes AS s, duration_sum_ms AS d \
+             FROM healing_minutely WHERE minute >= ? AND minute < ?",
+            &[a, b],
+        );
+    }
+    for &(a, b) in &p.rows {
+        arms.push(
+            concat!(
+                "SELECT e.strategy AS strategy, ",
+                healing_failure_type!(),
+                " AS failure_type, 1 AS n, e.success AS s, MAX(0, COALESCE(e.duration_ms, 0)) AS d \
+                 FROM events e WHERE e.occurred_at >= ? AND e.occurred_at < ? AND ",
+                counted_result!()
+            ),
+            &[a, b],
+        );
+        arms.push(
+            "SELECT strategy, failure_type, 1 AS n, success AS s, duration_ms AS d \
+             FROM archived_facts WHERE event_type = 'healing_completed' \
+             AND occurred_at >= ? AND occurred_at < ?",
+            &[a, b],
+        );
+    }
+    arms
+}
+
+/// The failures detected in the window (cut into `p`) that recovered before its end `u`,
+/// from the detection/recovery pairs: for detections in whole hours, the pairs by the hour
+/// with the recovery in an hour before `u`'s, the pairs by the minute with the recovery in
+/// `u`'s hour before its minute; for detections in whole minutes, the pairs by the minute with
+/// the recovery before `u`'s minute; recoveries in `u`'s partial minute and detections in the
+/// partial minutes at the edges row by row. Column: c.
+fn recovered_by_end_arms(p: &Pieces, u: i64) -> Arms {
+    let (hu, mu) = (floor_to(u, HOUR_US), floor_to(u, MINUTE_US));
+    let mut arms = Arms::default();
+    for (a, b) in p.of(HOUR_US) {
+        arms.push(
+            "SELECT n AS c FROM recovery_pairs \
+             WHERE span = ? AND detected >= ? AND detected < ? AND recovered < ?",
+            &[HOUR_US, a, b, hu],
+        );
+        arms.push(
+            "SELECT n AS c FROM recovery_pairs INDEXED BY recovery_pairs_by_recovered \
+             WHERE span = ? AND recovered >= ? AND recovered < ? AND detected >= ? AND detected < ?",
+            &[MINUTE_US, hu, mu, a, b],
+        );
+    }
+    for (a, b) in p.of(MINUTE_US) {
+        arms.push(
+            "SELECT n AS c FROM recovery_pairs \
+             WHERE span = ? AND detected >= ? AND detected < ? AND recovered < ?",
+            &[MINUTE_US, a, b, mu],
+        );
+    }
+    for &(_, a, b) in &p.levels {
+        arms.push(
+            "SELECT 1 AS c FROM failures WHERE recovered_at >= ? AND recovered_at < ? \
+             AND detected_at >= ? AND detected_at < ?",
+            &[mu, u, a, b],
+        );
+    }
+    for &(a, b) in &p.rows {
+        arms.push(
+            "SELECT 1 AS c FROM failures \
+             WHERE detected_at >= ? AND detected_at < ? AND recovered_at < ?",
+            &[a, b, u],
+        );
+    }
+    arms
+}
 
 /// What an MTTR is measured to: the failure's remediation or its recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,6 +226,21 @@ pub enum MttrTo {
 
 impl MttrTo {
     /// The `failures` columns: the instant, the time from detection, the strategy.
+    fn kind(self) -> &'static str {
+        match self {
+            MttrTo::Recover => "recover",
+            MttrTo::Remediate => "remediate",
+        }
+    }
+
+    /// The rollups' columns: how many, and their summed time.
+    fn rollup_columns(self) -> (&'static str, &'static str) {
+        match self {
+            MttrTo::Recover => ("recovered", "recover_us_sum"),
+            MttrTo::Remediate => ("remediated", "remediate_us_sum"),
+        }
+    }
+
     fn columns(self) -> (&'static str, &'static str) {
         match self {
             MttrTo::Recover => ("recovered_at", "recover_us"),
@@ -155,6 +264,44 @@ fn percentiles_sql(to: MttrTo) -> String {
     )
 }
 
+/// The arms of a histogram of the time to remediate or recover over failures done in the
+/// window cut into `p` (the rollup for whole units, the times bucketed row by row at the
+/// edges), each row tagged with its series bucket of `b` microseconds (0 for none). Columns:
+/// sb, bk, c.
+fn histogram_arms(p: &Pieces, to: MttrTo, b: i64) -> Arms {
+    let (at, us) = to.columns();
+    let kind = to.kind();
+    let sb = |col: &str| {
+        if b > 0 {
+            format!("({col} - (({col} % {b}) + {b}) % {b})")
+        } else {
+            "0".to_owned()
+        }
+    };
+    let mut arms = Arms::default();
+    for &(span, lo, hi) in &p.levels {
+        arms.push(
+            format!(
+                "SELECT {} AS sb, bucket AS bk, n AS c FROM ttr_histogram \
+                 WHERE span = ? AND kind = '{kind}' AND start >= ? AND start < ?",
+                sb("start")
+            ),
+            &[span, lo, hi],
+        );
+    }
+    for &(lo, hi) in &p.rows {
+        arms.push(
+            format!(
+                "SELECT {} AS sb, {} AS bk, 1 AS c FROM failures WHERE {at} >= ? AND {at} < ?",
+                sb(at),
+                hist::bucket_sql(us)
+            ),
+            &[lo, hi],
+        );
+    }
+    arms
+}
+
 /// The 0-based nearest rank of percentile `p` among `n` values.
 fn rank(n: i64, p: i64) -> i64 {
     ((n * p + 99) / 100).max(1) - 1
@@ -166,6 +313,7 @@ pub(crate) type ResultRow = (String, String, i64, i64, i64);
 /// Count, mean and nearest-rank percentiles (p50, p90, p99) of a time from detection, in ms.
 #[derive(Debug, Clone, Copy, Default)]
 struct TimeTo {
+    exact: bool,
     n: i64,
     mean: f64,
     p50: f64,
@@ -176,31 +324,31 @@ struct TimeTo {
 impl Analytics {
     /// Overall statistics for the window.
     pub async fn stats(&self, window: &Window) -> Result<Stats> {
-        let sp = window.split();
+        let (s, u) = (window.since_us(), window.until_us());
+        let p = Pieces::cut(s, u, FACT_SPANS);
+        let failure = failure_arms(&p);
+        let recovered_by_end = recovered_by_end_arms(&p, u);
         // Independent queries run at once, each on its own reader connection.
         let by_type = async {
-            sqlx::query_as::<_, (String, i64, i64, f64, i64, f64)>(FAILURES_BY_TYPE)
-                .bind(sp.since)
-                .bind(sp.h1)
-                .bind(sp.h2)
-                .bind(sp.until)
+            failure
+                .query_as::<(String, i64, i64, f64, i64, f64)>(FAILURES_BY_TYPE, "")
                 .fetch_all(self.pool())
                 .await
                 .map_err(crate::Error::from)
         };
-        let unrecovered = async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 \
-                 AND (recovered_at IS NULL OR recovered_at >= ?2)",
-            )
-            .bind(sp.since)
-            .bind(sp.until)
-            .fetch_one(self.pool())
-            .await
-            .map_err(crate::Error::from)
+        let recovered_by_end = async {
+            recovered_by_end
+                .query_as::<(i64,)>("SELECT COALESCE(SUM(c), 0) FROM ({})", "")
+                .fetch_one(self.pool())
+                .await
+                .map(|r| r.0)
+                .map_err(crate::Error::from)
         };
-        let (rows, results, unrecovered) =
-            tokio::try_join!(by_type, self.results_by_strategy_type(window), unrecovered)?;
+        let (rows, results, recovered_by_end) = tokio::try_join!(
+            by_type,
+            self.results_by_strategy_type(window),
+            recovered_by_end
+        )?;
         let mut by_failure_type = BTreeMap::new();
         let (mut detected, mut remediated, mut remediate_sum, mut recovered, mut recover_sum) =
             (0i64, 0i64, 0f64, 0i64, 0f64);
@@ -214,6 +362,7 @@ impl Analytics {
             recovered += r;
             recover_sum += rt;
         }
+        let unrecovered = detected - recovered_by_end;
 
         let mut by_strategy = BTreeMap::new();
         let (mut n, mut ok, mut dur) = (0i64, 0i64, 0i64);
@@ -252,16 +401,42 @@ impl Analytics {
             mttr_p90_ms: recover.p90,
             mttr_p99_ms: recover.p99,
             unresolved: unrecovered,
+            exact: remediate.exact && recover.exact,
             by_strategy,
             by_failure_type,
         })
     }
 
     /// The mean (from the rollups' sum) and percentiles of the time to remediate or recover
-    /// over the `n` failures done in the window.
+    /// over the `n` failures done in the window: exact up to [`EXACT_MAX`] of them, else from
+    /// the histograms.
     async fn time_to(&self, window: &Window, to: MttrTo, n: i64, sum_us: f64) -> Result<TimeTo> {
         if n == 0 {
-            return Ok(TimeTo::default());
+            return Ok(TimeTo {
+                exact: true,
+                ..TimeTo::default()
+            });
+        }
+        let ms = |us: Option<i64>| us.map_or(0.0, |v| v as f64 / 1000.0);
+        let mean = ratio(sum_us, n as f64) / 1000.0;
+        if n > EXACT_MAX {
+            let p = Pieces::cut(window.since_us(), window.until_us(), ALL_SPANS);
+            let rows: Vec<(i64, i64, i64)> = histogram_arms(&p, to, 0)
+                .query_as("SELECT sb, bk, SUM(c) FROM ({}) GROUP BY bk", "")
+                .fetch_all(self.pool())
+                .await?;
+            let mut h = Histogram::new();
+            for (_, b, c) in rows {
+                h.add_bucket(b, c);
+            }
+            return Ok(TimeTo {
+                exact: false,
+                n,
+                mean,
+                p50: ms(h.percentile(50)),
+                p90: ms(h.percentile(90)),
+                p99: ms(h.percentile(99)),
+            });
         }
         let (p50, p90, p99): (Option<i64>, Option<i64>, Option<i64>) =
             sqlx::query_as(sqlx::AssertSqlSafe(percentiles_sql(to)))
@@ -272,10 +447,10 @@ impl Analytics {
                 .bind(rank(n, 99))
                 .fetch_one(self.pool())
                 .await?;
-        let ms = |us: Option<i64>| us.map_or(0.0, |v| v as f64 / 1000.0);
         Ok(TimeTo {
+            exact: true,
             n,
-            mean: ratio(sum_us, n as f64) / 1000.0,
+            mean,
             p50: ms(p50),
             p90: ms(p90),
             p99: ms(p99),
@@ -284,20 +459,40 @@ impl Analytics {
 
     /// Healing results in the window per (strategy, failure type).
     pub(crate) async fn results_by_strategy_type(&self, window: &Window) -> Result<Vec<ResultRow>> {
-        let sp = window.split();
-        Ok(sqlx::query_as(RESULTS_BY_STRATEGY_TYPE)
-            .bind(sp.since)
-            .bind(sp.h1)
-            .bind(sp.h2)
-            .bind(sp.until)
+        let p = Pieces::cut(window.since_us(), window.until_us(), FACT_SPANS);
+        Ok(result_arms(&p)
+            .query_as(
+                "SELECT strategy, failure_type, SUM(n), SUM(s), SUM(d) FROM ({}) \
+                 GROUP BY strategy, failure_type",
+                "",
+            )
             .fetch_all(self.pool())
             .await?)
+    }
+
+    /// The failures recovered (or remediated) in the window and their summed time, from the
+    /// rollups (for the MTTR of the window's halves).
+    pub(crate) async fn done_sums(&self, window: &Window, to: MttrTo) -> Result<(i64, f64)> {
+        let p = Pieces::cut(window.since_us(), window.until_us(), FACT_SPANS);
+        let (n, t) = match to {
+            MttrTo::Recover => ("r", "rt"),
+            MttrTo::Remediate => ("m", "mt"),
+        };
+        let (count, sum): (Option<i64>, f64) = failure_arms(&p)
+            .query_as(&format!("SELECT SUM({n}), TOTAL({t}) FROM ({{}})"), "")
+            .fetch_one(self.pool())
+            .await?;
+        Ok((count.unwrap_or(0), sum))
     }
 
     /// MTTR as a time series: failures recovered (or, with [`MttrTo::Remediate`], remediated)
     /// in the window, grouped into buckets of `bucket` (aligned to the Unix epoch, so `1d`
     /// buckets start at midnight UTC) and, when asked, by failure type, remediating strategy
     /// or agent.
+    ///
+    /// Without a grouping, and with more than [`EXACT_MAX`] failures in the window, the series
+    /// is read from the rollups (counts and means exact, percentiles and maxima from the
+    /// histograms: `exact: false`); else row by row, exactly.
     pub async fn mttr_series(
         &self,
         window: &Window,
@@ -306,6 +501,11 @@ impl Analytics {
         bucket: chrono::Duration,
     ) -> Result<Vec<MttrPoint>> {
         let b = bucket_us(bucket)?;
+        if by.is_none()
+            && let Some(points) = self.rollup_series(window, to, b, true).await?
+        {
+            return Ok(points);
+        }
         let (at, us) = to.columns();
         let key = match by {
             None => "''",
@@ -343,22 +543,115 @@ impl Analytics {
                     p50_ms: ms(p50),
                     p90_ms: ms(p90),
                     max_ms: ms(max),
+                    exact: true,
                 })
             })
             .collect()
+    }
+
+    /// An ungrouped series from the rollups, when the window holds more than [`EXACT_MAX`]
+    /// failures done and the bucket is a whole number of minutes: counts and sums from the
+    /// minute and hourly rollups, percentiles (when asked) and maxima from the histograms.
+    /// None: answer row by row.
+    async fn rollup_series(
+        &self,
+        window: &Window,
+        to: MttrTo,
+        b: i64,
+        percentiles: bool,
+    ) -> Result<Option<Vec<MttrPoint>>> {
+        let spans: Vec<i64> = FACT_SPANS.iter().copied().filter(|s| b % s == 0).collect();
+        if spans.is_empty() {
+            return Ok(None);
+        }
+        let (s, u) = (window.since_us(), window.until_us());
+        let p = Pieces::cut(s, u, &spans);
+        let (n_col, sum_col) = to.rollup_columns();
+        let (at, us) = to.columns();
+        let sb = |col: &str| format!("({col} - (({col} % {b}) + {b}) % {b})");
+        let mut arms = Arms::default();
+        for (lo, hi) in p.of(HOUR_US) {
+            arms.push(
+                format!(
+                    "SELECT {} AS sb, {n_col} AS n, {sum_col} AS t FROM failure_hourly \
+                     WHERE hour >= ? AND hour < ? AND {n_col} > 0",
+                    sb("hour")
+                ),
+                &[lo, hi],
+            );
+        }
+        for (lo, hi) in p.of(MINUTE_US) {
+            arms.push(
+                format!(
+                    "SELECT {} AS sb, {n_col} AS n, {sum_col} AS t FROM failure_minutely \
+                     WHERE minute >= ? AND minute < ? AND {n_col} > 0",
+                    sb("minute")
+                ),
+                &[lo, hi],
+            );
+        }
+        for &(lo, hi) in &p.rows {
+            arms.push(
+                format!(
+                    "SELECT {} AS sb, 1 AS n, {us} AS t FROM failures WHERE {at} >= ? AND {at} < ?",
+                    sb(at)
+                ),
+                &[lo, hi],
+            );
+        }
+        let sums: Vec<(i64, i64, f64)> = arms
+            .query_as("SELECT sb, SUM(n), TOTAL(t) FROM ({}) GROUP BY sb ORDER BY sb", "")
+            .fetch_all(self.pool())
+            .await?;
+        let total: i64 = sums.iter().map(|r| r.1).sum();
+        if total <= EXACT_MAX {
+            return Ok(None);
+        }
+        let hspans: Vec<i64> = ALL_SPANS.iter().copied().filter(|s| b % s == 0).collect();
+        let hp = Pieces::cut(s, u, &hspans);
+        let rows: Vec<(i64, i64, i64)> = histogram_arms(&hp, to, b)
+            .query_as("SELECT sb, bk, SUM(c) FROM ({}) GROUP BY sb, bk", "")
+            .fetch_all(self.pool())
+            .await?;
+        let mut hists: BTreeMap<i64, Histogram> = BTreeMap::new();
+        for (sbk, bk, c) in rows {
+            hists.entry(sbk).or_default().add_bucket(bk, c);
+        }
+        let ms = |us: Option<i64>| us.map_or(0.0, |v| v as f64 / 1000.0);
+        let empty = Histogram::new();
+        sums.into_iter()
+            .filter(|r| r.1 > 0)
+            .map(|(sbk, n, sum)| {
+                let h = hists.get(&sbk).unwrap_or(&empty);
+                Ok(MttrPoint {
+                    bucket_start: format_time(from_micros(sbk)?),
+                    group: None,
+                    resolved: n,
+                    mttr_ms: ratio(sum, n as f64) / 1000.0,
+                    p50_ms: if percentiles { ms(h.percentile(50)) } else { 0.0 },
+                    p90_ms: if percentiles { ms(h.percentile(90)) } else { 0.0 },
+                    max_ms: ms(h.max()),
+                    exact: false,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }
 
 impl Analytics {
     /// The time to recover per bucket without percentiles (count, mean, max): what the
-    /// dashboard charts. A plain pass over the recovery index, several times cheaper than
-    /// [`Self::mttr_series`].
+    /// dashboard charts. From the rollups as [`Self::mttr_series`] reads them (the maxima then
+    /// from the histograms), else a plain pass over the recovery index.
     pub async fn mttr_means(
         &self,
         window: &Window,
         bucket: chrono::Duration,
     ) -> Result<Vec<MttrPoint>> {
         let b = bucket_us(bucket)?;
+        if let Some(points) = self.rollup_series(window, MttrTo::Recover, b, false).await? {
+            return Ok(points);
+        }
         let rows: Vec<(i64, i64, f64, i64)> = sqlx::query_as(
             "SELECT (recovered_at - ((recovered_at % ?3) + ?3) % ?3) AS bucket, COUNT(*), \
                     TOTAL(recover_us), MAX(recover_us) \
@@ -380,6 +673,7 @@ impl Analytics {
                     p50_ms: 0.0,
                     p90_ms: 0.0,
                     max_ms: max as f64 / 1000.0,
+                    exact: true,
                 })
             })
             .collect()
@@ -415,6 +709,9 @@ pub struct MttrPoint {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub max_ms: f64,
+    /// Whether the percentiles and the maximum are exact, or read from the histograms (within
+    /// 1 %); counts and means are always exact.
+    pub exact: bool,
 }
 
 type SeriesRow = (i64, String, i64, f64, Option<i64>, Option<i64>, Option<i64>);

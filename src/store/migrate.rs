@@ -60,6 +60,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V11__drop_events_by_failure_type",
         include_str!("../../migrations/V11__drop_events_by_failure_type.sql"),
     ),
+    (
+        "V12__minute_and_histogram_rollups",
+        include_str!("../../migrations/V12__minute_and_histogram_rollups.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes
