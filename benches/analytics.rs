@@ -49,8 +49,10 @@ fn main() -> anyhow::Result<()> {
     print_machine();
     rt.block_on(async {
         // `-r`: the data with recoveries (an older cache file has none).
+        // `-h`: the data with the rollups of schema 12 (an older cache file is upgraded by its
+        // migration, which takes as long as generating it again).
         let path = std::path::PathBuf::from(format!("target/bench-analytics-{n}-r.db"));
-        let store = prepare(&path, n).await?;
+        let store = prepare(&path, n, 30).await?;
         let events: i64 = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(store.read_pool())
             .await?;
@@ -145,9 +147,222 @@ fn main() -> anyhow::Result<()> {
                 "NOT MET"
             }
         );
+        let small = windows_section(&store, n, 30, &[1, 7, 30]).await?;
         store.close().await?;
+        if std::env::var("HEALSTORE_BENCH_3M").is_ok_and(|v| v == "1") {
+            let n3 = if quick { 150_000 } else { 3_000_000 };
+            let path = std::path::PathBuf::from(format!("target/bench-analytics-{n3}-90d-r.db"));
+            let store = prepare(&path, n3, 90).await?;
+            let large = windows_section(&store, n3, 90, &[1, 7, 30, 90]).await?;
+            store.close().await?;
+            println!("\n== the same window on the {n3} store against the {n} store (goal <= 1.3x) ==");
+            for (name, d1) in &small {
+                if let Some((_, d3)) = large.iter().find(|(k, _)| k == name) {
+                    let r = d3.as_secs_f64() / d1.as_secs_f64();
+                    println!(
+                        "{name:<34} {:>7.1} ms {:>7.1} ms {:>6.2}x  {}",
+                        ms(*d1),
+                        ms(*d3),
+                        r,
+                        if r <= 1.3 { "MET" } else { "NOT MET" }
+                    );
+                }
+            }
+        } else {
+            println!("\n(HEALSTORE_BENCH_3M=1 adds the 3,000,000-failure store over 90 days)");
+        }
+        burst_section().await?;
+        println!(
+            "\npeak memory (VmHWM) at the end: {} MiB",
+            mib(vm_hwm_kib())
+        );
         anyhow::Ok(())
     })
+}
+
+/// Stats, effectiveness, the MTTR series, the circuit report and the whole dashboard over
+/// windows of `lengths` days ending at `now()`, each against its goal (100 ms up to 30 days,
+/// 300 ms beyond). Returns (name, median) for comparison across stores.
+async fn windows_section(
+    store: &Store,
+    n: i64,
+    days: i64,
+    lengths: &[i64],
+) -> anyhow::Result<Vec<(String, Duration)>> {
+    let a = Analytics::new(store);
+    let advice = AdviceOptions::default();
+    let eff = EffectivenessOptions::default();
+    println!("\n== {n} failures over {days} days: every part by window (median of 5) ==");
+    println!("{:<34} {:>10} {:>8}", "query", "median", "goal");
+    let mut out = Vec::new();
+    for &d in lengths {
+        let w = Window::last(chrono::Duration::days(d), now())?;
+        let bucket = if d <= 2 {
+            chrono::Duration::hours(1)
+        } else {
+            chrono::Duration::days(1)
+        };
+        let goal = if d <= 30 { 100.0 } else { 300.0 };
+        let parts = [
+            (format!("stats {d}d"), time(5, || a.stats(&w)).await?),
+            (
+                format!("effectiveness {d}d"),
+                time(5, || a.effectiveness(&w, &eff)).await?,
+            ),
+            (
+                format!("mttr series {d}d (percentiles)"),
+                time(5, || a.mttr_series(&w, MttrTo::Recover, None, bucket)).await?,
+            ),
+            (
+                format!("circuits {d}d"),
+                time(5, || a.circuits(&w, 3)).await?,
+            ),
+            (
+                format!("recommendations {d}d"),
+                time(5, || a.recommendations(&w, &advice)).await?,
+            ),
+            (
+                format!("dashboard {d}d (everything)"),
+                time(5, || a.dashboard(&w, &advice, now())).await?,
+            ),
+        ];
+        for (name, t) in parts {
+            println!(
+                "{name:<34} {:>7.1} ms {:>5.0} ms  {}",
+                ms(t),
+                goal,
+                if ms(t) <= goal { "MET" } else { "NOT MET" }
+            );
+            out.push((name, t));
+        }
+    }
+    let s = a
+        .stats(&Window::last(chrono::Duration::days(30), now())?)
+        .await?;
+    println!(
+        "(stats 30d: {} failures, {} recovered, percentiles exact: {})",
+        s.total_failures, s.recovered, s.exact
+    );
+    println!("peak memory (VmHWM) so far: {} MiB", mib(vm_hwm_kib()));
+    Ok(out)
+}
+
+/// The upstream workload: 10,000 raw monitoring events (`heartbeat_failed`, `task_timeout`,
+/// `resource_exhaustion`, `quorum_loss` in turn, over 1,000 agents) detected and healed by
+/// the default configuration within the last hour; then stats, effectiveness and
+/// recommendations over that hour, together (goal <= 20 ms). The upstream Python
+/// implementation's in-memory figure for the same three is printed beside it when
+/// `HEALSTORE_BENCH_UPSTREAM` names its side-by-side script (and `UPSTREAM_SRC` its source).
+async fn burst_section() -> anyhow::Result<()> {
+    use healstore::config::Config;
+    use healstore::heal::{Coordinator, NoopCoordinator, detect};
+    use std::sync::Arc;
+    let n = 10_000usize;
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path().join("burst.db"), StoreOptions::default()).await?;
+    let healer = Arc::new(
+        Config::default()
+            .builder()
+            .coordinator(Arc::new(NoopCoordinator) as Arc<dyn Coordinator>)
+            .open(store.clone())
+            .await?,
+    );
+    let t0 = Utc::now() - chrono::Duration::minutes(59);
+    let failures: Vec<_> = (0..n)
+        .filter_map(|i| {
+            let agent = format!("agent-{}", (i * 7919) % 1000);
+            let at = healstore::time::format_time(t0 + chrono::Duration::milliseconds(i as i64 * 350));
+            let raw = match i % 4 {
+                0 => serde_json::json!({"type": "heartbeat_failed", "agent_id": agent, "timestamp": at}),
+                1 => serde_json::json!({"type": "task_timeout", "task_id": format!("task-{i}"),
+                            "agent_id": agent, "timestamp": at}),
+                2 => serde_json::json!({"type": "resource_exhaustion", "agent_id": agent,
+                            "resource_type": "memory", "current_usage": 0.8 + (i % 20) as f64 / 100.0,
+                            "limit": 1.0, "timestamp": at}),
+                _ => serde_json::json!({"type": "quorum_loss", "required_quorum": 3, "healthy_agents": 2,
+                            "timestamp": at}),
+            };
+            detect(&raw, t0).ok().flatten()
+        })
+        .collect();
+    let failures = Arc::new(failures);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (healer, failures, next) = (healer.clone(), failures.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(f) = failures.get(i) else { break };
+                healer.heal(f.clone()).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    drop(healer);
+    let now = Utc::now();
+    let w = Window::last(chrono::Duration::hours(1), now)?;
+    let a = Analytics::new(&store);
+    let advice = AdviceOptions::default();
+    let eff = EffectivenessOptions::default();
+    let stats = a.stats(&w).await?;
+    println!(
+        "\n== upstream workload: {} failures healed within the last hour, one-hour window ==",
+        stats.total_failures
+    );
+    let s = time(5, || a.stats(&w)).await?;
+    let e = time(5, || a.effectiveness(&w, &eff)).await?;
+    let r = time(5, || a.recommendations(&w, &advice)).await?;
+    let all = time(5, || async {
+        a.stats(&w).await?;
+        a.effectiveness(&w, &eff).await?;
+        a.recommendations(&w, &advice).await
+    })
+    .await?;
+    println!("stats 1h                   {:>7.1} ms", ms(s));
+    println!("effectiveness 1h           {:>7.1} ms", ms(e));
+    println!("recommendations 1h         {:>7.1} ms", ms(r));
+    println!(
+        "all three, one after another {:>5.1} ms  (goal <= 20 ms: {})",
+        ms(all),
+        if ms(all) <= 20.0 { "MET" } else { "NOT MET" }
+    );
+    match (
+        std::env::var("HEALSTORE_BENCH_UPSTREAM"),
+        std::env::var("UPSTREAM_SRC"),
+    ) {
+        (Ok(script), Ok(_)) => {
+            let out = std::process::Command::new("python3")
+                .arg(&script)
+                .arg(n.to_string())
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+            match v.get("analytics_s").and_then(|x| x.as_f64()) {
+                Some(py) => println!(
+                    "upstream Python, same three in memory, same run: {:.1} ms ({:.1}x healstore's)",
+                    py * 1000.0,
+                    py * 1000.0 / ms(all)
+                ),
+                None => println!(
+                    "upstream Python did not report: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ),
+            }
+        }
+        _ => println!(
+            "(HEALSTORE_BENCH_UPSTREAM=<side-by-side script> and UPSTREAM_SRC=<its source> add the \
+             upstream Python figure)"
+        ),
+    }
+    store.close().await?;
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -177,7 +392,7 @@ where
 
 // ----- the generated store -----------------------------------------------------------------------
 
-async fn prepare(path: &std::path::Path, n: i64) -> anyhow::Result<Store> {
+async fn prepare(path: &std::path::Path, n: i64, days: i64) -> anyhow::Result<Store> {
     if path.exists() {
         let store = Store::open(path, StoreOptions::default()).await?;
         let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM failures")
@@ -208,8 +423,8 @@ async fn prepare(path: &std::path::Path, n: i64) -> anyhow::Result<Store> {
         .pragma("cache_size", "-65536")
         .connect()
         .await?;
-    let start_us = (end() - chrono::Duration::days(30)).timestamp_micros();
-    let step = 30 * DAY_US / n;
+    let start_us = (end() - chrono::Duration::days(days)).timestamp_micros();
+    let step = days * DAY_US / n;
     let batch = 50_000.min(n);
     let mut tx = conn.begin().await?;
     let mut lo = 0;

@@ -533,13 +533,11 @@ impl Analytics {
         };
         let ((n1, t1), (n2, t2)) = tokio::try_join!(halves(s, mid), halves(mid, u))?;
         let (m1, m2) = (ratio(t1, n1 as f64), ratio(t2, n2 as f64));
-        Ok(
-            if n1 >= 5 && n2 >= 5 && m2 > 1.5 * m1 && m2 > 0.0 {
-                Some((m1 / 1000.0, m2 / 1000.0))
-            } else {
-                None
-            },
-        )
+        Ok(if n1 >= 5 && n2 >= 5 && m2 > 1.5 * m1 && m2 > 0.0 {
+            Some((m1 / 1000.0, m2 / 1000.0))
+        } else {
+            None
+        })
     }
 
     /// Failures detected per hour of day (UTC), from the rollups.

@@ -529,3 +529,46 @@ pub(crate) async fn digests_on(conn: &mut SqliteConnection) -> Result<Vec<TableD
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{DAY_US, HOUR_US, MINUTE_US, Pieces};
+
+    /// Every window is cut into aligned whole units and at most two partial-minute ranges,
+    /// covering it exactly once.
+    #[test]
+    fn cuts_cover_the_window_exactly() {
+        let spans = [MINUTE_US, HOUR_US, DAY_US];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for i in 0..20_000 {
+            let s = 1_700_000_000_000_000 + next(10 * DAY_US as u64) as i64;
+            let s = if i % 3 == 0 { s - s % HOUR_US } else { s };
+            let len = 1 + next([60_000_000, HOUR_US as u64, 9 * DAY_US as u64][i % 3]) as i64;
+            let u = s + len;
+            let p = Pieces::cut(s, u, &spans);
+            let mut ranges: Vec<(i64, i64)> = p.rows.clone();
+            for &(span, a, b) in &p.levels {
+                assert!(a < b && a % span == 0 && b % span == 0, "{s} {u} {p:?}");
+                ranges.push((a, b));
+            }
+            ranges.sort();
+            let mut at = s;
+            for (a, b) in ranges {
+                assert_eq!(a, at, "{s} {u} {p:?}");
+                at = b;
+            }
+            assert_eq!(at, u);
+            assert!(p.rows.len() <= 2);
+            assert!(p.rows.iter().map(|(a, b)| b - a).sum::<i64>() < 2 * MINUTE_US);
+            for span in spans {
+                assert!(p.of(span).count() <= 2);
+            }
+        }
+    }
+}

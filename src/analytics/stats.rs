@@ -600,7 +600,10 @@ impl Analytics {
             );
         }
         let sums: Vec<(i64, i64, f64)> = arms
-            .query_as("SELECT sb, SUM(n), TOTAL(t) FROM ({}) GROUP BY sb ORDER BY sb", "")
+            .query_as(
+                "SELECT sb, SUM(n), TOTAL(t) FROM ({}) GROUP BY sb ORDER BY sb",
+                "",
+            )
             .fetch_all(self.pool())
             .await?;
         let total: i64 = sums.iter().map(|r| r.1).sum();
@@ -628,8 +631,16 @@ impl Analytics {
                     group: None,
                     resolved: n,
                     mttr_ms: ratio(sum, n as f64) / 1000.0,
-                    p50_ms: if percentiles { ms(h.percentile(50)) } else { 0.0 },
-                    p90_ms: if percentiles { ms(h.percentile(90)) } else { 0.0 },
+                    p50_ms: if percentiles {
+                        ms(h.percentile(50))
+                    } else {
+                        0.0
+                    },
+                    p90_ms: if percentiles {
+                        ms(h.percentile(90))
+                    } else {
+                        0.0
+                    },
                     max_ms: ms(h.max()),
                     exact: false,
                 })
@@ -649,7 +660,10 @@ impl Analytics {
         bucket: chrono::Duration,
     ) -> Result<Vec<MttrPoint>> {
         let b = bucket_us(bucket)?;
-        if let Some(points) = self.rollup_series(window, MttrTo::Recover, b, false).await? {
+        if let Some(points) = self
+            .rollup_series(window, MttrTo::Recover, b, false)
+            .await?
+        {
             return Ok(points);
         }
         let rows: Vec<(i64, i64, f64, i64)> = sqlx::query_as(

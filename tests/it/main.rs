@@ -22,6 +22,7 @@ mod patterns;
 mod process;
 mod python_client;
 mod resolution;
+mod rollups;
 mod serve;
 mod serve_circuits;
 mod serve_common;
