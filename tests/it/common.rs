@@ -405,8 +405,8 @@ pub fn spawn_appender(
     (child, feeder)
 }
 
-/// The statements that turn a current database back into what version 9 left: V11's dropped
-/// index restored, V10's triggers replaced by those of V6 and V7, its indexes by V3's, its
+/// The statements that turn a current database back into what version 9 left: V12's rollups
+/// dropped (and its healing triggers replaced by V6's), V11's dropped index restored, V10's triggers replaced by those of V6 and V7, its indexes by V3's, its
 /// columns dropped or renamed back, the rollup rows only a recovery created removed, and the
 /// history rows of 10 on deleted (what an older healstore would have left, less the facts it
 /// did not interpret).
@@ -421,6 +421,15 @@ pub fn undo_v10_statements() -> Vec<String> {
     let v6 = include_str!("../../migrations/V6__read_models_known_versions.sql");
     let v7 = include_str!("../../migrations/V7__saturating_recovery_sums.sql");
     let mut s: Vec<String> = [
+        // V12's rollups, and its triggers on healing events (V6's again, pushed below).
+        "DROP TRIGGER rm_healing_attempted",
+        "DROP TRIGGER rm_healing_completed",
+        "DROP TABLE failure_minutely",
+        "DROP TABLE attempt_minutely",
+        "DROP TABLE healing_minutely",
+        "DROP TABLE agent_rollup",
+        "DROP TABLE ttr_histogram",
+        "DROP TABLE recovery_pairs",
         "CREATE INDEX events_by_failure_type ON events (failure_type, occurred_at) \
          WHERE failure_type IS NOT NULL",
         "DROP TRIGGER rm_failure_recovered",
@@ -460,6 +469,8 @@ pub fn undo_v10_statements() -> Vec<String> {
     s.push(trigger(v6, "rm_failure_detected"));
     s.push(trigger(v7, "rm_failure_resolved"));
     s.push(trigger(v6, "rm_circuit_transitioned"));
+    s.push(trigger(v6, "rm_healing_attempted"));
+    s.push(trigger(v6, "rm_healing_completed"));
     s
 }
 
