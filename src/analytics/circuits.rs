@@ -147,27 +147,14 @@ impl Analytics {
         let mut folds: BTreeMap<(String, String), Fold> = BTreeMap::new();
 
         // States at the window's start (only transitions exist in the log, so this looks at
-        // each circuit's last one before it): the circuits listed by skipping through their
-        // index, one seek each, then one seek for each one's last transition before the
-        // window, so the cost grows with the circuits, not with their history.
+        // each circuit's last one before it).
         let prior: Vec<PriorRow> = sqlx::query_as(
-            "WITH RECURSIVE c(strategy, circuit) AS ( \
-               SELECT * FROM (SELECT strategy, circuit FROM circuit_transitions \
-                              ORDER BY strategy, circuit LIMIT 1) \
-               UNION ALL \
-               SELECT (SELECT t.strategy FROM circuit_transitions t \
-                       WHERE (t.strategy, t.circuit) > (c.strategy, c.circuit) \
-                       ORDER BY t.strategy, t.circuit LIMIT 1), \
-                      (SELECT t.circuit FROM circuit_transitions t \
-                       WHERE (t.strategy, t.circuit) > (c.strategy, c.circuit) \
-                       ORDER BY t.strategy, t.circuit LIMIT 1) \
-               FROM c WHERE c.strategy IS NOT NULL) \
-             SELECT t.strategy, t.circuit, t.agent_id, t.to_state, t.open_until \
-             FROM c JOIN circuit_transitions t ON t.position = ( \
-               SELECT l.position FROM circuit_transitions l \
-               WHERE l.strategy = c.strategy AND l.circuit = c.circuit AND l.at < ?1 \
-               ORDER BY l.at DESC, l.position DESC LIMIT 1) \
-             WHERE c.strategy IS NOT NULL AND t.to_state <> 'closed'",
+            "SELECT strategy, circuit, agent_id, to_state, open_until FROM ( \
+               SELECT strategy, circuit, agent_id, to_state, open_until, \
+                      ROW_NUMBER() OVER (PARTITION BY strategy, circuit \
+                                         ORDER BY at DESC, position DESC) AS rn \
+               FROM circuit_transitions WHERE at < ?1) \
+             WHERE rn = 1 AND to_state <> 'closed'",
         )
         .bind(s)
         .fetch_all(self.pool())
