@@ -12,9 +12,21 @@
 //!   reading (slow subscribers: they fall behind the ring and must cost neither memory nor
 //!   the live subscriber's latency).
 //!
-//! Not measured here: HTTP record throughput at 1/16/256 clients against the in-process heal.
+//! - **Record throughput**: 10,000 failures (`agent_down`, `task_timeout`,
+//!   `resource_exhaustion` and `quorum_loss` in turn, over 1,000 agents: the heal benchmark's
+//!   upstream workload) recorded with `POST /v1/failures` by 1, 16 and 256 concurrent clients
+//!   (keep-alive connections, one request at a time each), at durability `full` and `normal`,
+//!   each run on a fresh database and server. Baseline in the same run: the same failures
+//!   healed through the library in this process (`Healer::heal`, the server's configuration and
+//!   coordinator) by as many concurrent callers. Reported: failures/s, p50/p99 latency (request
+//!   round trip; in process, the heal), the server's peak memory, and the ratio HTTP /
+//!   in-process. Goals at 256: at least 60 % of the in-process throughput, p99 at most 10 ms at
+//!   `full`. The clients run in this process, on the same cores as the server.
 //!
-//! `cargo bench --bench serve`. Peak memory: the server's VmHWM (and this process's).
+//! `cargo bench --bench serve`. `HEALSTORE_BENCH_ONLY=throughput` runs the record throughput
+//! alone (`HEALSTORE_BENCH_CONC=256` only its 256 rows; `HEALSTORE_BENCH_QUICK=1` 10x fewer
+//! failures), `HEALSTORE_BENCH_ONLY=ops` the rest alone. Peak memory: the server's VmHWM (and
+//! this process's).
 
 mod common;
 
@@ -25,7 +37,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{print_machine, vm_hwm_kib};
 use futures_util::StreamExt;
-use healstore::{NewEvent, Store, StoreOptions};
+use healstore::heal::{Failure, detect};
+use healstore::{Durability, NewEvent, Store, StoreOptions};
 use serde_json::json;
 
 const CIRCUITS: usize = 10_000;
@@ -37,7 +50,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     print_machine();
-    rt.block_on(run())
+    let only = std::env::var("HEALSTORE_BENCH_ONLY").unwrap_or_default();
+    if only != "throughput" {
+        rt.block_on(run())?;
+    }
+    if only != "ops" {
+        let quick = std::env::var("HEALSTORE_BENCH_QUICK").is_ok_and(|v| v == "1");
+        rt.block_on(throughput_section(if quick { 1_000 } else { 10_000 }))?;
+    }
+    Ok(())
 }
 
 struct Server {
@@ -54,10 +75,24 @@ impl Drop for Server {
 
 impl Server {
     fn start(db: &std::path::Path) -> anyhow::Result<Server> {
+        Server::start_at(db, Durability::Normal)
+    }
+
+    fn start_at(db: &std::path::Path, durability: Durability) -> anyhow::Result<Server> {
+        let durability = match durability {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_healstore"))
             .arg("--db")
             .arg(db)
-            .args(["--durability", "normal", "serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "--durability",
+                durability,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -343,4 +378,280 @@ async fn latency(
     let (e50, e99) = summary(event_ms);
     let (p50, p99) = summary(post_ms);
     Ok((e50, e99, p50, p99))
+}
+
+// ----- record throughput -------------------------------------------------------------------------
+
+/// The heal benchmark's upstream workload: `n` failures, `agent_down` (from a missed
+/// heartbeat), `task_timeout`, `resource_exhaustion` and `quorum_loss` in turn, over `agents`
+/// agents, as a client records them (no source event).
+fn workload(n: usize, agents: usize, t0: chrono::DateTime<Utc>) -> Vec<Failure> {
+    (0..n)
+        .filter_map(|i| {
+            let agent = format!("agent-{}", (i * 7919) % agents);
+            let at = healstore::time::format_time(t0 + chrono::Duration::milliseconds(i as i64));
+            let raw = match i % 4 {
+                0 => json!({"type": "heartbeat_failed", "agent_id": agent, "timestamp": at}),
+                1 => json!({"type": "task_timeout", "task_id": format!("task-{i}"),
+                            "agent_id": agent, "timestamp": at}),
+                2 => json!({"type": "resource_exhaustion", "agent_id": agent,
+                            "resource_type": "memory", "current_usage": 0.8 + (i % 20) as f64 / 100.0,
+                            "limit": 1.0, "timestamp": at}),
+                _ => json!({"type": "quorum_loss", "required_quorum": 3, "healthy_agents": 2,
+                            "timestamp": at}),
+            };
+            let mut f = detect(&raw, t0).ok().flatten()?;
+            f.source_event = None;
+            f.failure_id = format!("f-{i}");
+            Some(f)
+        })
+        .collect()
+}
+
+/// A failure as `POST /v1/failures` takes it.
+fn request_body(f: &Failure) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "failure_id": f.failure_id,
+        "failure_type": f.failure_type,
+        "agent_id": f.agent_id,
+        "task_id": f.task_id,
+        "severity": f.severity,
+        "metadata": f.metadata,
+        "detected_at": healstore::time::format_time(f.detected_at),
+    }))
+    .expect("JSON")
+}
+
+struct Run {
+    per_s: f64,
+    /// `GET /healthz` per second at the same concurrency on the same server (HTTP alone:
+    /// the floor of the per-request cost on this machine, clients included); 0 in process.
+    floor_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// The server's VmHWM (HTTP), in KiB.
+    peak_kib: u64,
+}
+
+/// `concurrency` tasks each take the next failure when the previous one is answered:
+/// per-item latencies and the total time.
+async fn drive<F, Fut>(concurrency: usize, n: usize, one: F) -> anyhow::Result<(Vec<f64>, Duration)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let one = std::sync::Arc::new(one);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (one, next) = (one.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ms = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                one(i).await?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(ms)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all, t.elapsed()))
+}
+
+/// The failures recorded over HTTP by `concurrency` keep-alive clients, on a fresh database
+/// and server.
+async fn http_run(
+    durability: Durability,
+    concurrency: usize,
+    failures: &[Failure],
+) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("record.db");
+    let server = Server::start_at(&db, durability)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()?;
+    let url = format!("{}/v1/failures", server.base);
+    // Warm-up: the connections opened, the healer's first states.
+    let warm = futures_util::future::join_all(
+        (0..concurrency).map(|_| client.get(format!("{}/healthz", server.base)).send()),
+    )
+    .await;
+    for r in warm {
+        r?.bytes().await?;
+    }
+    let bodies: std::sync::Arc<Vec<Vec<u8>>> =
+        std::sync::Arc::new(failures.iter().map(request_body).collect());
+    let (ms, took) = {
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        drive(concurrency, failures.len(), move |i| {
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(bodies[i].clone())
+                .send();
+            async move {
+                let r = r.await?;
+                let status = r.status();
+                let body = r.bytes().await?;
+                anyhow::ensure!(
+                    status.is_success(),
+                    "POST /v1/failures: {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                Ok(())
+            }
+        })
+        .await?
+    };
+    let (_, hwm) = server.memory();
+    let healthz = format!("{}/healthz", server.base);
+    let (_, floor_took) = drive(concurrency, failures.len(), move |_| {
+        let r = client.get(&healthz).send();
+        async move {
+            r.await?.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let (p50, p99) = summary(ms);
+    Ok(Run {
+        floor_per_s: failures.len() as f64 / floor_took.as_secs_f64(),
+        per_s: failures.len() as f64 / took.as_secs_f64(),
+        p50_ms: p50,
+        p99_ms: p99,
+        peak_kib: hwm,
+    })
+}
+
+/// The same failures healed in this process by `concurrency` callers of one healer opened
+/// as the server opens its own (the default configuration, its coordinator), on a fresh
+/// database.
+async fn library_run(
+    durability: Durability,
+    concurrency: usize,
+    failures: &[Failure],
+) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(
+        dir.path().join("record.db"),
+        StoreOptions {
+            durability,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let config = healstore::config::Config::default();
+    config.record(&store).await?;
+    let healer = std::sync::Arc::new(config.builder().open(store.clone()).await?);
+    let failures = std::sync::Arc::new(failures.to_vec());
+    let (ms, took) = {
+        let (healer, failures) = (healer.clone(), failures.clone());
+        drive(concurrency, failures.len(), move |i| {
+            let (healer, f) = (healer.clone(), failures[i].clone());
+            async move {
+                healer.heal(f).await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    drop(healer);
+    store.close().await?;
+    let (p50, p99) = summary(ms);
+    Ok(Run {
+        floor_per_s: 0.0,
+        per_s: failures.len() as f64 / took.as_secs_f64(),
+        p50_ms: p50,
+        p99_ms: p99,
+        peak_kib: 0,
+    })
+}
+
+async fn throughput_section(n: usize) -> anyhow::Result<()> {
+    println!(
+        "\n== record throughput: {n} failures over 1,000 agents, POST /v1/failures vs Healer::heal in process =="
+    );
+    println!(
+        "{:<7} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7} {:>11}",
+        "durab.",
+        "conc.",
+        "HTTP /s",
+        "p50 ms",
+        "p99 ms",
+        "server MiB",
+        "lib /s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "healthz /s"
+    );
+    let failures = workload(n, 1000, Utc::now() - chrono::Duration::hours(1));
+    let only_256 = std::env::var("HEALSTORE_BENCH_CONC").is_ok_and(|v| v == "256");
+    let mut goals = Vec::new();
+    for d in [Durability::Full, Durability::Normal] {
+        for c in [1, 16, 256] {
+            if only_256 && c != 256 {
+                continue;
+            }
+            let lib = library_run(d, c, &failures).await?;
+            let http = http_run(d, c, &failures).await?;
+            let ratio = http.per_s / lib.per_s;
+            println!(
+                "{:<7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>10.0} {:>9.2} {:>9.2} {:>6.0}% {:>11.0}",
+                if d == Durability::Full {
+                    "full"
+                } else {
+                    "normal"
+                },
+                c,
+                http.per_s,
+                http.p50_ms,
+                http.p99_ms,
+                http.peak_kib as f64 / 1024.0,
+                lib.per_s,
+                lib.p50_ms,
+                lib.p99_ms,
+                ratio * 100.0,
+                http.floor_per_s
+            );
+            if c == 256 {
+                goals.push((d, ratio, http.p99_ms));
+            }
+        }
+    }
+    println!(
+        "bench process VmHWM (clients and in-process heals): {:.1} MiB",
+        vm_hwm_kib().unwrap_or(0) as f64 / 1024.0
+    );
+    for (d, ratio, p99) in goals {
+        let name = if d == Durability::Full {
+            "full"
+        } else {
+            "normal"
+        };
+        print!(
+            "  at 256, {name}: >= 60 % of in-process: {:.0} %  {}",
+            ratio * 100.0,
+            if ratio >= 0.60 { "MET" } else { "NOT MET" }
+        );
+        if d == Durability::Full {
+            print!(
+                "; p99 <= 10 ms: {p99:.2} ms  {}",
+                if p99 <= 10.0 { "MET" } else { "NOT MET" }
+            );
+        }
+        println!();
+    }
+    Ok(())
 }
