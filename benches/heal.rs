@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use healstore::config::Config;
-use healstore::heal::{Coordinator, Failure, NoopCoordinator, Severity, detect};
+use healstore::heal::{Coordinator, Failure, NoopCoordinator, Severity};
 use healstore::{Durability, EventFilter, ExpectedVersion, NewEvent, Store, StoreOptions};
 use serde_json::json;
 
@@ -369,28 +369,6 @@ async fn restore(agents: usize, per_agent: usize) -> anyhow::Result<f64> {
     Ok(ratio)
 }
 
-/// The upstream workload: `n` raw monitoring events, `heartbeat_failed`, `task_timeout`,
-/// `resource_exhaustion` and `quorum_loss` in turn, spread over `agents` agents.
-fn upstream_workload(n: usize, agents: usize, t0: chrono::DateTime<Utc>) -> Vec<Failure> {
-    (0..n)
-        .filter_map(|i| {
-            let agent = format!("agent-{}", (i * 7919) % agents);
-            let at = healstore::time::format_time(t0 + chrono::Duration::milliseconds(i as i64));
-            let raw = match i % 4 {
-                0 => json!({"type": "heartbeat_failed", "agent_id": agent, "timestamp": at}),
-                1 => json!({"type": "task_timeout", "task_id": format!("task-{i}"),
-                            "agent_id": agent, "timestamp": at}),
-                2 => json!({"type": "resource_exhaustion", "agent_id": agent,
-                            "resource_type": "memory", "current_usage": 0.8 + (i % 20) as f64 / 100.0,
-                            "limit": 1.0, "timestamp": at}),
-                _ => json!({"type": "quorum_loss", "required_quorum": 3, "healthy_agents": 2,
-                            "timestamp": at}),
-            };
-            detect(&raw, t0).ok().flatten()
-        })
-        .collect()
-}
-
 pub struct Throughput {
     pub heals_per_s: f64,
     pub events_per_heal: f64,
@@ -528,7 +506,7 @@ async fn throughput_section(n: usize) -> anyhow::Result<()> {
         "ratio",
         "decide p99"
     );
-    let failures = upstream_workload(n, 1000, Utc::now() - chrono::Duration::hours(1));
+    let failures = common::upstream_workload(n, 1000, Utc::now() - chrono::Duration::hours(1));
     let mut goals = Vec::new();
     for d in [Durability::Normal, Durability::Full] {
         let only_256 = std::env::var("HEALSTORE_BENCH_CONC").is_ok_and(|v| v == "256");

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{print_machine, vm_hwm_kib};
 use futures_util::StreamExt;
-use healstore::heal::{Failure, detect};
+use healstore::heal::Failure;
 use healstore::{Durability, NewEvent, Store, StoreOptions};
 use serde_json::json;
 
@@ -382,28 +382,16 @@ async fn latency(
 
 // ----- record throughput -------------------------------------------------------------------------
 
-/// The heal benchmark's upstream workload: `n` failures, `agent_down` (from a missed
-/// heartbeat), `task_timeout`, `resource_exhaustion` and `quorum_loss` in turn, over `agents`
-/// agents, as a client records them (no source event).
+/// The heal benchmark's upstream workload as a client records them: no source event, and a
+/// failure id of the client's own.
 fn workload(n: usize, agents: usize, t0: chrono::DateTime<Utc>) -> Vec<Failure> {
-    (0..n)
-        .filter_map(|i| {
-            let agent = format!("agent-{}", (i * 7919) % agents);
-            let at = healstore::time::format_time(t0 + chrono::Duration::milliseconds(i as i64));
-            let raw = match i % 4 {
-                0 => json!({"type": "heartbeat_failed", "agent_id": agent, "timestamp": at}),
-                1 => json!({"type": "task_timeout", "task_id": format!("task-{i}"),
-                            "agent_id": agent, "timestamp": at}),
-                2 => json!({"type": "resource_exhaustion", "agent_id": agent,
-                            "resource_type": "memory", "current_usage": 0.8 + (i % 20) as f64 / 100.0,
-                            "limit": 1.0, "timestamp": at}),
-                _ => json!({"type": "quorum_loss", "required_quorum": 3, "healthy_agents": 2,
-                            "timestamp": at}),
-            };
-            let mut f = detect(&raw, t0).ok().flatten()?;
+    common::upstream_workload(n, agents, t0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut f)| {
             f.source_event = None;
             f.failure_id = format!("f-{i}");
-            Some(f)
+            f
         })
         .collect()
 }

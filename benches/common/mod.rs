@@ -1,4 +1,5 @@
-//! What every benchmark prints about the machine it ran on, and its peak memory.
+//! What every benchmark prints about the machine it ran on, and its peak memory; the workloads
+//! more than one benchmark runs.
 
 #![allow(dead_code)]
 
@@ -36,4 +37,30 @@ pub fn print_machine() {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     println!("machine: {cpu}, {cores} cores, {mem} memory, Linux {os}");
+}
+
+/// The upstream workload: `n` raw monitoring events, `heartbeat_failed`, `task_timeout`,
+/// `resource_exhaustion` and `quorum_loss` in turn, spread over `agents` agents.
+pub fn upstream_workload(
+    n: usize,
+    agents: usize,
+    t0: chrono::DateTime<chrono::Utc>,
+) -> Vec<healstore::heal::Failure> {
+    (0..n)
+        .filter_map(|i| {
+            let agent = format!("agent-{}", (i * 7919) % agents);
+            let at = healstore::time::format_time(t0 + chrono::Duration::milliseconds(i as i64));
+            let raw = match i % 4 {
+                0 => serde_json::json!({"type": "heartbeat_failed", "agent_id": agent, "timestamp": at}),
+                1 => serde_json::json!({"type": "task_timeout", "task_id": format!("task-{i}"),
+                            "agent_id": agent, "timestamp": at}),
+                2 => serde_json::json!({"type": "resource_exhaustion", "agent_id": agent,
+                            "resource_type": "memory", "current_usage": 0.8 + (i % 20) as f64 / 100.0,
+                            "limit": 1.0, "timestamp": at}),
+                _ => serde_json::json!({"type": "quorum_loss", "required_quorum": 3, "healthy_agents": 2,
+                            "timestamp": at}),
+            };
+            healstore::heal::detect(&raw, t0).ok().flatten()
+        })
+        .collect()
 }
