@@ -22,6 +22,11 @@
 //!   round trip; in process, the heal), the server's peak memory, and the ratio HTTP /
 //!   in-process. Goals at 256: at least 60 % of the in-process throughput, p99 at most 10 ms at
 //!   `full`. The clients run in this process, on the same cores as the server.
+//! - **Latency at 256 connections**: closed-loop clients keep 256 requests in the server's
+//!   queue, so their p99 is about 256 / throughput whatever the service does (Little's law).
+//!   The p99 goal is therefore checked open loop: the same failures offered by 256
+//!   connections at half the closed-loop rate just measured, each request's latency counted
+//!   from when it was due (a server that falls behind shows in the percentiles).
 //!
 //! `cargo bench --bench serve`. `HEALSTORE_BENCH_ONLY=throughput` runs the record throughput
 //! alone (`HEALSTORE_BENCH_CONC=256` only its 256 rows; `HEALSTORE_BENCH_QUICK=1` 10x fewer
@@ -455,22 +460,18 @@ where
     Ok((all, t.elapsed()))
 }
 
-/// The failures recorded over HTTP by `concurrency` keep-alive clients, on a fresh database
-/// and server.
-async fn http_run(
+/// A fresh database and server at `durability`, and a client whose `concurrency` keep-alive
+/// connections are open (warm-up: the connections, the healer's first states).
+async fn warm_server(
     durability: Durability,
     concurrency: usize,
-    failures: &[Failure],
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<(tempfile::TempDir, Server, reqwest::Client)> {
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("record.db");
-    let server = Server::start_at(&db, durability)?;
+    let server = Server::start_at(&dir.path().join("record.db"), durability)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
         .build()?;
-    let url = format!("{}/v1/failures", server.base);
-    // Warm-up: the connections opened, the healer's first states.
     let warm = futures_util::future::join_all(
         (0..concurrency).map(|_| client.get(format!("{}/healthz", server.base)).send()),
     )
@@ -478,27 +479,89 @@ async fn http_run(
     for r in warm {
         r?.bytes().await?;
     }
+    Ok((dir, server, client))
+}
+
+/// One `POST /v1/failures`, answered with success.
+fn post_failure(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + use<> {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    async move {
+        let r = r.await?;
+        let status = r.status();
+        let body = r.bytes().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "POST /v1/failures: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(())
+    }
+}
+
+/// The failures recorded over HTTP by `concurrency` keep-alive clients at an offered rate
+/// (open loop): failure `i` is due at `i / rate` seconds, sent by client `i % concurrency`
+/// when due (or as soon as that client's previous request is answered, if later), and its
+/// latency counts from when it was due, so that a server falling behind shows in the
+/// percentiles rather than slowing the load (no coordinated omission). Returns p50, p99 and
+/// the rate achieved.
+async fn http_paced(
+    durability: Durability,
+    concurrency: usize,
+    failures: &[Failure],
+    rate: f64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let (_dir, server, client) = warm_server(durability, concurrency).await?;
+    let url = format!("{}/v1/failures", server.base);
+    let bodies: std::sync::Arc<Vec<Vec<u8>>> =
+        std::sync::Arc::new(failures.iter().map(request_body).collect());
+    let n = failures.len();
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::new();
+    for k in 0..concurrency {
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ms = Vec::new();
+            for i in (k..n).step_by(concurrency) {
+                let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                post_failure(&client, &url, bodies[i].clone()).await?;
+                ms.push(due.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(ms)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let took = t0.elapsed().as_secs_f64();
+    let (p50, p99) = summary(all);
+    Ok((p50, p99, n as f64 / took))
+}
+
+/// The failures recorded over HTTP by `concurrency` keep-alive clients, on a fresh database
+/// and server.
+async fn http_run(
+    durability: Durability,
+    concurrency: usize,
+    failures: &[Failure],
+) -> anyhow::Result<Run> {
+    let (_dir, server, client) = warm_server(durability, concurrency).await?;
+    let url = format!("{}/v1/failures", server.base);
     let bodies: std::sync::Arc<Vec<Vec<u8>>> =
         std::sync::Arc::new(failures.iter().map(request_body).collect());
     let (ms, took) = {
         let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
         drive(concurrency, failures.len(), move |i| {
-            let r = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(bodies[i].clone())
-                .send();
-            async move {
-                let r = r.await?;
-                let status = r.status();
-                let body = r.bytes().await?;
-                anyhow::ensure!(
-                    status.is_success(),
-                    "POST /v1/failures: {status}: {}",
-                    String::from_utf8_lossy(&body)
-                );
-                Ok(())
-            }
+            post_failure(&client, &url, bodies[i].clone())
         })
         .await?
     };
@@ -614,15 +677,35 @@ async fn throughput_section(n: usize) -> anyhow::Result<()> {
                 http.floor_per_s
             );
             if c == 256 {
-                goals.push((d, ratio, http.p99_ms));
+                goals.push((d, ratio, http.p99_ms, http.per_s));
             }
         }
+    }
+    // Latency at 256 connections under a load the server sustains: closed-loop clients keep
+    // 256 requests queued, so their p99 is a queue's (Little's law: about 256 / throughput).
+    // Offered at half the closed-loop throughput just measured, the p99 is the service's.
+    println!(
+        "open loop, 256 connections, offered at half the closed-loop HTTP rate, latency from when each request was due:"
+    );
+    let mut paced = Vec::new();
+    for &(d, _, _, per_s) in &goals {
+        let rate = per_s / 2.0;
+        let (p50, p99, achieved) = http_paced(d, 256, &failures, rate).await?;
+        println!(
+            "  {:<7} offered {rate:>6.0}/s, achieved {achieved:>6.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms",
+            if d == Durability::Full {
+                "full"
+            } else {
+                "normal"
+            },
+        );
+        paced.push(p99);
     }
     println!(
         "bench process VmHWM (clients and in-process heals): {:.1} MiB",
         vm_hwm_kib().unwrap_or(0) as f64 / 1024.0
     );
-    for (d, ratio, p99) in goals {
+    for ((d, ratio, closed_p99, _), p99) in goals.into_iter().zip(paced) {
         let name = if d == Durability::Full {
             "full"
         } else {
@@ -635,7 +718,7 @@ async fn throughput_section(n: usize) -> anyhow::Result<()> {
         );
         if d == Durability::Full {
             print!(
-                "; p99 <= 10 ms: {p99:.2} ms  {}",
+                "; p99 <= 10 ms (open loop at half the rate): {p99:.2} ms  {} (closed loop, a queue of 256: {closed_p99:.1} ms)",
                 if p99 <= 10.0 { "MET" } else { "NOT MET" }
             );
         }
