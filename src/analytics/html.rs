@@ -25,7 +25,8 @@ const W: f64 = 640.0;
 const H: f64 = 220.0;
 const PAD: f64 = 36.0;
 
-fn bars(values: &[(String, f64)], max: f64, unit: &str, target: Option<f64>) -> String {
+/// A bar chart of `values` against `max`, with an optional target line.
+pub fn bars(values: &[(String, f64)], max: f64, unit: &str, target: Option<f64>) -> String {
     let mut s = format!(r#"<svg viewBox="0 0 {W} {H}" role="img">"#);
     let n = values.len().max(1) as f64;
     let max = if max > 0.0 { max } else { 1.0 };
@@ -191,38 +192,108 @@ fn circuit_timeline(d: &Dashboard) -> String {
     s
 }
 
-/// Renders the dashboard page.
-pub fn render(d: &Dashboard) -> String {
-    let o = &d.overall;
-    let mut page = String::new();
-    let _ = write!(
-        page,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>healstore dashboard</title>
+/// The start of a page: its head with the one stylesheet every page shares, its title as a
+/// heading and `intro_html` (already escaped) as its first paragraph. End it with
+/// [`PAGE_END`].
+pub fn page_start(title: &str, intro_html: &str) -> String {
+    format!(
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}}h1{{font-size:22px}}h2{{font-size:16px;margin-top:28px}}
 .cards{{display:flex;flex-wrap:wrap;gap:12px}}.card{{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:150px}}
 .card .v{{font-size:22px;font-weight:600}}.met{{color:#2a8a3a}}.miss{{color:#c03030}}table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #eee;padding:4px 10px;text-align:left;font-size:13px}}.grid{{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:18px}}
+td,th{{border-bottom:1px solid #eee;padding:4px 10px;text-align:left;font-size:13px;vertical-align:top}}.grid{{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:18px}}
 svg{{width:100%;height:auto;background:#fafafa;border:1px solid #eee}}.empty{{color:#777}}</style></head><body>
-<h1>healstore dashboard</h1><p>Window {} to {} ({} ms); generated {}.</p>"#,
-        escape(&d.window.since),
-        escape(&d.window.until),
-        d.time_range_ms,
-        escape(&d.timestamp)
+<h1>{title}</h1><p>{intro_html}</p>"#,
+        title = escape(title)
+    )
+}
+
+/// The end of a page begun with [`page_start`].
+pub const PAGE_END: &str = "</body></html>\n";
+
+/// A figure as a card: its name and value, green when it meets its target, red when not.
+pub fn card(name: &str, value: String, met: Option<bool>) -> String {
+    let class = match met {
+        Some(true) => "v met",
+        Some(false) => "v miss",
+        None => "v",
+    };
+    format!(
+        "<div class=\"card\"><div>{}</div><div class=\"{class}\">{}</div></div>",
+        escape(name),
+        escape(&value)
+    )
+}
+
+/// Two series side by side per label (`a` in blue, `b` in orange), each bar titled with its
+/// value, and a legend naming the series.
+pub fn paired_bars(rows: &[(String, f64, f64)], unit: &str, names: (&str, &str)) -> String {
+    if rows.is_empty() {
+        return "<p class=\"empty\">Nothing to show.</p>".into();
+    }
+    let max = rows
+        .iter()
+        .map(|r| r.1.max(r.2))
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let mut s = format!(r#"<svg viewBox="0 0 {W} {H}" role="img">"#);
+    let bw = (W - 2.0 * PAD) / rows.len() as f64;
+    let _ = write!(
+        s,
+        r##"<line x1="{PAD}" y1="{y}" x2="{x2}" y2="{y}" stroke="#999"/>"##,
+        y = H - PAD,
+        x2 = W - PAD
+    );
+    for (i, (label, a, b)) in rows.iter().enumerate() {
+        let x = PAD + i as f64 * bw;
+        for (j, (v, color, name)) in [(a, "#4a7bd0", names.0), (b, "#e08a30", names.1)]
+            .into_iter()
+            .enumerate()
+        {
+            let h = (v / max).clamp(0.0, 1.0) * (H - 2.0 * PAD);
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{color}"><title>{t} ({n}): {v:.2}{unit}</title></rect>"#,
+                x = x + j as f64 * bw * 0.4,
+                y = H - PAD - h,
+                w = (bw * 0.38).max(1.0),
+                t = escape(label),
+                n = escape(name)
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{cx:.1}" y="{ty:.1}" font-size="10" text-anchor="middle">{t}</text>"#,
+            cx = x + bw * 0.4,
+            ty = H - PAD + 12.0,
+            t = escape(label)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="4" y="{PAD}" font-size="10">{max:.1}{unit}</text><text x="{x2}" y="14" font-size="10" text-anchor="end"><tspan fill="#4a7bd0">■ {a}</tspan> <tspan fill="#e08a30">■ {b}</tspan></text></svg>"##,
+        x2 = W - PAD,
+        a = escape(names.0),
+        b = escape(names.1)
+    );
+    s
+}
+
+/// Renders the dashboard page.
+pub fn render(d: &Dashboard) -> String {
+    let o = &d.overall;
+    let mut page = page_start(
+        "healstore dashboard",
+        &format!(
+            "Window {} to {} ({} ms); generated {}.",
+            escape(&d.window.since),
+            escape(&d.window.until),
+            d.time_range_ms,
+            escape(&d.timestamp)
+        ),
     );
 
     page.push_str("<div class=\"cards\">");
-    let card = |name: &str, value: String, met: Option<bool>| {
-        let class = match met {
-            Some(true) => "v met",
-            Some(false) => "v miss",
-            None => "v",
-        };
-        format!(
-            "<div class=\"card\"><div>{}</div><div class=\"{class}\">{}</div></div>",
-            escape(name),
-            escape(&value)
-        )
-    };
     let met = |metric: &str| {
         d.targets
             .iter()
@@ -361,6 +432,7 @@ svg{{width:100%;height:auto;background:#fafafa;border:1px solid #eee}}.empty{{co
             escape(&r.message)
         );
     }
-    page.push_str("</ol></body></html>\n");
+    page.push_str("</ol>");
+    page.push_str(PAGE_END);
     page
 }

@@ -17,11 +17,19 @@
 //!   (`resource_usage_reported`), as signals at their time;
 //! - **operator commands** on circuits (the transitions recorded with a `command`) and
 //!   **permits** (the trials recorded as started), as the same signals;
-//! - **the passage of time**: decisions are taken at their recorded instants, and strategies
-//!   are time-aware (an open circuit is half-open from its deadline on, dated at the
-//!   deadline); a tick at the window's end lets deadlines passed by then take effect. Ticks
-//!   recorded in between are not replayed as such: a circuit's half-open period counts from
-//!   its deadline either way.
+//! - **the passage of time**: decisions are taken at their recorded instants, and between
+//!   inputs every timed transition of the candidate's states happens at its instant
+//!   ([`Strategy::wakes_at`](crate::heal::Strategy::wakes_at)): an open circuit turns
+//!   half-open at its deadline, a half-open period without a verdict re-opens when its
+//!   `half_open_max_wait_ms` is up, a restart backoff resets after its healthy period, each
+//!   as a tick of that state at that instant (a healer that ticks at every deadline). Modelled
+//!   outcomes come at their modelled instants, in time order with those transitions.
+//! - **recoveries** (MTTR is detection to recovery, as in the analytics): each failure's
+//!   recorded recovery is read with its detection (from the `failures` read model). Treated
+//!   as history did, a failure recovers as recorded; treated otherwise, a modelled success
+//!   may recover at once by a healthy status ([`model`]), and else the world's own evidence
+//!   stands (a success signal or a caller's confirmation, as recorded); a status recovery
+//!   answered history's remediation and is not carried over.
 //!
 //! **Start and warm-up.** Each candidate starts from the strategy states at the window's
 //! start, folded from the recorded strategy events before it (its own strategies only: a
@@ -57,9 +65,14 @@ use crate::heal::engine::STRATEGY_STREAM_PREFIX;
 use crate::heal::{Action, Attempt, Failure, Signal};
 use crate::store::{EventFilter, Store};
 
+use crate::events::RecoveryHow;
 pub use model::OutcomeModel;
-use replay::{RecordedPhase, Replay};
-pub use report::{Changed, DecisionView, Figures, Mttr, Origin, Report, Split};
+use replay::{RecordedPhase, RecordedRecovery, Replay};
+pub use report::{
+    Changed, DecisionView, Figures, Mttr, Origin, Report, Setting, Split, Sweep, SweepRow,
+};
+
+pub mod html;
 
 /// A configuration to backtest.
 #[derive(Debug, Clone)]
@@ -96,6 +109,20 @@ pub struct BacktestOptions {
     pub window: Window,
     /// Seeds the outcome model's draws.
     pub seed: u64,
+    /// At most this many changed failures listed per report (all are counted): memory
+    /// follows this, not the window.
+    pub max_changed: usize,
+}
+
+impl BacktestOptions {
+    /// A backtest of `window`, seed 1, the first 1,000 changed failures listed.
+    pub fn new(window: Window) -> BacktestOptions {
+        BacktestOptions {
+            window,
+            seed: 1,
+            max_changed: 1000,
+        }
+    }
 }
 
 /// Backtests every candidate over one read of the window (see the module documentation).
@@ -123,10 +150,17 @@ pub async fn backtest(
             Candidate::Config { config, .. } => (**config).clone(),
         };
         let engine = config.builder().engine()?.with_acting(acts);
-        replays.push(Replay::new(engine, model.clone()));
+        replays.push(Replay::new(
+            engine,
+            model.clone(),
+            options.max_changed,
+            since,
+            until,
+        ));
     }
 
     // Warm-up: the states at the window's start, and the hour's counted actions.
+    let mut recorded = report::Tally::default();
     let mut events = store.read(EventFilter {
         stream_prefix: Some(STRATEGY_STREAM_PREFIX.to_owned()),
         until: Some(since),
@@ -135,11 +169,16 @@ pub async fn backtest(
     });
     while let Some(e) = events.next().await {
         let e = e?;
+        recorded.strategy_event(&e.stream_id, &e.event_type, &e.payload);
         for r in &mut replays {
-            r.warm(&e.stream_id, e.stream_version, &e.payload);
+            r.warm(&e.stream_id, e.stream_version, &e.event_type, &e.payload);
         }
     }
     drop(events);
+    recorded.begin(since);
+    for r in &mut replays {
+        r.begin(since);
+    }
     let mut events = store.read(EventFilter {
         stream_prefix: Some("limits-agent-".to_owned()),
         since: Some(since - Duration::hours(1)),
@@ -165,8 +204,14 @@ pub async fn backtest(
         acts,
         open: None,
         failures: HashMap::new(),
-        recorded: report::Tally::default(),
+        recorded,
         replayed: 0,
+        until,
+        recoveries: Recoveries {
+            store,
+            buf: std::collections::VecDeque::new(),
+            done: false,
+        },
     };
     let mut events = store.read(EventFilter {
         since: Some(since),
@@ -175,11 +220,22 @@ pub async fn backtest(
         ..Default::default()
     });
     while let Some(e) = events.next().await {
-        d.event(&e?)?;
+        d.event(&e?).await?;
     }
     drop(events);
     d.flush();
+    // Failures history never decided: neither does the candidate.
+    let undecided: Vec<Tracked> = d
+        .failures
+        .drain()
+        .map(|(_, t)| t)
+        .filter(|t| !t.phased)
+        .collect();
     for r in &mut d.replays {
+        for t in &undecided {
+            r.undecided(&t.failure, t.recovery);
+        }
+        r.advance(until);
         r.signal(&Signal::Tick, until, None);
         r.finish();
     }
@@ -215,11 +271,93 @@ pub async fn backtest(
             first_mismatch,
             recorded: recorded.clone(),
             backtest: r.tally.finish(until),
+            changed_failures: r.changed_failures,
             changed: r.changed,
             notes,
         });
     }
     Ok(reports)
+}
+
+/// The configuration in effect at `at`: the last one recorded before it, or the defaults.
+pub async fn configuration_at(store: &Store, at: DateTime<Utc>) -> Result<Config> {
+    Ok(configurations(store)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|(t, _)| *t < at)
+        .map(|(_, c)| c)
+        .unwrap_or_default())
+}
+
+/// A sweep: `base` with every combination of `settings` (each a dotted key and its values,
+/// as [`Config::sweep`] takes them), backtested over one read of the window (every engine
+/// fed the same events). The combinations are checked before anything is read: an unknown
+/// key, a bad value or an empty list is refused in one line. Rows come best first by health
+/// score; a sweep lists no changed decisions, it counts them.
+pub async fn sweep(
+    store: &Store,
+    options: &BacktestOptions,
+    base_name: &str,
+    base: &Config,
+    settings: &[(String, Vec<String>)],
+) -> Result<Sweep> {
+    let combos = base.sweep(settings)?;
+    let mut candidates = Vec::with_capacity(combos.len());
+    for (label, config) in combos {
+        config.builder().engine()?;
+        candidates.push(Candidate::Config {
+            name: label,
+            config: Box::new(config),
+        });
+    }
+    let options = BacktestOptions {
+        max_changed: 0,
+        ..options.clone()
+    };
+    let reports = backtest(store, &options, &candidates).await?;
+    // The values of combination `i`: the last key varies fastest.
+    let value_of = |i: usize, j: usize| -> &str {
+        let inner: usize = settings[j + 1..].iter().map(|(_, v)| v.len()).product();
+        let values = &settings[j].1;
+        &values[(i / inner) % values.len()]
+    };
+    let (since, until, seed) = (options.window.since, options.window.until, options.seed);
+    let failures = reports.first().map_or(0, |r| r.failures);
+    let recorded = reports
+        .first()
+        .map(|r| r.recorded.clone())
+        .unwrap_or_default();
+    let mut rows: Vec<SweepRow> = reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| SweepRow {
+            label: r.candidate,
+            settings: settings
+                .iter()
+                .enumerate()
+                .map(|(j, (key, _))| Setting {
+                    key: key.clone(),
+                    value: value_of(i, j).to_owned(),
+                })
+                .collect(),
+            decisions: r.decisions,
+            matching: r.matching,
+            match_share: r.match_share,
+            changed_failures: r.changed_failures,
+            figures: r.backtest,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.figures.health_score.total_cmp(&a.figures.health_score));
+    Ok(Sweep {
+        base: base_name.to_owned(),
+        since,
+        until,
+        seed,
+        failures,
+        recorded,
+        rows,
+    })
 }
 
 /// The configurations recorded, oldest first, each with its time.
@@ -247,10 +385,16 @@ async fn fit(store: &Store, window: &Window, seed: u64) -> Result<(OutcomeModel,
     let mut model = OutcomeModel::new(seed);
     let mut acting: HashMap<String, (String, String, String)> = HashMap::new();
     let (mut acted, mut delegated) = (false, false);
+    // The last success counted: a status recovery comes in the same append, right after.
+    let mut last_success: Option<(String, String, String)> = None;
     let mut events = store.read(EventFilter {
         since: Some(window.since),
         until: Some(window.until),
-        event_types: vec!["healing_attempted".into(), "healing_completed".into()],
+        event_types: vec![
+            "healing_attempted".into(),
+            "healing_completed".into(),
+            "failure_recovered".into(),
+        ],
         position_order: true,
         ..Default::default()
     });
@@ -282,10 +426,22 @@ async fn fit(store: &Store, window: &Window, seed: u64) -> Result<(OutcomeModel,
                     && let Some((_, t, plan)) = acting.remove(&c.failure_id)
                 {
                     model.observe(&t, &plan, c.success, c.duration_ms);
+                    if c.success {
+                        last_success = Some((c.failure_id, t, plan));
+                        continue;
+                    }
+                }
+            }
+            Some(HealEvent::FailureRecovered(r)) if r.how == RecoveryHow::Status => {
+                if let Some((id, t, plan)) = &last_success
+                    && *id == r.failure_id
+                {
+                    model.observe_status_recovery(t, plan);
                 }
             }
             _ => {}
         }
+        last_success = None;
     }
     Ok((model, acted || !delegated))
 }
@@ -297,6 +453,65 @@ struct Tracked {
     phased: bool,
     /// The strategy of its recorded acting decision awaiting an outcome.
     acting: Option<String>,
+    /// Its recorded recovery (from the `failures` read model).
+    recovery: Option<RecordedRecovery>,
+}
+
+/// The recorded recoveries of the failures detected in the window, read from the `failures`
+/// read model by the position of their detection, a page at a time, as the detections come.
+struct Recoveries<'a> {
+    store: &'a Store,
+    /// (position, recovered_at in microseconds, how).
+    buf: std::collections::VecDeque<(i64, Option<i64>, Option<String>)>,
+    done: bool,
+}
+
+impl Recoveries<'_> {
+    const PAGE: i64 = 4096;
+
+    /// The recovery of the failure detected at `position` (none when it is not recorded).
+    async fn of(&mut self, position: i64) -> Result<Option<RecordedRecovery>> {
+        loop {
+            while self.buf.front().is_some_and(|r| r.0 < position) {
+                self.buf.pop_front();
+            }
+            if let Some((p, at, how)) = self.buf.front() {
+                if *p != position {
+                    return Ok(None);
+                }
+                let how = match how.as_deref() {
+                    Some("signal") => RecoveryHow::Signal,
+                    Some("status") => RecoveryHow::Status,
+                    Some("confirmed") => RecoveryHow::Confirmed,
+                    _ => return Ok(None),
+                };
+                return Ok(match at {
+                    Some(us) => Some(RecordedRecovery {
+                        at: crate::time::from_micros(*us)?,
+                        how,
+                    }),
+                    None => None,
+                });
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT position, recovered_at, recovered_how FROM failures \
+                 WHERE position >= ?1 ORDER BY position LIMIT ?2",
+            )
+            .bind(position)
+            .bind(Self::PAGE)
+            .fetch_all(self.store.read_pool())
+            .await
+            .map_err(Error::from)?;
+            self.done = (rows.len() as i64) < Self::PAGE;
+            self.buf.extend(rows);
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+        }
+    }
 }
 
 /// A recorded phase being read (its events are contiguous in the log).
@@ -318,10 +533,12 @@ struct Driver<'a> {
     failures: HashMap<String, Tracked>,
     recorded: report::Tally,
     replayed: u64,
+    until: DateTime<Utc>,
+    recoveries: Recoveries<'a>,
 }
 
 impl Driver<'_> {
-    fn event(&mut self, e: &crate::event::RecordedEvent) -> Result<()> {
+    async fn event(&mut self, e: &crate::event::RecordedEvent) -> Result<()> {
         let decoded = e.decode();
         // Does the event continue the phase being read?
         if let Some(open) = &mut self.open {
@@ -358,12 +575,21 @@ impl Driver<'_> {
                     metadata: d.metadata,
                 };
                 self.replayed += 1;
+                let recovery = self.recoveries.of(e.position).await?;
+                match recovery {
+                    Some(r) if r.at < self.until => self.recorded.recovered(
+                        Origin::Observed,
+                        (r.at - failure.detected_at).num_milliseconds(),
+                    ),
+                    _ => self.recorded.unrecovered(),
+                }
                 self.failures.insert(
                     failure.failure_id.clone(),
                     Tracked {
                         failure,
                         phased: false,
                         acting: None,
+                        recovery,
                     },
                 );
             }
@@ -379,6 +605,7 @@ impl Driver<'_> {
                     phase: RecordedPhase {
                         at: Some(at),
                         attempts: vec![attempt(&a)],
+                        recovery: t.recovery,
                     },
                 });
             }

@@ -9,6 +9,11 @@
 //! outcomes with the same result, or of all when none); the draw is seeded, so a backtest
 //! is deterministic. A pair with no recorded outcome is not guessed: the outcome is
 //! `unknown`.
+//!
+//! Recoveries: of the pair's recorded successes, the share the coordinator reported healthy
+//! right after (a recovery `how` = `status`). A modelled success of a failure that such a
+//! status could recover (an agent's failure naming no task, whose actions do not take the
+//! agent out of rotation) recovers at its remediation with that probability, drawn as well.
 
 use std::collections::HashMap;
 
@@ -19,6 +24,8 @@ pub struct Fitted {
     pub successes: u64,
     pub success_ms: i64,
     pub failure_ms: i64,
+    /// Successes followed by a recovery shown by the coordinator's status.
+    pub status_recoveries: u64,
 }
 
 /// The fitted outcomes and the seeded draw.
@@ -58,6 +65,29 @@ impl OutcomeModel {
         } else {
             f.failure_ms += duration_ms.max(0);
         }
+    }
+
+    /// Counts a recorded success of the pair that a healthy status recovered at once.
+    pub fn observe_status_recovery(&mut self, failure_type: &str, plan: &str) {
+        if let Some(f) = self
+            .fitted
+            .get_mut(&(failure_type.to_owned(), plan.to_owned()))
+        {
+            f.status_recoveries += 1;
+        }
+    }
+
+    /// Whether a modelled success of the pair recovers at once (a healthy status), drawn
+    /// with the share of its recorded successes that did.
+    pub fn draw_status_recovery(&mut self, failure_type: &str, plan: &str) -> bool {
+        let Some(f) = self.fitted(failure_type, plan) else {
+            return false;
+        };
+        if f.successes == 0 || f.status_recoveries == 0 {
+            return false;
+        }
+        let p = f.status_recoveries as f64 / f.successes as f64;
+        self.next_unit() < p
     }
 
     /// What history says about a pair, if anything.

@@ -2,24 +2,34 @@
 //! recorded inputs in order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 use super::model::{OutcomeModel, plan};
 use super::report::{Changed, DecisionView, Origin, Tally};
-use crate::events::DisabledAgent;
+use crate::events::{DisabledAgent, RecoveryHow};
 use crate::heal::engine::decide::Next;
 use crate::heal::engine::{Engine, limits, strategy_stream};
 use crate::heal::strategy::{AnyState, ErasedStrategy, Signal};
 use crate::heal::{Action, Attempt, Failure};
 
-/// A recorded phase of a failure: its attempts, and the acting one's plan.
+/// A failure's recorded recovery: when, and how it is known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RecordedRecovery {
+    pub at: DateTime<Utc>,
+    pub how: RecoveryHow,
+}
+
+/// A recorded phase of a failure: its attempts, and the failure's recorded recovery (given
+/// with its first phase).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RecordedPhase {
     pub at: Option<DateTime<Utc>>,
     pub attempts: Vec<Attempt>,
+    pub recovery: Option<RecordedRecovery>,
 }
 
 impl RecordedPhase {
@@ -41,6 +51,25 @@ struct Awaiting {
     /// When it was decided: a chain's next phase is decided at the same instant (the healer
     /// decides every phase of a heal at the heal's `now`).
     decided_at: DateTime<Utc>,
+    /// The action plan, and whether a healthy status right after a success could recover
+    /// the failure (an agent's failure naming no task, the agent kept in rotation).
+    plan: String,
+    status_eligible: bool,
+    recovery: Option<RecordedRecovery>,
+}
+
+/// How the candidate's treatment of a failure ended, for its recovery.
+enum Treated {
+    /// As history's (the recorded outcome): the recorded recovery.
+    Observed,
+    /// A modelled success at this instant.
+    Modelled {
+        at: DateTime<Utc>,
+        plan: String,
+        status_eligible: bool,
+    },
+    /// Anything else: no action, a modelled failure, an unknown outcome.
+    Other,
 }
 
 /// A modelled outcome: when, the failure, success, duration.
@@ -69,10 +98,29 @@ pub(crate) struct Replay {
     pub first_mismatch: Option<Changed>,
     /// Failures whose change is already listed: index in `changed`.
     listed: HashMap<String, usize>,
+    /// At most this many failures listed in `changed`.
+    max_changed: usize,
+    /// Failures whose decision changed, all of them (by a hash of their id: 8 bytes each).
+    pub changed_failures: u64,
+    changed_seen: HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Timed transitions: (instant, stream), each state armed once at its next instant.
+    timers: BinaryHeap<Reverse<(DateTime<Utc>, String)>>,
+    armed: HashMap<String, DateTime<Utc>>,
+    /// The replay's time: the latest instant it moved to.
+    clock: DateTime<Utc>,
+    /// The window's end: recoveries from then on are not counted.
+    until: DateTime<Utc>,
 }
 
 impl Replay {
-    pub fn new(engine: Engine, model: OutcomeModel) -> Replay {
+    pub fn new(
+        engine: Engine,
+        model: OutcomeModel,
+        max_changed: usize,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Replay {
         Replay {
             engine,
             states: HashMap::new(),
@@ -87,11 +135,19 @@ impl Replay {
             changed: Vec::new(),
             first_mismatch: None,
             listed: HashMap::new(),
+            max_changed,
+            changed_failures: 0,
+            changed_seen: HashSet::new(),
+            hasher: Default::default(),
+            timers: BinaryHeap::new(),
+            armed: HashMap::new(),
+            clock: since,
+            until,
         }
     }
 
     /// Folds a recorded strategy event into the states (the warm-up before the window).
-    pub fn warm(&mut self, stream: &str, version: u64, payload: &Value) {
+    pub fn warm(&mut self, stream: &str, version: u64, event_type: &str, payload: &Value) {
         let Some(name) = payload.get("strategy").and_then(Value::as_str) else {
             return;
         };
@@ -115,6 +171,66 @@ impl Replay {
         }
         let _ = strategy.apply_json(&mut entry.3, payload);
         entry.2 = version;
+        self.tally.strategy_event(stream, event_type, payload);
+    }
+
+    /// The window starts: the warm-up's figures are dropped (circuits open at the start
+    /// isolate from it) and every state's next timed transition is armed.
+    pub fn begin(&mut self, since: DateTime<Utc>) {
+        self.tally.begin(since);
+        self.clock = since;
+        let streams: Vec<String> = self.states.keys().cloned().collect();
+        for s in streams {
+            self.arm(&s);
+        }
+    }
+
+    /// Arms `stream`'s next timed transition, if it has one not armed yet.
+    fn arm(&mut self, stream: &str) {
+        let Some((name, _, _, state)) = self.states.get(stream) else {
+            return;
+        };
+        let Some(at) = self.engine.strategy(name).and_then(|s| s.wakes_at(state)) else {
+            return;
+        };
+        if self.armed.get(stream) == Some(&at) {
+            return;
+        }
+        self.armed.insert(stream.to_owned(), at);
+        self.timers.push(Reverse((at, stream.to_owned())));
+    }
+
+    /// A timed transition due at `at`: the state's strategy is ticked at that instant (or at
+    /// the replay's time, if the instant was already behind it at the window's start).
+    fn fire(&mut self, at: DateTime<Utc>, stream: String) {
+        if self.armed.get(&stream) == Some(&at) {
+            self.armed.remove(&stream);
+        } else {
+            return; // re-armed elsewhere since
+        }
+        let Some((name, key, _, state)) = self.states.get(&stream) else {
+            return;
+        };
+        let Some(strategy) = self.engine.strategy(name).cloned() else {
+            return;
+        };
+        if strategy.wakes_at(state) != Some(at) {
+            self.arm(&stream);
+            return;
+        }
+        let now = at.max(self.clock);
+        self.clock = now;
+        let key = key.clone();
+        let reacted = {
+            let state = &self.states[&stream].3;
+            self.engine
+                .react(strategy.as_ref(), state, &key, &Signal::Tick, now)
+        };
+        if let Some(r) = reacted
+            && r.record
+        {
+            self.record(strategy.as_ref(), &stream, &r.reaction.events);
+        }
     }
 
     /// Counts an acting decision recorded before the window against its agent's hourly limit.
@@ -148,22 +264,38 @@ impl Replay {
             e.2 += 1;
             self.tally.strategy_event(stream, t, v);
         }
+        if !events.is_empty() {
+            self.arm(stream);
+        }
     }
 
-    /// Modelled outcomes due by `now`.
+    /// Time passes up to `now`: modelled outcomes and timed transitions due by then, in time
+    /// order (an outcome before a transition at the same instant).
     pub fn advance(&mut self, now: DateTime<Utc>) {
-        while let Some(Reverse((at, _, _, _))) = self.due.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((at, id, success, _))) = self.due.pop() else {
-                break;
-            };
-            // (An outcome that turned out to be history's is not drawn.)
-            if self.awaiting.get(&id).is_some_and(|a| !a.observed) {
-                self.outcome(&id, success, at, Origin::Modelled);
+        loop {
+            let outcome = self.due.peek().map(|Reverse((at, ..))| *at);
+            let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            match (outcome, timer) {
+                (Some(o), t) if o <= now && t.is_none_or(|t| o <= t) => {
+                    let Some(Reverse((at, id, success, _))) = self.due.pop() else {
+                        break;
+                    };
+                    self.clock = self.clock.max(at);
+                    // (An outcome that turned out to be history's is not drawn.)
+                    if self.awaiting.get(&id).is_some_and(|a| !a.observed) {
+                        self.outcome(&id, success, at, Origin::Modelled);
+                    }
+                }
+                (_, Some(t)) if t <= now => {
+                    let Some(Reverse((at, stream))) = self.timers.pop() else {
+                        break;
+                    };
+                    self.fire(at, stream);
+                }
+                _ => break,
             }
         }
+        self.clock = self.clock.max(now);
     }
 
     /// A recorded phase of `failure` at `now`: the candidate decides (unless this failure's
@@ -183,7 +315,7 @@ impl Replay {
                 .iter()
                 .map(|m| m.name().to_owned())
                 .collect();
-            self.phase(failure, &members, recorded, now);
+            self.phase(failure, &members, recorded, now, recorded.recovery);
         }
         // A later phase the candidate decided before history's was read: when both act
         // alike, the outcome is history's.
@@ -252,11 +384,18 @@ impl Replay {
         if labels(&r) == labels(&c) {
             return;
         }
+        if self
+            .changed_seen
+            .insert(self.hasher.hash_one(&failure.failure_id))
+        {
+            self.changed_failures += 1;
+        }
         match self.listed.get(&failure.failure_id) {
             Some(&i) => {
                 self.changed[i].recorded.extend(r);
                 self.changed[i].candidate.extend(c);
             }
+            None if self.changed.len() >= self.max_changed => {}
             None => {
                 self.listed
                     .insert(failure.failure_id.clone(), self.changed.len());
@@ -279,6 +418,7 @@ impl Replay {
         members: &[String],
         recorded: &RecordedPhase,
         now: DateTime<Utc>,
+        recovery: Option<RecordedRecovery>,
     ) {
         let strategies: Vec<_> = members
             .iter()
@@ -339,6 +479,8 @@ impl Replay {
             .2
             .push_back(attempts);
         let Some((i, attempt)) = acted else {
+            // Nothing more comes of it in the candidate's hands.
+            self.settle(failure, recovery, Treated::Other);
             return;
         };
         let rest: Vec<String> = strategies[i + 1..]
@@ -348,6 +490,14 @@ impl Replay {
         let same = recorded
             .acting()
             .is_some_and(|r| r.strategy == attempt.strategy && r.actions == attempt.actions);
+        let acting_plan = plan(&attempt.actions);
+        let status_eligible = failure.task_id.is_none()
+            && failure.agent_id.as_ref().is_some_and(|agent| {
+                !attempt
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::UnregisterAgent { agent_id } if agent_id == agent))
+            });
         self.awaiting.insert(
             failure.failure_id.clone(),
             Awaiting {
@@ -356,13 +506,13 @@ impl Replay {
                 rest,
                 observed: same,
                 decided_at: now,
+                plan: acting_plan.clone(),
+                status_eligible,
+                recovery,
             },
         );
         if !same {
-            match self
-                .model
-                .draw(&failure.failure_type, &plan(&attempt.actions))
-            {
+            match self.model.draw(&failure.failure_type, &acting_plan) {
                 Some((success, ms)) => {
                     let at = now + Duration::milliseconds(ms);
                     self.due
@@ -372,6 +522,7 @@ impl Replay {
                     self.awaiting.remove(&failure.failure_id);
                     self.tally
                         .outcome(&attempt.strategy, Origin::Unknown, false, 0);
+                    self.settle(failure, recovery, Treated::Other);
                 }
             }
         }
@@ -479,8 +630,67 @@ impl Replay {
             }
         }
         if !success && !a.rest.is_empty() {
-            self.phase(&a.failure, &a.rest, &RecordedPhase::default(), a.decided_at);
+            self.phase(
+                &a.failure,
+                &a.rest,
+                &RecordedPhase::default(),
+                a.decided_at,
+                a.recovery,
+            );
+            return;
         }
+        let treated = match origin {
+            Origin::Observed => Treated::Observed,
+            Origin::Modelled if success => Treated::Modelled {
+                at,
+                plan: a.plan,
+                status_eligible: a.status_eligible,
+            },
+            _ => Treated::Other,
+        };
+        self.settle(&a.failure, a.recovery, treated);
+    }
+
+    /// The candidate's treatment of a failure ended: its recovery is counted. Treated as
+    /// history did, the recorded recovery; otherwise a healthy status drawn after a modelled
+    /// success (see [`OutcomeModel`]), or else the world's own evidence as recorded (a
+    /// success signal or a caller's confirmation; not a status, which answered history's
+    /// remediation).
+    fn settle(&mut self, failure: &Failure, recovery: Option<RecordedRecovery>, treated: Treated) {
+        let world = recovery
+            .filter(|r| r.how != RecoveryHow::Status)
+            .map(|r| (r.at, Origin::Observed));
+        let found = match treated {
+            Treated::Observed => recovery.map(|r| (r.at, Origin::Observed)),
+            Treated::Modelled {
+                at,
+                plan,
+                status_eligible,
+            } => {
+                let drawn = (status_eligible
+                    && self
+                        .model
+                        .draw_status_recovery(&failure.failure_type, &plan))
+                .then_some((at, Origin::Modelled));
+                match (drawn, world) {
+                    (Some(d), Some(w)) => Some(if w.0 < d.0 { w } else { d }),
+                    (d, w) => d.or(w),
+                }
+            }
+            Treated::Other => world,
+        };
+        match found {
+            Some((at, origin)) if at < self.until => self
+                .tally
+                .recovered(origin, (at - failure.detected_at).num_milliseconds()),
+            _ => self.tally.unrecovered(),
+        }
+    }
+
+    /// A failure detected in the window that history never decided (no phase was read): the
+    /// candidate has nothing to decide either, and its recovery is the recorded one.
+    pub fn undecided(&mut self, failure: &Failure, recovery: Option<RecordedRecovery>) {
+        self.settle(failure, recovery, Treated::Observed);
     }
 
     /// A signal at `now`, to every strategy (only `only`, when given).
@@ -524,8 +734,10 @@ impl Replay {
                 self.compare(&failure, at, &[], Some(p));
             }
         }
-        for (_, a) in self.awaiting.drain() {
+        let left: Vec<Awaiting> = self.awaiting.drain().map(|(_, a)| a).collect();
+        for a in left {
             self.tally.outcome(&a.strategy, Origin::Unknown, false, 0);
+            self.settle(&a.failure, a.recovery, Treated::Other);
         }
     }
 }

@@ -46,10 +46,10 @@ impl Split {
     }
 }
 
-/// Mean time to remediate (detection to a successful outcome), in ms, split by origin.
+/// A mean time from detection, in ms, split by origin: to recovery (MTTR) or to remediation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Mttr {
-    /// Over every remediation (observed and modelled).
+    /// Over every time counted (observed and modelled).
     pub ms: Option<f64>,
     pub observed_ms: Option<f64>,
     pub observed: u64,
@@ -71,7 +71,18 @@ pub struct Figures {
     pub successes: Split,
     /// Successes over known outcomes (observed and modelled).
     pub success_rate: Option<f64>,
+    /// MTTR as the analytics define it: detection to recovery (evidence that the agent or
+    /// task works again), over the window's failures recovered before its end. Observed: the
+    /// recorded recovery (the same treatment as history's, or the world's own evidence, a
+    /// success signal or a caller's confirmation); modelled: a healthy status drawn after a
+    /// modelled remediation ([`super::model`]).
     pub mttr: Mttr,
+    /// Failures of the window recovered before its end, by origin.
+    pub recovered: Split,
+    /// Failures of the window not recovered before its end.
+    pub unrecovered: u64,
+    /// Detection to remediation (a successful outcome), beside MTTR.
+    pub time_to_remediate: Mttr,
     pub circuits_opened: u64,
     /// Agent-minutes isolated by open circuits within the window (an open circuit isolates
     /// its agent until its deadline, its closing, or the window's end).
@@ -81,8 +92,9 @@ pub struct Figures {
     pub limits_reached: u64,
     /// Actions of those decisions.
     pub withheld_actions: u64,
-    /// The dashboard's score on these figures: success rate (50), MTTR against 500 ms (30),
-    /// the strategies' mean success rate (20). MTTR here is time to remediate.
+    /// The dashboard's score on these figures: success rate (50), MTTR (time to recover)
+    /// against 500 ms (30, none when nothing recovered), the strategies' mean success rate
+    /// (20).
     pub health_score: f64,
 }
 
@@ -134,12 +146,15 @@ pub struct Report {
     pub matching: u64,
     /// `matching / decisions` (1 when there is nothing to compare).
     pub match_share: f64,
+    /// Failures whose decision changed (all of them; `changed` lists the first
+    /// [`super::BacktestOptions::max_changed`]).
+    pub changed_failures: u64,
     /// The first decision that differs (strategy, decision or reason), if any.
     pub first_mismatch: Option<Changed>,
     pub recorded: Figures,
     pub backtest: Figures,
-    /// Every failure whose decision changed (a strategy or a verdict differs), in the order
-    /// they were replayed.
+    /// The first failures whose decision changed (a strategy or a verdict differs), in the
+    /// order they were replayed, at most [`super::BacktestOptions::max_changed`].
     pub changed: Vec<Changed>,
     /// How the replay started and what it could not know, in words.
     pub notes: Vec<String>,
@@ -153,6 +168,8 @@ pub(crate) struct Tally {
     per_strategy: BTreeMap<String, (u64, u64)>,
     mttr_observed: (f64, u64),
     mttr_modelled: (f64, u64),
+    ttr_observed: (f64, u64),
+    ttr_modelled: (f64, u64),
     /// Open circuits: stream -> (since, deadline).
     open: HashMap<String, (DateTime<Utc>, Option<DateTime<Utc>>)>,
     isolated_ms: i64,
@@ -187,12 +204,40 @@ impl Tally {
             s.1 += 1;
             self.f.successes.add(origin);
             let m = match origin {
-                Origin::Observed => &mut self.mttr_observed,
-                _ => &mut self.mttr_modelled,
+                Origin::Observed => &mut self.ttr_observed,
+                _ => &mut self.ttr_modelled,
             };
             m.0 += ttr_ms.max(0) as f64;
             m.1 += 1;
         }
+    }
+
+    /// A failure of the window recovered before its end, `ms` after its detection.
+    pub fn recovered(&mut self, origin: Origin, ms: i64) {
+        self.f.recovered.add(origin);
+        let m = match origin {
+            Origin::Observed => &mut self.mttr_observed,
+            _ => &mut self.mttr_modelled,
+        };
+        m.0 += ms.max(0) as f64;
+        m.1 += 1;
+    }
+
+    /// A failure of the window not recovered before its end.
+    pub fn unrecovered(&mut self) {
+        self.f.unrecovered += 1;
+    }
+
+    /// Ends the warm-up (strategy events before the window, fed to
+    /// [`Tally::strategy_event`]): the circuits open at the window's start isolate from its
+    /// start; nothing before it is counted.
+    pub fn begin(&mut self, since: DateTime<Utc>) {
+        self.f = Figures::default();
+        self.isolated_ms = 0;
+        self.open.retain(|_, (from, deadline)| {
+            *from = (*from).max(since);
+            deadline.is_none_or(|d| d > since)
+        });
     }
 
     /// A strategy event (its stored type and payload) on `stream`, dated `at`.
@@ -200,6 +245,8 @@ impl Tally {
         match event_type {
             "circuit_trial_started" => self.f.half_open_trials += 1,
             "circuit_transitioned" => {
+                // Agent-minutes: only circuits that guard an agent isolate one.
+                let agent = payload.get("agent_id").is_some_and(Value::is_string);
                 let at = time_of(payload.get("at"));
                 let to = payload.get("to").and_then(Value::as_str).unwrap_or("");
                 if let Some((since, deadline)) = self.open.remove(stream)
@@ -210,7 +257,9 @@ impl Tally {
                 }
                 if matches!(to, "open" | "forced_open") {
                     self.f.circuits_opened += 1;
-                    if let Some(at) = at {
+                    if let Some(at) = at
+                        && agent
+                    {
                         let deadline = if to == "open" {
                             time_of(payload.get("open_until"))
                         } else {
@@ -236,16 +285,15 @@ impl Tally {
         let won = f.successes.observed + f.successes.modelled;
         f.success_rate = (known > 0).then(|| won as f64 / known as f64);
         let mean = |(sum, n): (f64, u64)| (n > 0).then(|| sum / n as f64);
-        f.mttr = Mttr {
-            ms: mean((
-                self.mttr_observed.0 + self.mttr_modelled.0,
-                self.mttr_observed.1 + self.mttr_modelled.1,
-            )),
-            observed_ms: mean(self.mttr_observed),
-            observed: self.mttr_observed.1,
-            modelled_ms: mean(self.mttr_modelled),
-            modelled: self.mttr_modelled.1,
+        let split = |o: (f64, u64), m: (f64, u64)| Mttr {
+            ms: mean((o.0 + m.0, o.1 + m.1)),
+            observed_ms: mean(o),
+            observed: o.1,
+            modelled_ms: mean(m),
+            modelled: m.1,
         };
+        f.mttr = split(self.mttr_observed, self.mttr_modelled);
+        f.time_to_remediate = split(self.ttr_observed, self.ttr_modelled);
         let rates: Vec<f64> = self
             .per_strategy
             .values()
@@ -299,6 +347,41 @@ impl Report {
             self.decisions,
             self.match_share * 100.0
         );
+        let rows = self.rows();
+        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
+        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(8);
+        let _ = writeln!(out, "{:<w0$}  {:<w1$}  candidate", "figure", "recorded");
+        for (a, b, c) in rows {
+            let _ = writeln!(out, "{a:<w0$}  {b:<w1$}  {c}");
+        }
+        if self.changed_failures > 0 {
+            let _ = writeln!(
+                out,
+                "\nDecisions changed: {} failures (first {} shown)",
+                self.changed_failures,
+                changed.min(self.changed.len())
+            );
+            for ch in self.changed.iter().take(changed) {
+                let _ = writeln!(
+                    out,
+                    "{} {} {} at {}\n  recorded:  {}\n  candidate: {}",
+                    ch.failure_id,
+                    ch.failure_type,
+                    ch.agent_id.as_deref().unwrap_or("-"),
+                    crate::time::format_time(ch.at),
+                    show_decisions(&ch.recorded),
+                    show_decisions(&ch.candidate)
+                );
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        out
+    }
+
+    /// The figures side by side: (figure, recorded, candidate), as the table shows them.
+    pub fn rows(&self) -> Vec<(String, String, String)> {
         let (r, c) = (&self.recorded, &self.backtest);
         let mut rows: Vec<(String, String, String)> = Vec::new();
         let mut keys: Vec<&String> = r.decisions.keys().chain(c.decisions.keys()).collect();
@@ -343,7 +426,22 @@ impl Report {
                 m.modelled
             )
         };
-        rows.push(("MTTR (remediation)".into(), mttr(&r.mttr), mttr(&c.mttr)));
+        rows.push(("MTTR (to recovery)".into(), mttr(&r.mttr), mttr(&c.mttr)));
+        let rec = |f: &Figures| {
+            format!(
+                "{} ({} observed, {} modelled), {} not",
+                f.recovered.total(),
+                f.recovered.observed,
+                f.recovered.modelled,
+                f.unrecovered
+            )
+        };
+        rows.push(("recovered".into(), rec(r), rec(c)));
+        rows.push((
+            "time to remediate".into(),
+            mttr(&r.time_to_remediate),
+            mttr(&c.time_to_remediate),
+        ));
         let int = |f: &Figures, g: fn(&Figures) -> u64| g(f).to_string();
         rows.push((
             "circuits opened".into(),
@@ -375,43 +473,146 @@ impl Report {
             format!("{:.1}", r.health_score),
             format!("{:.1}", c.health_score),
         ));
-        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
-        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(8);
-        let _ = writeln!(out, "{:<w0$}  {:<w1$}  candidate", "figure", "recorded");
-        for (a, b, c) in rows {
-            let _ = writeln!(out, "{a:<w0$}  {b:<w1$}  {c}");
+        rows
+    }
+}
+
+/// Decisions as one line: `strategy decision: reason | ...`, or `(none)`.
+pub fn show_decisions(v: &[DecisionView]) -> String {
+    if v.is_empty() {
+        return "(none)".to_owned();
+    }
+    v.iter()
+        .map(|d| format!("{} {}: {}", d.strategy, d.decision, d.reason))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// One combination of a sweep: its settings and headline figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepRow {
+    /// Its settings, `key=value` joined by spaces.
+    pub label: String,
+    pub settings: Vec<Setting>,
+    pub decisions: u64,
+    pub matching: u64,
+    pub match_share: f64,
+    pub changed_failures: u64,
+    pub figures: Figures,
+}
+
+/// One setting of a sweep's combination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
+}
+
+/// A sweep: one backtest per combination of settings over one read of the window, best
+/// first by health score (ties in the order the combinations were given).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sweep {
+    /// What the settings were applied to (a configuration file, or `current`).
+    pub base: String,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub since: DateTime<Utc>,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub until: DateTime<Utc>,
+    pub seed: u64,
+    /// Failures replayed.
+    pub failures: u64,
+    /// History's figures over the window.
+    pub recorded: Figures,
+    pub rows: Vec<SweepRow>,
+}
+
+impl Sweep {
+    /// The sweep as a table: history's figures, then one line per combination, best first.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Sweep of {} combinations on {} over {} to {} (seed {}), {} failures; best first by health score",
+            self.rows.len(),
+            self.base,
+            crate::time::format_time(self.since),
+            crate::time::format_time(self.until),
+            self.seed,
+            self.failures
+        );
+        let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{:.1} %", x * 100.0));
+        let ms = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.0}"));
+        let line = |rank: String, label: &str, f: &Figures, changed: String, matched: String| {
+            vec![
+                rank,
+                label.to_owned(),
+                format!("{:.1}", f.health_score),
+                pct(f.success_rate),
+                ms(f.mttr.ms),
+                format!(
+                    "{}/{}",
+                    f.recovered.total(),
+                    f.recovered.total() + f.unrecovered
+                ),
+                f.circuits_opened.to_string(),
+                format!("{:.1}", f.agent_minutes_isolated),
+                f.withheld_actions.to_string(),
+                changed,
+                matched,
+            ]
+        };
+        let mut rows = vec![line(
+            "-".into(),
+            "(recorded)",
+            &self.recorded,
+            "-".into(),
+            "-".into(),
+        )];
+        for (i, r) in self.rows.iter().enumerate() {
+            rows.push(line(
+                (i + 1).to_string(),
+                &r.label,
+                &r.figures,
+                r.changed_failures.to_string(),
+                format!("{:.1} %", r.match_share * 100.0),
+            ));
         }
-        if !self.changed.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nDecisions changed: {} failures (first {} shown; all with --format json)",
-                self.changed.len(),
-                changed.min(self.changed.len())
-            );
-            let show = |v: &[DecisionView]| {
-                if v.is_empty() {
-                    return "(none)".to_owned();
-                }
-                v.iter()
-                    .map(|d| format!("{} {}: {}", d.strategy, d.decision, d.reason))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            };
-            for ch in self.changed.iter().take(changed) {
-                let _ = writeln!(
-                    out,
-                    "{} {} {} at {}\n  recorded:  {}\n  candidate: {}",
-                    ch.failure_id,
-                    ch.failure_type,
-                    ch.agent_id.as_deref().unwrap_or("-"),
-                    crate::time::format_time(ch.at),
-                    show(&ch.recorded),
-                    show(&ch.candidate)
-                );
-            }
-        }
-        for n in &self.notes {
-            let _ = writeln!(out, "note: {n}");
+        let head = [
+            "#",
+            "settings",
+            "health",
+            "success",
+            "MTTR ms",
+            "recovered",
+            "opened",
+            "agent-min",
+            "withheld",
+            "changed",
+            "as recorded",
+        ];
+        let widths: Vec<usize> = (0..head.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([head[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let fmt = |cells: Vec<String>| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        };
+        let _ = writeln!(out, "{}", fmt(head.iter().map(|h| h.to_string()).collect()));
+        for r in rows {
+            let _ = writeln!(out, "{}", fmt(r));
         }
         out
     }

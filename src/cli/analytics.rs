@@ -423,7 +423,7 @@ pub async fn dashboard(
 }
 
 /// How an existing `--html` file is treated.
-fn html_existing(force: bool) -> healstore::output::Existing {
+pub fn html_existing(force: bool) -> healstore::output::Existing {
     if force {
         healstore::output::Existing::Replace
     } else {

@@ -284,6 +284,15 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// The next instant at which time alone changes this state, if any: a tick at or after
+    /// it reacts (an open circuit's deadline, a half-open period's longest wait, a backoff
+    /// reset after sustained health). Backtests tick each state at that instant, so that
+    /// timed transitions happen between inputs when they are due. Pure. Default: none (the
+    /// strategy does not react to ticks).
+    fn wakes_at(&self, _state: &Self::State) -> Option<DateTime<Utc>> {
+        None
+    }
+
     /// The stored event type of an event. Default: the `type` tag of its JSON form.
     fn event_type(&self, event: &Self::Event) -> String {
         serde_json::to_value(event)
@@ -374,6 +383,7 @@ pub(crate) trait ErasedStrategy: Send + Sync {
     fn disables_agent(&self, state: &AnyState, now: DateTime<Utc>) -> bool;
     fn agent_of_key<'k>(&self, key: &'k str) -> Option<&'k str>;
     fn at_rest(&self, state: &AnyState, now: DateTime<Utc>) -> bool;
+    fn wakes_at(&self, state: &AnyState) -> Option<DateTime<Utc>>;
 }
 
 pub(crate) struct Erased<S: Strategy>(pub S);
@@ -487,6 +497,9 @@ impl<S: Strategy> ErasedStrategy for Erased<S> {
     }
     fn at_rest(&self, state: &AnyState, now: DateTime<Utc>) -> bool {
         self.0.at_rest(&self.typed(state), now)
+    }
+    fn wakes_at(&self, state: &AnyState) -> Option<DateTime<Utc>> {
+        self.0.wakes_at(&self.typed(state))
     }
 }
 

@@ -61,8 +61,8 @@ async fn healer(store: Store, config: &Config) -> Healer {
 async fn replay(path: &Path, since: DateTime<Utc>, until: DateTime<Utc>, c: Candidate) -> Report {
     let store = Store::open(path, StoreOptions::default()).await.unwrap();
     let options = BacktestOptions {
-        window: Window::new(since, until).unwrap(),
         seed: 7,
+        ..BacktestOptions::new(Window::new(since, until).unwrap())
     };
     let mut r = backtest(&store, &options, &[c]).await.unwrap();
     store.close().await.unwrap();
@@ -81,6 +81,17 @@ fn assert_faithful(r: &Report) {
     assert!(r.changed.is_empty());
     assert_eq!(r.recorded.decisions, r.backtest.decisions);
     assert_eq!(r.recorded.actions, r.backtest.actions);
+    // Recoveries, openings and isolation too: time passes in the replay as it did.
+    assert_eq!(r.recorded.mttr, r.backtest.mttr);
+    assert_eq!(r.recorded.recovered, r.backtest.recovered);
+    assert_eq!(r.recorded.unrecovered, r.backtest.unrecovered);
+    assert_eq!(r.recorded.circuits_opened, r.backtest.circuits_opened);
+    assert!(
+        (r.recorded.agent_minutes_isolated - r.backtest.agent_minutes_isolated).abs() < 1e-9,
+        "isolated: recorded {}, replayed {}",
+        r.recorded.agent_minutes_isolated,
+        r.backtest.agent_minutes_isolated
+    );
 }
 
 fn config(extra: &str) -> Config {
@@ -406,4 +417,303 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+fn candidate(name: &str, c: Config) -> Candidate {
+    Candidate::Config {
+        name: name.into(),
+        config: Box::new(c),
+    }
+}
+
+#[test]
+fn deadlines_take_effect_at_their_instants_between_inputs() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        // History: threshold 5, never reached; nothing ticks.
+        let clock = Arc::new(ManualClock::new(t0()));
+        let store = store_at(&path, clock.clone()).await;
+        let h = healer(store, &config("[circuit_breaker]\nfailure_threshold = 5\n")).await;
+        for (i, s) in [0, 1, 2, 50].into_iter().enumerate() {
+            clock.set(at(s));
+            h.heal(down("a", &format!("f{i}"), at(s))).await.unwrap();
+        }
+        h.close().await.unwrap();
+        // The candidate opens at f2 (2 s) for 10 s; half-open at 12 s; no verdict within
+        // 5 s: re-opened at 17 s for 20 s; half-open at 37 s; re-opened at 42 s for 40 s
+        // (until 82 s, past the window's end at 60 s). No input falls between.
+        let c = config(
+            "[circuit_breaker]\nfailure_threshold = 3\nopen_ms = 10000\n\
+             half_open_max_wait_ms = 5000\n",
+        );
+        let r = replay(&path, t0(), at(60), candidate("timed", c)).await;
+        assert_eq!(r.backtest.circuits_opened, 3);
+        let isolated_s = r.backtest.agent_minutes_isolated * 60.0;
+        assert!(
+            (isolated_s - 48.0).abs() < 1e-9,
+            "isolated {isolated_s} s, expected 10 + 20 + 18"
+        );
+        assert_eq!(r.recorded.circuits_opened, 0);
+        assert_eq!(r.recorded.agent_minutes_isolated, 0.0);
+        // f3 at 50 s meets the third opening, with its deadline.
+        let f3 = r.changed.iter().find(|c| c.failure_id == "f3").unwrap();
+        assert_eq!(f3.candidate[0].decision, "held");
+        assert!(
+            f3.candidate[0]
+                .reason
+                .contains(&healstore::time::format_time(at(82))),
+            "{:?}",
+            f3.candidate[0]
+        );
+    });
+}
+
+#[test]
+fn mttr_is_detection_to_recovery_as_the_analytics_measure_it() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let store = store_at(&path, clock.clone()).await;
+        let h = healer(store, &config("[circuit_breaker]\nfailure_threshold = 5\n")).await;
+        for (id, agent, s) in [
+            ("f0", "a", 0),
+            ("f1", "a", 1),
+            ("f2", "b", 2),
+            ("f3", "c", 3),
+        ] {
+            clock.set(at(s));
+            h.heal(down(agent, id, at(s))).await.unwrap();
+        }
+        clock.set(at(10));
+        h.record_success("a", None, at(10)).await.unwrap(); // f0 10 s, f1 9 s
+        clock.set(at(20));
+        h.record_recovered("f2", at(20)).await.unwrap(); // 18 s; f3 never recovers
+        clock.set(at(30));
+        h.close().await.unwrap();
+        let window = Window::new(t0(), at(60)).unwrap();
+        let store = Store::open(&path, StoreOptions::default()).await.unwrap();
+        let stats = healstore::Analytics::new(&store)
+            .stats(&window)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        let expected = (10_000.0 + 9_000.0 + 18_000.0) / 3.0;
+        assert!((stats.mttr_recover_ms - expected).abs() < 1e-6);
+        let r = replay(&path, t0(), at(60), Candidate::Current).await;
+        assert_faithful(&r);
+        assert_eq!(r.recorded.mttr.ms, Some(expected));
+        assert_eq!(r.recorded.mttr.observed, 3);
+        assert_eq!(r.recorded.recovered.total(), 3);
+        assert_eq!(r.recorded.unrecovered, 1);
+        // A candidate that opens a's circuit at f1: the world's evidence (the success
+        // signal, the confirmation) is replayed as recorded.
+        let c = config("[circuit_breaker]\nfailure_threshold = 2\n");
+        let r = replay(&path, t0(), at(60), candidate("threshold 2", c)).await;
+        assert_eq!(r.backtest.decisions.get("act"), Some(&1));
+        assert_eq!(r.backtest.mttr.ms, Some(expected));
+        assert_eq!(r.backtest.unrecovered, 1);
+        // Recoveries after the window's end do not count.
+        let r = replay(&path, t0(), at(15), Candidate::Current).await;
+        assert_eq!(r.recorded.recovered.total(), 2);
+        assert_eq!(r.recorded.unrecovered, 2);
+        assert_eq!(r.backtest.recovered, r.recorded.recovered);
+    });
+}
+
+#[test]
+fn a_sweep_is_the_single_backtests_of_its_combinations_over_one_read() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        eight_failures(&path, 5).await;
+        let base = config("");
+        let settings = vec![
+            (
+                "circuit_breaker.failure_threshold".to_owned(),
+                vec!["3".to_owned(), "5".to_owned(), "8".to_owned()],
+            ),
+            (
+                "circuit_breaker.open_ms".to_owned(),
+                vec!["30000".to_owned(), "60000".to_owned()],
+            ),
+        ];
+        let store = Store::open(&path, StoreOptions::default()).await.unwrap();
+        let options = BacktestOptions {
+            seed: 7,
+            ..BacktestOptions::new(Window::new(t0(), at(90)).unwrap())
+        };
+        let s = healstore::backtest::sweep(&store, &options, "base", &base, &settings)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        assert_eq!(s.rows.len(), 6);
+        assert!(
+            s.rows
+                .windows(2)
+                .all(|w| w[0].figures.health_score >= w[1].figures.health_score)
+        );
+        for row in &s.rows {
+            let mut c = base.clone();
+            for set in &row.settings {
+                c = c.with_setting(&set.key, &set.value).unwrap();
+            }
+            let single = replay(&path, t0(), at(90), candidate(&row.label, c)).await;
+            assert_eq!(row.figures, single.backtest, "{}", row.label);
+            assert_eq!(row.matching, single.matching, "{}", row.label);
+            assert_eq!(
+                row.changed_failures, single.changed_failures,
+                "{}",
+                row.label
+            );
+            assert_eq!(s.recorded, single.recorded);
+        }
+        let labels: Vec<&str> = s.rows.iter().map(|r| r.label.as_str()).collect();
+        assert!(
+            labels.contains(&"circuit_breaker.failure_threshold=8 circuit_breaker.open_ms=30000")
+        );
+    });
+}
+
+#[test]
+fn sweeps_on_the_command_line_and_their_refusals() {
+    let (_dir, path) = temp_db();
+    let end = "2026-11-01T12:05:00Z";
+    expect_success(&run(
+        &path,
+        &["--now", end, "demo", "--ticks", "60", "--seed", "3"],
+    ));
+    let before = db_files(&path);
+    let sweep_args = |extra: &[&str]| {
+        let mut v = vec!["--now", end, "backtest", "--current", "--window", "1h"];
+        v.extend_from_slice(extra);
+        v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let args = sweep_args(&[
+        "--set",
+        "circuit_breaker.failure_threshold=2,5",
+        "--set",
+        "circuit_breaker.open_ms=30000,60000",
+    ]);
+    let mut json_args = vec!["--format".to_owned(), "json".to_owned()];
+    json_args.extend(args.iter().cloned());
+    let out = expect_success(&run(
+        &path,
+        &json_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    let scores: Vec<f64> = rows
+        .iter()
+        .map(|r| r["figures"]["health_score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    // The combination that is the configuration in effect decides as recorded.
+    let same = rows
+        .iter()
+        .find(|r| r["label"] == "circuit_breaker.failure_threshold=5 circuit_breaker.open_ms=60000")
+        .unwrap();
+    assert_eq!(same["matching"], same["decisions"], "{same}");
+    let table = expect_success(&run(
+        &path,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(
+        table.contains("circuit_breaker.failure_threshold=2"),
+        "{table}"
+    );
+    assert!(table.contains("(recorded)"), "{table}");
+    assert_same_files(&before, &db_files(&path), "backtest --set");
+    for (set, needle) in [
+        ("circuit_breaker.no_such_thing=1,2", "no_such_thing"),
+        ("circuit_breaker.failure_threshold=3,0", "failure_threshold"),
+        ("circuit_breaker.failure_threshold=", "no value"),
+        ("circuit_breaker.failure_threshold=3,,5", "empty value"),
+        ("circuit_breaker.failure_threshold", "KEY=V1,V2"),
+    ] {
+        let out = run(
+            &path,
+            &sweep_args(&["--set", set])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let err = expect_error(&out, needle);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_same_files(&before, &db_files(&path), set);
+    }
+}
+
+#[test]
+fn the_html_report_holds_the_figures_and_fetches_nothing() {
+    let (_dir, path) = temp_db();
+    let end = "2026-11-01T12:05:00Z";
+    expect_success(&run(
+        &path,
+        &["--now", end, "demo", "--ticks", "60", "--seed", "3"],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let cand = dir.path().join("candidate.toml");
+    std::fs::write(&cand, "[circuit_breaker]\nfailure_threshold = 2\n").unwrap();
+    let page_path = dir.path().join("backtest.html");
+    let before = db_files(&path);
+    let base = [
+        "--now",
+        end,
+        "--config",
+        cand.to_str().unwrap(),
+        "backtest",
+        "--window",
+        "1h",
+        "--changed",
+        "1000",
+    ];
+    let mut html_args = base.to_vec();
+    html_args.extend(["--html", page_path.to_str().unwrap()]);
+    let out = expect_success(&run(&path, &html_args));
+    assert!(out.contains("wrote"), "{out}");
+    assert_same_files(&before, &db_files(&path), "backtest --html");
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    let mut json_args = vec!["--format", "json"];
+    json_args.extend(base);
+    let v: serde_json::Value =
+        serde_json::from_str(&expect_success(&run(&path, &json_args))).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.contains("healstore backtest"));
+    for side in ["recorded", "backtest"] {
+        let f = &v[side];
+        let score = format!("{:.1}", f["health_score"].as_f64().unwrap());
+        assert!(page.contains(&score), "{side} health {score}");
+        for (verdict, n) in f["decisions"].as_object().unwrap() {
+            assert!(page.contains(&format!("{verdict} (")), "{verdict}");
+            assert!(
+                page.contains(&format!(": {}", n.as_u64().unwrap())),
+                "{verdict} {n}"
+            );
+        }
+        let isolated = format!("{:.1}", f["agent_minutes_isolated"].as_f64().unwrap());
+        assert!(page.contains(&isolated), "{side} isolated {isolated}");
+    }
+    let changed = v["changed"].as_array().unwrap();
+    assert!(!changed.is_empty());
+    for c in changed {
+        assert!(page.contains(c["failure_id"].as_str().unwrap()));
+    }
+    for chart in [
+        "Decisions by verdict",
+        "Actions by kind",
+        "Outcomes and recoveries",
+        "Mean times from detection",
+        "Isolation and limits",
+    ] {
+        assert!(page.contains(chart), "{chart}");
+    }
+    // Self-contained: no script, nothing fetched.
+    for needle in ["http://", "https://", "<script", "src=", "@import", "url("] {
+        assert!(!page.contains(needle), "the page holds {needle}");
+    }
+    // An existing page is not replaced without --force.
+    let out = run(&path, &html_args);
+    expect_error(&out, "exists");
+    html_args.push("--force");
+    expect_success(&run(&path, &html_args));
 }

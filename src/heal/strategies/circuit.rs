@@ -1339,6 +1339,21 @@ impl Strategy for CircuitBreaker {
             && (s.window.is_empty() || self.config.failure_rate_threshold.is_none())
     }
 
+    /// An open circuit's deadline (half-open from then on); a recorded half-open period's
+    /// longest wait for a verdict, when `half_open_max_wait_ms` is set (re-opened then).
+    fn wakes_at(&self, s: &CircuitState) -> Option<DateTime<Utc>> {
+        match s.state {
+            CircuitStatus::Open => s.open_until.or(s.opened_at),
+            CircuitStatus::HalfOpen => {
+                let wait = self.config.half_open_max_wait_ms?;
+                let since = s.half_open_noticed_at.or(s.changed_at)?;
+                TimeDelta::try_milliseconds(i64::try_from(wait).unwrap_or(i64::MAX))
+                    .and_then(|d| since.checked_add_signed(d))
+            }
+            CircuitStatus::Closed | CircuitStatus::ForcedOpen => None,
+        }
+    }
+
     fn disables_agent(&self, s: &CircuitState, now: DateTime<Utc>) -> bool {
         agent_of(&s.circuit).is_some()
             && matches!(

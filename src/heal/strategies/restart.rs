@@ -400,6 +400,15 @@ impl Strategy for AgentRestart {
         }
     }
 
+    /// The backoff's reset after `reset_after_ms` of health.
+    fn wakes_at(&self, state: &RestartState) -> Option<DateTime<Utc>> {
+        if state.level == 0 {
+            return None;
+        }
+        let healthy_since = state.last_failure_at.max(state.last_restart_at)?;
+        Some(after_ms(healthy_since, self.config.reset_after_ms))
+    }
+
     fn describe(&self, state: &RestartState, now: DateTime<Utc>) -> Value {
         let in_backoff = state.next_allowed_at.is_some_and(|t| now < t);
         json!({
