@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::event::ExpectedVersion;
 use crate::events::{ConfigurationChanged, HealEvent};
 use crate::heal::failure_types as ft;
+use crate::heal::prevention::PreventionPolicy;
 use crate::heal::strategies::circuit::{CircuitBreaker, CircuitBreakerConfig};
 use crate::heal::strategies::degradation::{GradualDegradation, GradualDegradationConfig};
 use crate::heal::strategies::quorum::{QuorumRecovery, QuorumRecoveryConfig};
@@ -99,6 +100,10 @@ pub struct Config {
     pub resource_rebalance: ResourceRebalanceConfig,
     pub quorum_recovery: QuorumRecoveryConfig,
     pub gradual_degradation: GradualDegradationConfig,
+    /// How predictions become preventions. Left out of the recorded configuration while it is
+    /// the default.
+    #[serde(skip_serializing_if = "PreventionPolicy::is_default")]
+    pub prevention: PreventionPolicy,
 }
 
 impl Default for Config {
@@ -113,6 +118,7 @@ impl Default for Config {
             resource_rebalance: Default::default(),
             quorum_recovery: Default::default(),
             gradual_degradation: Default::default(),
+            prevention: Default::default(),
         }
     }
 }
@@ -207,7 +213,8 @@ impl Config {
         self.task_retry.validate()?;
         self.resource_rebalance.validate()?;
         self.quorum_recovery.validate()?;
-        self.gradual_degradation.validate()
+        self.gradual_degradation.validate()?;
+        self.prevention.validate()
     }
 
     /// This configuration with one setting changed: `key` is a dotted path as written in the
@@ -308,10 +315,12 @@ impl Config {
 
     /// A healer builder with every route registered.
     pub fn builder(&self) -> HealerBuilder {
-        let mut b = HealerBuilder::new().options(HealerOptions {
-            mode: self.mode,
-            limits: self.limits,
-        });
+        let mut b = HealerBuilder::new()
+            .options(HealerOptions {
+                mode: self.mode,
+                limits: self.limits,
+            })
+            .prevention(self.prevention.clone());
         for (failure_type, kinds) in self.effective_routes() {
             let types = [failure_type.as_str()];
             b = match kinds.as_slice() {

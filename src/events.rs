@@ -226,6 +226,96 @@ pub struct ConfigurationChanged {
     pub config: Value,
 }
 
+/// How a prediction was put in or kept out of the holdout: a seeded hash of the prediction
+/// id, recorded with the proposal so that the choice can be checked and repeated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldoutChoice {
+    pub seed: u64,
+    /// The share of eligible predictions kept back (0..=1).
+    pub share: f64,
+    /// The prediction's bucket, 0..10000: `SHA-256("<seed>:<prediction_id>")`'s first eight
+    /// bytes, big-endian, modulo 10000.
+    pub bucket: u32,
+    /// `bucket < share x 10000`: nothing is done about this prediction.
+    pub held_back: bool,
+}
+
+/// A prediction above the policy's probability turned into a proposed preventive action, or
+/// (when the holdout keeps it back) into a recorded non-action. Stream
+/// `prevention-<prediction_id>`, version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreventionProposed {
+    pub prevention_id: String,
+    pub prediction_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The failure predicted.
+    pub failure_type: String,
+    /// The prediction's source (`sequence`, `frequency`, ...) and probability.
+    pub source: String,
+    pub probability: f64,
+    /// When the prediction expects the failure by (RFC 3339).
+    pub expected_by: String,
+    /// The strategy offering the prevention, and the state key it decided on.
+    pub strategy: String,
+    pub key: String,
+    /// The proposed actions, in order (what `Strategy::prevent` returned).
+    #[serde(default)]
+    pub actions: Vec<Value>,
+    pub reason: String,
+    /// The numbers behind it: the prediction's basis, the strategy's details, the policy's
+    /// verdict.
+    #[serde(default)]
+    pub details: Map<String, Value>,
+    pub holdout: HoldoutChoice,
+}
+
+/// A proposed prevention was approved, by a person or by the configured policy, and what was
+/// decided about its actions (`act`, `delegated`, `shadow`, `declined` when the strategy no
+/// longer offers it on the state as it is now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreventionApproved {
+    pub prevention_id: String,
+    /// Who approved: a person's name, or `policy`.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub strategy: String,
+    /// The actions decided on at approval, in order.
+    #[serde(default)]
+    pub actions: Vec<Value>,
+    #[serde(default)]
+    pub details: Map<String, Value>,
+}
+
+/// A proposed prevention was rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreventionRejected {
+    pub prevention_id: String,
+    pub by: String,
+    pub reason: String,
+}
+
+/// The actions of an approved prevention were carried out (by the coordinator, or by the
+/// caller who reported back): the outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreventionExecuted {
+    pub prevention_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub success: bool,
+    pub duration_ms: i64,
+    #[serde(default)]
+    pub actions_taken: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `coordinator` or `caller`.
+    pub reported_by: String,
+}
+
 macro_rules! heal_events {
     ($($variant:ident($ty:ident) = $name:literal v $version:literal),* $(,)?) => {
         /// Every event type healstore writes.
@@ -312,6 +402,10 @@ heal_events! {
     LimitCounted(LimitCounted) = "limit_counted" v 1,
     PatternLearned(Pattern) = "pattern_learned" v 1,
     PredictionMade(Prediction) = "prediction_made" v 1,
+    PreventionProposed(PreventionProposed) = "prevention_proposed" v 1,
+    PreventionApproved(PreventionApproved) = "prevention_approved" v 1,
+    PreventionRejected(PreventionRejected) = "prevention_rejected" v 1,
+    PreventionExecuted(PreventionExecuted) = "prevention_executed" v 1,
 }
 
 /// The longest duration an event may state, in milliseconds: 365 days. Durations are summed
@@ -418,6 +512,26 @@ fn check_ranges(e: &HealEvent) -> std::result::Result<(), String> {
             opt("agent_id", &p.agent_id)?;
             check_duration("expected_in_ms", p.expected_in_ms)?;
             check_duration("window_ms", p.window_ms)?;
+        }
+        HealEvent::PreventionProposed(p) => {
+            check_key("prevention_id", &p.prevention_id)?;
+            check_key("prediction_id", &p.prediction_id)?;
+            check_key("failure_type", &p.failure_type)?;
+            check_key("strategy", &p.strategy)?;
+            opt("agent_id", &p.agent_id)?;
+        }
+        HealEvent::PreventionApproved(p) => {
+            check_key("prevention_id", &p.prevention_id)?;
+            check_key("strategy", &p.strategy)?;
+            opt("agent_id", &p.agent_id)?;
+        }
+        HealEvent::PreventionRejected(p) => {
+            check_key("prevention_id", &p.prevention_id)?;
+        }
+        HealEvent::PreventionExecuted(p) => {
+            check_key("prevention_id", &p.prevention_id)?;
+            opt("agent_id", &p.agent_id)?;
+            check_duration("duration_ms", p.duration_ms)?;
         }
     }
     Ok(())

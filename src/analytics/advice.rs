@@ -16,6 +16,7 @@
 //! | `flapping_circuit` | a circuit opened at least `flap_threshold` times |
 //! | `healer_limits_reached` | decisions withheld by the healer's limits |
 //! | `unrecovered_failures` | over 10 % of the window's failures have not recovered by its end |
+//! | `ineffective_prevention` | a prevention kind (prediction source and action) whose holdout comparison does not show a benefit: a warning with at least 10 settled predictions in each group, information below |
 //! | `performing_well` | none of the warnings above fired |
 //!
 //! MTTR is the mean time to *recover* (detection to evidence that the agent or task works
@@ -238,14 +239,54 @@ impl Analytics {
         window: &Window,
         options: &AdviceOptions,
     ) -> Result<Vec<Recommendation>> {
-        let (stats, eff, circuits, coverage, halves) = tokio::try_join!(
+        let (stats, eff, circuits, coverage, halves, prevention) = tokio::try_join!(
             self.stats(window),
             self.effectiveness(window, &options.effectiveness),
             self.circuits(window, options.flap_threshold),
             self.coverage(window),
             self.mttr_halves(window),
+            self.prevention_report(window),
         )?;
-        Ok(advise(options, &stats, &eff, &circuits, coverage, halves))
+        let mut out = advise(options, &stats, &eff, &circuits, coverage, halves);
+        let mut warned = false;
+        for e in prevention.effects.iter().filter(|e| e.flagged) {
+            if e.prevented == 0 && e.held_back == 0 {
+                continue;
+            }
+            let enough = e.verdict != "insufficient_data";
+            warned |= enough;
+            out.push(
+                rec(
+                    "ineffective_prevention",
+                    if enough { "warning" } else { "info" },
+                    format!(
+                        "Preventing {} predictions with {} shows no benefit: the predicted \
+                         failure followed {} of {} prevented and {} of {} held back (difference \
+                         {:.2}, 95% interval {:.2} to {:.2}){}",
+                        e.source,
+                        e.action,
+                        e.prevented_failed,
+                        e.prevented,
+                        e.held_back_failed,
+                        e.held_back,
+                        e.reduction,
+                        e.ci_low,
+                        e.ci_high,
+                        if enough {
+                            ": stop approving it, or choose another action"
+                        } else {
+                            ": too few settled predictions to tell yet"
+                        }
+                    ),
+                )
+                .about(format!("{}/{}", e.source, e.action))
+                .value(e.reduction),
+            );
+        }
+        if warned {
+            out.retain(|r| r.rule != "performing_well");
+        }
+        Ok(out)
     }
 }
 

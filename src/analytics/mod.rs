@@ -119,6 +119,7 @@ pub mod hist;
 pub mod html;
 pub mod patterns;
 pub mod predict;
+pub mod prevention;
 pub mod request;
 pub mod stats;
 
@@ -137,6 +138,7 @@ pub use effectiveness::{
 };
 pub use patterns::{LearnOptions, Pattern};
 pub use predict::{PredictOptions, Prediction, PredictionOutcome, PredictionReport};
+pub use prevention::{PreventionEffect, PreventionReport};
 pub use request::{Learning, MttrReport, RecommendationsReport, Verdicts, WindowSpec};
 pub use stats::{MttrBy, MttrPoint, MttrTo, Stats};
 

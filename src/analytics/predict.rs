@@ -89,6 +89,25 @@ pub struct Prediction {
     pub recommended_action: String,
 }
 
+impl Prediction {
+    /// The predicted failure as a [`Failure`](crate::heal::Failure) (id: the prediction's,
+    /// detected at its expected time, `metadata.predicted = true`): what strategies compute
+    /// their state key from when asked for a prevention.
+    pub fn as_failure(&self) -> crate::heal::Failure {
+        let at = crate::time::parse_time(&self.expected_at).unwrap_or_default();
+        let mut f = crate::heal::Failure::new(
+            self.failure_type.clone(),
+            crate::events::Severity::Medium,
+            at,
+        )
+        .with_id(self.prediction_id.clone())
+        .with_meta("predicted", true)
+        .with_meta("probability", self.probability);
+        f.agent_id = self.agent_id.clone();
+        f
+    }
+}
+
 /// How a recorded prediction turned out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PredictionOutcome {

@@ -102,7 +102,7 @@ pub struct LearnArgs {
 }
 
 impl LearnArgs {
-    fn learning(&self) -> Learning {
+    pub fn learning(&self) -> Learning {
         Learning {
             min_occurrences: self.min_occurrences,
             min_confidence: self.min_confidence,

@@ -9,6 +9,7 @@ mod heal;
 mod heal_stream;
 mod log;
 mod output;
+mod prevent;
 mod serve;
 mod serve_guard;
 mod verify;
@@ -251,6 +252,10 @@ pub enum Command {
         #[command(flatten)]
         learn: analytics::LearnArgs,
     },
+    /// Preventions: predictions turned into preventive actions, approved or rejected, and
+    /// their effect measured against a holdout.
+    #[command(subcommand)]
+    Prevent(prevent::Prevent),
     /// Drop every read model and rebuild it from the events.
     Rebuild,
     /// Check the database: SQLite's integrity, the schema (triggers included) against
@@ -577,6 +582,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             window,
             learn,
         } => analytics::predict(cli, agent.as_deref(), window, learn, &mut out).await?,
+        Command::Prevent(what) => code = prevent::run(cli, what, &mut out).await?,
         Command::Rebuild => analytics::rebuild(cli, &mut out).await?,
         Command::Verify(args) => code = verify::run(cli, args, &mut out).await?,
         Command::Archive { before, to } => log::archive(cli, *before, to, &mut out).await?,

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod healer;
 pub mod lines;
 pub mod model;
+pub mod prevention;
 pub mod sim;
 pub mod strategies;
 pub mod strategy;
@@ -25,8 +26,9 @@ pub use coordinator::{Coordinator, CoordinatorError, NoopCoordinator};
 pub use detect::detect;
 pub use engine::Engine;
 pub use healer::{
-    Attempt, Composite, HealReport, Healer, HealerBuilder, HealerOptions, Limits, Mode,
-    OutcomeReport, ReactionReport, RecoveryReport, SignalReport, StateView, strategy_stream,
+    ApprovalReport, Attempt, Composite, HealReport, Healer, HealerBuilder, HealerOptions, Limits,
+    Mode, OutcomeReport, ProposalReport, ReactionReport, RecoveryReport, SignalReport, StateView,
+    strategy_stream,
 };
 pub use model::{
     Action, AgentStatus, Failure, HealingResult, Priority, Severity, Topology, failure_types,

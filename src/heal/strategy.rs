@@ -271,6 +271,28 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// What this strategy would do *before* a predicted failure happens: a preventive action
+    /// (restart an agent predicted to go down, step degradation down before a predicted
+    /// exhaustion). Pure, like [`Strategy::decide`]: the same state, prediction and `now` give
+    /// the same answer. [`Verdict::Act`] offers the decision's actions (and its state events,
+    /// appended when the prevention is approved); any other verdict offers nothing, with its
+    /// reason. Called with the state of [`Strategy::key`] of the prediction's
+    /// [`Prediction::as_failure`]. Default: nothing offered.
+    ///
+    /// [`Prediction::as_failure`]: crate::analytics::Prediction::as_failure
+    fn prevent(
+        &self,
+        _state: &Self::State,
+        prediction: &crate::analytics::Prediction,
+        _now: DateTime<Utc>,
+    ) -> Decision<Self::Event> {
+        Decision::decline(format!(
+            "{} offers no prevention for {}",
+            self.name(),
+            prediction.failure_type
+        ))
+    }
+
     /// Folds one event into the state. Pure and infallible: it holds no logic beyond
     /// recording the fact.
     fn apply(&self, state: &mut Self::State, event: &Self::Event);
@@ -358,6 +380,12 @@ pub(crate) trait ErasedStrategy: Send + Sync {
     fn new_state(&self) -> AnyState;
     fn clone_state(&self, state: &AnyState) -> AnyState;
     fn decide(&self, state: &AnyState, failure: &Failure, now: DateTime<Utc>) -> ErasedDecision;
+    fn prevent(
+        &self,
+        state: &AnyState,
+        prediction: &crate::analytics::Prediction,
+        now: DateTime<Utc>,
+    ) -> ErasedDecision;
     fn on_result(
         &self,
         state: &AnyState,
@@ -431,6 +459,21 @@ impl<S: Strategy> ErasedStrategy for Erased<S> {
     }
     fn decide(&self, state: &AnyState, failure: &Failure, now: DateTime<Utc>) -> ErasedDecision {
         let d = self.0.decide(&self.typed(state), failure, now);
+        ErasedDecision {
+            verdict: d.verdict,
+            reason: d.reason,
+            details: d.details,
+            events: self.events(d.events),
+            actions: d.actions,
+        }
+    }
+    fn prevent(
+        &self,
+        state: &AnyState,
+        prediction: &crate::analytics::Prediction,
+        now: DateTime<Utc>,
+    ) -> ErasedDecision {
+        let d = self.0.prevent(&self.typed(state), prediction, now);
         ErasedDecision {
             verdict: d.verdict,
             reason: d.reason,

@@ -65,6 +65,8 @@ pub struct Engine {
     /// Whether acting decisions are carried out by the healer (it has a coordinator):
     /// otherwise they are handed to the caller, `delegated`.
     pub(crate) acts: bool,
+    /// How predictions become preventions (see [`crate::heal::prevention`]).
+    pub(crate) prevention: crate::heal::prevention::PreventionPolicy,
 }
 
 impl Engine {
@@ -86,7 +88,33 @@ impl Engine {
             strategies,
             options,
             acts,
+            prevention: Default::default(),
         }
+    }
+
+    /// The prevention policy.
+    pub fn prevention(&self) -> &crate::heal::prevention::PreventionPolicy {
+        &self.prevention
+    }
+
+    /// The strategies asked for a prevention of a predicted failure, in order: the
+    /// prediction's recommended strategy (when this engine has it), then the failure type's
+    /// route.
+    pub(crate) fn preventers(
+        &self,
+        recommended: Option<&str>,
+        failure_type: &str,
+    ) -> Vec<Arc<dyn ErasedStrategy>> {
+        let mut out: Vec<Arc<dyn ErasedStrategy>> = Vec::new();
+        if let Some(s) = recommended.and_then(|r| self.strategies.get(r)) {
+            out.push(s.clone());
+        }
+        for m in self.members(failure_type) {
+            if !out.iter().any(|o| o.name() == m.name()) {
+                out.push(m);
+            }
+        }
+        out
     }
 
     pub fn options(&self) -> &HealerOptions {

@@ -35,6 +35,7 @@ mod act;
 mod heal;
 mod limits;
 mod outcomes;
+mod prevent;
 mod recovery;
 mod signals;
 mod snapshots;
@@ -60,6 +61,7 @@ pub use super::engine::{
     ReactionReport, STRATEGY_STREAM_PREFIX, SignalReport, agent_limit_stream, strategy_stream,
 };
 pub use outcomes::OutcomeReport;
+pub use prevent::{ApprovalReport, ProposalReport};
 pub use recovery::RecoveryReport;
 use states::{KeyLocks, States};
 
@@ -68,6 +70,7 @@ pub struct HealerBuilder {
     routes: HashMap<String, Route>,
     options: HealerOptions,
     coordinator: Option<Arc<dyn Coordinator>>,
+    prevention: crate::heal::prevention::PreventionPolicy,
 }
 
 impl HealerBuilder {
@@ -111,6 +114,13 @@ impl HealerBuilder {
         self
     }
 
+    /// How predictions become preventions (default: proposals above 0.6, a 10 % holdout, a
+    /// person approves).
+    pub fn prevention(mut self, policy: crate::heal::prevention::PreventionPolicy) -> Self {
+        self.prevention = policy;
+        self
+    }
+
     pub fn coordinator(mut self, coordinator: Arc<dyn Coordinator>) -> Self {
         self.coordinator = Some(coordinator);
         self
@@ -128,11 +138,13 @@ impl HealerBuilder {
     /// coordinator does, unless told otherwise ([`Engine::with_acting`]).
     pub fn engine(&self) -> Result<Engine> {
         self.validate()?;
-        Ok(Engine::new(
+        let mut engine = Engine::new(
             self.routes.clone(),
             self.options,
             self.coordinator.is_some(),
-        ))
+        );
+        engine.prevention = self.prevention.clone();
+        Ok(engine)
     }
 
     fn into_healer(self, store: Store) -> Healer {
@@ -140,7 +152,11 @@ impl HealerBuilder {
         Healer {
             clock: store.options().clock.clone(),
             store,
-            engine: Engine::new(self.routes, self.options, acts),
+            engine: {
+                let mut e = Engine::new(self.routes, self.options, acts);
+                e.prevention = self.prevention;
+                e
+            },
             coordinator: self.coordinator,
             states: States::default(),
             locks: Mutex::new(KeyLocks::default()),
@@ -173,6 +189,7 @@ impl HealerBuilder {
     /// twice on one state, at one version).
     pub fn validate(&self) -> Result<()> {
         self.options.limits.validate()?;
+        self.prevention.validate()?;
         let mut types: Vec<&String> = self.routes.keys().collect();
         types.sort();
         for t in types {

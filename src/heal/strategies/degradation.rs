@@ -533,6 +533,45 @@ impl Strategy for GradualDegradation {
         resource_key(failure)
     }
 
+    /// Before a predicted exhaustion of a resource it degrades for: one level more degraded
+    /// than the current one (its state event is recorded when the prevention is approved).
+    fn prevent(
+        &self,
+        state: &DegradationState,
+        prediction: &crate::analytics::Prediction,
+        now: DateTime<Utc>,
+    ) -> Decision<DegradationEvent> {
+        let failure = prediction.as_failure();
+        if !self.can_heal(&failure) {
+            return Decision::decline(format!(
+                "GradualDegradation does not degrade for {}",
+                prediction.failure_type
+            ));
+        }
+        let key = self.key(&failure);
+        let current = self.current(state);
+        let target = current + 1;
+        let Some(level) = self.levels.get(target) else {
+            return Decision::decline(format!(
+                "{key} is already at the last level ({})",
+                self.levels[current].name
+            ));
+        };
+        let (reason, actions, event) = self.change(state, &key, target, level.threshold, now);
+        if actions.is_empty() {
+            return Decision::decline(format!("{reason} (no coordinator action at this level)"));
+        }
+        let mut d = Decision::act(format!(
+            "step {key} down before the predicted {} (probability {:.2}): {reason}",
+            prediction.failure_type, prediction.probability
+        ));
+        d.actions = actions;
+        d.detail("probability", prediction.probability)
+            .detail("from", self.properties(current))
+            .detail("to", self.properties(target))
+            .event(event)
+    }
+
     fn decide(
         &self,
         state: &DegradationState,

@@ -266,6 +266,40 @@ impl Strategy for AgentRestart {
         self.config.failure_types.contains(&failure.failure_type)
     }
 
+    /// Before a predicted failure of an agent it heals: restart the agent, unless a backoff
+    /// from earlier restarts is running. A preventive restart records no state (it does not
+    /// count towards the restart backoff).
+    fn prevent(
+        &self,
+        state: &RestartState,
+        prediction: &crate::analytics::Prediction,
+        now: DateTime<Utc>,
+    ) -> Decision<RestartEvent> {
+        if !self.can_heal(&prediction.as_failure()) {
+            return Decision::decline(format!(
+                "AgentRestart does not heal {}",
+                prediction.failure_type
+            ));
+        }
+        let Some(agent) = prediction.agent_id.clone() else {
+            return Decision::decline("the prediction names no agent: nothing to restart");
+        };
+        if let Some(until) = state.next_allowed_at.filter(|until| now < *until) {
+            return Decision::decline(format!(
+                "restart backoff until {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+            .detail("next_allowed_at", until);
+        }
+        Decision::act(format!(
+            "restart {agent} before the predicted {} (probability {:.2})",
+            prediction.failure_type, prediction.probability
+        ))
+        .detail("probability", prediction.probability)
+        .detail("restart_level", state.level)
+        .action(Action::RestartAgent { agent_id: agent })
+    }
+
     fn decide(
         &self,
         state: &RestartState,
