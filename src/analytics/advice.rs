@@ -66,6 +66,10 @@ pub struct Recommendation {
     pub subject: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The configuration change that addresses it, as a fragment of the configuration file
+    /// (see [`crate::analytics::propose`]), when one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
 }
 
 fn rec(rule: &str, severity: &str, message: String) -> Recommendation {
@@ -75,6 +79,7 @@ fn rec(rule: &str, severity: &str, message: String) -> Recommendation {
         message,
         subject: None,
         value: None,
+        proposal: None,
     }
 }
 
@@ -151,6 +156,9 @@ pub struct Dashboard {
     pub mttr_bucket: String,
     pub circuits: CircuitReport,
     pub recommendations: Vec<Recommendation>,
+    /// Preventions proposed in the window, by status, and their measured effect against the
+    /// holdout.
+    pub preventions: super::PreventionReport,
     pub health: HealthScore,
     pub health_score: f64,
     pub targets: Vec<Target>,
@@ -248,45 +256,52 @@ impl Analytics {
             self.prevention_report(window),
         )?;
         let mut out = advise(options, &stats, &eff, &circuits, coverage, halves);
-        let mut warned = false;
-        for e in prevention.effects.iter().filter(|e| e.flagged) {
-            if e.prevented == 0 && e.held_back == 0 {
-                continue;
-            }
-            let enough = e.verdict != "insufficient_data";
-            warned |= enough;
-            out.push(
-                rec(
-                    "ineffective_prevention",
-                    if enough { "warning" } else { "info" },
-                    format!(
-                        "Preventing {} predictions with {} shows no benefit: the predicted \
-                         failure followed {} of {} prevented and {} of {} held back (difference \
-                         {:.2}, 95% interval {:.2} to {:.2}){}",
-                        e.source,
-                        e.action,
-                        e.prevented_failed,
-                        e.prevented,
-                        e.held_back_failed,
-                        e.held_back,
-                        e.reduction,
-                        e.ci_low,
-                        e.ci_high,
-                        if enough {
-                            ": stop approving it, or choose another action"
-                        } else {
-                            ": too few settled predictions to tell yet"
-                        }
-                    ),
-                )
-                .about(format!("{}/{}", e.source, e.action))
-                .value(e.reduction),
-            );
-        }
-        if warned {
-            out.retain(|r| r.rule != "performing_well");
-        }
+        prevention_advice(&mut out, &prevention);
         Ok(out)
+    }
+}
+
+/// `ineffective_prevention`: a recommendation per prevention kind the holdout comparison
+/// flags (a warning with enough settled predictions, information below), replacing
+/// `performing_well` when it warns.
+fn prevention_advice(out: &mut Vec<Recommendation>, prevention: &super::PreventionReport) {
+    let mut warned = false;
+    for e in prevention.effects.iter().filter(|e| e.flagged) {
+        if e.prevented == 0 && e.held_back == 0 {
+            continue;
+        }
+        let enough = e.verdict != "insufficient_data";
+        warned |= enough;
+        out.push(
+            rec(
+                "ineffective_prevention",
+                if enough { "warning" } else { "info" },
+                format!(
+                    "Preventing {} predictions with {} shows no benefit: the predicted failure \
+                     followed {} of {} prevented and {} of {} held back (difference {:.2}, 95% \
+                     interval {:.2} to {:.2}){}",
+                    e.source,
+                    e.action,
+                    e.prevented_failed,
+                    e.prevented,
+                    e.held_back_failed,
+                    e.held_back,
+                    e.reduction,
+                    e.ci_low,
+                    e.ci_high,
+                    if enough {
+                        ": stop approving it, or choose another action"
+                    } else {
+                        ": too few settled predictions to tell yet"
+                    }
+                ),
+            )
+            .about(format!("{}/{}", e.source, e.action))
+            .value(e.reduction),
+        );
+    }
+    if warned {
+        out.retain(|r| r.rule != "performing_well");
     }
 }
 
@@ -659,17 +674,20 @@ impl Analytics {
             (chrono::Duration::days(1), "1d")
         };
         // Every part at once, on the reader pool's connections.
-        let (stats, eff, circuits, coverage, halves, by_hour, top_agents, mttr_series) = tokio::try_join!(
-            self.stats(window),
-            self.effectiveness(window, &options.effectiveness),
-            self.circuits(window, options.flap_threshold),
-            self.coverage(window),
-            self.mttr_halves(window),
-            self.by_hour_of_day(window),
-            self.top_agents(window),
-            self.mttr_means(window, bucket),
-        )?;
-        let recommendations = advise(options, &stats, &eff, &circuits, coverage, halves);
+        let (stats, eff, circuits, coverage, halves, by_hour, top_agents, mttr_series, preventions) =
+            tokio::try_join!(
+                self.stats(window),
+                self.effectiveness(window, &options.effectiveness),
+                self.circuits(window, options.flap_threshold),
+                self.coverage(window),
+                self.mttr_halves(window),
+                self.by_hour_of_day(window),
+                self.top_agents(window),
+                self.mttr_means(window, bucket),
+                self.prevention_report(window),
+            )?;
+        let mut recommendations = advise(options, &stats, &eff, &circuits, coverage, halves);
+        prevention_advice(&mut recommendations, &preventions);
         let health = health_score(&stats, &eff);
         let targets = targets(&stats, &eff, &health);
         let mut failures_by_hour = vec![0i64; 24];
@@ -698,6 +716,7 @@ impl Analytics {
             mttr_bucket: label.into(),
             circuits,
             recommendations,
+            preventions,
             health_score: health.score,
             health,
             targets,

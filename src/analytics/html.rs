@@ -422,7 +422,47 @@ pub fn render(d: &Dashboard) -> String {
     for (a, n) in &d.top_agents {
         let _ = write!(page, "<tr><td>{}</td><td>{n}</td></tr>", escape(a));
     }
-    page.push_str("</table><h2>Recommendations</h2><ol>");
+    let p = &d.preventions;
+    let _ = write!(
+        page,
+        "</table><h2>Preventions</h2><p>{} proposed: {} pending, {} held back (the holdout), \
+         {} executed, {} failed, {} awaiting the caller, {} shadow, {} declined, {} rejected.</p>",
+        p.proposed,
+        p.pending,
+        p.held_back,
+        p.executed,
+        p.failed,
+        p.approved,
+        p.shadow,
+        p.declined,
+        p.rejected
+    );
+    if !p.effects.is_empty() {
+        page.push_str("<table><tr><th>source</th><th>action</th><th>failed after prevention</th><th>failed when held back</th><th>reduction</th><th>95% interval</th><th>actions</th><th>agents disrupted</th><th>verdict</th></tr>");
+        for e in &p.effects {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{} of {} ({:.0}%)</td><td>{} of {} ({:.0}%)</td><td>{:+.2}</td><td>{:+.2} to {:+.2}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+                escape(&e.source),
+                escape(&e.action),
+                e.prevented_failed,
+                e.prevented,
+                e.prevented_rate * 100.0,
+                e.held_back_failed,
+                e.held_back,
+                e.held_back_rate * 100.0,
+                e.reduction,
+                e.ci_low,
+                e.ci_high,
+                e.actions_taken,
+                e.agents_disrupted,
+                escape(&e.verdict),
+                if e.flagged { " (flagged)" } else { "" }
+            );
+        }
+        page.push_str("</table>");
+    }
+    page.push_str("<h2>Recommendations</h2><ol>");
     for r in &d.recommendations {
         let _ = write!(
             page,

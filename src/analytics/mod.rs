@@ -120,6 +120,7 @@ pub mod html;
 pub mod patterns;
 pub mod predict;
 pub mod prevention;
+pub mod propose;
 pub mod request;
 pub mod stats;
 

@@ -331,19 +331,151 @@ pub async fn recommendations(
     cli: &Cli,
     w: &WindowArgs,
     v: &VerdictArgs,
+    propose: Option<(&Path, bool, u64)>,
     out: &mut Out,
 ) -> anyhow::Result<()> {
+    use healstore::analytics::propose;
+    use healstore::backtest::{BacktestOptions, Candidate, Figures};
     let window = w.resolve(cli.now(), "24h")?;
     let advice = v.advice()?;
-    let r = query(cli, async |a| {
-        a.recommendations_report(&window, &advice).await
-    })
-    .await?;
-    if out.json() {
-        return out.json_value(&r);
+    let (config, _) = Config::load(cli.config.as_deref())?;
+    if let Some((path, force, _)) = propose {
+        html_check(cli, path, force)?;
     }
-    for (i, r) in r.recommendations.iter().enumerate() {
-        out.line(&format!("{}. [{}] {}", i + 1, r.severity, r.message))?;
+    let store = cli.open(false).await?;
+    let result = async {
+        let mut r = Analytics::new(&store)
+            .recommendations_report(&window, &advice)
+            .await?;
+        let proposals = propose::proposals(&mut r.recommendations, &config);
+        let Some((path, force, seed)) = propose else {
+            return Ok::<_, anyhow::Error>((r, proposals, None));
+        };
+        let combined = propose::combine(&config, &proposals)?;
+        let text = propose::to_toml(&combined)?;
+        // What is written must read back as the configuration it stands for.
+        if Config::parse(&text)? != combined {
+            anyhow::bail!("the combined configuration does not read back as itself");
+        }
+        let mut candidates = Vec::new();
+        for p in &proposals {
+            candidates.push(Candidate::Config {
+                name: match &p.subject {
+                    Some(s) => format!("{} ({s})", p.rule),
+                    None => p.rule.clone(),
+                },
+                config: Box::new(p.apply(&config)?),
+            });
+        }
+        candidates.push(Candidate::Config {
+            name: path.display().to_string(),
+            config: Box::new(combined),
+        });
+        let reports = healstore::backtest::backtest(
+            &store,
+            &BacktestOptions {
+                seed,
+                ..BacktestOptions::new(window)
+            },
+            &candidates,
+        )
+        .await?;
+        let existing = if force {
+            healstore::output::Existing::Replace
+        } else {
+            healstore::output::Existing::Refuse {
+                hint: "add --force to replace it",
+            }
+        };
+        healstore::output::write(path, &cli.db, existing, text.as_bytes())?;
+        Ok((r, proposals, Some((text, reports))))
+    }
+    .await;
+    store.close().await?;
+    let (r, proposals, backtested) = result?;
+    let effect = |f: &Figures| {
+        serde_json::json!({
+            "success_rate": f.success_rate,
+            "mttr_ms": f.mttr.ms,
+            "circuits_opened": f.circuits_opened,
+            "agent_minutes_isolated": f.agent_minutes_isolated,
+            "limits_reached": f.limits_reached,
+            "actions": f.actions,
+            "health_score": f.health_score,
+        })
+    };
+    if out.json() {
+        let Some((text, reports)) = &backtested else {
+            return out.json_value(&r);
+        };
+        let mut doc = serde_json::to_value(&r)?;
+        {
+            let props: Vec<serde_json::Value> = proposals
+                .iter()
+                .zip(reports)
+                .map(|(p, rep)| {
+                    serde_json::json!({
+                        "rule": p.rule,
+                        "subject": p.subject,
+                        "change": p.change,
+                        "toml": p.toml,
+                        "candidate": rep.candidate,
+                        "recorded": effect(&rep.recorded),
+                        "expected": effect(&rep.backtest),
+                        "decisions_changed": rep.decisions - rep.matching,
+                    })
+                })
+                .collect();
+            let last = reports.last();
+            doc["proposals"] = serde_json::json!(props);
+            doc["candidate"] = serde_json::json!({
+                "file": propose.map(|(p, _, _)| p.display().to_string()),
+                "toml": text,
+                "recorded": last.map(|r| effect(&r.recorded)),
+                "expected": last.map(|r| effect(&r.backtest)),
+                "decisions_changed": last.map(|r| r.decisions - r.matching),
+            });
+        }
+        return out.json_value(&doc);
+    }
+    let line = |f: &Figures| {
+        format!(
+            "success rate {}, MTTR {}, circuits opened {}, limits reached {}, health {:.1}",
+            f.success_rate.map_or("-".into(), pct),
+            f.mttr.ms.map_or("-".into(), |m| format!("{m:.0} ms")),
+            f.circuits_opened,
+            f.limits_reached,
+            f.health_score
+        )
+    };
+    for (i, rec) in r.recommendations.iter().enumerate() {
+        out.line(&format!("{}. [{}] {}", i + 1, rec.severity, rec.message))?;
+        if let Some(toml) = &rec.proposal {
+            for l in toml.lines() {
+                out.line(&format!("     {l}"))?;
+            }
+            if let Some((_, reports)) = &backtested
+                && let Some(k) = proposals
+                    .iter()
+                    .position(|p| p.rule == rec.rule && p.subject == rec.subject)
+            {
+                let rep = &reports[k];
+                out.line(&format!("     recorded: {}", line(&rep.recorded)))?;
+                out.line(&format!("     expected: {}", line(&rep.backtest)))?;
+            }
+        }
+    }
+    if let (Some((_, reports)), Some((path, _, _))) = (&backtested, propose) {
+        let rep = reports
+            .last()
+            .expect("the combined candidate is backtested");
+        out.line(&format!(
+            "\nwrote {} ({} change(s)); backtested over the window:",
+            path.display(),
+            proposals.len()
+        ))?;
+        out.line(&format!("  recorded: {}", line(&rep.recorded)))?;
+        out.line(&format!("  expected: {}", line(&rep.backtest)))?;
     }
     Ok(())
 }

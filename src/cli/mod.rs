@@ -212,6 +212,17 @@ pub enum Command {
         window: analytics::WindowArgs,
         #[command(flatten)]
         verdicts: analytics::VerdictArgs,
+        /// Write a candidate configuration combining every proposed change to this file (a
+        /// new file, unless --force), and backtest each change and the combination over the
+        /// window.
+        #[arg(long)]
+        propose: Option<PathBuf>,
+        /// Replace an existing --propose file.
+        #[arg(long, requires = "propose")]
+        force: bool,
+        /// Seeds the backtest's outcome model.
+        #[arg(long, default_value_t = 0, requires = "propose")]
+        seed: u64,
     },
     /// Every figure against its target, the health score and the recommendations.
     Dashboard {
@@ -559,8 +570,15 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Effectiveness { window, verdicts } => {
             analytics::effectiveness(cli, window, verdicts, &mut out).await?
         }
-        Command::Recommendations { window, verdicts } => {
-            analytics::recommendations(cli, window, verdicts, &mut out).await?
+        Command::Recommendations {
+            window,
+            verdicts,
+            propose,
+            force,
+            seed,
+        } => {
+            let propose = propose.as_ref().map(|p| (p.as_path(), *force, *seed));
+            analytics::recommendations(cli, window, verdicts, propose, &mut out).await?
         }
         Command::Dashboard {
             window,

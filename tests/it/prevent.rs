@@ -727,3 +727,257 @@ fn the_command_line_lists_approves_reports_and_rejects() {
     ]));
     assert!(out.contains("2 proposed"), "{out}");
 }
+
+fn recommendation(rule: &str, subject: Option<&str>) -> healstore::analytics::Recommendation {
+    healstore::analytics::Recommendation {
+        rule: rule.into(),
+        severity: "warning".into(),
+        message: String::new(),
+        subject: subject.map(str::to_owned),
+        value: None,
+        proposal: None,
+    }
+}
+
+#[test]
+fn proposed_configurations_parse_and_change_what_each_recommendation_asked_for() {
+    use healstore::analytics::propose;
+    use healstore::config::StrategyKind;
+    let mut base = Config::parse(
+        "[limits]\nmax_actions_per_agent_per_hour = 4\n\n[[route]]\nfailure_types = \
+         [\"memory_exhaustion\"]\nstrategies = [\"resource_rebalance\"]\n\n[prevention.auto]\n\
+         actions = [\"restart_agent\", \"set_concurrency\"]\n",
+    )
+    .unwrap();
+    base.circuit_breaker
+        .failure_types
+        .retain(|t| t != "task_timeout");
+    let route = |c: &Config, t: &str| {
+        c.effective_routes()
+            .into_iter()
+            .find(|(x, _)| x == t)
+            .map(|(_, k)| k)
+            .unwrap()
+    };
+    let mut recs = vec![
+        recommendation("enable_circuit_breaker", None),
+        recommendation("enable_degradation", None),
+        recommendation("flapping_circuit", Some("a-1")),
+        recommendation("replace_strategy", Some("CircuitBreaker")),
+        recommendation("tune_strategy", Some("TaskRetry")),
+        recommendation("healer_limits_reached", None),
+        recommendation(
+            "ineffective_prevention",
+            Some("correlation/set_concurrency"),
+        ),
+        recommendation("most_common_failure", Some("agent_down")),
+    ];
+    let props = propose::proposals(&mut recs, &base);
+    assert_eq!(props.len(), 7, "{props:#?}");
+    assert!(
+        recs[7].proposal.is_none(),
+        "a root cause is not a configuration change"
+    );
+    for (r, p) in recs.iter().zip(&props) {
+        assert_eq!(r.proposal.as_deref(), Some(p.toml.as_str()));
+        // Each fragment is itself valid configuration text.
+        let fragment: toml::Table =
+            toml::from_str(&p.toml).unwrap_or_else(|e| panic!("{e}: {}", p.toml));
+        assert!(!fragment.is_empty());
+    }
+    let one = |i: usize| props[i].apply(&base).unwrap();
+    let c = one(0);
+    assert_eq!(
+        route(&c, "task_timeout"),
+        vec![StrategyKind::CircuitBreaker, StrategyKind::TaskRetry]
+    );
+    assert!(
+        c.circuit_breaker
+            .failure_types
+            .iter()
+            .any(|t| t == "task_timeout")
+    );
+    let c = one(1);
+    assert_eq!(
+        route(&c, "memory_exhaustion"),
+        vec![StrategyKind::GradualDegradation]
+    );
+    let c = one(2);
+    assert_eq!(c.circuit_breaker.open_ms, 2 * base.circuit_breaker.open_ms);
+    let c = one(3);
+    assert_eq!(route(&c, "agent_down"), vec![StrategyKind::AgentRestart]);
+    let c = one(4);
+    assert_eq!(c.task_retry.max_attempts, base.task_retry.max_attempts + 1);
+    let c = one(5);
+    assert_eq!(c.limits.max_actions_per_agent_per_hour, Some(6));
+    let c = one(6);
+    assert_eq!(c.prevention.auto.unwrap().actions, vec!["restart_agent"]);
+
+    // Combined, written and read back: every change at once.
+    let all = propose::combine(&base, &props).unwrap();
+    let text = propose::to_toml(&all).unwrap();
+    let back = Config::parse(&text).unwrap();
+    assert_eq!(back, all);
+    assert_eq!(back.circuit_breaker.open_ms, 120_000);
+    assert_eq!(
+        route(&back, "task_timeout")[0],
+        StrategyKind::CircuitBreaker
+    );
+    assert_eq!(
+        back.task_retry.max_attempts,
+        base.task_retry.max_attempts + 1
+    );
+}
+
+#[test]
+fn recommendations_propose_writes_a_candidate_and_backtests_it() {
+    let (dir, path) = temp_db();
+    let t0 = day0();
+    for i in 0..12 {
+        let at = healstore::time::format_time(t0 + Duration::minutes(i));
+        let task = format!("task-{i}");
+        expect_success(&run(
+            &path,
+            &[
+                "--now",
+                &at,
+                "record",
+                "failure",
+                "--type",
+                "task_timeout",
+                "--agent",
+                "a-1",
+                "--task",
+                &task,
+                "--at",
+                &at,
+            ],
+        ));
+    }
+    let now = healstore::time::format_time(t0 + Duration::hours(1));
+    let file = dir.path().join("candidate.toml");
+    let f = file.to_str().unwrap();
+    let out = expect_success(&run(
+        &path,
+        &[
+            "--now",
+            &now,
+            "--format",
+            "json",
+            "recommendations",
+            "--window",
+            "2h",
+            "--propose",
+            f,
+        ],
+    ));
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let rec = doc["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "enable_circuit_breaker")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(rec["proposal"].as_str().unwrap().contains("[[route]]"));
+    let p = &doc["proposals"][0];
+    assert_eq!(p["rule"], "enable_circuit_breaker");
+    assert!(p["decisions_changed"].as_u64().unwrap() > 0, "{p:#}");
+    assert!(
+        doc["candidate"]["expected"]["health_score"].is_number(),
+        "{doc:#}"
+    );
+    let written = Config::load(Some(&file)).unwrap().0;
+    let kinds = written
+        .effective_routes()
+        .into_iter()
+        .find(|(t, _)| t == "task_timeout")
+        .unwrap()
+        .1;
+    assert_eq!(kinds[0], healstore::config::StrategyKind::CircuitBreaker);
+    // An existing file is not replaced without --force.
+    expect_error(
+        &run(
+            &path,
+            &[
+                "--now",
+                &now,
+                "recommendations",
+                "--window",
+                "2h",
+                "--propose",
+                f,
+            ],
+        ),
+        "--force",
+    );
+    let table = expect_success(&run(
+        &path,
+        &[
+            "--now",
+            &now,
+            "recommendations",
+            "--window",
+            "2h",
+            "--propose",
+            f,
+            "--force",
+        ],
+    ));
+    assert!(
+        table.contains("expected:") && table.contains("wrote"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn the_server_lists_approves_and_rejects_preventions() {
+    use crate::serve_common::{Server, assert_error};
+    use serde_json::json;
+    let (_dir, path) = temp_db();
+    let now = day0();
+    {
+        let store = open(&path).await;
+        let h = healer(&store, &config(policy(0.0, None)), None).await;
+        let preds = [
+            prediction("w1", "a-1", "agent_down", "sequence", 0.9, now),
+            prediction("w2", "a-2", "agent_down", "sequence", 0.9, now),
+        ];
+        h.propose_preventions(&preds, now).await.unwrap();
+        h.close().await.unwrap();
+    }
+    let server = Server::start(&path, &[]);
+    let (status, v) = server.get_json("/v1/preventions?status=pending").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["preventions"].as_array().unwrap().len(), 2);
+    let (status, v) = server
+        .post_json("/v1/preventions/prev-w1/approve", &json!({"by": "alice"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["decision"], "delegated");
+    assert_eq!(v["actions"][0]["action"], "restart_agent");
+    let again = server
+        .post_json("/v1/preventions/prev-w1/approve", &json!({"by": "bob"}))
+        .await;
+    let m = assert_error(&again, 409, "conflict");
+    assert!(m.contains("already approved by alice"), "{m}");
+    let blank = server
+        .post_json(
+            "/v1/preventions/prev-w2/reject",
+            &json!({"by": "carol", "reason": ""}),
+        )
+        .await;
+    assert_error(&blank, 422, "invalid_input");
+    let (status, v) = server
+        .post_json(
+            "/v1/preventions/prev-w2/reject",
+            &json!({"by": "carol", "reason": "maintenance"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "rejected");
+    let missing = server
+        .post_json("/v1/preventions/prev-none/approve", &json!({"by": "alice"}))
+        .await;
+    assert_error(&missing, 404, "not_found");
+    server.terminate();
+}

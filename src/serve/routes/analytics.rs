@@ -181,7 +181,10 @@ pub async fn recommendations(
 ) -> Result<Response, ApiError> {
     let (w, advice, _) = q.parts(&state, "24h")?;
     let a = Analytics::new(state.store());
-    Ok(Json(a.recommendations_report(&w, &advice).await?).into_response())
+    let mut r = a.recommendations_report(&w, &advice).await?;
+    // Each with the configuration change that addresses it, as the command line gives it.
+    crate::analytics::propose::proposals(&mut r.recommendations, state.config());
+    Ok(Json(r).into_response())
 }
 
 /// Every figure against its target, the health score and the recommendations (`healstore

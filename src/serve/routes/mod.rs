@@ -9,6 +9,7 @@ pub mod events;
 pub mod heal;
 pub mod health;
 pub mod ops;
+pub mod prevent;
 pub mod record;
 pub mod signals;
 pub mod states;
@@ -58,6 +59,9 @@ pub fn api() -> Api {
             analytics::patterns_record
         ))
         .routes(routes!(analytics::predict_read, analytics::predict_record))
+        .routes(routes!(prevent::list))
+        .routes(routes!(prevent::approve))
+        .routes(routes!(prevent::reject))
         .routes(routes!(audit::failure))
         .routes(routes!(audit::agent))
         .routes(routes!(audit::report))
