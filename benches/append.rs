@@ -36,6 +36,10 @@
 //! Goals: with 256 appenders the store reaches at least 50 % of the baseline at `normal`
 //! durability and at least 25 % at `full`.
 
+/// The allocator of the `healstore` binary (and of the other benchmarks: benches/common).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
