@@ -681,39 +681,6 @@ pub fn print_dashboard(d: &Dashboard, out: &mut Out) -> anyhow::Result<()> {
     }
     counts(out, "Failures by type", &d.by_failure_type)?;
     out.line("")?;
-    let p = &d.preventions;
-    if p.proposed > 0 {
-        out.line(&format!(
-            "Preventions: {} proposed, {} executed, {} failed, {} held back (the holdout), {} \
-             pending, {} awaiting the caller, {} shadow, {} rejected",
-            p.proposed,
-            p.executed,
-            p.failed,
-            p.held_back,
-            p.pending,
-            p.approved,
-            p.shadow,
-            p.rejected
-        ))?;
-        for e in &p.effects {
-            out.line(&format!(
-                "  {} / {}: the predicted failure followed {} of {} prevented and {} of {} held \
-                 back ({} pending); reduction {:+.2}, 95% interval [{:+.2}, {:+.2}]: {}",
-                e.source,
-                e.action,
-                e.prevented_failed,
-                e.prevented,
-                e.held_back_failed,
-                e.held_back,
-                e.pending,
-                e.reduction,
-                e.ci_low,
-                e.ci_high,
-                e.verdict
-            ))?;
-        }
-        out.line("")?;
-    }
     out.line("Recommendations")?;
     for (i, r) in d.recommendations.iter().enumerate() {
         out.line(&format!("  {}. [{}] {}", i + 1, r.severity, r.message))?;

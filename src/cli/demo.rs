@@ -16,9 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Duration;
-use healstore::analytics::{LearnOptions, PredictOptions};
-use healstore::heal::prevention::{AutoApproval, PreventionPolicy};
-use healstore::heal::sim::{FRESH_FACTOR, SimRng, SimulatedFleet, Temperament};
+use healstore::heal::sim::{SimRng, SimulatedFleet, Temperament};
 use healstore::heal::{Coordinator, HealReport, Healer};
 use healstore::{EventFilter, ManualClock, Store, StoreOptions};
 use serde_json::{Value, json};
@@ -143,22 +141,6 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         },
     )
     .await?;
-    // Prevention at work: unless the configuration says otherwise, the demo approves
-    // preventive restarts by itself and keeps three predictions in ten back, so that its
-    // effect shows against the holdout within the simulated minutes.
-    let mut config = config;
-    if config.prevention.auto.is_none() {
-        config.prevention = PreventionPolicy {
-            min_probability: 0.6,
-            holdout_share: 0.3,
-            holdout_seed: 0,
-            auto: Some(AutoApproval {
-                min_probability: 0.6,
-                actions: vec!["restart_agent".into()],
-                max_per_agent_per_hour: 30,
-            }),
-        };
-    }
     config.record(&store).await?;
     let seed = args.seed.unwrap_or(head as u64);
     let fleet = Arc::new(
@@ -178,7 +160,6 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     let mut pressure: Vec<String> = Vec::new();
     let mut quorum: Vec<(String, u32)> = Vec::new();
     let mut confirmed = 0u64;
-    let mut prevented: std::collections::BTreeMap<String, u64> = Default::default();
 
     for tick in 0..ticks {
         // Each tick at its instant on the schedule; a tick whose simulated actions took longer
@@ -193,16 +174,12 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             if !agent.registered {
                 continue;
             }
-            let mut p_fail = match (agent.healthy, agent.temperament) {
+            let p_fail = match (agent.healthy, agent.temperament) {
                 (false, _) => 0.6,
                 (true, Temperament::Steady) => 0.01,
                 (true, Temperament::Flapping) => 0.25,
                 (true, Temperament::Broken) => 0.1,
             };
-            if agent.fresh > 0 {
-                // Restarted before it failed: it fails less for a while.
-                p_fail *= FRESH_FACTOR;
-            }
             if rng.chance(p_fail) {
                 fleet.fail_agent(id);
                 let raw = json!({"type": "heartbeat_failed", "agent_id": id});
@@ -285,41 +262,6 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             quorum = still;
         }
         transitions += healer.tick().await?.reactions.len();
-        fleet.age();
-        // Every 10 s: predict from the last half hour (sequences within 2 minutes), and turn
-        // the predictions into preventions (approved by the policy, or held back).
-        if tick % 2 == 1 {
-            let options = PredictOptions {
-                learn: LearnOptions {
-                    sequence_gap: Duration::minutes(2),
-                    ..LearnOptions::default()
-                },
-                learn_window: Duration::minutes(30),
-                routes: config.route_names(),
-                ..PredictOptions::default()
-            };
-            let now = clock.now_value();
-            let predicted = healstore::Analytics::new(healer.store())
-                .predict(now, &options)
-                .await?;
-            for p in healer
-                .propose_preventions(&predicted.predictions, now)
-                .await?
-            {
-                // What a preventive restart does in this simulated fleet.
-                if let Some(a) = &p.approval
-                    && !a.results.is_empty()
-                    && a.results.iter().all(|r| r.success)
-                {
-                    for r in a.results.iter().filter(|r| r.action == "restart_agent") {
-                        if let Some(agent) = &r.target {
-                            fleet.refresh(agent);
-                        }
-                    }
-                }
-                *prevented.entry(p.status).or_insert(0u64) += 1;
-            }
-        }
     }
 
     let circuits = healer.states(Some("CircuitBreaker")).await?;
@@ -371,7 +313,6 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             "prompt_simplification": fleet_state.prompt_simplification,
             "retries_scheduled": fleet_state.retries_scheduled,
         },
-        "preventions": prevented,
         "head_position": head,
         "dashboard": dashboard,
     });
