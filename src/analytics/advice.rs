@@ -37,8 +37,8 @@ use serde::Serialize;
 use super::effectiveness::{Effectiveness, EffectivenessOptions};
 use super::stats::{ALL_SPANS, FACT_SPANS};
 use super::{
-    Analytics, Arms, CircuitReport, HOUR_US, MINUTE_US, MttrPoint, MttrTo, Pieces, Stats, Window,
-    WindowInfo, ratio,
+    Analytics, Arms, CircuitReport, MttrPoint, MttrTo, Pieces, Stats, Window, WindowInfo,
+    fact_unit, ratio,
 };
 use crate::error::Result;
 use crate::time::format_time;
@@ -530,21 +530,17 @@ impl Analytics {
         let resources = sql_list(RESOURCE_FAILURES);
         let timeouts = sql_list(TIMEOUT_FAILURES);
         let mut arms = Arms::default();
-        for (a, b) in p.of(HOUR_US) {
+        for &(span, a, b) in &p.levels {
+            let (unit, col) = fact_unit(span);
             arms.push(
-                "SELECT strategy, failure_type, decision, attempts AS n FROM attempt_hourly \
-                 WHERE hour >= ? AND hour < ?",
+                format!(
+                    "SELECT strategy, failure_type, decision, attempts AS n FROM attempt_{unit} \
+                     WHERE {col} >= ? AND {col} < ?"
+                ),
                 &[a, b],
             );
         }
-        for (a, b) in p.of(MINUTE_US) {
-            arms.push(
-                "SELECT strategy, failure_type, decision, attempts AS n FROM attempt_minutely \
-                 WHERE minute >= ? AND minute < ?",
-                &[a, b],
-            );
-        }
-        // The partial minutes' decisions: from the log, and the facts kept of archived events.
+        // The partial seconds' decisions: from the log, and the facts kept of archived events.
         for &(a, b) in &p.rows {
             arms.push(
                 format!(
@@ -600,17 +596,13 @@ impl Analytics {
     async fn by_hour_of_day(&self, window: &Window) -> Result<Vec<(i64, i64)>> {
         let p = Pieces::cut(window.since_us(), window.until_us(), FACT_SPANS);
         let mut arms = Arms::default();
-        for (a, b) in p.of(HOUR_US) {
+        for &(span, a, b) in &p.levels {
+            let (unit, col) = fact_unit(span);
             arms.push(
-                "SELECT (hour / 3600000000) % 24 AS h, detected AS n FROM failure_hourly \
-                 WHERE hour >= ? AND hour < ?",
-                &[a, b],
-            );
-        }
-        for (a, b) in p.of(MINUTE_US) {
-            arms.push(
-                "SELECT (minute / 3600000000) % 24 AS h, detected AS n FROM failure_minutely \
-                 WHERE minute >= ? AND minute < ?",
+                format!(
+                    "SELECT ({col} / 3600000000) % 24 AS h, detected AS n FROM failure_{unit} \
+                     WHERE {col} >= ? AND {col} < ?"
+                ),
                 &[a, b],
             );
         }
@@ -628,7 +620,7 @@ impl Analytics {
     }
 
     /// The agents with the most failures detected in the window (at most ten), from the
-    /// per-agent rollup by the day, hour and minute.
+    /// per-agent rollup by the day, hour, minute and second.
     async fn top_agents(&self, window: &Window) -> Result<Vec<(String, i64)>> {
         let p = Pieces::cut(window.since_us(), window.until_us(), ALL_SPANS);
         let mut arms = Arms::default();

@@ -1,5 +1,7 @@
 //! Mergeable log-scale histograms of times (HDR-like), as `ttr_histogram` keeps them per
-//! minute, hour and day (see migrations/V12__minute_and_histogram_rollups.sql).
+//! second, minute, hour and day (see migrations/V12__minute_and_histogram_rollups.sql; the
+//! triggers compute each time's bucket once, into `failures.remediate_bucket` and
+//! `recover_bucket`, migrations/V13__second_rollups_and_stored_buckets.sql).
 //!
 //! A time of `t` microseconds (never negative) falls in bucket `t` itself when `t < 128`;
 //! otherwise, with `e = floor(log2 t)` and the top seven bits `m = t >> (e - 6)` (64 to 127),
@@ -30,17 +32,6 @@ pub fn representative(bucket: i64) -> i64 {
     let m = bucket % 64 + 64;
     let width = 1i64 << (e - 6);
     (m << (e - 6)) + width / 2
-}
-
-/// The same bucket as [`bucket`], as an SQL expression over `x` (an expression without side
-/// effects); SQLite has no logarithm without its math functions, so `e` is counted with shifts.
-pub(crate) fn bucket_sql(x: &str) -> String {
-    let terms: Vec<String> = (8..63).map(|k| format!("(x >> {k} > 0)")).collect();
-    format!(
-        "(SELECT CASE WHEN x < 128 THEN x ELSE e * 64 + (x >> (e - 6)) - 64 END FROM \
-         (SELECT x, 7 + {} AS e FROM (SELECT MAX(0, {x}) AS x)))",
-        terms.join(" + ")
-    )
 }
 
 /// A histogram: (bucket, count) in ascending bucket order, merged from rollup rows and exact

@@ -4,27 +4,30 @@
 //! transaction as the events ([`rebuild_read_models`] recreates them from the events):
 //!
 //! - `failures`: one row per failure (detection, healing counts, remediation and recovery, each
-//!   with its time from detection);
+//!   with its time from detection and that time's histogram bucket);
 //! - `failure_hourly`, `attempt_hourly`, `healing_hourly`: hourly rollups, and
-//!   `failure_minutely`, `attempt_minutely`, `healing_minutely` the same by the minute;
-//! - `agent_rollup`: failures detected per agent by the minute, hour and day;
+//!   `failure_minutely`, `attempt_minutely`, `healing_minutely` and `failure_secondly`,
+//!   `attempt_secondly`, `healing_secondly` the same by the minute and by the second;
+//! - `agent_rollup`: failures detected per agent by the second, minute, hour and day;
 //! - `ttr_histogram`: the times to remediate and to recover as log-scale histograms by the
-//!   minute, hour and day ([`hist`]), for percentiles within 1 %;
-//! - `recovery_pairs`: failures counted by the minute and hour of their detection and of their
-//!   recovery, for the failures not recovered by a window's end;
+//!   second, minute, hour and day ([`hist`]), for percentiles within 1 %;
+//! - `recovery_pairs`: failures counted by the second, minute and hour of their detection and
+//!   of their recovery, for the failures not recovered by a window's end;
 //! - `patterns` and `predictions`: the latest learned patterns and every prediction made;
 //! - `archived_facts`: what the queries below read event by event, kept for archived events.
 //!
 //! A window `[since, until)` is cut ([`Pieces::cut`]) into its whole days (where a rollup has
-//! them), its whole hours, the whole minutes on either side, and the partial minutes at its
-//! edges: the rollups answer the first three and only the partial minutes are read row by row
-//! from the per-failure model or the log's indexes. A query's cost grows with the window's
-//! length in time (at most 2 x 23 hours and 2 x 59 minutes besides its days), not with the
-//! number of events in it, and a burst in the current hour costs no more than a quiet one. Queries that
-//! read events one by one (the partial hours' healing results and decisions, a strategy's
-//! latest results for its trend, success signals, recent usage reports) read the log and
-//! `archived_facts` together, so that an archive changes no answer. Nothing here loads the log
-//! into memory.
+//! them), its whole hours, the whole minutes and seconds on either side, and the partial
+//! seconds at its edges: the rollups answer the units and only the partial seconds are read
+//! row by row from the per-failure model or the log's indexes. A query's cost grows with the
+//! window's length in time (at most 2 x 23 hours, 2 x 59 minutes and 2 x 59 seconds besides
+//! its days), not with the number of events in it, and a burst in the current minute costs no
+//! more than a quiet one (it would cost its whole burst if the last partial minute were read
+//! row by row, as it was: a fleet's latest failures are healed in the current minute). Queries
+//! that read events one by one (the partial seconds' healing results and decisions, a
+//! strategy's latest results for its trend, success signals, recent usage reports) read the
+//! log and `archived_facts` together, so that an archive changes no answer. Nothing here loads
+//! the log into memory.
 //!
 //! - [`stats`]: overall statistics and MTTR history;
 //! - [`effectiveness`]: per strategy and per (strategy, failure type), with trend and verdict;
@@ -145,9 +148,21 @@ pub use stats::{MttrBy, MttrPoint, MttrTo, Stats};
 
 /// One hour in microseconds: the rollups' bucket.
 pub(crate) const HOUR_US: i64 = 3_600_000_000;
-/// One minute and one day in microseconds: the finer and the coarser rollups' buckets.
+/// One second, one minute and one day in microseconds: the finer and the coarser rollups'
+/// buckets.
+pub(crate) const SECOND_US: i64 = 1_000_000;
 pub(crate) const MINUTE_US: i64 = 60_000_000;
 pub(crate) const DAY_US: i64 = 86_400_000_000;
+
+/// The fact rollups of a span (`failure_`, `attempt_`, `healing_` + the suffix) and their
+/// time column: `secondly` by `second`, `minutely` by `minute`, `hourly` by `hour`.
+pub(crate) fn fact_unit(span: i64) -> (&'static str, &'static str) {
+    match span {
+        SECOND_US => ("secondly", "second"),
+        MINUTE_US => ("minutely", "minute"),
+        _ => ("hourly", "hour"),
+    }
+}
 
 /// A window cut into the pieces the rollups answer: whole units of each span (coarsest in
 /// the middle), and the partial minutes at the edges, read row by row.
@@ -186,14 +201,6 @@ impl Pieces {
         let mut out = Pieces::default();
         go(s, u, spans, &mut out);
         out
-    }
-
-    /// The ranges of one span.
-    pub(crate) fn of(&self, span: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
-        self.levels
-            .iter()
-            .filter(move |l| l.0 == span)
-            .map(|l| (l.1, l.2))
     }
 }
 
@@ -427,7 +434,8 @@ pub(crate) const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
         "failures",
         "position, failure_id, failure_type, agent_id, task_id, severity, detected_at, attempts, \
          results, successes, last_decision, remediated_position, remediated_at, remediated_by, \
-         remediate_us, recovered_position, recovered_at, recovered_how, recover_us",
+         remediate_us, recovered_position, recovered_at, recovered_how, recover_us, \
+         remediate_bucket, recover_bucket",
         "position",
     ),
     (
@@ -490,6 +498,21 @@ pub(crate) const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
         "recovery_pairs",
         "span, detected, recovered, n",
         "span, detected, recovered",
+    ),
+    (
+        "failure_secondly",
+        "second, failure_type, detected, remediated, remediate_us_sum, recovered, recover_us_sum",
+        "second, failure_type",
+    ),
+    (
+        "attempt_secondly",
+        "second, strategy, failure_type, decision, attempts",
+        "second, strategy, failure_type, decision",
+    ),
+    (
+        "healing_secondly",
+        "second, strategy, failure_type, results, successes, duration_sum_ms",
+        "second, strategy, failure_type",
     ),
 ];
 
@@ -570,7 +593,7 @@ mod tests {
             assert!(p.rows.len() <= 2);
             assert!(p.rows.iter().map(|(a, b)| b - a).sum::<i64>() < 2 * MINUTE_US);
             for span in spans {
-                assert!(p.of(span).count() <= 2);
+                assert!(p.levels.iter().filter(|l| l.0 == span).count() <= 2);
             }
         }
     }

@@ -1,7 +1,8 @@
 -- Rebuilds every analytics read model from the events: the set-based equivalent of the
--- triggers (migrations/V3__read_models.sql and V5, as recreated by V6, V7, V10 and V12: only
--- schema version 1 of each type is interpreted; sums of times to remediate and recover
--- saturate; V12 adds the rollups by the minute, per agent, histograms and recovery pairs),
+-- triggers (migrations/V3__read_models.sql and V5, as recreated by V6, V7, V10, V12 and V13:
+-- only schema version 1 of each type is interpreted; sums of times to remediate and recover
+-- saturate; V12 adds the rollups by the minute, per agent, histograms and recovery pairs; V13
+-- the rollups by the second and each time's histogram bucket),
 -- statement for statement. A test checks that a rebuild reproduces the incrementally
 -- maintained tables exactly.
 --
@@ -25,6 +26,9 @@ DELETE FROM healing_minutely;
 DELETE FROM agent_rollup;
 DELETE FROM ttr_histogram;
 DELETE FROM recovery_pairs;
+DELETE FROM failure_secondly;
+DELETE FROM attempt_secondly;
+DELETE FROM healing_secondly;
 
 INSERT OR IGNORE INTO failures (position, failure_id, failure_type, agent_id, task_id,
                                 severity, detected_at)
@@ -66,7 +70,22 @@ WITH x AS (
 )
 UPDATE failures
 SET remediated_position = x.p, remediated_at = e.occurred_at, remediated_by = e.strategy,
-    remediate_us = MAX(0, e.occurred_at - failures.detected_at)
+    remediate_us = MAX(0, e.occurred_at - failures.detected_at),
+    remediate_bucket = (SELECT CASE WHEN x < 128 THEN x ELSE e * 64 + (x >> (e - 6)) - 64 END FROM (
+      SELECT x,
+        7 + (x >> 8 > 0) + (x >> 9 > 0) + (x >> 10 > 0) + (x >> 11 > 0) +
+        (x >> 12 > 0) + (x >> 13 > 0) + (x >> 14 > 0) + (x >> 15 > 0) + (x >> 16 > 0) +
+        (x >> 17 > 0) + (x >> 18 > 0) + (x >> 19 > 0) + (x >> 20 > 0) + (x >> 21 > 0) +
+        (x >> 22 > 0) + (x >> 23 > 0) + (x >> 24 > 0) + (x >> 25 > 0) + (x >> 26 > 0) +
+        (x >> 27 > 0) + (x >> 28 > 0) + (x >> 29 > 0) + (x >> 30 > 0) + (x >> 31 > 0) +
+        (x >> 32 > 0) + (x >> 33 > 0) + (x >> 34 > 0) + (x >> 35 > 0) + (x >> 36 > 0) +
+        (x >> 37 > 0) + (x >> 38 > 0) + (x >> 39 > 0) + (x >> 40 > 0) + (x >> 41 > 0) +
+        (x >> 42 > 0) + (x >> 43 > 0) + (x >> 44 > 0) + (x >> 45 > 0) + (x >> 46 > 0) +
+        (x >> 47 > 0) + (x >> 48 > 0) + (x >> 49 > 0) + (x >> 50 > 0) + (x >> 51 > 0) +
+        (x >> 52 > 0) + (x >> 53 > 0) + (x >> 54 > 0) + (x >> 55 > 0) + (x >> 56 > 0) +
+        (x >> 57 > 0) + (x >> 58 > 0) + (x >> 59 > 0) + (x >> 60 > 0) + (x >> 61 > 0) +
+        (x >> 62 > 0) AS e
+      FROM (SELECT MAX(0, e.occurred_at - failures.detected_at) AS x)))
 FROM x JOIN events e ON e.position = x.p
 WHERE failures.failure_id = x.failure_id;
 
@@ -79,7 +98,22 @@ WITH x AS (
 UPDATE failures
 SET recovered_position = x.p, recovered_at = e.occurred_at,
     recovered_how = e.payload ->> '$.how',
-    recover_us = MAX(0, e.occurred_at - failures.detected_at)
+    recover_us = MAX(0, e.occurred_at - failures.detected_at),
+    recover_bucket = (SELECT CASE WHEN x < 128 THEN x ELSE e * 64 + (x >> (e - 6)) - 64 END FROM (
+      SELECT x,
+        7 + (x >> 8 > 0) + (x >> 9 > 0) + (x >> 10 > 0) + (x >> 11 > 0) +
+        (x >> 12 > 0) + (x >> 13 > 0) + (x >> 14 > 0) + (x >> 15 > 0) + (x >> 16 > 0) +
+        (x >> 17 > 0) + (x >> 18 > 0) + (x >> 19 > 0) + (x >> 20 > 0) + (x >> 21 > 0) +
+        (x >> 22 > 0) + (x >> 23 > 0) + (x >> 24 > 0) + (x >> 25 > 0) + (x >> 26 > 0) +
+        (x >> 27 > 0) + (x >> 28 > 0) + (x >> 29 > 0) + (x >> 30 > 0) + (x >> 31 > 0) +
+        (x >> 32 > 0) + (x >> 33 > 0) + (x >> 34 > 0) + (x >> 35 > 0) + (x >> 36 > 0) +
+        (x >> 37 > 0) + (x >> 38 > 0) + (x >> 39 > 0) + (x >> 40 > 0) + (x >> 41 > 0) +
+        (x >> 42 > 0) + (x >> 43 > 0) + (x >> 44 > 0) + (x >> 45 > 0) + (x >> 46 > 0) +
+        (x >> 47 > 0) + (x >> 48 > 0) + (x >> 49 > 0) + (x >> 50 > 0) + (x >> 51 > 0) +
+        (x >> 52 > 0) + (x >> 53 > 0) + (x >> 54 > 0) + (x >> 55 > 0) + (x >> 56 > 0) +
+        (x >> 57 > 0) + (x >> 58 > 0) + (x >> 59 > 0) + (x >> 60 > 0) + (x >> 61 > 0) +
+        (x >> 62 > 0) AS e
+      FROM (SELECT MAX(0, e.occurred_at - failures.detected_at) AS x)))
 FROM x JOIN events e ON e.position = x.p
 WHERE failures.failure_id = x.failure_id;
 
@@ -220,52 +254,74 @@ GROUP BY 1, 2, 3;
 
 INSERT INTO agent_rollup (span, start, agent_id, detected)
 SELECT s.span, (f.detected_at / s.span) * s.span, f.agent_id, COUNT(*)
-FROM failures f, (SELECT 60000000 AS span UNION ALL SELECT 3600000000 UNION ALL SELECT 86400000000) s
+FROM failures f, (SELECT 1000000 AS span UNION ALL SELECT 60000000 UNION ALL SELECT 3600000000
+          UNION ALL SELECT 86400000000) s
 WHERE f.agent_id IS NOT NULL
 GROUP BY 1, 2, 3;
 
 INSERT INTO ttr_histogram (span, start, kind, bucket, n)
 SELECT span, start, kind, bucket, COUNT(*) FROM (
     SELECT s.span, (f.remediated_at / s.span) * s.span AS start, 'remediate' AS kind,
-           (SELECT CASE WHEN x < 128 THEN x ELSE e * 64 + (x >> (e - 6)) - 64 END FROM (
-             SELECT x,
-               7 + (x >> 8 > 0) + (x >> 9 > 0) + (x >> 10 > 0) + (x >> 11 > 0) + (x >> 12 > 0) +
-               (x >> 13 > 0) + (x >> 14 > 0) + (x >> 15 > 0) + (x >> 16 > 0) + (x >> 17 > 0) +
-               (x >> 18 > 0) + (x >> 19 > 0) + (x >> 20 > 0) + (x >> 21 > 0) + (x >> 22 > 0) +
-               (x >> 23 > 0) + (x >> 24 > 0) + (x >> 25 > 0) + (x >> 26 > 0) + (x >> 27 > 0) +
-               (x >> 28 > 0) + (x >> 29 > 0) + (x >> 30 > 0) + (x >> 31 > 0) + (x >> 32 > 0) +
-               (x >> 33 > 0) + (x >> 34 > 0) + (x >> 35 > 0) + (x >> 36 > 0) + (x >> 37 > 0) +
-               (x >> 38 > 0) + (x >> 39 > 0) + (x >> 40 > 0) + (x >> 41 > 0) + (x >> 42 > 0) +
-               (x >> 43 > 0) + (x >> 44 > 0) + (x >> 45 > 0) + (x >> 46 > 0) + (x >> 47 > 0) +
-               (x >> 48 > 0) + (x >> 49 > 0) + (x >> 50 > 0) + (x >> 51 > 0) + (x >> 52 > 0) +
-               (x >> 53 > 0) + (x >> 54 > 0) + (x >> 55 > 0) + (x >> 56 > 0) + (x >> 57 > 0) +
-               (x >> 58 > 0) + (x >> 59 > 0) + (x >> 60 > 0) + (x >> 61 > 0) + (x >> 62 > 0) AS e
-             FROM (SELECT f.remediate_us AS x))) AS bucket
-    FROM failures f, (SELECT 60000000 AS span UNION ALL SELECT 3600000000 UNION ALL SELECT 86400000000) s
+           f.remediate_bucket AS bucket
+    FROM failures f, (SELECT 1000000 AS span UNION ALL SELECT 60000000 UNION ALL SELECT 3600000000
+          UNION ALL SELECT 86400000000) s
     WHERE f.remediated_at IS NOT NULL
     UNION ALL
-    SELECT s.span, (f.recovered_at / s.span) * s.span, 'recover',
-           (SELECT CASE WHEN x < 128 THEN x ELSE e * 64 + (x >> (e - 6)) - 64 END FROM (
-             SELECT x,
-               7 + (x >> 8 > 0) + (x >> 9 > 0) + (x >> 10 > 0) + (x >> 11 > 0) + (x >> 12 > 0) +
-               (x >> 13 > 0) + (x >> 14 > 0) + (x >> 15 > 0) + (x >> 16 > 0) + (x >> 17 > 0) +
-               (x >> 18 > 0) + (x >> 19 > 0) + (x >> 20 > 0) + (x >> 21 > 0) + (x >> 22 > 0) +
-               (x >> 23 > 0) + (x >> 24 > 0) + (x >> 25 > 0) + (x >> 26 > 0) + (x >> 27 > 0) +
-               (x >> 28 > 0) + (x >> 29 > 0) + (x >> 30 > 0) + (x >> 31 > 0) + (x >> 32 > 0) +
-               (x >> 33 > 0) + (x >> 34 > 0) + (x >> 35 > 0) + (x >> 36 > 0) + (x >> 37 > 0) +
-               (x >> 38 > 0) + (x >> 39 > 0) + (x >> 40 > 0) + (x >> 41 > 0) + (x >> 42 > 0) +
-               (x >> 43 > 0) + (x >> 44 > 0) + (x >> 45 > 0) + (x >> 46 > 0) + (x >> 47 > 0) +
-               (x >> 48 > 0) + (x >> 49 > 0) + (x >> 50 > 0) + (x >> 51 > 0) + (x >> 52 > 0) +
-               (x >> 53 > 0) + (x >> 54 > 0) + (x >> 55 > 0) + (x >> 56 > 0) + (x >> 57 > 0) +
-               (x >> 58 > 0) + (x >> 59 > 0) + (x >> 60 > 0) + (x >> 61 > 0) + (x >> 62 > 0) AS e
-             FROM (SELECT f.recover_us AS x)))
-    FROM failures f, (SELECT 60000000 AS span UNION ALL SELECT 3600000000 UNION ALL SELECT 86400000000) s
+    SELECT s.span, (f.recovered_at / s.span) * s.span, 'recover', f.recover_bucket
+    FROM failures f, (SELECT 1000000 AS span UNION ALL SELECT 60000000 UNION ALL SELECT 3600000000
+          UNION ALL SELECT 86400000000) s
     WHERE f.recovered_at IS NOT NULL
 )
 GROUP BY 1, 2, 3, 4;
 
 INSERT INTO recovery_pairs (span, detected, recovered, n)
 SELECT s.span, (f.detected_at / s.span) * s.span, (f.recovered_at / s.span) * s.span, COUNT(*)
-FROM failures f, (SELECT 60000000 AS span UNION ALL SELECT 3600000000) s
+FROM failures f, (SELECT 1000000 AS span UNION ALL SELECT 60000000 UNION ALL SELECT 3600000000) s
 WHERE f.recovered_at IS NOT NULL
+GROUP BY 1, 2, 3;
+
+-- The rollups by the second of migrations/V13.
+INSERT INTO failure_secondly (second, failure_type, detected, remediated, remediate_us_sum,
+                              recovered, recover_us_sum)
+SELECT second, failure_type, SUM(d), SUM(m),
+       CASE WHEN MAX(gm) >= 6.9e18 THEN 4611686018427387904
+            ELSE MIN(SUM(CASE WHEN gm < 6.9e18 THEN mt ELSE 0 END), 4611686018427387904) END,
+       SUM(r),
+       CASE WHEN MAX(gr) >= 6.9e18 THEN 4611686018427387904
+            ELSE MIN(SUM(CASE WHEN gr < 6.9e18 THEN rt ELSE 0 END), 4611686018427387904) END
+FROM (
+    SELECT second, failure_type, d, m, mt, r, rt,
+           TOTAL(mt) OVER (PARTITION BY second, failure_type) AS gm,
+           TOTAL(rt) OVER (PARTITION BY second, failure_type) AS gr
+    FROM (
+        SELECT (detected_at / 1000000) * 1000000 AS second, failure_type,
+               1 AS d, 0 AS m, 0 AS mt, 0 AS r, 0 AS rt
+        FROM failures
+        UNION ALL
+        SELECT (remediated_at / 1000000) * 1000000, failure_type, 0, 1, remediate_us, 0, 0
+        FROM failures WHERE remediated_at IS NOT NULL
+        UNION ALL
+        SELECT (recovered_at / 1000000) * 1000000, failure_type, 0, 0, 0, 1, recover_us
+        FROM failures WHERE recovered_at IS NOT NULL
+    )
+)
+GROUP BY second, failure_type;
+
+INSERT INTO attempt_secondly (second, strategy, failure_type, decision, attempts)
+SELECT (e.occurred_at / 1000000) * 1000000, e.strategy,
+       COALESCE(e.failure_type, f.failure_type, ''),
+       COALESCE(e.payload ->> '$.decision', ''), COUNT(*)
+FROM events e LEFT JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+WHERE e.event_type = 'healing_attempted' AND e.schema_version = 1 AND e.failure_id IS NOT NULL
+  AND e.strategy IS NOT NULL
+GROUP BY 1, 2, 3, 4;
+
+INSERT INTO healing_secondly (second, strategy, failure_type, results, successes,
+                              duration_sum_ms)
+SELECT (e.occurred_at / 1000000) * 1000000, e.strategy,
+       COALESCE(e.failure_type, f.failure_type, ''),
+       COUNT(*), SUM(e.success), SUM(MAX(0, COALESCE(e.duration_ms, 0)))
+FROM events e LEFT JOIN failures f ON f.failure_id = e.failure_id AND f.position < e.position
+WHERE e.event_type = 'healing_completed' AND e.schema_version = 1 AND e.failure_id IS NOT NULL
+  AND e.strategy IS NOT NULL AND e.success IS NOT NULL
 GROUP BY 1, 2, 3;

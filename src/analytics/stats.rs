@@ -17,19 +17,20 @@
 //!   before its end.
 //!
 //! Percentiles are nearest-rank: exact over at most [`EXACT_MAX`] times, else read from the
-//! merged per-minute, per-hour and per-day histograms, each within 1 % of the exact value
-//! ([`hist`]); `exact` says which. Every figure is read from rollups for the window's whole
-//! days, hours and minutes and row by row only for the partial minutes at its edges (the
-//! series grouped by type, strategy or agent, and the exact percentiles, read the failures
-//! done in the window row by row).
+//! merged per-second, per-minute, per-hour and per-day histograms, each within 1 % of the
+//! exact value ([`super::hist`]); `exact` says which. Every figure is read from rollups for
+//! the window's whole days, hours, minutes and seconds and row by row only for the partial
+//! seconds at its edges (the series grouped by type, strategy or agent, and the exact
+//! percentiles, read the failures done in the window row by row).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::hist::{self, Histogram};
+use super::hist::Histogram;
 use super::{
-    Analytics, Arms, DAY_US, HOUR_US, MINUTE_US, Pieces, Window, WindowInfo, floor_to, ratio,
+    Analytics, Arms, DAY_US, HOUR_US, MINUTE_US, Pieces, SECOND_US, Window, WindowInfo, fact_unit,
+    floor_to, ratio,
 };
 use crate::error::{Error, Result};
 use crate::time::{format_time, from_micros};
@@ -67,7 +68,7 @@ pub struct Stats {
     pub unresolved: i64,
     /// Whether the percentiles above are exact (nearest rank over the times themselves, when
     /// the window holds at most [`EXACT_MAX`] of them) or read from the merged histograms
-    /// (each within 1 % of the exact value; see [`hist`]). Counts and means are always exact.
+    /// (each within 1 % of the exact value; see [`super::hist`]). Counts and means are always exact.
     pub exact: bool,
     /// Healing results per strategy.
     pub by_strategy: BTreeMap<String, i64>,
@@ -76,31 +77,28 @@ pub struct Stats {
 }
 
 /// Percentiles over at most this many times are exact (read row by row, nearest rank);
-/// above it they come from the merged histograms, within [`hist::RELATIVE_ERROR`].
+/// above it they come from the merged histograms, within [`super::hist::RELATIVE_ERROR`].
 pub const EXACT_MAX: i64 = 2_000;
 
-/// The spans of the failure and healing rollups (`*_minutely`, `*_hourly`).
-pub(crate) const FACT_SPANS: &[i64] = &[MINUTE_US, HOUR_US];
+/// The spans of the failure and healing rollups (`*_secondly`, `*_minutely`, `*_hourly`) and
+/// of the detection/recovery pairs.
+pub(crate) const FACT_SPANS: &[i64] = &[SECOND_US, MINUTE_US, HOUR_US];
 /// The spans of the histograms and of the per-agent rollup.
-pub(crate) const ALL_SPANS: &[i64] = &[MINUTE_US, HOUR_US, DAY_US];
+pub(crate) const ALL_SPANS: &[i64] = &[SECOND_US, MINUTE_US, HOUR_US, DAY_US];
 
 /// The arms for the failure side of the stats: detections, remediations and recoveries per
-/// type, from the hourly and minute rollups for whole units and from the per-failure model at
-/// the edges. Columns: failure_type, d, m, mt, r, rt.
+/// type, from the hourly, minute and second rollups for whole units and from the per-failure
+/// model at the edges. Columns: failure_type, d, m, mt, r, rt.
 pub(crate) fn failure_arms(p: &Pieces) -> Arms {
     let mut arms = Arms::default();
-    for (a, b) in p.of(HOUR_US) {
+    for &(span, a, b) in &p.levels {
+        let (unit, col) = fact_unit(span);
         arms.push(
-            "SELECT failure_type, detected AS d, remediated AS m, remediate_us_sum AS mt, \
-             recovered AS r, recover_us_sum AS rt FROM failure_hourly WHERE hour >= ? AND hour < ?",
-            &[a, b],
-        );
-    }
-    for (a, b) in p.of(MINUTE_US) {
-        arms.push(
-            "SELECT failure_type, detected AS d, remediated AS m, remediate_us_sum AS mt, \
-             recovered AS r, recover_us_sum AS rt FROM failure_minutely \
-             WHERE minute >= ? AND minute < ?",
+            format!(
+                "SELECT failure_type, detected AS d, remediated AS m, remediate_us_sum AS mt, \
+                 recovered AS r, recover_us_sum AS rt FROM failure_{unit} \
+                 WHERE {col} >= ? AND {col} < ?"
+            ),
             &[a, b],
         );
     }
@@ -134,17 +132,13 @@ const FAILURES_BY_TYPE: &str = "SELECT failure_type, SUM(d), SUM(m), TOTAL(mt), 
 /// edges.
 fn result_arms(p: &Pieces) -> Arms {
     let mut arms = Arms::default();
-    for (a, b) in p.of(HOUR_US) {
+    for &(span, a, b) in &p.levels {
+        let (unit, col) = fact_unit(span);
         arms.push(
-            "SELECT strategy, failure_type, results AS n, successes AS s, duration_sum_ms AS d \
-             FROM healing_hourly WHERE hour >= ? AND hour < ?",
-            &[a, b],
-        );
-    }
-    for (a, b) in p.of(MINUTE_US) {
-        arms.push(
-            "SELECT strategy, failure_type, results AS n, successes AS s, duration_sum_ms AS d \
-             FROM healing_minutely WHERE minute >= ? AND minute < ?",
+            format!(
+                "SELECT strategy, failure_type, results AS n, successes AS s, \
+                 duration_sum_ms AS d FROM healing_{unit} WHERE {col} >= ? AND {col} < ?"
+            ),
             &[a, b],
         );
     }
@@ -170,38 +164,46 @@ fn result_arms(p: &Pieces) -> Arms {
 }
 
 /// The failures detected in the window (cut into `p`) that recovered before its end `u`,
-/// from the detection/recovery pairs: for detections in whole hours, the pairs by the hour
-/// with the recovery in an hour before `u`'s, the pairs by the minute with the recovery in
-/// `u`'s hour before its minute; for detections in whole minutes, the pairs by the minute with
-/// the recovery before `u`'s minute; recoveries in `u`'s partial minute and detections in the
-/// partial minutes at the edges row by row. Column: c.
+/// from the detection/recovery pairs. For detections in whole units of a span, the pairs of
+/// that span with the recovery in a unit before `u`'s, then, for each finer span, the pairs of
+/// that span with the recovery between `u`'s unit of the next coarser span and `u`'s own unit
+/// of this one (so every recovery before `u`'s second is counted once, at the coarsest span
+/// that tells it came before `u`); recoveries in `u`'s partial second, and detections in the
+/// partial seconds at the edges, row by row. Column: c.
 fn recovered_by_end_arms(p: &Pieces, u: i64) -> Arms {
-    let (hu, mu) = (floor_to(u, HOUR_US), floor_to(u, MINUTE_US));
     let mut arms = Arms::default();
-    for (a, b) in p.of(HOUR_US) {
+    for &(span, a, b) in &p.levels {
         arms.push(
             "SELECT n AS c FROM recovery_pairs \
              WHERE span = ? AND detected >= ? AND detected < ? AND recovered < ?",
-            &[HOUR_US, a, b, hu],
+            &[span, a, b, floor_to(u, span)],
         );
-        arms.push(
-            "SELECT n AS c FROM recovery_pairs INDEXED BY recovery_pairs_by_recovered \
-             WHERE span = ? AND recovered >= ? AND recovered < ? AND detected >= ? AND detected < ?",
-            &[MINUTE_US, hu, mu, a, b],
-        );
+        let finer: Vec<i64> = FACT_SPANS.iter().copied().filter(|f| *f < span).collect();
+        let mut coarser = span;
+        for &f in finer.iter().rev() {
+            let (lo, hi) = (floor_to(u, coarser), floor_to(u, f));
+            if lo < hi {
+                arms.push(
+                    "SELECT n AS c FROM recovery_pairs INDEXED BY recovery_pairs_by_recovered \
+                     WHERE span = ? AND recovered >= ? AND recovered < ? \
+                     AND detected >= ? AND detected < ?",
+                    &[f, lo, hi, a, b],
+                );
+            }
+            coarser = f;
+        }
     }
-    for (a, b) in p.of(MINUTE_US) {
-        arms.push(
-            "SELECT n AS c FROM recovery_pairs \
-             WHERE span = ? AND detected >= ? AND detected < ? AND recovered < ?",
-            &[MINUTE_US, a, b, mu],
-        );
-    }
-    for &(_, a, b) in &p.levels {
+    if let (Some(a), Some(b)) = (
+        p.levels.iter().map(|l| l.1).min(),
+        p.levels.iter().map(|l| l.2).max(),
+    ) {
+        // The whole units are contiguous: one range of detections. The recoveries of the
+        // partial second are the few rows: `+` keeps SQLite from walking the detections
+        // instead (the whole window's, through the covering index on them).
         arms.push(
             "SELECT 1 AS c FROM failures WHERE recovered_at >= ? AND recovered_at < ? \
-             AND detected_at >= ? AND detected_at < ?",
-            &[mu, u, a, b],
+             AND +detected_at >= ? AND +detected_at < ?",
+            &[floor_to(u, SECOND_US), u, a, b],
         );
     }
     for &(a, b) in &p.rows {
@@ -269,7 +271,7 @@ fn percentiles_sql(to: MttrTo) -> String {
 /// edges), each row tagged with its series bucket of `b` microseconds (0 for none). Columns:
 /// sb, bk, c.
 fn histogram_arms(p: &Pieces, to: MttrTo, b: i64) -> Arms {
-    let (at, us) = to.columns();
+    let (at, _) = to.columns();
     let kind = to.kind();
     let sb = |col: &str| {
         if b > 0 {
@@ -292,9 +294,9 @@ fn histogram_arms(p: &Pieces, to: MttrTo, b: i64) -> Arms {
     for &(lo, hi) in &p.rows {
         arms.push(
             format!(
-                "SELECT {} AS sb, {} AS bk, 1 AS c FROM failures WHERE {at} >= ? AND {at} < ?",
-                sb(at),
-                hist::bucket_sql(us)
+                "SELECT {} AS sb, {kind}_bucket AS bk, 1 AS c FROM failures \
+                 WHERE {at} >= ? AND {at} < ?",
+                sb(at)
             ),
             &[lo, hi],
         );
@@ -550,8 +552,8 @@ impl Analytics {
     }
 
     /// An ungrouped series from the rollups, when the window holds more than [`EXACT_MAX`]
-    /// failures done and the bucket is a whole number of minutes: counts and sums from the
-    /// minute and hourly rollups, percentiles (when asked) and maxima from the histograms.
+    /// failures done and the bucket is a whole number of seconds: counts and sums from the
+    /// second, minute and hourly rollups, percentiles (when asked) and maxima from the histograms.
     /// None: answer row by row.
     async fn rollup_series(
         &self,
@@ -570,22 +572,13 @@ impl Analytics {
         let (at, us) = to.columns();
         let sb = |col: &str| format!("({col} - (({col} % {b}) + {b}) % {b})");
         let mut arms = Arms::default();
-        for (lo, hi) in p.of(HOUR_US) {
+        for &(span, lo, hi) in &p.levels {
+            let (unit, col) = fact_unit(span);
             arms.push(
                 format!(
-                    "SELECT {} AS sb, {n_col} AS n, {sum_col} AS t FROM failure_hourly \
-                     WHERE hour >= ? AND hour < ? AND {n_col} > 0",
-                    sb("hour")
-                ),
-                &[lo, hi],
-            );
-        }
-        for (lo, hi) in p.of(MINUTE_US) {
-            arms.push(
-                format!(
-                    "SELECT {} AS sb, {n_col} AS n, {sum_col} AS t FROM failure_minutely \
-                     WHERE minute >= ? AND minute < ? AND {n_col} > 0",
-                    sb("minute")
+                    "SELECT {} AS sb, {n_col} AS n, {sum_col} AS t FROM failure_{unit} \
+                     WHERE {col} >= ? AND {col} < ? AND {n_col} > 0",
+                    sb(col)
                 ),
                 &[lo, hi],
             );

@@ -64,6 +64,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V12__minute_and_histogram_rollups",
         include_str!("../../migrations/V12__minute_and_histogram_rollups.sql"),
     ),
+    (
+        "V13__second_rollups_and_stored_buckets",
+        include_str!("../../migrations/V13__second_rollups_and_stored_buckets.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

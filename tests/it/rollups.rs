@@ -1,5 +1,6 @@
-//! The rollups by the minute, hour and day against brute force: windows of many lengths and
-//! alignments (shorter than a minute to several days, on and off every boundary), histogram
+//! The rollups by the second, minute, hour and day against brute force: windows of many
+//! lengths and alignments (a millisecond to several days, on and off every boundary, around a
+//! burst of many failures to the second), results and withheld decisions among the figures, histogram
 //! percentiles within their stated bound of the exact nearest-rank ones, the histogram buckets
 //! the triggers write equal to the library's, and a rebuild equal to the incremental tables.
 
@@ -16,13 +17,17 @@ use healstore::{Store, Window};
 use crate::analytics::Story;
 use crate::common::{Rng, open, t0, temp_db};
 
-/// One failure as written: detection, agent, type, remediation and recovery instants.
+/// One failure as written: detection, agent, type, remediation and recovery instants, and its
+/// healing result (strategy, success, duration in ms, instant; its decision, withheld or not,
+/// that duration before).
 struct Truth {
     at: DateTime<Utc>,
     agent: String,
     failure_type: &'static str,
     remediated: Option<DateTime<Utc>>,
     recovered: Option<DateTime<Utc>>,
+    result: Option<(&'static str, bool, i64, DateTime<Utc>)>,
+    withheld: bool,
 }
 
 /// A time from a log-uniform spread between 0 and about 2.8 hours, in microseconds, so that
@@ -34,28 +39,55 @@ fn spread(rng: &mut Rng) -> i64 {
 }
 
 const SPAN_US: i64 = 3 * 86_400_000_000 + 5 * 3_600_000_000;
+/// The hour of the burst, and the three seconds of the dense burst inside it.
+const BURST_US: i64 = 86_400_000_000 + 7 * 3_600_000_000;
+const DENSE_US: i64 = BURST_US + 1_800_000_000 + 12_345_678;
 
 /// `n` failures over three days and five hours from `t0()`, written many at once.
 async fn write(store: &Store, n: usize, rng: &mut Rng) -> Vec<Truth> {
     let types = ["agent_down", "task_timeout", "resource_exhaustion"];
     let mut truth = Vec::new();
     for i in 0..n {
-        // A burst: a quarter of the failures within one hour of the second day.
+        // A burst: a quarter of the failures within one hour of the second day, and an eighth
+        // within three seconds of it (many to a second, healed within seconds).
         let at_us = if i % 4 == 0 {
-            86_400_000_000 + 7 * 3_600_000_000 + rng.between(0, 3_599_999_999) as i64
+            BURST_US + rng.between(0, 3_599_999_999) as i64
+        } else if i % 8 == 1 {
+            DENSE_US + rng.between(0, 2_999_999) as i64
         } else {
             rng.between(0, SPAN_US as u64 - 1) as i64
         };
         let at = t0() + Duration::microseconds(at_us);
-        let remediated = (rng.between(0, 9) != 0).then(|| at + Duration::microseconds(spread(rng)));
+        let remediated = (rng.between(0, 9) != 0).then(|| {
+            let t = if i % 8 == 1 {
+                rng.between(0, 4_000_000) as i64
+            } else {
+                spread(rng)
+            };
+            at + Duration::microseconds(t)
+        });
         let recovered = (rng.between(0, 4) != 0)
             .then(|| remediated.unwrap_or(at) + Duration::microseconds(spread(rng)));
+        let result = (rng.between(0, 2) != 0).then(|| {
+            let ms = rng.between(1, 2_000) as i64;
+            let at = at
+                + Duration::milliseconds(ms)
+                + Duration::microseconds(rng.between(0, 999_999) as i64);
+            (
+                ["AgentRestart", "TaskRetry"][rng.between(0, 1) as usize],
+                rng.between(0, 3) != 0,
+                ms,
+                at,
+            )
+        });
         truth.push(Truth {
             at,
             agent: format!("agent-{}", rng.between(0, 29)),
             failure_type: types[rng.between(0, 2) as usize],
             remediated,
             recovered,
+            result,
+            withheld: rng.between(0, 4) == 0,
         });
     }
     let ids: Vec<String> = (0..n).map(|i| format!("h-{i}")).collect();
@@ -67,6 +99,12 @@ async fn write(store: &Store, n: usize, rng: &mut Rng) -> Vec<Truth> {
             }
             if let Some(r) = t.recovered {
                 s = s.recovered("signal", r);
+            }
+            if let Some((strategy, ok, ms, at)) = t.result {
+                s = s.result(strategy, ok, ms, at);
+            }
+            if t.withheld {
+                s = s.decision("withheld");
             }
             s.write(store).await;
         })
@@ -100,7 +138,24 @@ fn windows(rng: &mut Rng) -> Vec<Window> {
             86_400_000_000 + 8 * 3_600_000_000 + 7_654_321,
         ),
     ];
-    for len_unit in [1_000_000i64, 60_000_000, 3_600_000_000, 86_400_000_000] {
+    // Around the dense burst: inside one of its seconds, across its seconds on and off their
+    // boundaries, and ending within it.
+    let dense_second = DENSE_US - DENSE_US % 1_000_000 + 1_000_000;
+    out.extend([
+        window(dense_second + 123_456, dense_second + 876_543),
+        window(dense_second, dense_second + 2_000_000),
+        window(DENSE_US - 1, DENSE_US + 3_500_001),
+        window(DENSE_US - 61_000_000, dense_second + 1_500_000),
+        window(BURST_US - 7_000_001, DENSE_US + 2_100_000),
+        window(DENSE_US + 500_000, BURST_US + 3_600_000_000 + 1),
+    ]);
+    for len_unit in [
+        1_000i64,
+        1_000_000,
+        60_000_000,
+        3_600_000_000,
+        86_400_000_000,
+    ] {
         for _ in 0..4 {
             let len = rng.between(1, 3) as i64 * len_unit + rng.between(0, 2) as i64 * 60_000_000;
             let s = rng.between(0, (SPAN_US - len).max(1) as u64) as i64;
@@ -157,6 +212,39 @@ async fn windows_of_every_length_and_alignment_agree_with_brute_force() {
             *by_type.entry(t.failure_type.into()).or_default() += 1;
         }
         assert_eq!(s.by_failure_type, by_type, "{w:?}");
+        let results: Vec<(&str, bool, i64)> = truth
+            .iter()
+            .filter_map(|t| t.result.filter(|r| inside(r.3)).map(|r| (r.0, r.1, r.2)))
+            .collect();
+        assert_eq!(s.total_healings, results.len() as i64, "{w:?}");
+        assert_eq!(
+            s.successful_healings,
+            results.iter().filter(|r| r.1).count() as i64,
+            "{w:?}"
+        );
+        let mut by_strategy: BTreeMap<String, i64> = BTreeMap::new();
+        for r in &results {
+            *by_strategy.entry(r.0.into()).or_default() += 1;
+        }
+        assert_eq!(s.by_strategy, by_strategy, "{w:?}");
+        let duration: i64 = results.iter().map(|r| r.2).sum();
+        let avg = if results.is_empty() {
+            0.0
+        } else {
+            duration as f64 / results.len() as f64
+        };
+        assert!(
+            (s.avg_healing_time_ms - avg).abs() <= 1e-9 * avg.max(1.0),
+            "{w:?}"
+        );
+        let withheld = truth
+            .iter()
+            .filter(|t| {
+                t.withheld
+                    && t.result
+                        .is_some_and(|r| inside(r.3 - Duration::milliseconds(r.2)))
+            })
+            .count();
         let unrecovered = detected
             .iter()
             .filter(|t| t.recovered.is_none_or(|r| r >= w.until))
@@ -220,11 +308,24 @@ async fn windows_of_every_length_and_alignment_agree_with_brute_force() {
         assert_eq!(d.top_agents, top, "{w:?}");
         assert_eq!(d.failures_by_hour, hours, "{w:?}");
         assert_eq!(d.overall, s);
+        let limits = d
+            .recommendations
+            .iter()
+            .find(|r| r.rule == "healer_limits_reached")
+            .and_then(|r| r.value);
+        assert_eq!(
+            limits,
+            (withheld > 0).then_some(withheld as f64),
+            "withheld decisions {w:?}"
+        );
     }
     assert!(
         approximate >= 2,
         "the histograms answered {approximate} windows"
     );
+    let before = read_model_digests(store.read_pool()).await.unwrap();
+    a.rebuild().await.unwrap();
+    assert_eq!(read_model_digests(store.read_pool()).await.unwrap(), before);
     store.close().await.unwrap();
 }
 
