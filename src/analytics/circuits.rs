@@ -147,14 +147,36 @@ impl Analytics {
         let mut folds: BTreeMap<(String, String), Fold> = BTreeMap::new();
 
         // States at the window's start (only transitions exist in the log, so this looks at
-        // each circuit's last one before it).
+        // each circuit's last one before it): the circuits listed by skipping through their
+        // index (the next circuit of the same strategy, else the first of the next strategy:
+        // plain comparisons, each one seek), then one seek for each one's last transition
+        // before the window, so that the cost grows with the circuits, not with their history.
+        // (A row-value comparison, `(strategy, circuit) > (?, ?)`, was not a seek for SQLite.)
         let prior: Vec<PriorRow> = sqlx::query_as(
-            "SELECT strategy, circuit, agent_id, to_state, open_until FROM ( \
-               SELECT strategy, circuit, agent_id, to_state, open_until, \
-                      ROW_NUMBER() OVER (PARTITION BY strategy, circuit \
-                                         ORDER BY at DESC, position DESC) AS rn \
-               FROM circuit_transitions WHERE at < ?1) \
-             WHERE rn = 1 AND to_state <> 'closed'",
+            "WITH RECURSIVE c(strategy, circuit) AS ( \
+               SELECT * FROM (SELECT strategy, circuit FROM circuit_transitions \
+                              ORDER BY strategy, circuit LIMIT 1) \
+               UNION ALL \
+               SELECT CASE WHEN (SELECT MIN(t.circuit) FROM circuit_transitions t \
+                                 WHERE t.strategy = c.strategy AND t.circuit > c.circuit) \
+                                IS NOT NULL THEN c.strategy \
+                           ELSE (SELECT MIN(t.strategy) FROM circuit_transitions t \
+                                 WHERE t.strategy > c.strategy) END, \
+                      COALESCE((SELECT MIN(t.circuit) FROM circuit_transitions t \
+                                WHERE t.strategy = c.strategy AND t.circuit > c.circuit), \
+                               (SELECT MIN(t.circuit) FROM circuit_transitions t \
+                                WHERE t.strategy = (SELECT MIN(t2.strategy) \
+                                                    FROM circuit_transitions t2 \
+                                                    WHERE t2.strategy > c.strategy))) \
+               FROM c WHERE c.strategy IS NOT NULL) \
+             SELECT t.strategy, t.circuit, t.agent_id, t.to_state, t.open_until \
+             FROM (SELECT (SELECT l.position FROM circuit_transitions l \
+                           WHERE l.strategy = c.strategy AND l.circuit = c.circuit \
+                             AND l.at < ?1 \
+                           ORDER BY l.at DESC, l.position DESC LIMIT 1) AS p \
+                   FROM c WHERE c.strategy IS NOT NULL) x \
+             JOIN circuit_transitions t ON t.position = x.p \
+             WHERE t.to_state <> 'closed'",
         )
         .bind(s)
         .fetch_all(self.pool())
