@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         }
         let small = windows_section(&store, n, 30, &[1, 7, 30]).await?;
         store.close().await?;
-        if std::env::var("HEALSTORE_BENCH_3M").map_or(true, |v| v != "0") {
+        if !std::env::var("HEALSTORE_BENCH_3M").is_ok_and(|v| v == "0") {
             let n3 = if quick { 150_000 } else { 3_000_000 };
             let path = std::path::PathBuf::from(format!("target/bench-analytics-{n3}-90d-r.db"));
             let store = prepare(&path, n3, 90).await?;
