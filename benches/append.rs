@@ -35,6 +35,16 @@
 //!
 //! Goals: with 256 appenders the store reaches at least 50 % of the baseline at `normal`
 //! durability and at least 25 % at `full`.
+//!
+//! # PostgreSQL
+//!
+//! With `HEALSTORE_BENCH_PG` set (to a server URL such as
+//! `postgres://postgres@127.0.0.1:5432/test`, or to `1` for that one), a second table compares
+//! the PostgreSQL backend with SQLite in the same run, at `full` durability: the same appenders
+//! (1, 16, 256) on one store of each, and on PostgreSQL also 4 stores (as 4 hosts) sharing
+//! the 256 appenders, which all serialise on the append lock. Each PostgreSQL run uses a
+//! database of its own, dropped afterwards. Opt-in, so that the SQLite table never depends on
+//! a server being there; an unreachable server set so fails the benchmark.
 
 /// The allocator of the `healstore` binary (and of the other benchmarks: benches/common).
 #[global_allocator]
@@ -102,6 +112,18 @@ fn main() -> Result<()> {
         );
     }
 
+    let postgres = match std::env::var("HEALSTORE_BENCH_PG") {
+        Ok(v) if !v.is_empty() && v != "0" => {
+            let server = if v == "1" {
+                "postgres://postgres@127.0.0.1:5432/test".to_owned()
+            } else {
+                v
+            };
+            Some(runtime.block_on(postgres_vs_sqlite(&server, scale))?)
+        }
+        _ => None,
+    };
+
     let peak = vm_hwm_kib();
     println!("\npeak memory (VmHWM): {}", format_kib(peak));
 
@@ -113,6 +135,7 @@ fn main() -> Result<()> {
         "goals": goals.iter().map(Goal::to_json).collect::<Vec<_>>(),
         "peak_vm_hwm_kib": peak,
         "max_other_cpu_share": busiest,
+        "postgres": postgres,
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-append.json");
     if let Some(dir) = out.parent() {
@@ -588,6 +611,157 @@ async fn store_run(spec: Spec) -> Result<Run> {
         other_cpu,
         vm_hwm_kib: vm_hwm_kib(),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL beside SQLite
+
+/// Appends `events` events from `appenders` tasks spread over `stores`, one at a time each;
+/// wall time and sorted latencies.
+async fn timed_appends(
+    stores: &[Store],
+    appenders: usize,
+    events: usize,
+) -> Result<(Duration, Vec<Duration>)> {
+    let per_appender = events / appenders;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..appenders)
+        .map(|agent| {
+            let store = stores[agent % stores.len()].clone();
+            tokio::spawn(async move {
+                let stream = format!("agent-{agent}");
+                let mut latencies = Vec::with_capacity(per_appender);
+                for n in 0..per_appender {
+                    let t = Instant::now();
+                    store
+                        .append(&stream, ExpectedVersion::Any, vec![new_event(agent, n)])
+                        .await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, healstore::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(events);
+    for task in tasks {
+        latencies.extend(task.await.context("appender task panicked")??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let head = stores[0].head_position().await?;
+    ensure!(
+        head == (per_appender * appenders) as i64,
+        "head position is {head} after {events} appends"
+    );
+    Ok((elapsed, latencies))
+}
+
+/// A database of its own on the server, for one run.
+async fn pg_database(server: &str) -> Result<(String, String)> {
+    let name = format!("healstore_bench_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(server)
+        .await
+        .with_context(|| format!("HEALSTORE_BENCH_PG: no PostgreSQL server at {server}"))?;
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let root = server.rsplit_once('/').map(|(r, _)| r).unwrap_or(server);
+    Ok((format!("{root}/{name}"), name))
+}
+
+async fn drop_pg_database(server: &str, name: &str) -> Result<()> {
+    let mut admin = sqlx::PgConnection::connect(server).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
+/// The PostgreSQL table (see the module's documentation).
+async fn postgres_vs_sqlite(server: &str, scale: usize) -> Result<Value> {
+    let full = |appenders| match appenders {
+        1 => 2_000 / scale.min(10),
+        16 => 20_000 / scale,
+        _ => 40_960 / scale,
+    };
+    println!(
+        "\nPostgreSQL beside SQLite (durability full, the same events; {server}):\n\
+         {:<10} {:>9} {:>6} {:>8} {:>7} {:>10} {:>7} {:>7} {:>9}",
+        "backend",
+        "appenders",
+        "stores",
+        "events",
+        "seconds",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "pg/sqlite"
+    );
+    let mut rows = Vec::new();
+    for (appenders, stores) in [(1, 1), (16, 1), (256, 1), (256, 4)] {
+        let events = full(appenders) / appenders * appenders;
+        let options = StoreOptions {
+            durability: Durability::Full,
+            ..Default::default()
+        };
+        let sqlite = if stores == 1 {
+            let dir = temp_dir()?;
+            let store = Store::open(dir.path().join("store.db"), options.clone()).await?;
+            let r = timed_appends(std::slice::from_ref(&store), appenders, events).await?;
+            store.close().await?;
+            Some(r)
+        } else {
+            None
+        };
+        let (url, name) = pg_database(server).await?;
+        let mut open = Vec::new();
+        for _ in 0..stores {
+            open.push(Store::open(&url, options.clone()).await?);
+        }
+        let pg = timed_appends(&open, appenders, events).await;
+        for s in open {
+            s.close().await?;
+        }
+        drop_pg_database(server, &name).await?;
+        let pg = pg?;
+        let rate = |(elapsed, _): &(Duration, Vec<Duration>)| events as f64 / elapsed.as_secs_f64();
+        let pct = |l: &[Duration], p: f64| {
+            l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1000.0
+        };
+        for (backend, r) in [("sqlite", sqlite.as_ref()), ("postgres", Some(&pg))] {
+            let Some(r) = r else { continue };
+            let ratio = match (backend, &sqlite) {
+                ("postgres", Some(s)) => format!("{:.2}", rate(r) / rate(s)),
+                _ => String::new(),
+            };
+            println!(
+                "{:<10} {:>9} {:>6} {:>8} {:>7.2} {:>10.0} {:>7.2} {:>7.2} {:>9}",
+                backend,
+                appenders,
+                stores,
+                events,
+                r.0.as_secs_f64(),
+                rate(r),
+                pct(&r.1, 0.5),
+                pct(&r.1, 0.99),
+                ratio
+            );
+            rows.push(json!({
+                "backend": backend,
+                "appenders": appenders,
+                "stores": stores,
+                "events": events,
+                "seconds": r.0.as_secs_f64(),
+                "events_per_sec": rate(r),
+                "p50_ms": pct(&r.1, 0.5),
+                "p99_ms": pct(&r.1, 0.99),
+            }));
+        }
+    }
+    Ok(Value::Array(rows))
 }
 
 /// A fresh directory on the same file system as the system's temp dir.

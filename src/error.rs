@@ -207,7 +207,10 @@ pub(crate) mod sqlite_code {
 
     /// The extended result code of a database error.
     pub fn extended(err: &sqlx::Error) -> Option<i64> {
-        err.as_database_error()?.code()?.parse().ok()
+        let db = err.as_database_error()?;
+        // (PostgreSQL's SQLSTATEs are mostly digits too: only SQLite's codes are these)
+        db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+        db.code()?.parse().ok()
     }
 
     /// The primary result code (the low byte of an extended code) of a database error.
@@ -219,6 +222,27 @@ pub(crate) mod sqlite_code {
 /// Said of a busy database when nothing tells what holds its write lock.
 pub(crate) const UNKNOWN_HOLDER: &str =
     "another process holds the write lock (a long import or archive?)";
+
+/// The variant of a PostgreSQL error whose SQLSTATE class says more than "internal".
+fn pg_error(err: &sqlx::Error, path: &Path, detail: &str) -> Option<Error> {
+    let db = err.as_database_error()?;
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    let code = db.code()?;
+    Some(match &code[..] {
+        // lock_not_available (lock_timeout), deadlock, serialization, too many connections
+        "55P03" | "40P01" | "40001" | "53300" => Error::Busy(format!(
+            "{} is busy: another writer holds its append lock ({detail})",
+            path.display()
+        )),
+        "53100" => Error::DiskFull(detail.to_owned()),
+        "25006" | "42501" => Error::ReadOnly(format!("cannot write {}: {detail}", path.display())),
+        "3D000" | "28000" | "28P01" => Error::Open {
+            path: path.to_path_buf(),
+            reason: detail.to_owned(),
+        },
+        _ => return None,
+    })
+}
 
 /// SQLite's message, once, with its result code: `database is locked (SQLite code 5)`.
 fn describe(err: &sqlx::Error) -> String {
@@ -254,6 +278,9 @@ impl Error {
     /// Maps a database error to the variant of its kind, naming the file where that helps.
     pub(crate) fn from_db(err: sqlx::Error, path: &Path) -> Error {
         let detail = describe(&err);
+        if let Some(e) = pg_error(&err, path, &detail) {
+            return e;
+        }
         match sqlite_code::of(&err) {
             Some(sqlite_code::FULL) => Error::DiskFull(detail),
             Some(sqlite_code::CORRUPT) | Some(sqlite_code::NOTADB) => Error::Corrupt {

@@ -28,7 +28,8 @@ pub use output::Out;
 #[derive(Debug, Parser)]
 #[command(name = "healstore", version, about, long_about = None)]
 pub struct Cli {
-    /// The database file.
+    /// The database: an SQLite file (a path, or `sqlite:PATH`; the default), or a PostgreSQL
+    /// database (`postgres://user@host/dbname`).
     #[arg(
         long,
         global = true,
@@ -537,9 +538,37 @@ impl tracing::field::Visit for Fields {
     }
 }
 
+/// The commands a PostgreSQL database does not serve yet, and why: they need the analytics
+/// read models (or strategy snapshots, or SQLite's file), which come in a later phase.
+fn not_yet_on_postgres(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Init
+        | Command::Import { .. }
+        | Command::Append { .. }
+        | Command::Export { .. }
+        | Command::Events(_)
+        | Command::Verify(_) => None,
+        Command::Heal { .. } | Command::Record(_) | Command::Tick => {
+            Some("healing (the healer's limits, recoveries and snapshots need the read models)")
+        }
+        Command::Circuits { .. } | Command::Circuit { .. } | Command::States { .. } => {
+            Some("strategy states (snapshots and read models)")
+        }
+        Command::Serve { .. } => Some("serve (the healer and the metrics need the read models)"),
+        Command::Archive { .. } => Some("archive"),
+        Command::Demo(_) | Command::Backtest(_) => Some("demo and backtest"),
+        _ => Some("analytics (the read models)"),
+    }
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut out = Out::stdout(cli.format);
     let mut code = ExitCode::SUCCESS;
+    if let healstore::store::Target::Postgres(_) = healstore::store::Target::parse(&cli.db)
+        && let Some(what) = not_yet_on_postgres(&cli.command)
+    {
+        anyhow::bail!("not yet available on PostgreSQL: {what}");
+    }
     match &cli.command {
         Command::Init => log::init(cli, &mut out).await?,
         Command::Import { file } => log::import(cli, file, &mut out).await?,

@@ -87,7 +87,7 @@ const KNOWN_VERSIONS_ONLY: i64 = 6;
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// refinery's own table name (kept so that refinery's tooling recognises the history).
-const HISTORY_TABLE: &str = "refinery_schema_history";
+pub(super) const HISTORY_TABLE: &str = "refinery_schema_history";
 
 /// `PRAGMA application_id` of a healstore file ('HLST').
 pub(crate) const APPLICATION_ID: i64 = 0x484C_5354;
@@ -395,60 +395,69 @@ async fn inspect(conn: &mut SqliteConnection, path: &Path) -> Result<Found> {
 }
 
 /// A connection that is already inside the migration transaction. refinery's drivers open a
-/// transaction per call; this one runs everything in the caller's.
-struct InTransaction<'a, 'c>(&'a mut sqlx::Transaction<'c, sqlx::Sqlite>);
+/// transaction per call; this one runs everything in the caller's. The same adapter serves
+/// both backends (see [`refinery_adapter`]).
+pub(super) struct InTransaction<'a, 'c, DB: sqlx::Database>(pub &'a mut sqlx::Transaction<'c, DB>);
 
-impl AsyncTransaction for InTransaction<'_, '_> {
-    type Error = sqlx::Error;
+/// Implements refinery-core's async traits for [`InTransaction`] over one sqlx driver; refinery
+/// keeps `version` as an INT4 on PostgreSQL and an INTEGER (64 bits) on SQLite.
+macro_rules! refinery_adapter {
+    ($db:ty, $version:ty) => {
+        impl AsyncTransaction for InTransaction<'_, '_, $db> {
+            type Error = sqlx::Error;
 
-    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
-        &'a mut self,
-        queries: T,
-    ) -> std::result::Result<usize, Self::Error> {
-        let mut count = 0;
-        for q in queries {
-            // Migration files are trusted text shipped inside the binary.
-            sqlx::raw_sql(AssertSqlSafe(q.to_owned()))
-                .execute(&mut **self.0)
-                .await?;
-            count += 1;
-        }
-        Ok(count)
-    }
-}
-
-impl AsyncQuery<Vec<Migration>> for InTransaction<'_, '_> {
-    async fn query<'a>(
-        &'a mut self,
-        query: &'a str,
-    ) -> std::result::Result<Vec<Migration>, Self::Error> {
-        {
-            let rows = sqlx::query(AssertSqlSafe(query.to_owned()))
-                .fetch_all(&mut **self.0)
-                .await?;
-            let mut applied = Vec::with_capacity(rows.len());
-            for row in rows {
-                let version: i64 = row.try_get(0)?;
-                let name: String = row.try_get(1)?;
-                let applied_on: String = row.try_get(2)?;
-                let checksum: String = row.try_get(3)?;
-                let bad =
-                    |what: &str| sqlx::Error::Decode(format!("{HISTORY_TABLE}: bad {what}").into());
-                let applied_on = time::OffsetDateTime::parse(
-                    &applied_on,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| bad("applied_on"))?;
-                let checksum = checksum.parse::<u64>().map_err(|_| bad("checksum"))?;
-                let version = i32::try_from(version).map_err(|_| bad("version"))?;
-                applied.push(Migration::applied(version, name, applied_on, checksum));
+            async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+                &'a mut self,
+                queries: T,
+            ) -> std::result::Result<usize, Self::Error> {
+                let mut count = 0;
+                for q in queries {
+                    // Migration files are trusted text shipped inside the binary.
+                    sqlx::raw_sql(AssertSqlSafe(q.to_owned()))
+                        .execute(&mut **self.0)
+                        .await?;
+                    count += 1;
+                }
+                Ok(count)
             }
-            Ok(applied)
         }
-    }
+
+        impl AsyncQuery<Vec<Migration>> for InTransaction<'_, '_, $db> {
+            async fn query<'a>(
+                &'a mut self,
+                query: &'a str,
+            ) -> std::result::Result<Vec<Migration>, Self::Error> {
+                let rows = sqlx::query(AssertSqlSafe(query.to_owned()))
+                    .fetch_all(&mut **self.0)
+                    .await?;
+                let mut applied = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let version: $version = row.try_get(0)?;
+                    let name: String = row.try_get(1)?;
+                    let applied_on: String = row.try_get(2)?;
+                    let checksum: String = row.try_get(3)?;
+                    let bad = |what: &str| {
+                        sqlx::Error::Decode(format!("{HISTORY_TABLE}: bad {what}").into())
+                    };
+                    let applied_on = time::OffsetDateTime::parse(
+                        &applied_on,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .map_err(|_| bad("applied_on"))?;
+                    let checksum = checksum.parse::<u64>().map_err(|_| bad("checksum"))?;
+                    let version = i32::try_from(version).map_err(|_| bad("version"))?;
+                    applied.push(Migration::applied(version, name, applied_on, checksum));
+                }
+                Ok(applied)
+            }
+        }
+
+        impl AsyncMigrate for InTransaction<'_, '_, $db> {}
+    };
 }
 
-impl AsyncMigrate for InTransaction<'_, '_> {}
+refinery_adapter!(sqlx::Sqlite, i64);
+refinery_adapter!(sqlx::Postgres, i32);
 
 #[cfg(test)]
 mod tests {

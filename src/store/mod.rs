@@ -7,9 +7,11 @@
 
 pub mod archive;
 pub mod chain;
+pub(crate) mod dialect;
 pub mod feed;
 pub(crate) mod holder;
 mod migrate;
+mod pg;
 mod probe;
 mod read;
 mod snapshots;
@@ -28,6 +30,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::event::{Appended, ExpectedVersion, NewEvent};
 
+pub use dialect::Target;
 pub use holder::note_path as holder_note_path;
 pub use migrate::SCHEMA_VERSION;
 pub(crate) use probe::Mark as ChangeMark;
@@ -139,7 +142,8 @@ struct Inner {
     requests: mpsc::Sender<writer::Request>,
     /// The next append's ticket (see [`Store::submit_atomic_after`]); 0 is never given.
     tickets: std::sync::atomic::AtomicU64,
-    readers: SqlitePool,
+    /// The read connections, of either backend.
+    readers: dialect::Db,
     /// The highest position this process has committed; wakes live tails.
     head: watch::Receiver<i64>,
     /// Whether anyone committed since an earlier look (see [`probe`]).
@@ -150,9 +154,14 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (and creates and migrates, when `options.create`) the store at `path`.
+    /// Opens (and creates and migrates, when `options.create`) the store at `path`: an
+    /// SQLite file (a path or an `sqlite:` URL), or a PostgreSQL database (a `postgres://`
+    /// URL; see [`Target`]).
     pub async fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
-        let path = path.as_ref().to_path_buf();
+        let path = match Target::parse(path.as_ref()) {
+            Target::Postgres(url) => return pg::open(&url, options).await,
+            Target::Sqlite(path) => path,
+        };
         check_path(&path, options.create)?;
         // No journal mode here: switching to WAL writes the file's header, and a foreign
         // database must be refused untouched. `enable_wal` switches once the file is known.
@@ -234,21 +243,61 @@ impl Store {
                 })?;
         let checkpointer = tokio::spawn(checkpointer(checkpoints, commits, wal, task));
 
+        Ok(Store::assemble(
+            path,
+            options,
+            dialect::Db::Sqlite(readers),
+            req_tx,
+            head_rx,
+            checkpointer,
+            stop_tx,
+            observer,
+        ))
+    }
+
+    /// A store around a running writer, of either backend.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        path: PathBuf,
+        options: StoreOptions,
+        readers: dialect::Db,
+        requests: mpsc::Sender<writer::Request>,
+        head: watch::Receiver<i64>,
+        writer: tokio::task::JoinHandle<()>,
+        shutdown: oneshot::Sender<()>,
+        observer: ObserverSlot,
+    ) -> Store {
         let probe = probe::ChangeProbe::new(&path);
-        Ok(Store {
+        Store {
             inner: Arc::new(Inner {
                 path,
                 options,
-                requests: req_tx,
+                requests,
                 tickets: std::sync::atomic::AtomicU64::new(1),
                 readers,
-                head: head_rx,
+                head,
                 probe,
-                writer: Mutex::new(Some(checkpointer)),
-                shutdown: Mutex::new(Some(stop_tx)),
+                writer: Mutex::new(Some(writer)),
+                shutdown: Mutex::new(Some(shutdown)),
                 observer,
             }),
-        })
+        }
+    }
+
+    /// Whether the store is on PostgreSQL (see [`Target`]).
+    pub fn is_postgres(&self) -> bool {
+        self.inner.readers.dialect() == dialect::Dialect::Postgres
+    }
+
+    /// Fails with "not yet available on PostgreSQL: `what`" on a PostgreSQL store: for what
+    /// needs the analytics read models or SQLite's file, which the PostgreSQL backend does not
+    /// have yet.
+    pub fn require_sqlite(&self, what: &str) -> Result<()> {
+        if self.is_postgres() {
+            Err(dialect::not_yet(what))
+        } else {
+            Ok(())
+        }
     }
 
     /// Drops every read model and rebuilds it from the events in one transaction (see
@@ -399,8 +448,8 @@ impl Store {
 
     /// The highest committed position in the database (0 when empty).
     pub async fn head_position(&self) -> Result<i64> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&self.inner.readers)
+        let v = (self.inner.readers)
+            .int("SELECT MAX(position) FROM events", &[])
             .await
             .map_err(|e| self.db_err(e))?;
         Ok(v.unwrap_or(0))
@@ -410,16 +459,22 @@ impl Store {
     /// the one this healstore writes (another process may have migrated it since it was
     /// opened). Reads the schema history with one query.
     pub async fn readiness(&self) -> Result<Readiness> {
-        let schema_version: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM refinery_schema_history")
-                .fetch_one(&self.inner.readers)
-                .await
-                .map_err(|e| self.db_err(e))?;
+        let schema_version = (self.inner.readers)
+            .int(
+                "SELECT CAST(MAX(version) AS BIGINT) FROM refinery_schema_history",
+                &[],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         let schema_version = schema_version.unwrap_or(0);
+        let current = match self.inner.readers.dialect() {
+            dialect::Dialect::Sqlite => SCHEMA_VERSION,
+            dialect::Dialect::Postgres => pg::SCHEMA_VERSION,
+        };
         Ok(Readiness {
             writer_alive: !self.inner.requests.is_closed(),
             schema_version,
-            schema_current: schema_version == SCHEMA_VERSION,
+            schema_current: schema_version == current,
         })
     }
 
@@ -433,20 +488,23 @@ impl Store {
     /// The newest event's position (0 when none) and the archive anchor's (events at or below
     /// it were archived), read together.
     pub(crate) async fn head_and_anchor(&self) -> Result<(i64, i64)> {
-        sqlx::query_as(
-            "SELECT COALESCE((SELECT MAX(position) FROM events), 0), \
-                    COALESCE((SELECT position FROM chain_anchor WHERE id = 1), 0)",
-        )
-        .fetch_one(&self.inner.readers)
-        .await
-        .map_err(|e| self.db_err(e))
+        (self.inner.readers)
+            .two_ints(
+                "SELECT COALESCE((SELECT MAX(position) FROM events), 0), \
+                        COALESCE((SELECT position FROM chain_anchor WHERE id = 1), 0)",
+                &[],
+            )
+            .await
+            .map_err(|e| self.db_err(e))
     }
 
     /// Whether an event id is stored.
     pub async fn event_exists(&self, event_id: &str) -> Result<bool> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT 1 FROM events WHERE event_id = ?")
-            .bind(event_id)
-            .fetch_optional(&self.inner.readers)
+        let v = (self.inner.readers)
+            .int(
+                "SELECT position FROM events WHERE event_id = ?",
+                &[dialect::Param::Text(event_id.to_owned())],
+            )
             .await
             .map_err(|e| self.db_err(e))?;
         Ok(v.is_some())
@@ -454,14 +512,14 @@ impl Store {
 
     /// The number of events in a stream (its current version).
     pub async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?1), \
-                 (SELECT version FROM archived_streams WHERE stream_id = ?1))",
-        )
-        .bind(stream_id)
-        .fetch_one(&self.inner.readers)
-        .await
-        .map_err(|e| self.db_err(e))?;
+        let v = (self.inner.readers)
+            .int(
+                "SELECT COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?1), \
+                     (SELECT version FROM archived_streams WHERE stream_id = ?1))",
+                &[dialect::Param::Text(stream_id.to_owned())],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         Ok(v.unwrap_or(0) as u64)
     }
 
@@ -481,9 +539,20 @@ impl Store {
         read::stream(self.clone(), filter, true)
     }
 
-    /// The read pool, for analytics and other read models.
+    /// The read pool of an SQLite store, for analytics and other read models.
+    ///
+    /// # Panics
+    /// On a PostgreSQL store, whose analytics read models are not built yet: callers check
+    /// [`Store::require_sqlite`] first (the command line refuses such commands with "not yet
+    /// available on PostgreSQL").
     pub fn read_pool(&self) -> &SqlitePool {
-        &self.inner.readers
+        match &self.inner.readers {
+            dialect::Db::Sqlite(pool) => pool,
+            dialect::Db::Postgres(_) => panic!(
+                "not yet available on PostgreSQL: the SQLite read pool (check \
+                 Store::require_sqlite first)"
+            ),
+        }
     }
 
     /// Finishes pending appends, stops the writer and closes every connection.

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments, AssertSqlSafe, Row};
+use sqlx::Row;
 
 use super::Store;
+use super::dialect::Param;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::time::{from_micros, to_micros};
@@ -185,13 +185,10 @@ impl Scan {
     /// Fetches the next page into the buffer; true when the page was full (more may follow).
     async fn next_page(&mut self) -> Result<bool> {
         let page = self.store.inner.options.page_size.max(1);
-        let mut sql = String::from(
-            "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
-             occurred_at, recorded_at, payload FROM events WHERE 1 = 1",
-        );
-        let mut args = SqliteArguments::default();
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
+        let mut args = Params::default();
         let f = &self.filter;
-        let enc = |e| Error::from(sqlx::Error::Encode(e));
+        let enc = |e: std::convert::Infallible| -> Error { match e {} };
         if let Some(s) = &f.stream_id {
             sql.push_str(" AND stream_id = ?");
             args.add(s.as_str()).map_err(enc)?;
@@ -253,13 +250,11 @@ impl Scan {
         sql.push_str(" LIMIT ?");
         args.add(page as i64).map_err(enc)?;
 
-        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
-            .fetch_all(&self.store.inner.readers)
-            .await
-            .map_err(|e| self.store.db_err(e))?;
+        let rows = (self.store.inner.readers)
+            .events(&sql, &args.0, &self.store.inner.path)
+            .await?;
         let full = rows.len() as u32 == page;
-        for row in rows {
-            let e = decode_row(&row)?;
+        for e in rows {
             self.cursor = match self.cursor {
                 Cursor::Position(_) => Cursor::Position(e.position),
                 Cursor::Stream(_) => Cursor::Stream(e.stream_version as i64),
@@ -299,7 +294,46 @@ fn prefix_end(prefix: &str) -> String {
     "\u{10FFFF}".repeat(prefix.chars().count() + 1)
 }
 
-pub(crate) fn decode_row(row: &SqliteRow) -> Result<RecordedEvent> {
+/// The columns of an event, in [`decode_row`]'s order.
+pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, \
+     event_type, schema_version, occurred_at, recorded_at, payload";
+
+/// The values of a query being built, in order, for either backend.
+#[derive(Default)]
+struct Params(Vec<Param>);
+
+impl Params {
+    fn add(&mut self, p: impl Into<Param>) -> std::result::Result<(), std::convert::Infallible> {
+        self.0.push(p.into());
+        Ok(())
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Param {
+        Param::Int(v)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Param {
+        Param::Text(v.to_owned())
+    }
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Param {
+        Param::Text(v)
+    }
+}
+
+/// An event from a row of [`EVENT_COLUMNS`], of either backend.
+pub(crate) fn decode_row<R: Row>(row: &R) -> Result<RecordedEvent>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let payload: String = row.try_get(8)?;
     let schema_version: i64 = row.try_get(5)?;
     let stream_version: i64 = row.try_get(3)?;

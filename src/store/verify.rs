@@ -30,6 +30,7 @@ use sqlx::Connection;
 
 use super::Store;
 use super::chain::{self, Hash};
+use super::dialect::Db;
 use super::migrate::SchemaObject;
 use crate::error::{Error, Result};
 use crate::event::IndexFields;
@@ -240,9 +241,22 @@ const WALK_SQL: &str = "SELECT position, CAST(event_id AS BLOB), CAST(stream_id 
      CAST(agent_id AS BLOB), CAST(failure_type AS BLOB), CAST(strategy AS BLOB), success, \
      duration_ms FROM events WHERE position > ? ORDER BY position LIMIT ?";
 
-impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for WalkRow {
-    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
-        use sqlx::Row as _;
+/// [`WALK_SQL`] on PostgreSQL: the same columns, text as its UTF-8 bytes.
+const PG_WALK_SQL: &str = "SELECT position, convert_to(event_id, 'UTF8'), \
+     convert_to(stream_id, 'UTF8'), stream_version, convert_to(event_type, 'UTF8'), \
+     schema_version, occurred_at, recorded_at, convert_to(payload, 'UTF8'), hash, \
+     convert_to(failure_id, 'UTF8'), convert_to(agent_id, 'UTF8'), \
+     convert_to(failure_type, 'UTF8'), convert_to(strategy, 'UTF8'), \
+     CAST(CAST(success AS INTEGER) AS BIGINT), duration_ms \
+     FROM events WHERE position > $1 ORDER BY position LIMIT $2";
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for WalkRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
         Ok(WalkRow {
             position: row.try_get(0)?,
             event_id: row.try_get(1)?,
@@ -388,6 +402,9 @@ struct Walk {
 impl Store {
     /// Verifies the database (see the module's documentation).
     pub async fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+        if let Db::Postgres(pool) = &self.inner.readers {
+            return self.verify_postgres(pool, options).await;
+        }
         let pool = self.read_pool();
         let path = self.path().to_path_buf();
         let db = |e| Error::from_db(e, &path);
@@ -574,7 +591,6 @@ impl Store {
         anchor: Hash,
         walk: &Walk,
     ) -> Result<()> {
-        let pool = self.read_pool();
         let db = |e| Error::from_db(e, self.path());
         report.events = walk.events;
         report.first_position = walk.first_position;
@@ -590,7 +606,7 @@ impl Store {
                 "SELECT CAST(payload AS BLOB) FROM events \
                  WHERE event_type = 'events_archived' ORDER BY position DESC LIMIT 1",
             )
-            .fetch_optional(pool)
+            .fetch_optional(self.read_pool())
             .await
             .map_err(db)?;
             let recorded = recorded
@@ -644,7 +660,12 @@ impl Store {
             }
         }
 
+        if self.is_postgres() {
+            // (no counter: positions are numbered under the append lock, with no gap)
+            return Ok(());
+        }
         // The position counter against the newest event.
+        let pool = self.read_pool();
         let (seq, newest): (i64, Option<i64>) = sqlx::query_as(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), \
                     (SELECT MAX(position) FROM events)",
@@ -673,6 +694,85 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::verify`] on PostgreSQL: the anchor, the append-only triggers, the chain, the
+    /// payloads and the expected head. (No integrity check of SQLite's kind, and no read models
+    /// to compare yet.)
+    async fn verify_postgres(
+        &self,
+        pool: &sqlx::PgPool,
+        options: &VerifyOptions,
+    ) -> Result<VerifyReport> {
+        let db = |e| Error::from_db(e, self.path());
+        let mut report = VerifyReport {
+            ok: true,
+            events: 0,
+            first_position: None,
+            last_position: None,
+            anchor_position: 0,
+            head_position: 0,
+            head_hash: chain::hex(&chain::GENESIS),
+            checks: Vec::new(),
+        };
+        let anchor_row: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT position, hash FROM chain_anchor WHERE id = 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(db)?;
+        let (anchor_position, anchor) = match &anchor_row {
+            Some((p, h)) if chain::from_blob(h).is_some() => {
+                (*p, chain::from_blob(h).unwrap_or(chain::GENESIS))
+            }
+            _ => {
+                report.add(
+                    "anchor",
+                    false,
+                    None,
+                    "the chain's anchor is missing or is not a 32-byte hash: it was altered behind healstore's back".into(),
+                );
+                (0, chain::GENESIS)
+            }
+        };
+        report.anchor_position = anchor_position;
+        report.head_position = anchor_position;
+        report.head_hash = chain::hex(&anchor);
+        let triggers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass \
+             AND tgname IN ('events_refuse_rewrite', 'events_refuse_truncate') \
+             AND tgenabled <> 'D'",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+        report.add(
+            "triggers",
+            triggers == 2,
+            None,
+            if triggers == 2 {
+                "the append-only triggers are in place and enabled".into()
+            } else {
+                "an append-only trigger of the events table was dropped or disabled".into()
+            },
+        );
+        let walk = self
+            .walk(anchor_position, anchor, options.expect_head)
+            .await?;
+        self.report_walk(&mut report, anchor_position, anchor, &walk)
+            .await?;
+        if let Some(expected) = options.expect_head {
+            let (ok, position, detail) = head_check(&expected, anchor_position, &anchor, &walk);
+            report.add("head", ok, position, detail);
+        }
+        if options.read_models {
+            report.add(
+                "read_models",
+                true,
+                None,
+                "not compared: not yet available on PostgreSQL (no analytics read models)".into(),
+            );
+        }
+        Ok(report)
+    }
+
     /// Walks the events from the anchor in pages: the chain up to its first break, every
     /// payload and its indexed columns to the end (a later forgery is named even after a
     /// break), and the expected head. The next page is read while one is checked.
@@ -682,14 +782,25 @@ impl Store {
         anchor: Hash,
         expected: Option<ExpectedHead>,
     ) -> Result<Walk> {
-        let pool = self.read_pool();
+        let readers = &self.inner.readers;
         let fetch = |after: i64| async move {
-            sqlx::query_as::<_, WalkRow>(WALK_SQL)
-                .bind(after)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await
-                .map_err(|e| Error::from_db(e, self.path()))
+            match readers {
+                Db::Sqlite(pool) => {
+                    sqlx::query_as::<_, WalkRow>(WALK_SQL)
+                        .bind(after)
+                        .bind(PAGE)
+                        .fetch_all(pool)
+                        .await
+                }
+                Db::Postgres(pool) => {
+                    sqlx::query_as::<_, WalkRow>(PG_WALK_SQL)
+                        .bind(after)
+                        .bind(PAGE)
+                        .fetch_all(pool)
+                        .await
+                }
+            }
+            .map_err(|e| Error::from_db(e, self.path()))
         };
         let mut walk = Walk::default();
         let mut prev = anchor;

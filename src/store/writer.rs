@@ -133,14 +133,14 @@ pub struct StreamAppend {
 }
 
 pub(crate) struct ImportRequest {
-    items: mpsc::Receiver<ImportItem>,
-    reply: oneshot::Sender<Result<ImportReport>>,
+    pub(super) items: mpsc::Receiver<ImportItem>,
+    pub(super) reply: oneshot::Sender<Result<ImportReport>>,
 }
 
 // Nearly every item is an event; boxing it to shrink the rare `Abort` would cost an allocation
 // per imported event.
 #[allow(clippy::large_enum_variant)]
-enum ImportItem {
+pub(super) enum ImportItem {
     Event {
         line: u64,
         stream_id: String,
@@ -228,10 +228,10 @@ impl ImportSink {
 }
 
 /// Items an import writes per round of look-ups and INSERTs.
-const IMPORT_CHUNK: usize = 512;
+pub(super) const IMPORT_CHUNK: usize = 512;
 
 /// Bytes of events an import writes per round at most (a round of large events ends early).
-const IMPORT_CHUNK_BYTES: usize = 8 << 20;
+pub(super) const IMPORT_CHUNK_BYTES: usize = 8 << 20;
 
 /// Bytes of events an import holds at most between the reader and the database: what was
 /// sent and not yet written. It must exceed [`IMPORT_CHUNK_BYTES`] (a round is written once
@@ -283,7 +283,7 @@ pub(crate) struct FailedTickets {
 const FAILED_TICKETS_KEPT: usize = 65_536;
 
 impl FailedTickets {
-    fn insert(&mut self, ticket: u64) {
+    pub(super) fn insert(&mut self, ticket: u64) {
         if self.set.insert(ticket) {
             self.order.push_back(ticket);
             while self.order.len() > FAILED_TICKETS_KEPT {
@@ -979,13 +979,13 @@ pub(crate) async fn head_position(conn: &mut SqliteConnection) -> sqlx::Result<i
 /// database as a whole (a full disk, an I/O error, a busy lock, a read-only file, corruption,
 /// each of its own kind): SQLite's generic error (a trigger's arithmetic, malformed JSON), a
 /// constraint, a type mismatch, a value too big or out of range.
-fn refused_by_content(e: &Error) -> bool {
+pub(super) fn refused_by_content(e: &Error) -> bool {
     matches!(e, Error::Database(_))
 }
 
 /// One error for each caller of a failed group: the same error, of the same kind.
 /// Tells the observer what a group wrote and how long each of its appends waited.
-fn observe_group(
+pub(super) fn observe_group(
     o: &dyn super::StoreObserver,
     group: &[AppendRequest],
     answers: Option<&[Result<Vec<Appended>>]>,
@@ -1006,43 +1006,43 @@ fn observe_group(
     }
 }
 
-fn replicate(e: &Error) -> Error {
+pub(super) fn replicate(e: &Error) -> Error {
     e.clone()
 }
 
 impl AppendRequest {
-    fn events(&self) -> usize {
+    pub(super) fn events(&self) -> usize {
         self.parts.iter().map(|p| p.events.len()).sum()
     }
 }
 
 /// One caller's request: its parts commit together or not at all.
-struct PlanItem<'a> {
-    parts: Vec<PlanPart<'a>>,
-    ticket: u64,
-    after: &'a [u64],
+pub(super) struct PlanItem<'a> {
+    pub parts: Vec<PlanPart<'a>>,
+    pub ticket: u64,
+    pub after: &'a [u64],
 }
 
-struct PlanPart<'a> {
-    stream_id: &'a str,
-    expected: ExpectedVersion,
-    events: &'a [PreparedEvent],
+pub(super) struct PlanPart<'a> {
+    pub stream_id: &'a str,
+    pub expected: ExpectedVersion,
+    pub events: &'a [PreparedEvent],
 }
 
-struct Row<'a> {
-    position: i64,
-    stream_id: &'a str,
-    stream_version: u64,
-    event: &'a NewEvent,
-    payload: &'a str,
-    recorded_at: i64,
-    index: &'a IndexFields,
-    hash: Option<super::chain::Hash>,
+pub(super) struct Row<'a> {
+    pub position: i64,
+    pub stream_id: &'a str,
+    pub stream_version: u64,
+    pub event: &'a NewEvent,
+    pub payload: &'a str,
+    pub recorded_at: i64,
+    pub index: &'a IndexFields,
+    pub hash: Option<super::chain::Hash>,
 }
 
-struct Plan<'a> {
-    rows: Vec<Row<'a>>,
-    answers: Vec<Result<Vec<Appended>>>,
+pub(super) struct Plan<'a> {
+    pub rows: Vec<Row<'a>>,
+    pub answers: Vec<Result<Vec<Appended>>>,
     /// Every stream's version once the rows are written.
     versions: HashMap<String, u64>,
     /// The position counter once the rows are written.
@@ -1050,13 +1050,13 @@ struct Plan<'a> {
 }
 
 /// What the database already holds of an event id.
-struct Stored {
-    position: i64,
-    stream_id: String,
-    stream_version: u64,
-    event_type: String,
-    occurred_at: i64,
-    payload: String,
+pub(super) struct Stored {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: u64,
+    pub event_type: String,
+    pub occurred_at: i64,
+    pub payload: String,
 }
 
 /// Decides, inside the transaction, what each item writes: duplicates are answered with their
@@ -1093,7 +1093,7 @@ fn created_streams<'a>(items: &'a [PlanItem<'a>]) -> std::collections::HashSet<&
 }
 
 /// The distinct streams a group appends to.
-fn streams_of<'a>(items: &'a [PlanItem<'a>]) -> Vec<&'a str> {
+pub(super) fn streams_of<'a>(items: &'a [PlanItem<'a>]) -> Vec<&'a str> {
     let mut streams: Vec<&str> = items
         .iter()
         .flat_map(|i| i.parts.iter().map(|p| p.stream_id))
@@ -1105,7 +1105,7 @@ fn streams_of<'a>(items: &'a [PlanItem<'a>]) -> Vec<&'a str> {
 
 /// [`plan`] given what the database holds: stored ids, stream versions, the position counter
 /// and the chain's tip.
-fn plan_with<'a>(
+pub(super) fn plan_with<'a>(
     items: &'a [PlanItem<'a>],
     (stored, mut versions, mut next_position, tip, _): LookUp,
     recorded_at: i64,
@@ -1322,7 +1322,7 @@ fn canonical(v: &serde_json::Value) -> String {
 
 /// Stored ids, stream versions, the position counter, the chain's tip, and whether any
 /// stream has archived events.
-type LookUp = (
+pub(super) type LookUp = (
     HashMap<String, Stored>,
     HashMap<String, u64>,
     i64,

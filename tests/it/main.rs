@@ -19,6 +19,7 @@ mod logging;
 mod metrics;
 mod outputs;
 mod patterns;
+mod postgres;
 mod prevent;
 mod process;
 mod python_client;
