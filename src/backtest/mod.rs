@@ -134,7 +134,8 @@ pub async fn backtest(
 ) -> Result<Vec<Report>> {
     let Window { since, until } = options.window;
     let configs = configurations(store).await?;
-    let (model, acts) = fit(store, &options.window, options.seed).await?;
+    let span = window_positions(store, &options.window).await?;
+    let (model, acts) = fit(store, &options.window, span, options.seed).await?;
     let in_effect = |at: DateTime<Utc>| -> Config {
         configs
             .iter()
@@ -149,7 +150,11 @@ pub async fn backtest(
             Candidate::Current => in_effect(since),
             Candidate::Config { config, .. } => (**config).clone(),
         };
-        let engine = config.builder().engine()?.with_acting(acts);
+        let engine = config
+            .builder()
+            .engine()?
+            .with_acting(acts)
+            .without_state_descriptions();
         replays.push(Replay::new(
             engine,
             model.clone(),
@@ -161,17 +166,32 @@ pub async fn backtest(
 
     // Warm-up: the states at the window's start, and the hour's counted actions.
     let mut recorded = report::Tally::default();
+    warm_up(store, since, |stream, version, event_type, payload| {
+        recorded.strategy_event(stream, event_type, payload);
+        for r in &mut replays {
+            r.warm(stream, version, event_type, payload);
+        }
+    })
+    .await?;
+    let hour = Window::new(since - Duration::hours(1), since)?;
+    let hour_span = window_positions(store, &hour).await?;
     let mut events = store.read(EventFilter {
-        stream_prefix: Some(STRATEGY_STREAM_PREFIX.to_owned()),
-        until: Some(since),
+        stream_prefix: Some("limits-agent-".to_owned()),
+        since: Some(hour.since),
+        until: Some(hour.until),
+        after_position: hour_span.0,
+        up_to_position: Some(hour_span.1),
         position_order: true,
         ..Default::default()
     });
     while let Some(e) = events.next().await {
         let e = e?;
-        recorded.strategy_event(&e.stream_id, &e.event_type, &e.payload);
-        for r in &mut replays {
-            r.warm(&e.stream_id, e.stream_version, &e.event_type, &e.payload);
+        if let Some(HealEvent::LimitCounted(l)) = e.decode()
+            && let Some(agent) = l.agent_id
+        {
+            for r in &mut replays {
+                r.warm_limit(&agent, e.occurred_at);
+            }
         }
     }
     drop(events);
@@ -216,6 +236,8 @@ pub async fn backtest(
     let mut events = store.read(EventFilter {
         since: Some(since),
         until: Some(until),
+        after_position: span.0,
+        up_to_position: Some(span.1),
         position_order: true,
         ..Default::default()
     });
@@ -360,6 +382,68 @@ pub async fn sweep(
     })
 }
 
+/// Every strategy event that occurred before `since`, each stream's in version order, to
+/// `f(stream, version, type, payload)`: read through the streams' index (strategy streams
+/// only, a page at a time), never by scanning the log before the window.
+async fn warm_up(
+    store: &Store,
+    since: DateTime<Utc>,
+    mut f: impl FnMut(&str, u64, &str, &Value),
+) -> Result<()> {
+    const PAGE: i64 = 1024;
+    // The prefix's successor: "strategy." (every id starting with "strategy-" sorts below).
+    let end = format!("{}.", STRATEGY_STREAM_PREFIX.trim_end_matches('-'));
+    let (mut stream, mut version) = (STRATEGY_STREAM_PREFIX.to_owned(), 0i64);
+    loop {
+        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT stream_id, stream_version, event_type, payload FROM events \
+             WHERE stream_id >= ?1 AND stream_id < ?2 \
+               AND (stream_id > ?1 OR stream_version > ?3) AND occurred_at < ?4 \
+             ORDER BY stream_id, stream_version LIMIT ?5",
+        )
+        .bind(&stream)
+        .bind(&end)
+        .bind(version)
+        .bind(crate::time::to_micros(since))
+        .bind(PAGE)
+        .fetch_all(store.read_pool())
+        .await
+        .map_err(Error::from)?;
+        let full = rows.len() as i64 == PAGE;
+        for (s, v, t, payload) in &rows {
+            let payload: Value = serde_json::from_str(payload).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "stored payload of {s} version {v} is not JSON: {e}"
+                ))
+            })?;
+            f(s, u64::try_from(*v).unwrap_or(0), t, &payload);
+        }
+        match rows.into_iter().last() {
+            Some((s, v, _, _)) if full => (stream, version) = (s, v),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The positions the window's events lie within: `(after, up_to)`, read from the time
+/// index, so that the reads in position order start at the window's first event rather than
+/// scanning the log before it (and stop at its last).
+async fn window_positions(store: &Store, window: &Window) -> Result<(i64, i64)> {
+    let (lo, hi): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT MIN(position), MAX(position) FROM events INDEXED BY events_by_time \
+         WHERE occurred_at >= ?1 AND occurred_at < ?2",
+    )
+    .bind(crate::time::to_micros(window.since))
+    .bind(crate::time::to_micros(window.until))
+    .fetch_one(store.read_pool())
+    .await
+    .map_err(Error::from)?;
+    Ok(match (lo, hi) {
+        (Some(lo), Some(hi)) => (lo - 1, hi),
+        _ => (0, 0),
+    })
+}
+
 /// The configurations recorded, oldest first, each with its time.
 async fn configurations(store: &Store) -> Result<Vec<(DateTime<Utc>, Config)>> {
     let mut out = Vec::new();
@@ -381,7 +465,12 @@ async fn configurations(store: &Store) -> Result<Vec<(DateTime<Utc>, Config)>> {
 
 /// The outcome model fitted on the window, and whether history acted (rather than
 /// delegated).
-async fn fit(store: &Store, window: &Window, seed: u64) -> Result<(OutcomeModel, bool)> {
+async fn fit(
+    store: &Store,
+    window: &Window,
+    span: (i64, i64),
+    seed: u64,
+) -> Result<(OutcomeModel, bool)> {
     let mut model = OutcomeModel::new(seed);
     let mut acting: HashMap<String, (String, String, String)> = HashMap::new();
     let (mut acted, mut delegated) = (false, false);
@@ -395,6 +484,8 @@ async fn fit(store: &Store, window: &Window, seed: u64) -> Result<(OutcomeModel,
             "healing_completed".into(),
             "failure_recovered".into(),
         ],
+        after_position: span.0,
+        up_to_position: Some(span.1),
         position_order: true,
         ..Default::default()
     });
@@ -653,7 +744,11 @@ impl Driver<'_> {
                 })?;
                 for (r, cand) in self.replays.iter_mut().zip(self.candidates) {
                     if matches!(cand, Candidate::Current) {
-                        r.engine = config.builder().engine()?.with_acting(self.acts);
+                        r.engine = config
+                            .builder()
+                            .engine()?
+                            .with_acting(self.acts)
+                            .without_state_descriptions();
                     }
                 }
             }

@@ -61,8 +61,10 @@ impl Engine {
     ) -> Proposal {
         let mut d = member.decide(state, failure, now);
         d.details.insert("state_version".into(), json!(version));
-        d.details
-            .insert("state_before".into(), member.describe(state, now));
+        if self.describes_states {
+            d.details
+                .insert("state_before".into(), member.describe(state, now));
+        }
         let needs_limits = d.verdict == Verdict::Act && self.options.mode == Mode::Auto;
         Proposal {
             strategy: member.name().to_owned(),

@@ -67,6 +67,9 @@ pub struct Engine {
     pub(crate) acts: bool,
     /// How predictions become preventions (see [`crate::heal::prevention`]).
     pub(crate) prevention: crate::heal::prevention::PreventionPolicy,
+    /// Whether a decision's details hold the state it was decided on (`state_before`): for
+    /// the audit; a backtest, which compares verdicts and reasons, leaves it out.
+    pub(crate) describes_states: bool,
 }
 
 impl Engine {
@@ -89,6 +92,7 @@ impl Engine {
             options,
             acts,
             prevention: Default::default(),
+            describes_states: true,
         }
     }
 
@@ -125,6 +129,13 @@ impl Engine {
     /// (`delegated`).
     pub fn acts(&self) -> bool {
         self.acts
+    }
+
+    /// The same engine, without the state in each decision's details (`state_before`): the
+    /// verdicts, reasons, events and actions are the same.
+    pub(crate) fn without_state_descriptions(mut self) -> Engine {
+        self.describes_states = false;
+        self
     }
 
     /// The same engine, acting or delegating.
