@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod store;
+
 /// Every benchmark process allocates as the `healstore` binary (the CLI and the server) does:
 /// with mimalloc. glibc's malloc and free took about a quarter of the heal benchmark's CPU
 /// time under 256 concurrent heals; a library user chooses the allocator of their own process.
