@@ -32,7 +32,7 @@ use common::{print_machine, vm_hwm_kib};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, TimeZone, Utc};
 use futures_util::TryStreamExt;
 use healstore::analytics::advice::AdviceOptions;
 use healstore::analytics::{Analytics, EffectivenessOptions, LearnOptions, MttrTo};
