@@ -476,21 +476,47 @@ async fn fit(
     let (mut acted, mut delegated) = (false, false);
     // The last success counted: a status recovery comes in the same append, right after.
     let mut last_success: Option<(String, String, String)> = None;
-    let mut events = store.read(EventFilter {
-        since: Some(window.since),
-        until: Some(window.until),
-        event_types: vec![
-            "healing_attempted".into(),
-            "healing_completed".into(),
-            "failure_recovered".into(),
-        ],
-        after_position: span.0,
-        up_to_position: Some(span.1),
-        position_order: true,
-        ..Default::default()
-    });
-    while let Some(e) = events.next().await {
-        match e?.decode() {
+    // Read by position within the window's span, the types and times filtered row by row
+    // (the unary `+`): through the type index, SQLite sorted every page's whole window.
+    const PAGE: i64 = 2048;
+    let mut after = span.0;
+    let mut page: std::collections::VecDeque<(i64, String, i64, String)> = Default::default();
+    loop {
+        if page.is_empty() {
+            let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+                "SELECT position, event_type, schema_version, payload FROM events \
+                 WHERE position > ?1 AND position <= ?2 \
+                   AND +event_type IN ('healing_attempted', 'healing_completed', \
+                                       'failure_recovered') \
+                   AND +occurred_at >= ?3 AND +occurred_at < ?4 \
+                 ORDER BY position LIMIT ?5",
+            )
+            .bind(after)
+            .bind(span.1)
+            .bind(crate::time::to_micros(window.since))
+            .bind(crate::time::to_micros(window.until))
+            .bind(PAGE)
+            .fetch_all(store.read_pool())
+            .await
+            .map_err(Error::from)?;
+            if rows.is_empty() {
+                break;
+            }
+            page.extend(rows);
+        }
+        let Some((position, event_type, schema_version, payload)) = page.pop_front() else {
+            break;
+        };
+        after = position;
+        let Ok(payload) = serde_json::from_str::<Value>(&payload) else {
+            continue;
+        };
+        let decoded = HealEvent::decode(
+            &event_type,
+            u32::try_from(schema_version).unwrap_or(0),
+            &payload,
+        );
+        match decoded {
             Some(HealEvent::HealingAttempted(a)) => {
                 acted |= a.decision == "act";
                 delegated |= a.decision == "delegated";
