@@ -17,11 +17,13 @@ pub async fn init(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
     let existed = std::fs::metadata(&cli.db).is_ok_and(|m| m.len() > 0);
     let store = cli.open(true).await?;
     let head = store.head_position().await?;
+    // (SQLite's and PostgreSQL's schemas are numbered apart)
+    let schema_version = store.readiness().await?.schema_version;
     store.close().await?;
     let doc = json!({
         "database": cli.db.display().to_string(),
         "created": !existed,
-        "schema_version": healstore::SCHEMA_VERSION,
+        "schema_version": schema_version,
         "head_position": head,
     });
     if out.json() {
@@ -30,14 +32,14 @@ pub async fn init(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
         out.line(&format!(
             "{} is a healstore database (schema version {}, {} events)",
             cli.db.display(),
-            healstore::SCHEMA_VERSION,
+            schema_version,
             head
         ))?;
     } else {
         out.line(&format!(
             "created {} (schema version {})",
             cli.db.display(),
-            healstore::SCHEMA_VERSION
+            schema_version
         ))?;
     }
     Ok(())

@@ -539,7 +539,7 @@ impl tracing::field::Visit for Fields {
 }
 
 /// The commands a PostgreSQL database does not serve yet, and why: they need the analytics
-/// read models (or strategy snapshots, or SQLite's file), which come in a later phase.
+/// read models (or SQLite's file), which come in a later phase.
 fn not_yet_on_postgres(command: &Command) -> Option<&'static str> {
     match command {
         Command::Init
@@ -547,13 +547,13 @@ fn not_yet_on_postgres(command: &Command) -> Option<&'static str> {
         | Command::Append { .. }
         | Command::Export { .. }
         | Command::Events(_)
-        | Command::Verify(_) => None,
-        Command::Heal { .. } | Command::Record(_) | Command::Tick => {
-            Some("healing (the healer's limits, recoveries and snapshots need the read models)")
-        }
-        Command::Circuits { .. } | Command::Circuit { .. } | Command::States { .. } => {
-            Some("strategy states (snapshots and read models)")
-        }
+        | Command::Verify(_)
+        | Command::Heal { .. }
+        | Command::Record(_)
+        | Command::Tick
+        | Command::Circuits { .. }
+        | Command::Circuit { .. }
+        | Command::States { .. } => None,
         Command::Serve { .. } => Some("serve (the healer and the metrics need the read models)"),
         Command::Archive { .. } => Some("archive"),
         Command::Demo(_) | Command::Backtest(_) => Some("demo and backtest"),

@@ -374,14 +374,16 @@ pub async fn list(
     until_us: Option<i64>,
 ) -> Result<Vec<PreventionView>> {
     // The stream key's range: the prefix, up to the next character after its dash.
-    let rows: Vec<(String, i64, i64, String, i64, String)> = sqlx::query_as(
-        "SELECT stream_id, stream_version, occurred_at, event_type, schema_version, payload \
-         FROM events WHERE stream_id >= 'prevention-' AND stream_id < 'prevention.' \
-         ORDER BY stream_id, stream_version",
-    )
-    .fetch_all(store.read_pool())
-    .await
-    .map_err(Error::from)?;
+    let rows: Vec<(String, i64, i64, String, i64, String)> = store
+        .db()
+        .fetch_all(
+            "SELECT stream_id, stream_version, occurred_at, event_type, schema_version, payload \
+             FROM events WHERE stream_id >= 'prevention-' AND stream_id < 'prevention.' \
+             ORDER BY stream_id, stream_version",
+            &[],
+        )
+        .await
+        .map_err(Error::from)?;
     let mut by_stream: BTreeMap<String, Vec<(u64, DateTime<Utc>, HealEvent)>> = BTreeMap::new();
     for (stream, version, at, t, sv, payload) in rows {
         let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
@@ -410,14 +412,15 @@ pub async fn list(
 pub async fn get(store: &Store, prevention_id: &str) -> Result<PreventionView> {
     crate::event::check_id("prevention id", prevention_id)?;
     let stream = prevention_stream(&prediction_of(prevention_id));
-    let rows: Vec<(i64, i64, String, i64, String)> = sqlx::query_as(
-        "SELECT stream_version, occurred_at, event_type, schema_version, payload \
-         FROM events WHERE stream_id = ?1 ORDER BY stream_version",
-    )
-    .bind(&stream)
-    .fetch_all(store.read_pool())
-    .await
-    .map_err(Error::from)?;
+    let rows: Vec<(i64, i64, String, i64, String)> = store
+        .db()
+        .fetch_all(
+            "SELECT stream_version, occurred_at, event_type, schema_version, payload \
+             FROM events WHERE stream_id = ?1 ORDER BY stream_version",
+            &[(&stream).into()],
+        )
+        .await
+        .map_err(Error::from)?;
     let mut evs = Vec::new();
     for (version, at, t, sv, payload) in rows {
         let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);

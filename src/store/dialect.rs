@@ -63,6 +63,15 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
+    /// A list bound as [`Param::Texts`] at placeholder `n`, as a table `alias` of one column,
+    /// `value`.
+    pub fn text_list(self, n: usize, alias: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_each(?{n}) AS {alias}"),
+            Dialect::Postgres => format!("UNNEST(CAST(?{n} AS TEXT[])) AS {alias}(value)"),
+        }
+    }
+
     /// `sql` as this dialect writes it: `?N` becomes `$N`, and a bare `?` the next number, for
     /// PostgreSQL. (The store's queries hold no `?` inside string literals.)
     pub fn sql(self, sql: &str) -> Cow<'_, str> {
@@ -99,20 +108,85 @@ impl Dialect {
 pub(crate) enum Param {
     Int(i64),
     Text(String),
+    /// Text or NULL.
+    OptText(Option<String>),
+    /// A list of texts, read by the query as the table [`Dialect::text_list`] names: bound as
+    /// a JSON array on SQLite (`json_each`), as a `text[]` on PostgreSQL (`UNNEST`).
+    Texts(Vec<String>),
 }
 
-/// Binds `params` in order to a sqlx query of either driver.
+impl From<i64> for Param {
+    fn from(v: i64) -> Param {
+        Param::Int(v)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Param {
+        Param::Text(v.to_owned())
+    }
+}
+
+impl From<&String> for Param {
+    fn from(v: &String) -> Param {
+        Param::Text(v.clone())
+    }
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Param {
+        Param::Text(v)
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Param {
+        Param::OptText(v.map(str::to_owned))
+    }
+}
+
+/// Binds `params` in order to a sqlx query of either driver; `$list` turns a
+/// [`Param::Texts`] into the value that driver binds.
 macro_rules! bind_params {
-    ($query:expr, $params:expr) => {{
+    ($query:expr, $params:expr, $list:expr) => {{
         let mut q = $query;
         for p in $params {
             q = match p {
                 $crate::store::dialect::Param::Int(i) => q.bind(*i),
                 $crate::store::dialect::Param::Text(s) => q.bind(s.clone()),
+                $crate::store::dialect::Param::OptText(s) => q.bind(s.clone()),
+                $crate::store::dialect::Param::Texts(v) => q.bind($list(v)),
             };
         }
         q
     }};
+}
+
+/// A list as SQLite's `json_each` reads it.
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// A list as PostgreSQL binds a `text[]`.
+fn pg_list(v: &[String]) -> Vec<String> {
+    v.to_vec()
+}
+
+/// Rows decoded alike from either backend (tuples of `i64`, `String`, `bool`, `Option`s...).
+pub(crate) trait AnyRow:
+    for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+    + Send
+    + Unpin
+{
+}
+
+impl<T> AnyRow for T where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin
+{
 }
 
 /// The store's read connections: the backend enum.
@@ -136,11 +210,19 @@ impl Db {
         let sql = self.dialect().sql(sql).into_owned();
         match self {
             Db::Sqlite(pool) => {
-                let q = bind_params!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), params);
+                let q = bind_params!(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)),
+                    params,
+                    json_list
+                );
                 Ok(q.fetch_optional(pool).await?.flatten())
             }
             Db::Postgres(pool) => {
-                let q = bind_params!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), params);
+                let q = bind_params!(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)),
+                    params,
+                    pg_list
+                );
                 Ok(q.fetch_optional(pool).await?.flatten())
             }
         }
@@ -151,11 +233,11 @@ impl Db {
         let sql = self.dialect().sql(sql).into_owned();
         match self {
             Db::Sqlite(pool) => {
-                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params);
+                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params, json_list);
                 q.fetch_one(pool).await
             }
             Db::Postgres(pool) => {
-                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params);
+                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params, pg_list);
                 q.fetch_one(pool).await
             }
         }
@@ -172,7 +254,7 @@ impl Db {
         let db = |e| crate::Error::from_db(e, path);
         match self {
             Db::Sqlite(pool) => {
-                let q = bind_params!(sqlx::query(sqlx::AssertSqlSafe(sql)), params);
+                let q = bind_params!(sqlx::query(sqlx::AssertSqlSafe(sql)), params, json_list);
                 q.fetch_all(pool)
                     .await
                     .map_err(db)?
@@ -181,7 +263,7 @@ impl Db {
                     .collect()
             }
             Db::Postgres(pool) => {
-                let q = bind_params!(sqlx::query(sqlx::AssertSqlSafe(sql)), params);
+                let q = bind_params!(sqlx::query(sqlx::AssertSqlSafe(sql)), params, pg_list);
                 q.fetch_all(pool)
                     .await
                     .map_err(db)?
@@ -190,6 +272,47 @@ impl Db {
                     .collect()
             }
         }
+    }
+
+    /// Every row of a query, decoded alike from either backend.
+    pub async fn fetch_all<T: AnyRow>(&self, sql: &str, params: &[Param]) -> sqlx::Result<Vec<T>> {
+        let sql = self.dialect().sql(sql).into_owned();
+        match self {
+            Db::Sqlite(pool) => {
+                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params, json_list);
+                q.fetch_all(pool).await
+            }
+            Db::Postgres(pool) => {
+                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params, pg_list);
+                q.fetch_all(pool).await
+            }
+        }
+    }
+
+    /// The first row of a query, if any.
+    pub async fn fetch_optional<T: AnyRow>(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> sqlx::Result<Option<T>> {
+        let sql = self.dialect().sql(sql).into_owned();
+        match self {
+            Db::Sqlite(pool) => {
+                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params, json_list);
+                q.fetch_optional(pool).await
+            }
+            Db::Postgres(pool) => {
+                let q = bind_params!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), params, pg_list);
+                q.fetch_optional(pool).await
+            }
+        }
+    }
+
+    /// The one row of a query (an error when there is none).
+    pub async fn fetch_one<T: AnyRow>(&self, sql: &str, params: &[Param]) -> sqlx::Result<T> {
+        self.fetch_optional(sql, params)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
     }
 
     pub async fn close(&self) {

@@ -267,7 +267,11 @@ impl Store {
         shutdown: oneshot::Sender<()>,
         observer: ObserverSlot,
     ) -> Store {
-        let probe = probe::ChangeProbe::new(&path);
+        // (PostgreSQL has no file to look at: a catch-up there always asks the database)
+        let probe = match readers.dialect() {
+            dialect::Dialect::Sqlite => probe::ChangeProbe::new(&path),
+            dialect::Dialect::Postgres => probe::ChangeProbe::none(),
+        };
         Store {
             inner: Arc::new(Inner {
                 path,
@@ -282,6 +286,11 @@ impl Store {
                 observer,
             }),
         }
+    }
+
+    /// The read connections, of either backend, for queries shared between them.
+    pub(crate) fn db(&self) -> &dialect::Db {
+        &self.inner.readers
     }
 
     /// Whether the store is on PostgreSQL (see [`Target`]).

@@ -36,10 +36,16 @@ use crate::event::{Appended, ExpectedVersion};
 use crate::time::to_micros;
 
 /// The PostgreSQL migrations, in order (migrations/postgres/).
-pub(crate) const MIGRATIONS: &[(&str, &str)] = &[(
-    "V1__event_log",
-    include_str!("../../migrations/postgres/V1__event_log.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "V1__event_log",
+        include_str!("../../migrations/postgres/V1__event_log.sql"),
+    ),
+    (
+        "V2__snapshots_at_rest_and_failures",
+        include_str!("../../migrations/postgres/V2__snapshots_at_rest_and_failures.sql"),
+    ),
+];
 
 /// The PostgreSQL schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -320,11 +326,14 @@ impl PgWriter {
             self.recover().await;
             match first {
                 Request::Import(imp) => self.import(imp).await,
-                Request::Checkpoint(_, reply) => {
-                    let _ = reply.send(Err(not_yet("strategy snapshots")));
+                Request::Checkpoint(c, reply) => {
+                    let now = to_micros(self.options.clock.now());
+                    let r = super::snapshots::pg_write(&mut self.conn, &c, now).await;
+                    let _ = reply.send(r.map_err(|e| self.db_err(e)));
                 }
                 Request::DropSnapshots(reply) => {
-                    let _ = reply.send(Err(not_yet("strategy snapshots")));
+                    let r = super::snapshots::pg_drop_all(&mut self.conn).await;
+                    let _ = reply.send(r.map_err(|e| self.db_err(e)));
                 }
                 Request::RebuildReadModels(reply) => {
                     let _ = reply.send(Err(not_yet("rebuild (the analytics read models)")));

@@ -20,7 +20,8 @@ pub(crate) type Mark = [u8; 96];
 
 #[derive(Debug)]
 pub(crate) struct ChangeProbe {
-    shm: PathBuf,
+    /// `None`: a database without such a file (PostgreSQL): always "maybe".
+    shm: Option<PathBuf>,
     file: Mutex<Option<std::fs::File>>,
 }
 
@@ -29,16 +30,25 @@ impl ChangeProbe {
         let mut shm = database.as_os_str().to_owned();
         shm.push("-shm");
         ChangeProbe {
-            shm: PathBuf::from(shm),
+            shm: Some(PathBuf::from(shm)),
+            file: Mutex::new(None),
+        }
+    }
+
+    /// A probe that never knows (every look asks the database).
+    pub fn none() -> ChangeProbe {
+        ChangeProbe {
+            shm: None,
             file: Mutex::new(None),
         }
     }
 
     /// The header as it is now; `None` when it cannot be read (ask the database then).
     pub fn mark(&self) -> Option<Mark> {
+        let shm = self.shm.as_ref()?;
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if file.is_none() {
-            *file = std::fs::File::open(&self.shm).ok();
+            *file = std::fs::File::open(shm).ok();
         }
         let mut mark = [0u8; 96];
         match file.as_ref().map(|f| read_at(f, &mut mark)) {

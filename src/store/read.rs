@@ -11,7 +11,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::Row;
 
 use super::Store;
-use super::dialect::Param;
+use super::dialect::{Dialect, Param};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::time::{from_micros, to_micros};
@@ -198,7 +198,11 @@ impl Scan {
             // case-folding and wildcards would get in the way.
             // The unary `+` keeps SQLite from scanning the stream index for this range: prefix
             // reads are catch-ups in position order, whose tail is short.
-            sql.push_str(" AND +stream_id >= ? AND +stream_id < ?");
+            // (PostgreSQL has no unary `+` on text; its planner weighs the ranges itself.)
+            sql.push_str(match self.store.inner.readers.dialect() {
+                Dialect::Sqlite => " AND +stream_id >= ? AND +stream_id < ?",
+                Dialect::Postgres => " AND stream_id >= ? AND stream_id < ?",
+            });
             args.add(prefix.as_str()).map_err(enc)?;
             args.add(prefix_end(prefix)).map_err(enc)?;
         }
@@ -306,24 +310,6 @@ impl Params {
     fn add(&mut self, p: impl Into<Param>) -> std::result::Result<(), std::convert::Infallible> {
         self.0.push(p.into());
         Ok(())
-    }
-}
-
-impl From<i64> for Param {
-    fn from(v: i64) -> Param {
-        Param::Int(v)
-    }
-}
-
-impl From<&str> for Param {
-    fn from(v: &str) -> Param {
-        Param::Text(v.to_owned())
-    }
-}
-
-impl From<String> for Param {
-    fn from(v: String) -> Param {
-        Param::Text(v)
     }
 }
 

@@ -1,9 +1,8 @@
 //! Strategy snapshots and checkpoints: a read model that shortens restores. The store owns
 //! the SQL; what a snapshot holds is the healer's business (opaque JSON text here).
 
-use sqlx::{AssertSqlSafe, Row as _};
-
 use super::Store;
+use super::dialect::Param;
 use super::writer::Request;
 use crate::error::Result;
 
@@ -67,29 +66,36 @@ const COLUMNS: &str = "stream_id, strategy, key, stream_version, state, at_rest"
 /// The strategy streams among the stored ones (`strategy-...`: `-` is followed by `.`).
 const STRATEGY_STREAMS: &str = "'strategy-' AND 'strategy.'";
 
+/// A snapshot's row, as [`COLUMNS`] reads it on either backend.
+type SnapshotRow = (String, String, String, i64, String, i32);
+
 impl Store {
     /// Every snapshot of a strategy not at rest (what a restore reads).
     pub async fn load_snapshots(&self, strategy: &str) -> Result<Vec<Snapshot>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM strategy_snapshots WHERE strategy = ? AND at_rest = 0"
-        )))
-        .bind(strategy)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
-        rows.iter().map(decode).collect()
+        let rows: Vec<SnapshotRow> = self
+            .db()
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS} FROM strategy_snapshots WHERE strategy = ? AND at_rest = 0"
+                ),
+                &[strategy.into()],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(rows.into_iter().map(decode).collect())
     }
 
     /// Every snapshot of a strategy, those at rest included.
     pub async fn load_all_snapshots(&self, strategy: &str) -> Result<Vec<Snapshot>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM strategy_snapshots WHERE strategy = ?"
-        )))
-        .bind(strategy)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
-        rows.iter().map(decode).collect()
+        let rows: Vec<SnapshotRow> = self
+            .db()
+            .fetch_all(
+                &format!("SELECT {COLUMNS} FROM strategy_snapshots WHERE strategy = ?"),
+                &[strategy.into()],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(rows.into_iter().map(decode).collect())
     }
 
     /// What a restore reads of a strategy: its snapshots not at rest, each with whether the
@@ -100,19 +106,23 @@ impl Store {
         strategy: &str,
         position: i64,
     ) -> Result<Vec<(Snapshot, bool)>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id \
-                 AND e.stream_version = s.stream_version + 1 AND e.position <= ?2) \
-             FROM strategy_snapshots s WHERE strategy = ?1 AND at_rest = 0"
-        )))
-        .bind(strategy)
-        .bind(position)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
-        rows.iter()
-            .map(|r| Ok((decode(r)?, r.try_get::<bool, _>(6)?)))
-            .collect()
+        let rows: Vec<(String, String, String, i64, String, i32, bool)> = self
+            .db()
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS}, EXISTS (SELECT 1 FROM events e \
+                         WHERE e.stream_id = s.stream_id \
+                         AND e.stream_version = s.stream_version + 1 AND e.position <= ?2) \
+                     FROM strategy_snapshots s WHERE strategy = ?1 AND at_rest = 0"
+                ),
+                &[strategy.into(), position.into()],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, b, c, d, e, f, older)| (decode((a, b, c, d, e, f)), older))
+            .collect())
     }
 
     /// One stream's snapshot, if stored.
@@ -126,21 +136,31 @@ impl Store {
         &self,
         stream_id: &str,
     ) -> Result<(Option<Snapshot>, u64)> {
-        let row = sqlx::query(
-            "SELECT s.stream_id, s.strategy, s.key, s.stream_version, s.state, s.at_rest, \
-                    (SELECT version FROM archived_streams WHERE stream_id = ?1) \
-             FROM (SELECT 1) LEFT JOIN strategy_snapshots s ON s.stream_id = ?1",
-        )
-        .bind(stream_id)
-        .fetch_one(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
-        let archived: Option<i64> = row.try_get(6)?;
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<i32>,
+            Option<i64>,
+        );
+        let (id, strategy, key, version, state, at_rest, archived): Row = self
+            .db()
+            .fetch_one(
+                "SELECT s.stream_id, s.strategy, s.key, s.stream_version, s.state, s.at_rest, \
+                        (SELECT version FROM archived_streams WHERE stream_id = ?1) \
+                 FROM (SELECT 1) AS one LEFT JOIN strategy_snapshots s ON s.stream_id = ?1",
+                &[stream_id.into()],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         let archived = u64::try_from(archived.unwrap_or(0)).unwrap_or(0);
-        let id: Option<String> = row.try_get(0)?;
-        let snapshot = match id {
-            Some(_) => Some(decode(&row)?),
-            None => None,
+        let snapshot = match (id, strategy, key, version, state, at_rest) {
+            (Some(id), Some(strategy), Some(key), Some(version), Some(state), Some(at_rest)) => {
+                Some(decode((id, strategy, key, version, state, at_rest)))
+            }
+            _ => None,
         };
         Ok((snapshot, archived))
     }
@@ -153,13 +173,14 @@ impl Store {
     /// A strategy's checkpoint: the position its snapshots cover (0 when it has none), and
     /// how many snapshots not at rest it left (`None`: not known).
     pub(crate) async fn checkpoint_of(&self, strategy: &str) -> Result<(i64, Option<u64>)> {
-        let v: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT position, snapshots FROM strategy_checkpoints WHERE strategy = ?",
-        )
-        .bind(strategy)
-        .fetch_optional(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
+        let v: Option<(i64, Option<i64>)> = self
+            .db()
+            .fetch_optional(
+                "SELECT position, snapshots FROM strategy_checkpoints WHERE strategy = ?",
+                &[strategy.into()],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         Ok(match v {
             Some((p, n)) => (p, n.and_then(|n| u64::try_from(n).ok())),
             None => (0, None),
@@ -169,16 +190,20 @@ impl Store {
     /// The first archived strategy stream (in stream order) whose snapshot is missing or older
     /// than its archived events: a state that cannot be rebuilt.
     pub async fn uncovered_archived_stream(&self) -> Result<Option<Uncovered>> {
-        let row: Option<(String, i64, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT a.stream_id, a.version, s.stream_version FROM archived_streams a \
-             LEFT JOIN strategy_snapshots s ON s.stream_id = a.stream_id \
-             WHERE a.stream_id BETWEEN {STRATEGY_STREAMS} \
-               AND (s.stream_id IS NULL OR s.stream_version < a.version) \
-             ORDER BY a.stream_id LIMIT 1"
-        )))
-        .fetch_optional(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
+        let row: Option<(String, i64, Option<i64>)> = self
+            .db()
+            .fetch_optional(
+                &format!(
+                    "SELECT a.stream_id, a.version, s.stream_version FROM archived_streams a \
+                     LEFT JOIN strategy_snapshots s ON s.stream_id = a.stream_id \
+                     WHERE a.stream_id BETWEEN {STRATEGY_STREAMS} \
+                       AND (s.stream_id IS NULL OR s.stream_version < a.version) \
+                     ORDER BY a.stream_id LIMIT 1"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         Ok(row.map(|(stream_id, a, s)| Uncovered {
             stream_id,
             archived_version: u64::try_from(a).unwrap_or(0),
@@ -195,14 +220,14 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<(String, String, u64)>> {
-        let rows: Vec<(Option<String>, String, i64)> =
-            sqlx::query_as(AssertSqlSafe(uncovered_sql(" AND e.stream_id > ?3")))
-                .bind(position)
-                .bind(limit)
-                .bind(after)
-                .fetch_all(self.read_pool())
-                .await
-                .map_err(|e| self.db_err(e))?;
+        let rows: Vec<(Option<String>, String, i64)> = self
+            .db()
+            .fetch_all(
+                &uncovered_sql(" AND e.stream_id > ?3"),
+                &[position.into(), limit.into(), after.into()],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         Ok(rows
             .into_iter()
             .map(|(s, stream, v)| (s.unwrap_or_default(), stream, v.max(0) as u64))
@@ -215,19 +240,21 @@ impl Store {
         &self,
         streams: &[String],
     ) -> Result<std::collections::HashMap<String, u64>> {
-        let list = serde_json::to_string(streams)
-            .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?;
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT j.value, COALESCE((SELECT MAX(stream_version) FROM events \
-                                       WHERE stream_id = j.value), \
-                                      (SELECT version FROM archived_streams \
-                                       WHERE stream_id = j.value), 0) \
-             FROM json_each(?1) j",
-        )
-        .bind(list)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(|e| self.db_err(e))?;
+        let db = self.db();
+        let rows: Vec<(String, i64)> = db
+            .fetch_all(
+                &format!(
+                    "SELECT j.value, COALESCE((SELECT MAX(stream_version) FROM events \
+                                               WHERE stream_id = j.value), \
+                                              (SELECT version FROM archived_streams \
+                                               WHERE stream_id = j.value), 0) \
+                     FROM {}",
+                    db.dialect().text_list(1, "j")
+                ),
+                &[Param::Texts(streams.to_vec())],
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
         Ok(rows
             .into_iter()
             .map(|(s, v)| (s, u64::try_from(v).unwrap_or(0)))
@@ -256,23 +283,21 @@ pub(crate) fn uncovered_sql(filter: &str) -> String {
         "SELECT MAX(e.strategy), e.stream_id, MAX(e.stream_version) AS v FROM events e \
          WHERE e.stream_id BETWEEN {STRATEGY_STREAMS} AND e.position <= ?1{filter} \
          GROUP BY e.stream_id \
-         HAVING v > COALESCE((SELECT s.stream_version FROM strategy_snapshots s \
+         HAVING MAX(e.stream_version) > COALESCE((SELECT s.stream_version FROM strategy_snapshots s \
                               WHERE s.stream_id = e.stream_id), 0) \
          ORDER BY e.stream_id LIMIT ?2"
     )
 }
 
-fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Snapshot> {
-    let version: i64 = row.try_get(3)?;
-    let at_rest: i64 = row.try_get(5)?;
-    Ok(Snapshot {
-        stream_id: row.try_get(0)?,
-        strategy: row.try_get(1)?,
-        key: row.try_get(2)?,
+fn decode((stream_id, strategy, key, version, state, at_rest): SnapshotRow) -> Snapshot {
+    Snapshot {
+        stream_id,
+        strategy,
+        key,
         stream_version: u64::try_from(version).unwrap_or(0),
-        state: row.try_get(4)?,
+        state,
         at_rest: at_rest != 0,
-    })
+    }
 }
 
 const UPSERT: &str = "INSERT INTO strategy_snapshots (stream_id, strategy, key, stream_version, \
@@ -400,6 +425,149 @@ pub(crate) async fn write(
 pub(crate) async fn drop_all(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
     use sqlx::Connection as _;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("DELETE FROM strategy_snapshots")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM strategy_checkpoints")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Serialises checkpoints across processes on PostgreSQL ('HLST' and 3), as SQLite's write
+/// lock does: each moves the count of snapshots in use by what its own writes changed, read
+/// before and after them, which two checkpoints interleaved would count twice.
+const PG_CHECKPOINT_LOCK: i64 = 0x484C_5354_0000_0003;
+
+/// Per strategy, how many of the listed streams have a snapshot in use (PostgreSQL).
+async fn pg_in_use(
+    conn: &mut sqlx::PgConnection,
+    streams: &[String],
+) -> sqlx::Result<std::collections::HashMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s.strategy, count(*) FROM UNNEST($1::text[]) AS j(value) \
+         JOIN strategy_snapshots s ON s.stream_id = j.value \
+         WHERE s.at_rest = 0 GROUP BY s.strategy",
+    )
+    .bind(streams)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// [`write`] on PostgreSQL: the same statements, in one transaction under
+/// [`PG_CHECKPOINT_LOCK`] (appends are not held up).
+pub(crate) async fn pg_write(
+    conn: &mut sqlx::PgConnection,
+    checkpoint: &Checkpoint,
+    now_us: i64,
+) -> sqlx::Result<()> {
+    use sqlx::Connection as _;
+    let pg = |sql: &str| super::dialect::Dialect::Postgres.sql(sql).into_owned();
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PG_CHECKPOINT_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let touched: Vec<String> = checkpoint
+        .snapshots
+        .iter()
+        .chain(&checkpoint.deleted)
+        .map(|s| s.stream_id.clone())
+        .collect();
+    let before = pg_in_use(&mut tx, &touched).await?;
+    let upsert = pg(UPSERT);
+    for s in &checkpoint.snapshots {
+        sqlx::query(sqlx::AssertSqlSafe(upsert.clone()))
+            .bind(&s.stream_id)
+            .bind(&s.strategy)
+            .bind(&s.key)
+            .bind(s.stream_version as i64)
+            .bind(&s.state)
+            .bind(now_us)
+            .bind(i32::from(s.at_rest))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for s in &checkpoint.deleted {
+        // Archived events: the snapshot is all that can rebuild the state. Kept, at rest.
+        let archived: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM archived_streams WHERE stream_id = $1")
+                .bind(&s.stream_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if archived.is_some() {
+            sqlx::query(sqlx::AssertSqlSafe(upsert.clone()))
+                .bind(&s.stream_id)
+                .bind(&s.strategy)
+                .bind(&s.key)
+                .bind(s.stream_version as i64)
+                .bind(&s.state)
+                .bind(now_us)
+                .bind(1i32)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "DELETE FROM strategy_snapshots WHERE stream_id = $1 AND stream_version <= $2",
+            )
+            .bind(&s.stream_id)
+            .bind(s.stream_version as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    for (strategy, position) in &checkpoint.positions {
+        sqlx::query(
+            "INSERT INTO strategy_checkpoints (strategy, position, written_at) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (strategy) DO UPDATE SET position = excluded.position, \
+             written_at = excluded.written_at \
+             WHERE excluded.position <> strategy_checkpoints.position",
+        )
+        .bind(strategy)
+        .bind(position)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // (as in `write`: the count moves by this checkpoint's own writes)
+    let after = pg_in_use(&mut tx, &touched).await?;
+    let mut strategies: Vec<&String> = before.keys().chain(after.keys()).collect();
+    strategies.sort();
+    strategies.dedup();
+    for strategy in strategies {
+        let delta = after.get(strategy).unwrap_or(&0) - before.get(strategy).unwrap_or(&0);
+        if delta != 0 {
+            sqlx::query(
+                "UPDATE strategy_checkpoints SET snapshots = GREATEST(0, snapshots + $1) \
+                 WHERE strategy = $2 AND snapshots IS NOT NULL",
+            )
+            .bind(delta)
+            .bind(strategy)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    sqlx::query(
+        "UPDATE strategy_checkpoints SET snapshots = (SELECT count(*) FROM strategy_snapshots s \
+                 WHERE s.strategy = strategy_checkpoints.strategy AND s.at_rest = 0) \
+         WHERE snapshots IS NULL OR strategy = ANY($1)",
+    )
+    .bind(&checkpoint.recount)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// [`drop_all`] on PostgreSQL.
+pub(crate) async fn pg_drop_all(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PG_CHECKPOINT_LOCK)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM strategy_snapshots")
         .execute(&mut *tx)
         .await?;

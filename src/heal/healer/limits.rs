@@ -61,20 +61,26 @@ impl Healer {
             guards.lock(self, &stream).await;
             let since = now - Duration::hours(1);
             // One statement, so the count and the version are read from one snapshot.
-            let (count, version): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM events WHERE agent_id = ?1 AND occurred_at > ?2 \
-                         AND occurred_at <= ?3 AND event_type = 'limit_counted' \
-                         AND stream_id = ?4), \
-                        COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?4), \
-                                 (SELECT version FROM archived_streams WHERE stream_id = ?4), 0)",
-            )
-            .bind(agent)
-            .bind(crate::time::to_micros(since))
-            .bind(crate::time::to_micros(now))
-            .bind(&stream)
-            .fetch_one(self.store.read_pool())
-            .await
-            .map_err(Error::from)?;
+            let (count, version): (i64, i64) = self
+                .store
+                .db()
+                .fetch_one(
+                    "SELECT (SELECT count(*) FROM events WHERE agent_id = ?1 \
+                             AND occurred_at > ?2 AND occurred_at <= ?3 \
+                             AND event_type = 'limit_counted' AND stream_id = ?4), \
+                            COALESCE((SELECT MAX(stream_version) FROM events \
+                                      WHERE stream_id = ?4), \
+                                     (SELECT version FROM archived_streams \
+                                      WHERE stream_id = ?4), 0)",
+                    &[
+                        agent.into(),
+                        crate::time::to_micros(since).into(),
+                        crate::time::to_micros(now).into(),
+                        (&stream).into(),
+                    ],
+                )
+                .await
+                .map_err(Error::from)?;
             let fact = match crate::heal::engine::limits::agent_actions(
                 failure,
                 strategy,
@@ -156,18 +162,20 @@ impl Healer {
             Option<String>,
             Option<i64>,
             Option<String>,
-        ) = sqlx::query_as(
-            "SELECT v.version, e.event_type, e.schema_version, e.payload \
-             FROM (SELECT COALESCE((SELECT MAX(stream_version) FROM events \
-                                    WHERE stream_id = ?1), \
-                                   (SELECT version FROM archived_streams \
-                                    WHERE stream_id = ?1), 0) AS version) v \
-             LEFT JOIN events e ON e.stream_id = ?1 AND e.stream_version = v.version",
-        )
-        .bind(FLEET_LIMIT_STREAM)
-        .fetch_one(self.store.read_pool())
-        .await
-        .map_err(Error::from)?;
+        ) = self
+            .store
+            .db()
+            .fetch_one(
+                "SELECT v.version, e.event_type, e.schema_version, e.payload \
+                 FROM (SELECT COALESCE((SELECT MAX(stream_version) FROM events \
+                                        WHERE stream_id = ?1), \
+                                       (SELECT version FROM archived_streams \
+                                        WHERE stream_id = ?1), 0) AS version) v \
+                 LEFT JOIN events e ON e.stream_id = ?1 AND e.stream_version = v.version",
+                &[FLEET_LIMIT_STREAM.into()],
+            )
+            .await
+            .map_err(Error::from)?;
         let version = u64::try_from(version).unwrap_or(0);
         let (Some(event_type), Some(payload)) = (event_type, payload) else {
             // Never written, or archived: every agent it counted was disabled before the cut,

@@ -399,18 +399,22 @@ impl Healer {
     /// of the stream counting them.
     async fn auto_count(&self, agent: &str, now: DateTime<Utc>) -> Result<(u64, u64)> {
         let stream = auto_limit_stream(agent);
-        let (count, version): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM events WHERE stream_id = ?1 AND occurred_at > ?2 \
-                     AND occurred_at <= ?3), \
-                    COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?1), \
-                             (SELECT version FROM archived_streams WHERE stream_id = ?1), 0)",
-        )
-        .bind(&stream)
-        .bind(crate::time::to_micros(now - Duration::hours(1)))
-        .bind(crate::time::to_micros(now))
-        .fetch_one(self.store.read_pool())
-        .await
-        .map_err(Error::from)?;
+        let (count, version): (i64, i64) = self
+            .store
+            .db()
+            .fetch_one(
+                "SELECT (SELECT count(*) FROM events WHERE stream_id = ?1 AND occurred_at > ?2 \
+                         AND occurred_at <= ?3), \
+                        COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?1), \
+                                 (SELECT version FROM archived_streams WHERE stream_id = ?1), 0)",
+                &[
+                    (&stream).into(),
+                    crate::time::to_micros(now - Duration::hours(1)).into(),
+                    crate::time::to_micros(now).into(),
+                ],
+            )
+            .await
+            .map_err(Error::from)?;
         Ok((count.max(0) as u64, version.max(0) as u64))
     }
 

@@ -154,25 +154,39 @@ impl Healer {
         at: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
-        sqlx::query_as(
-            "SELECT failure_id, agent_id, task_id FROM ( \
-               SELECT failure_id, agent_id, task_id, detected_at \
-               FROM failures INDEXED BY failures_open_by_agent \
-               WHERE agent_id = ?1 AND task_id IS NULL AND recovered_at IS NULL \
-                 AND detected_at < ?3 \
-               UNION ALL \
-               SELECT failure_id, agent_id, task_id, detected_at \
-               FROM failures INDEXED BY failures_open_by_task \
-               WHERE task_id = ?2 AND recovered_at IS NULL AND detected_at < ?3) \
-             ORDER BY detected_at, failure_id LIMIT ?4",
-        )
-        .bind(agent)
-        .bind(task)
-        .bind(crate::time::to_micros(at))
-        .bind(limit)
-        .fetch_all(self.store.read_pool())
-        .await
-        .map_err(Error::from)
+        // SQLite is told which partial index each half reads (its planner would otherwise
+        // pick the wider index on agent_id); PostgreSQL's planner matches them itself.
+        let (by_agent, by_task) = match self.store.db().dialect() {
+            crate::store::dialect::Dialect::Sqlite => (
+                "failures INDEXED BY failures_open_by_agent",
+                "failures INDEXED BY failures_open_by_task",
+            ),
+            crate::store::dialect::Dialect::Postgres => ("failures", "failures"),
+        };
+        self.store
+            .db()
+            .fetch_all(
+                &format!(
+                    "SELECT failure_id, agent_id, task_id FROM ( \
+                       SELECT failure_id, agent_id, task_id, detected_at \
+                       FROM {by_agent} \
+                       WHERE agent_id = ?1 AND task_id IS NULL AND recovered_at IS NULL \
+                         AND detected_at < ?3 \
+                       UNION ALL \
+                       SELECT failure_id, agent_id, task_id, detected_at \
+                       FROM {by_task} \
+                       WHERE task_id = ?2 AND recovered_at IS NULL AND detected_at < ?3) AS candidates \
+                     ORDER BY detected_at, failure_id LIMIT ?4"
+                ),
+                &[
+                    agent.into(),
+                    task.into(),
+                    crate::time::to_micros(at).into(),
+                    limit.into(),
+                ],
+            )
+            .await
+            .map_err(Error::from)
     }
 
     /// Confirms that a failure recovered at `at` (the caller knows its agent or task works
@@ -256,14 +270,16 @@ impl Healer {
             Option<String>,
             Option<i64>,
         );
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT detected_at, agent_id, task_id, recovered_at, recovered_how, recover_us \
-             FROM failures WHERE failure_id = ?1",
-        )
-        .bind(failure_id)
-        .fetch_optional(self.store.read_pool())
-        .await
-        .map_err(Error::from)?;
+        let row: Option<Row> = self
+            .store
+            .db()
+            .fetch_optional(
+                "SELECT detected_at, agent_id, task_id, recovered_at, recovered_how, recover_us \
+                 FROM failures WHERE failure_id = ?1",
+                &[failure_id.into()],
+            )
+            .await
+            .map_err(Error::from)?;
         let Some((detected, agent_id, task_id, recovered_at, how, recover_us)) = row else {
             return Err(Error::NotFound(format!(
                 "no failure with id {failure_id:?} is recorded"
