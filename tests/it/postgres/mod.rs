@@ -13,6 +13,8 @@ use sqlx::Connection;
 
 use crate::common::{ev, healstore, t0};
 
+mod heal;
+
 fn server() -> String {
     std::env::var("HEALSTORE_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
@@ -98,7 +100,13 @@ async fn many_stores_opening_a_new_database_at_once_migrate_it_once() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(history, vec![(1, "event_log".to_owned())]);
+    assert_eq!(
+        history,
+        vec![
+            (1, "event_log".to_owned()),
+            (2, "snapshots_at_rest_and_failures".to_owned())
+        ]
+    );
     let ready = stores[0].readiness().await.unwrap();
     assert!(ready.ready(), "{ready:?}");
     for s in stores {
@@ -110,7 +118,7 @@ async fn many_stores_opening_a_new_database_at_once_migrate_it_once() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows, 2);
 }
 
 #[tokio::test]
