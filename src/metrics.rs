@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::store::dialect::Dialect;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -40,7 +41,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use sqlx::Row;
 
 use crate::analytics::{Analytics, EffectivenessOptions, Window};
 use crate::clock::Clock;
@@ -517,6 +517,15 @@ impl Metrics {
                 tokio::time::sleep(TAIL_PAUSE).await;
             }
         });
+        if store.is_postgres() {
+            // No health score there yet (see `refresh_health`): only the tail runs.
+            self.inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(tail);
+            return Ok(());
+        }
         let weak = Arc::downgrade(&self.inner);
         let interval = self
             .inner
@@ -548,6 +557,8 @@ impl Metrics {
             Some(t) => t.store.clone(),
             None => return Err(Error::InvalidInput("the metrics count no store".into())),
         };
+        // (the score is the analytics' stats and effectiveness)
+        store.require_sqlite("the health score (the analytics read models)")?;
         let clock = store.options().clock.clone();
         let score = health_score(
             &Analytics::new(&store),
@@ -587,16 +598,19 @@ impl Metrics {
             return Ok(());
         }
         let page = self.inner.options.tail_page.max(1);
+        let db = tail.store.db().clone();
+        let sql = match db.dialect() {
+            Dialect::Sqlite => TAIL_SQL,
+            Dialect::Postgres => PG_TAIL_SQL,
+        };
         loop {
-            let rows = sqlx::query(TAIL_SQL)
-                .bind(tail.cursor)
-                .bind(i64::from(page))
-                .fetch_all(tail.store.read_pool())
+            let rows: Vec<FactRow> = db
+                .fetch_all(sql, &[tail.cursor.into(), i64::from(page).into()])
                 .await
                 .map_err(|e| Error::from_db(e, tail.store.path()))?;
             let n = rows.len();
             for row in rows {
-                let fact = Fact::read(&row).map_err(|e| Error::from_db(e, tail.store.path()))?;
+                let fact = Fact::from(row);
                 tail.cursor = tail.cursor.max(fact.position);
                 self.count(&fact);
             }
@@ -806,21 +820,36 @@ struct Fact {
     recovered_type: Option<String>,
 }
 
-impl Fact {
-    fn read(row: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Fact> {
-        Ok(Fact {
-            position: row.try_get(0)?,
-            event_type: row.try_get(1)?,
-            schema_version: row.try_get(2)?,
-            failure_type: row.try_get(3)?,
-            strategy: row.try_get(4)?,
-            success: row.try_get::<Option<i64>, _>(5)?.map(|v| v != 0),
-            duration_ms: row.try_get(6)?,
-            field: row.try_get(7)?,
-            to: row.try_get(8)?,
-            recover_us: row.try_get(9)?,
-            recovered_type: row.try_get(10)?,
-        })
+/// A row of [`TAIL_SQL`], of either backend.
+type FactRow = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+impl From<FactRow> for Fact {
+    fn from(r: FactRow) -> Fact {
+        Fact {
+            position: r.0,
+            event_type: r.1,
+            schema_version: r.2,
+            failure_type: r.3,
+            strategy: r.4,
+            success: r.5,
+            duration_ms: r.6,
+            field: r.7,
+            to: r.8,
+            recover_us: r.9,
+            recovered_type: r.10,
+        }
     }
 }
 
@@ -838,6 +867,25 @@ SELECT e.position, e.event_type, e.schema_version, e.failure_type, e.strategy, e
        END AS TEXT), \
        CAST(CASE WHEN e.event_type = 'circuit_transitioned' \
          THEN json_extract(e.payload, '$.to') END AS TEXT), \
+       f.recover_us, f.failure_type \
+FROM events e \
+LEFT JOIN failures f ON e.event_type = 'failure_recovered' AND f.failure_id = e.failure_id \
+     AND f.recovered_position = e.position \
+WHERE e.position > ?1 ORDER BY e.position LIMIT ?2";
+
+/// [`TAIL_SQL`] on PostgreSQL: the payload fields read by the function the `failures`
+/// trigger reads them with.
+const PG_TAIL_SQL: &str = "\
+SELECT e.position, e.event_type, e.schema_version, e.failure_type, e.strategy, e.success, \
+       e.duration_ms, \
+       CASE e.event_type \
+         WHEN 'failure_detected' THEN healstore_payload_text(e.payload, 'severity') \
+         WHEN 'healing_attempted' THEN healstore_payload_text(e.payload, 'decision') \
+         WHEN 'action_executed' THEN healstore_payload_text(e.payload, 'action') \
+         WHEN 'circuit_transitioned' THEN healstore_payload_text(e.payload, 'from') \
+       END, \
+       CASE WHEN e.event_type = 'circuit_transitioned' \
+         THEN healstore_payload_text(e.payload, 'to') END, \
        f.recover_us, f.failure_type \
 FROM events e \
 LEFT JOIN failures f ON e.event_type = 'failure_recovered' AND f.failure_id = e.failure_id \

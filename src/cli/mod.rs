@@ -553,8 +553,8 @@ fn not_yet_on_postgres(command: &Command) -> Option<&'static str> {
         | Command::Tick
         | Command::Circuits { .. }
         | Command::Circuit { .. }
-        | Command::States { .. } => None,
-        Command::Serve { .. } => Some("serve (the healer and the metrics need the read models)"),
+        | Command::States { .. }
+        | Command::Serve { .. } => None,
         Command::Archive { .. } => Some("archive"),
         Command::Demo(_) | Command::Backtest(_) => Some("demo and backtest"),
         _ => Some("analytics (the read models)"),
