@@ -14,6 +14,7 @@ use sqlx::Connection;
 use crate::common::{ev, healstore, t0};
 
 mod heal;
+mod serve;
 
 fn server() -> String {
     std::env::var("HEALSTORE_TEST_PG")
