@@ -45,6 +45,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V2__snapshots_at_rest_and_failures",
         include_str!("../../migrations/postgres/V2__snapshots_at_rest_and_failures.sql"),
     ),
+    (
+        "V3__stream_ids_in_byte_order",
+        include_str!("../../migrations/postgres/V3__stream_ids_in_byte_order.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema version this binary creates and understands.

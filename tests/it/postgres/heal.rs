@@ -702,3 +702,32 @@ async fn a_healing_process_killed_mid_stream_loses_no_answered_failure() {
     let fresh = healer(&db, clock, "").await;
     assert_eq!(fresh.snapshots().await.unwrap(), restored);
 }
+
+/// A database whose collation ignores punctuation (as glibc's `en_US.UTF-8` does, a common
+/// default; here ICU's `en-US` with punctuation shifted) would sort `strategy-CircuitBreaker-x`
+/// after `strategy.`: stream ids are compared byte for byte all the same, so a healer's
+/// catch-up reads another healer's decisions.
+#[tokio::test]
+async fn healers_see_each_others_decisions_whatever_the_databases_collation() {
+    let db = PgDb::with(
+        "LOCALE_PROVIDER icu ICU_LOCALE 'en-US-u-ka-shifted' LOCALE 'C.UTF-8' TEMPLATE template0",
+    )
+    .await;
+    let mut conn = db.connect().await;
+    let ignored: bool = sqlx::query_scalar("SELECT 'strategy-a' > 'strategy.'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(ignored, "the database's collation ignores punctuation");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let a = healer(&db, clock.clone(), "").await;
+    let b = healer(&db, clock.clone(), "").await;
+    for _ in 0..5 {
+        let f = Failure::new("agent_down", Severity::High, clock.now_value()).with_agent("x");
+        a.heal(f).await.unwrap();
+    }
+    assert_eq!(b.permit("x").await.unwrap().permitted, Some(false));
+    assert_eq!(circuit_state(&b, "x").await, "open");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -29,6 +29,11 @@ pub struct PgDb {
 
 impl PgDb {
     pub async fn new() -> PgDb {
+        PgDb::with("").await
+    }
+
+    /// A database created with these options of `CREATE DATABASE` (a collation...).
+    pub async fn with(options: &str) -> PgDb {
         let name = format!("healstore_test_{}", uuid::Uuid::now_v7().simple());
         let mut admin = sqlx::PgConnection::connect(&server())
             .await
@@ -38,10 +43,12 @@ impl PgDb {
                     server()
                 )
             });
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} {options}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
         admin.close().await.unwrap();
         let base = server();
         let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(&base);
@@ -105,7 +112,8 @@ async fn many_stores_opening_a_new_database_at_once_migrate_it_once() {
         history,
         vec![
             (1, "event_log".to_owned()),
-            (2, "snapshots_at_rest_and_failures".to_owned())
+            (2, "snapshots_at_rest_and_failures".to_owned()),
+            (3, "stream_ids_in_byte_order".to_owned()),
         ]
     );
     let ready = stores[0].readiness().await.unwrap();
@@ -119,7 +127,7 @@ async fn many_stores_opening_a_new_database_at_once_migrate_it_once() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(rows, 3);
 }
 
 #[tokio::test]
