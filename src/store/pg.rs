@@ -49,6 +49,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V3__stream_ids_in_byte_order",
         include_str!("../../migrations/postgres/V3__stream_ids_in_byte_order.sql"),
     ),
+    (
+        "V4__payload_fields_beside_nul_escapes",
+        include_str!("../../migrations/postgres/V4__payload_fields_beside_nul_escapes.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema version this binary creates and understands.

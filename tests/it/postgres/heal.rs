@@ -731,3 +731,37 @@ async fn healers_see_each_others_decisions_whatever_the_databases_collation() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// PostgreSQL cannot turn a JSON text holding `\u0000` into text: a failure whose metadata
+/// holds a NUL (a raw log line) keeps its task and severity in `failures` all the same, so
+/// its task's success recovers it and another task's does not, as on SQLite.
+#[tokio::test]
+async fn a_failure_whose_metadata_holds_a_nul_keeps_its_task_in_the_read_model() {
+    let db = PgDb::new().await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let h = deciding_healer(&db, clock.clone()).await;
+    let f = Failure::new("task_timeout", Severity::Medium, t0())
+        .with_agent("a")
+        .with_task("t1")
+        .with_id("N1")
+        .with_meta("log", "bad\u{0}byte");
+    h.heal(f).await.unwrap();
+    let other = h
+        .record_success("a", Some("t2"), t0() + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert!(other.recovered.is_empty(), "{other:?}");
+    let own = h
+        .record_success("a", Some("t1"), t0() + Duration::minutes(2))
+        .await
+        .unwrap();
+    assert_eq!(own.recovered, ["N1"]);
+    let mut conn = db.connect().await;
+    let row: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT task_id, severity FROM failures WHERE failure_id = 'N1'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(row, (Some("t1".into()), Some("medium".into())));
+    h.close().await.unwrap();
+}

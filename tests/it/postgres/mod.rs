@@ -114,6 +114,7 @@ async fn many_stores_opening_a_new_database_at_once_migrate_it_once() {
             (1, "event_log".to_owned()),
             (2, "snapshots_at_rest_and_failures".to_owned()),
             (3, "stream_ids_in_byte_order".to_owned()),
+            (4, "payload_fields_beside_nul_escapes".to_owned()),
         ]
     );
     let ready = stores[0].readiness().await.unwrap();
@@ -127,7 +128,7 @@ async fn many_stores_opening_a_new_database_at_once_migrate_it_once() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(rows, 3);
+    assert_eq!(rows, 4);
 }
 
 #[tokio::test]
