@@ -48,10 +48,14 @@
 //! The store is only read: a backtest appends nothing and calls no coordinator.
 
 pub mod model;
+mod read;
 mod replay;
 pub mod report;
+mod workers;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
@@ -62,15 +66,16 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::HealEvent;
 use crate::heal::engine::STRATEGY_STREAM_PREFIX;
-use crate::heal::{Action, Attempt, Failure, Signal};
+use crate::heal::{Action, Failure, Signal};
 use crate::store::{EventFilter, Store};
 
-use crate::events::RecoveryHow;
 pub use model::OutcomeModel;
+use read::Input;
 use replay::{RecordedPhase, RecordedRecovery, Replay};
 pub use report::{
     Changed, DecisionView, Figures, Mttr, Origin, Report, Setting, Split, Sweep, SweepRow,
 };
+use workers::Cmd;
 
 pub mod html;
 
@@ -112,6 +117,11 @@ pub struct BacktestOptions {
     /// At most this many changed failures listed per report (all are counted): memory
     /// follows this, not the window.
     pub max_changed: usize,
+    /// Keeps every failure of the window until its end, instead of releasing each once the
+    /// read is past the last event naming it (the reports are the same; memory then grows
+    /// with the failures of the window that await an outcome never recorded). For
+    /// comparison.
+    pub keep_failures_to_end: bool,
 }
 
 impl BacktestOptions {
@@ -121,6 +131,7 @@ impl BacktestOptions {
             window,
             seed: 1,
             max_changed: 1000,
+            keep_failures_to_end: false,
         }
     }
 }
@@ -218,52 +229,47 @@ pub async fn backtest(
     }
     drop(events);
 
+    let slots = replays
+        .into_iter()
+        .zip(candidates)
+        .enumerate()
+        .map(|(index, (replay, c))| workers::Slot {
+            index,
+            replay,
+            current: matches!(c, Candidate::Current),
+            acts,
+            held: 0,
+        })
+        .collect();
     let mut d = Driver {
-        replays,
-        candidates,
-        acts,
+        workers: workers::Workers::start(slots),
         open: None,
         failures: HashMap::new(),
+        releases: BinaryHeap::new(),
+        keep: options.keep_failures_to_end,
+        held: 0,
+        last_read: span.0,
         recorded,
         replayed: 0,
         until,
-        recoveries: Recoveries {
-            store,
-            buf: std::collections::VecDeque::new(),
-            done: false,
-        },
     };
-    let mut events = store.read(EventFilter {
-        since: Some(since),
-        until: Some(until),
-        after_position: span.0,
-        up_to_position: Some(span.1),
-        position_order: true,
-        ..Default::default()
-    });
-    while let Some(e) = events.next().await {
-        d.event(&e?).await?;
-    }
-    drop(events);
-    d.flush();
-    // Failures history never decided: neither does the candidate.
-    let undecided: Vec<Tracked> = d
-        .failures
-        .drain()
-        .map(|(_, t)| t)
-        .filter(|t| !t.phased)
-        .collect();
-    for r in &mut d.replays {
-        for t in &undecided {
-            r.undecided(&t.failure, t.recovery);
+    let mut reader = read::WindowReader::new(store, span, &options.window);
+    let mut page = Vec::new();
+    while reader.page(&mut page).await? {
+        for r in page.drain(..) {
+            d.event(r).await?;
         }
-        r.advance(until);
-        r.signal(&Signal::Tick, until, None);
-        r.finish();
     }
+    d.flush().await;
+    // Every failure still held ends as at the window's end.
+    d.release(i64::MAX).await;
+    d.workers.send(workers::Cmd::End(until)).await;
+    let held = d.held;
+    let slots = d.workers.finish().await?;
     let recorded = d.recorded.finish(until);
     let mut reports = Vec::new();
-    for (c, r) in candidates.iter().zip(d.replays) {
+    for (c, slot) in candidates.iter().zip(slots) {
+        let r = slot.replay;
         let first_mismatch = r.first_mismatch.clone();
         let mut notes = vec![
             "states at the window's start are folded from the recorded strategy events before it"
@@ -296,6 +302,7 @@ pub async fn backtest(
             changed_failures: r.changed_failures,
             changed: r.changed,
             notes,
+            failures_held: held.max(slot.held),
         });
     }
     Ok(reports)
@@ -465,107 +472,122 @@ async fn configurations(store: &Store) -> Result<Vec<(DateTime<Utc>, Config)>> {
 
 /// The outcome model fitted on the window, and whether history acted (rather than
 /// delegated).
+///
+/// Read by position within the window's span, the types and times filtered row by row (the
+/// unary `+`: through the type index, SQLite sorted every page's whole window); outcomes from
+/// their columns (the store copies `failure_id`, `strategy`, `success` and `duration_ms` out
+/// of each payload), recoveries by their `how`, and only decisions' payloads parsed.
 async fn fit(
     store: &Store,
     window: &Window,
     span: (i64, i64),
     seed: u64,
 ) -> Result<(OutcomeModel, bool)> {
+    use sqlx::Row;
     let mut model = OutcomeModel::new(seed);
+    // Per failure: the acting decision's (strategy, failure type, plan).
     let mut acting: HashMap<String, (String, String, String)> = HashMap::new();
     let (mut acted, mut delegated) = (false, false);
     // The last success counted: a status recovery comes in the same append, right after.
     let mut last_success: Option<(String, String, String)> = None;
-    // Read by position within the window's span, the types and times filtered row by row
-    // (the unary `+`): through the type index, SQLite sorted every page's whole window.
-    const PAGE: i64 = 2048;
+    const PAGE: i64 = 4096;
     let mut after = span.0;
-    let mut page: std::collections::VecDeque<(i64, String, i64, String)> = Default::default();
     loop {
-        if page.is_empty() {
-            let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
-                "SELECT position, event_type, schema_version, payload FROM events \
-                 WHERE position > ?1 AND position <= ?2 \
-                   AND +event_type IN ('healing_attempted', 'healing_completed', \
-                                       'failure_recovered') \
-                   AND +occurred_at >= ?3 AND +occurred_at < ?4 \
-                 ORDER BY position LIMIT ?5",
-            )
-            .bind(after)
-            .bind(span.1)
-            .bind(crate::time::to_micros(window.since))
-            .bind(crate::time::to_micros(window.until))
-            .bind(PAGE)
-            .fetch_all(store.read_pool())
-            .await
-            .map_err(Error::from)?;
-            if rows.is_empty() {
-                break;
-            }
-            page.extend(rows);
-        }
-        let Some((position, event_type, schema_version, payload)) = page.pop_front() else {
-            break;
-        };
-        after = position;
-        let Ok(payload) = serde_json::from_str::<Value>(&payload) else {
-            continue;
-        };
-        let decoded = HealEvent::decode(
-            &event_type,
-            u32::try_from(schema_version).unwrap_or(0),
-            &payload,
-        );
-        match decoded {
-            Some(HealEvent::HealingAttempted(a)) => {
-                acted |= a.decision == "act";
-                delegated |= a.decision == "delegated";
-                if matches!(a.decision.as_str(), "act" | "delegated") {
-                    let actions: Vec<Action> = a
-                        .actions
-                        .into_iter()
-                        .filter_map(|v| serde_json::from_value(v).ok())
-                        .collect();
-                    acting.insert(
-                        a.failure_id,
-                        (
-                            a.strategy,
-                            a.failure_type.unwrap_or_default(),
-                            model::plan(&actions),
-                        ),
-                    );
-                }
-            }
-            Some(HealEvent::HealingCompleted(c)) => {
-                if acting
-                    .get(&c.failure_id)
-                    .is_some_and(|(s, _, _)| *s == c.strategy)
-                    && let Some((_, t, plan)) = acting.remove(&c.failure_id)
-                {
-                    model.observe(&t, &plan, c.success, c.duration_ms);
-                    if c.success {
-                        last_success = Some((c.failure_id, t, plan));
-                        continue;
+        let rows = sqlx::query(
+            "SELECT position, event_type, schema_version, failure_id, strategy, success, \
+                    duration_ms, \
+                    CASE WHEN event_type = 'healing_attempted' THEN payload END, \
+                    CASE WHEN event_type = 'failure_recovered' THEN payload ->> '$.how' END \
+             FROM events \
+             WHERE position > ?1 AND position <= ?2 \
+               AND +event_type IN ('healing_attempted', 'healing_completed', \
+                                   'failure_recovered') \
+               AND +occurred_at >= ?3 AND +occurred_at < ?4 \
+             ORDER BY position LIMIT ?5",
+        )
+        .bind(after)
+        .bind(span.1)
+        .bind(crate::time::to_micros(window.since))
+        .bind(crate::time::to_micros(window.until))
+        .bind(PAGE)
+        .fetch_all(store.read_pool())
+        .await
+        .map_err(Error::from)?;
+        let full = rows.len() as i64 == PAGE;
+        for row in &rows {
+            let get = |e: sqlx::Error| Error::from(e);
+            after = row.try_get(0).map_err(get)?;
+            let event_type: &str = row.try_get(1).map_err(get)?;
+            let known = row.try_get::<i64, _>(2).map_err(get)? == 1;
+            let failure_id: Option<&str> = row.try_get(3).map_err(get)?;
+            match event_type {
+                "healing_attempted" if known => {
+                    let payload: &str = row.try_get(7).map_err(get)?;
+                    let decoded = read::parse::<crate::events::HealingAttempted>(payload);
+                    if decoded.is_none()
+                        && serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err()
+                    {
+                        continue; // not JSON: skipped
+                    }
+                    if let Some(a) = decoded {
+                        acted |= a.decision == "act";
+                        delegated |= a.decision == "delegated";
+                        if matches!(a.decision.as_str(), "act" | "delegated") {
+                            let actions: Vec<Action> = a
+                                .actions
+                                .into_iter()
+                                .filter_map(|v| serde_json::from_value(v).ok())
+                                .collect();
+                            acting.insert(
+                                a.failure_id,
+                                (
+                                    a.strategy,
+                                    a.failure_type.unwrap_or_default(),
+                                    model::plan(&actions),
+                                ),
+                            );
+                        }
                     }
                 }
-            }
-            Some(HealEvent::FailureRecovered(r)) if r.how == RecoveryHow::Status => {
-                if let Some((id, t, plan)) = &last_success
-                    && *id == r.failure_id
-                {
-                    model.observe_status_recovery(t, plan);
+                "healing_completed" if known => {
+                    let strategy: Option<&str> = row.try_get(4).map_err(get)?;
+                    let success: Option<bool> = row.try_get(5).map_err(get)?;
+                    let duration_ms: Option<i64> = row.try_get(6).map_err(get)?;
+                    if let (Some(id), Some(strategy), Some(success), Some(duration_ms)) =
+                        (failure_id, strategy, success, duration_ms)
+                        && acting.get(id).is_some_and(|(s, _, _)| s == strategy)
+                        && let Some((_, t, plan)) = acting.remove(id)
+                    {
+                        model.observe(&t, &plan, success, duration_ms);
+                        if success {
+                            last_success = Some((id.to_owned(), t, plan));
+                            continue;
+                        }
+                    }
                 }
+                "failure_recovered" if known => {
+                    let how: Option<&str> = row.try_get(8).map_err(get)?;
+                    if how == Some("status")
+                        && let Some((id, t, plan)) = &last_success
+                        && failure_id == Some(id.as_str())
+                    {
+                        model.observe_status_recovery(t, plan);
+                    }
+                }
+                _ => {}
             }
-            _ => {}
+            last_success = None;
         }
-        last_success = None;
+        if !full {
+            break;
+        }
     }
     Ok((model, acted || !delegated))
 }
 
 /// A failure of the window, while more of it may come.
 struct Tracked {
-    failure: Failure,
+    failure: Arc<Failure>,
     /// A phase of it was read.
     phased: bool,
     /// The strategy of its recorded acting decision awaiting an outcome.
@@ -574,125 +596,81 @@ struct Tracked {
     recovery: Option<RecordedRecovery>,
 }
 
-/// The recorded recoveries of the failures detected in the window, read from the `failures`
-/// read model by the position of their detection, a page at a time, as the detections come.
-struct Recoveries<'a> {
-    store: &'a Store,
-    /// (position, recovered_at in microseconds, how).
-    buf: std::collections::VecDeque<(i64, Option<i64>, Option<String>)>,
-    done: bool,
-}
-
-impl Recoveries<'_> {
-    const PAGE: i64 = 4096;
-
-    /// The recovery of the failure detected at `position` (none when it is not recorded).
-    async fn of(&mut self, position: i64) -> Result<Option<RecordedRecovery>> {
-        loop {
-            while self.buf.front().is_some_and(|r| r.0 < position) {
-                self.buf.pop_front();
-            }
-            if let Some((p, at, how)) = self.buf.front() {
-                if *p != position {
-                    return Ok(None);
-                }
-                let how = match how.as_deref() {
-                    Some("signal") => RecoveryHow::Signal,
-                    Some("status") => RecoveryHow::Status,
-                    Some("confirmed") => RecoveryHow::Confirmed,
-                    _ => return Ok(None),
-                };
-                return Ok(match at {
-                    Some(us) => Some(RecordedRecovery {
-                        at: crate::time::from_micros(*us)?,
-                        how,
-                    }),
-                    None => None,
-                });
-            }
-            if self.done {
-                return Ok(None);
-            }
-            let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
-                "SELECT position, recovered_at, recovered_how FROM failures \
-                 WHERE position >= ?1 ORDER BY position LIMIT ?2",
-            )
-            .bind(position)
-            .bind(Self::PAGE)
-            .fetch_all(self.store.read_pool())
-            .await
-            .map_err(Error::from)?;
-            self.done = (rows.len() as i64) < Self::PAGE;
-            self.buf.extend(rows);
-            if self.buf.is_empty() {
-                return Ok(None);
-            }
-        }
-    }
-}
-
 /// A recorded phase being read (its events are contiguous in the log).
 struct Open {
-    failure: Failure,
+    failure: Arc<Failure>,
     first: bool,
     phase: RecordedPhase,
 }
 
 /// Feeds the window's events to the replays and to the recorded side's tally.
-struct Driver<'a> {
-    replays: Vec<Replay>,
-    candidates: &'a [Candidate],
-    acts: bool,
+struct Driver {
+    workers: workers::Workers,
     open: Option<Open>,
     /// Failures detected in the window and not settled yet (no phase read, or an acting
-    /// decision whose outcome, or next phase, may come): memory follows the failures in
-    /// flight.
+    /// decision whose outcome, or next phase, may come).
     failures: HashMap<String, Tracked>,
+    /// Each failure detected in the window, by the position of the last event naming it:
+    /// once the read is past it, nothing more comes of it, and it is released (from here and
+    /// from the replays). Memory follows the failures in flight, not the window.
+    releases: BinaryHeap<Reverse<(i64, String)>>,
+    /// Release nothing before the window's end ([`BacktestOptions::keep_failures_to_end`]).
+    keep: bool,
+    /// The most failures held at once.
+    held: usize,
+    /// The position of the last event read.
+    last_read: i64,
     recorded: report::Tally,
     replayed: u64,
     until: DateTime<Utc>,
-    recoveries: Recoveries<'a>,
 }
 
-impl Driver<'_> {
-    async fn event(&mut self, e: &crate::event::RecordedEvent) -> Result<()> {
-        let decoded = e.decode();
-        // Does the event continue the phase being read?
+impl Driver {
+    async fn event(&mut self, e: read::Read) -> Result<()> {
+        // Does the event continue the phase being read? Only if no other event of the window
+        // came between (the events the read skips end a phase).
+        let adjacent = e.previous == Some(self.last_read);
+        self.last_read = e.position;
         if let Some(open) = &mut self.open {
-            let same = e.stream_id == open.failure.stream_id();
-            match &decoded {
-                Some(HealEvent::HealingAttempted(a)) if same => {
-                    open.phase.attempts.push(attempt(a));
+            let same = |stream_failure: &Option<String>| {
+                adjacent && stream_failure.as_deref() == Some(open.failure.failure_id.as_str())
+            };
+            match &e.input {
+                Input::Attempted {
+                    stream_failure,
+                    attempt,
+                    ..
+                } if same(stream_failure) => {
+                    open.phase.attempts.push(attempt.clone());
                     return Ok(());
                 }
-                Some(HealEvent::HealingCompleted(c))
-                    if same
-                        && open
-                            .phase
-                            .attempts
-                            .iter()
-                            .any(|a| a.strategy == c.strategy && a.decision == "failed") =>
+                Input::Completed {
+                    stream_failure,
+                    strategy,
+                    ..
+                } if same(stream_failure)
+                    && open
+                        .phase
+                        .attempts
+                        .iter()
+                        .any(|a| a.strategy == *strategy && a.decision == "failed") =>
                 {
                     return Ok(());
                 }
-                _ => self.flush(),
+                _ => self.flush().await,
             }
         }
+        if !self.keep {
+            self.release(e.position).await;
+        }
         let at = e.occurred_at;
-        match decoded {
-            Some(HealEvent::FailureDetected(d)) => {
-                let failure = Failure {
-                    failure_id: d.failure_id,
-                    failure_type: d.failure_type,
-                    agent_id: d.agent_id,
-                    task_id: d.task_id,
-                    severity: d.severity,
-                    detected_at: e.occurred_at,
-                    source_event: d.source_event,
-                    metadata: d.metadata,
-                };
+        match e.input {
+            Input::Detected {
+                failure,
+                recovery,
+                last,
+            } => {
                 self.replayed += 1;
-                let recovery = self.recoveries.of(e.position).await?;
                 match recovery {
                     Some(r) if r.at < self.until => self.recorded.recovered(
                         Origin::Observed,
@@ -700,105 +678,153 @@ impl Driver<'_> {
                     ),
                     _ => self.recorded.unrecovered(),
                 }
+                self.releases
+                    .push(Reverse((last, failure.failure_id.clone())));
                 self.failures.insert(
                     failure.failure_id.clone(),
                     Tracked {
-                        failure,
+                        failure: Arc::new(failure),
                         phased: false,
                         acting: None,
                         recovery,
                     },
                 );
+                self.held = self.held.max(self.failures.len());
             }
-            Some(HealEvent::HealingAttempted(a)) => {
+            Input::Attempted {
+                failure_id,
+                attempt,
+                ..
+            } => {
                 // A phase starts (the first one with the failure's detection).
-                let Some(t) = self.failures.get(&a.failure_id) else {
+                let Some(t) = self.failures.get(&failure_id) else {
                     return Ok(()); // detected before the window
                 };
-                let (failure, first) = (t.failure.clone(), !t.phased);
                 self.open = Some(Open {
-                    failure,
-                    first,
+                    failure: Arc::clone(&t.failure),
+                    first: !t.phased,
                     phase: RecordedPhase {
                         at: Some(at),
-                        attempts: vec![attempt(&a)],
+                        attempts: vec![attempt],
                         recovery: t.recovery,
                     },
                 });
             }
-            Some(HealEvent::HealingCompleted(c)) => {
-                if let Some(t) = self.failures.get_mut(&c.failure_id)
-                    && t.acting.as_deref() == Some(c.strategy.as_str())
+            Input::Completed {
+                failure_id,
+                strategy,
+                success,
+                ..
+            } => {
+                if let Some(t) = self.failures.get_mut(&failure_id)
+                    && t.acting.as_deref() == Some(strategy.as_str())
                 {
                     let ttr = (at - t.failure.detected_at).num_milliseconds();
                     self.recorded
-                        .outcome(&c.strategy, Origin::Observed, c.success, ttr);
+                        .outcome(&strategy, Origin::Observed, success, ttr);
                     t.acting = None;
-                    if c.success {
-                        self.failures.remove(&c.failure_id);
+                    if success {
+                        self.failures.remove(&failure_id);
                     }
                 }
-                for r in &mut self.replays {
-                    r.recorded_outcome(&c.failure_id, &c.strategy, c.success, at);
-                }
+                self.workers
+                    .send(Cmd::Outcome {
+                        failure_id,
+                        strategy,
+                        success,
+                        at,
+                    })
+                    .await;
             }
-            Some(HealEvent::AgentSucceeded(s)) => {
+            Input::AgentSucceeded(s) => {
                 let signal = Signal::AgentSucceeded {
                     agent_id: s.agent_id,
                     task_id: s.task_id,
                 };
-                for r in &mut self.replays {
-                    r.signal(&signal, at, None);
-                }
+                self.signal(signal, at, None).await;
             }
-            Some(HealEvent::ResourceUsageReported(u)) => {
+            Input::ResourceUsage(u) => {
                 let signal = Signal::ResourceUsage {
                     resource_type: u.resource_type,
                     current_usage: u.current_usage,
                     limit: u.limit,
                 };
-                for r in &mut self.replays {
-                    r.signal(&signal, at, None);
-                }
+                self.signal(signal, at, None).await;
             }
-            Some(HealEvent::ConfigurationChanged(c)) => {
-                let config: Config = serde_json::from_value(c.config).map_err(|err| {
+            Input::Configuration(config) => {
+                let config: Config = serde_json::from_value(config).map_err(|err| {
                     Error::InvalidInput(format!(
                         "the configuration recorded at position {} does not read: {err}",
                         e.position
                     ))
                 })?;
-                for (r, cand) in self.replays.iter_mut().zip(self.candidates) {
-                    if matches!(cand, Candidate::Current) {
-                        r.engine = config
-                            .builder()
-                            .engine()?
-                            .with_acting(self.acts)
-                            .without_state_descriptions();
-                    }
-                }
+                // Refused here, as the replays switch to it on their threads.
+                config.builder().engine()?;
+                self.workers
+                    .send(Cmd::Configuration(Arc::new(config)))
+                    .await;
             }
-            _ if e.stream_id.starts_with(STRATEGY_STREAM_PREFIX) => self.strategy_event(e),
-            _ => {}
+            Input::Strategy {
+                stream_id,
+                event_type,
+                payload,
+            } => {
+                self.strategy_event(&stream_id, &event_type, &payload, at)
+                    .await
+            }
+            Input::Other => {}
         }
         Ok(())
     }
 
+    async fn signal(&mut self, signal: Signal, at: DateTime<Utc>, only: Option<String>) {
+        self.workers.send(Cmd::Signal { signal, at, only }).await;
+    }
+
+    /// Releases the failures whose last event comes before `position`: a failure history
+    /// never decided is settled as at the window's end (its recorded recovery), and the
+    /// replays end what they hold of each (see [`Replay::release`]).
+    async fn release(&mut self, position: i64) {
+        while let Some(Reverse((last, _))) = self.releases.peek()
+            && *last < position
+        {
+            let Some(Reverse((_, id))) = self.releases.pop() else {
+                break;
+            };
+            match self.failures.remove(&id) {
+                Some(t) if !t.phased => {
+                    self.workers
+                        .send(Cmd::Undecided {
+                            failure: t.failure,
+                            recovery: t.recovery,
+                        })
+                        .await;
+                }
+                _ => self.workers.send(Cmd::Release(id)).await,
+            }
+        }
+    }
+
     /// A recorded strategy event: counted for the recorded side; operator commands and
     /// permits are replayed as signals.
-    fn strategy_event(&mut self, e: &crate::event::RecordedEvent) {
-        self.recorded
-            .strategy_event(&e.stream_id, &e.event_type, &e.payload);
-        let key = e.payload.get("key").and_then(Value::as_str);
-        let strategy = e.payload.get("strategy").and_then(Value::as_str);
+    async fn strategy_event(
+        &mut self,
+        stream_id: &str,
+        event_type: &str,
+        payload: &Value,
+        occurred_at: DateTime<Utc>,
+    ) {
+        self.recorded.strategy_event(stream_id, event_type, payload);
+        let key = payload.get("key").and_then(Value::as_str);
+        let strategy = payload.get("strategy").and_then(Value::as_str);
         let (Some(key), Some(strategy)) = (key, strategy) else {
             return;
         };
-        let details = e.payload.get("details");
+        let details = payload.get("details");
         let command = details
             .and_then(|d| d.get("command"))
             .and_then(Value::as_str);
-        if e.event_type == "circuit_transitioned"
+        if event_type == "circuit_transitioned"
             && let Some(command) = command
         {
             let reason = details
@@ -810,23 +836,19 @@ impl Driver<'_> {
                 command: command.to_owned(),
                 reason: reason.to_owned(),
             };
-            let now = recorded_now(e);
-            for r in &mut self.replays {
-                r.signal(&signal, now, Some(strategy));
-            }
-        } else if e.event_type == "circuit_trial_started" {
+            let now = recorded_now(payload, occurred_at);
+            self.signal(signal, now, Some(strategy.to_owned())).await;
+        } else if event_type == "circuit_trial_started" {
             let signal = Signal::Permit {
                 agent_id: key.to_owned(),
             };
-            let now = recorded_now(e);
-            for r in &mut self.replays {
-                r.signal(&signal, now, None);
-            }
+            let now = recorded_now(payload, occurred_at);
+            self.signal(signal, now, None).await;
         }
     }
 
     /// Ends the phase being read: every candidate decides it, and it is compared.
-    fn flush(&mut self) {
+    async fn flush(&mut self) {
         let Some(open) = self.open.take() else {
             return;
         };
@@ -834,25 +856,31 @@ impl Driver<'_> {
         for a in &open.phase.attempts {
             self.recorded.attempt(a);
         }
-        for r in &mut self.replays {
-            r.failure_phase(&open.failure, open.first, &open.phase, at);
-        }
-        let id = &open.failure.failure_id;
-        match open
+        let id = open.failure.failure_id.clone();
+        let acting = open
             .phase
             .attempts
             .iter()
             .find(|a| matches!(a.decision.as_str(), "act" | "delegated"))
-        {
-            Some(a) => {
-                if let Some(t) = self.failures.get_mut(id) {
+            .map(|a| a.strategy.clone());
+        self.workers
+            .send(Cmd::Phase {
+                failure: open.failure,
+                first: open.first,
+                phase: open.phase,
+                at,
+            })
+            .await;
+        match acting {
+            Some(strategy) => {
+                if let Some(t) = self.failures.get_mut(&id) {
                     t.phased = true;
-                    t.acting = Some(a.strategy.clone());
+                    t.acting = Some(strategy);
                 }
             }
             // Nothing more comes of it.
             None => {
-                self.failures.remove(id);
+                self.failures.remove(&id);
             }
         }
     }
@@ -860,27 +888,11 @@ impl Driver<'_> {
 
 /// The instant a signal's reaction was taken at: its `at` (a deadline's transition is dated
 /// earlier; the signal came when it was recorded, at most `recorded_at`).
-fn recorded_now(e: &crate::event::RecordedEvent) -> DateTime<Utc> {
-    e.payload
+fn recorded_now(payload: &Value, occurred_at: DateTime<Utc>) -> DateTime<Utc> {
+    payload
         .get("noticed_at")
-        .or_else(|| e.payload.get("at"))
+        .or_else(|| payload.get("at"))
         .and_then(Value::as_str)
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map_or(e.occurred_at, |t| t.with_timezone(&Utc))
-}
-
-fn attempt(a: &crate::events::HealingAttempted) -> Attempt {
-    Attempt {
-        strategy: a.strategy.clone(),
-        decision: a.decision.clone(),
-        reason: a.reason.clone(),
-        details: a.details.clone(),
-        actions: a
-            .actions
-            .iter()
-            .filter_map(|v| serde_json::from_value(v.clone()).ok())
-            .collect(),
-        results: Vec::new(),
-        success: None,
-    }
+        .map_or(occurred_at, |t| t.with_timezone(&Utc))
 }

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
@@ -42,7 +43,7 @@ impl RecordedPhase {
 
 /// A candidate's acting decision awaiting its outcome.
 struct Awaiting {
-    failure: Failure,
+    failure: Arc<Failure>,
     strategy: String,
     /// Members of the route after the acting one (a chain goes on after a failure).
     rest: Vec<String>,
@@ -56,6 +57,8 @@ struct Awaiting {
     plan: String,
     status_eligible: bool,
     recovery: Option<RecordedRecovery>,
+    /// Nothing more is recorded about the failure in the window (see [`Replay::release`]).
+    released: bool,
 }
 
 /// How the candidate's treatment of a failure ended, for its recovery.
@@ -76,7 +79,7 @@ enum Treated {
 type Due = Reverse<(DateTime<Utc>, String, bool, i64)>;
 
 /// The candidate's phases of a failure not yet compared with recorded ones.
-type Phases = (Failure, DateTime<Utc>, VecDeque<Vec<Attempt>>);
+type Phases = (Arc<Failure>, DateTime<Utc>, VecDeque<Vec<Attempt>>);
 
 /// One candidate's replay.
 pub(crate) struct Replay {
@@ -98,9 +101,16 @@ pub(crate) struct Replay {
     pub first_mismatch: Option<Changed>,
     /// Failures whose change is already listed: index in `changed`.
     listed: HashMap<String, usize>,
+    /// Changes found when failures were released (candidate phases history never met),
+    /// listed after `changed` at the end, as they were when every failure was kept to the
+    /// window's end; with their first mismatch and their index.
+    late: Vec<Changed>,
+    late_first_mismatch: Option<Changed>,
+    late_listed: HashMap<String, usize>,
     /// At most this many failures listed in `changed`.
     max_changed: usize,
-    /// Failures whose decision changed, all of them (by a hash of their id: 8 bytes each).
+    /// Failures whose decision changed, all of them; `changed_seen` holds the failures not
+    /// released yet (by a hash of their id: 8 bytes each), so that each counts once.
     pub changed_failures: u64,
     changed_seen: HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
@@ -135,6 +145,9 @@ impl Replay {
             changed: Vec::new(),
             first_mismatch: None,
             listed: HashMap::new(),
+            late: Vec::new(),
+            late_first_mismatch: None,
+            late_listed: HashMap::new(),
             max_changed,
             changed_failures: 0,
             changed_seen: HashSet::new(),
@@ -302,20 +315,21 @@ impl Replay {
     /// later phases follow from its own outcomes), and the two are compared.
     pub fn failure_phase(
         &mut self,
-        failure: &Failure,
+        failure: &Arc<Failure>,
         first: bool,
         recorded: &RecordedPhase,
         now: DateTime<Utc>,
     ) {
         self.advance(now);
         if first {
-            let members: Vec<String> = self
+            // The route's members, each as the engine names it.
+            let members: Vec<_> = self
                 .engine
                 .members(&failure.failure_type)
                 .iter()
-                .map(|m| m.name().to_owned())
+                .filter_map(|m| self.engine.strategy(m.name()).cloned())
                 .collect();
-            self.phase(failure, &members, recorded, now, recorded.recovery);
+            self.phase(failure, members, recorded, now, recorded.recovery, false);
         }
         // A later phase the candidate decided before history's was read: when both act
         // alike, the outcome is history's.
@@ -345,24 +359,32 @@ impl Replay {
             }
             None => None,
         };
-        self.compare(failure, now, &recorded.attempts, candidate);
+        self.compare(failure, now, &recorded.attempts, candidate, false);
     }
 
+    /// Compares a recorded phase with the candidate's; `late`: a candidate phase history
+    /// never met, found when its failure was released.
     fn compare(
         &mut self,
         failure: &Failure,
         at: DateTime<Utc>,
         recorded: &[Attempt],
         candidate: Option<Vec<Attempt>>,
+        late: bool,
     ) {
         let candidate = candidate.unwrap_or_default();
-        let view = |v: &[Attempt]| v.iter().map(DecisionView::from).collect::<Vec<_>>();
-        let (r, c) = (view(recorded), view(&candidate));
         self.decisions += 1;
-        if r == c {
+        // As the decisions' views compare (strategy, decision, reason), without building them.
+        let same = recorded.len() == candidate.len()
+            && recorded.iter().zip(&candidate).all(|(a, b)| {
+                a.strategy == b.strategy && a.decision == b.decision && a.reason == b.reason
+            });
+        if same {
             self.matching += 1;
             return;
         }
+        let view = |v: &[Attempt]| v.iter().map(DecisionView::from).collect::<Vec<_>>();
+        let (r, c) = (view(recorded), view(&candidate));
         let mismatch = || Changed {
             failure_id: failure.failure_id.clone(),
             failure_type: failure.failure_type.clone(),
@@ -371,8 +393,13 @@ impl Replay {
             recorded: r.clone(),
             candidate: c.clone(),
         };
-        if self.first_mismatch.is_none() {
-            self.first_mismatch = Some(mismatch());
+        let first = if late {
+            &mut self.late_first_mismatch
+        } else {
+            &mut self.first_mismatch
+        };
+        if first.is_none() {
+            *first = Some(mismatch());
         }
         // A decision changed when a strategy or a verdict differs (not only a reason's
         // numbers, such as a threshold it names).
@@ -390,16 +417,25 @@ impl Replay {
         {
             self.changed_failures += 1;
         }
-        match self.listed.get(&failure.failure_id) {
+        if let Some(&i) = self.listed.get(&failure.failure_id) {
+            self.changed[i].recorded.extend(r);
+            self.changed[i].candidate.extend(c);
+            return;
+        }
+        let (changed, listed) = if late {
+            (&mut self.late, &mut self.late_listed)
+        } else {
+            (&mut self.changed, &mut self.listed)
+        };
+        match listed.get(&failure.failure_id) {
             Some(&i) => {
-                self.changed[i].recorded.extend(r);
-                self.changed[i].candidate.extend(c);
+                changed[i].recorded.extend(r);
+                changed[i].candidate.extend(c);
             }
-            None if self.changed.len() >= self.max_changed => {}
+            None if changed.len() >= self.max_changed => {}
             None => {
-                self.listed
-                    .insert(failure.failure_id.clone(), self.changed.len());
-                self.changed.push(Changed {
+                listed.insert(failure.failure_id.clone(), changed.len());
+                changed.push(Changed {
                     failure_id: failure.failure_id.clone(),
                     failure_type: failure.failure_type.clone(),
                     agent_id: failure.agent_id.clone(),
@@ -414,21 +450,19 @@ impl Replay {
     /// One phase of the candidate: `members` (names) in order until one acts or holds.
     fn phase(
         &mut self,
-        failure: &Failure,
-        members: &[String],
+        failure: &Arc<Failure>,
+        strategies: Vec<Arc<dyn ErasedStrategy>>,
         recorded: &RecordedPhase,
         now: DateTime<Utc>,
         recovery: Option<RecordedRecovery>,
+        released: bool,
     ) {
-        let strategies: Vec<_> = members
-            .iter()
-            .filter_map(|n| self.engine.strategy(n).cloned())
-            .collect();
         let mut attempts = Vec::new();
         if strategies.is_empty() {
             attempts.push(self.engine.no_strategy(failure));
         }
-        let mut acted: Option<(usize, Attempt)> = None;
+        // The member that acted, and its attempt's index.
+        let mut acted: Option<(usize, usize)> = None;
         for (i, member) in strategies.iter().enumerate() {
             if !member.can_heal(failure) {
                 attempts.push(self.engine.cannot_heal(member.as_ref(), failure));
@@ -453,18 +487,20 @@ impl Replay {
                     now,
                 );
             }
-            let step = self.engine.conclude(proposal, limit);
+            let mut step = self.engine.conclude(proposal, limit);
             if step.record_state && !step.decision.events.is_empty() {
-                let events = step.decision.events.clone();
+                let events = std::mem::take(&mut step.decision.events);
                 self.record(member.as_ref(), &stream, &events);
             }
-            let label = step.attempt.decision.clone();
-            attempts.push(step.attempt.clone());
+            let acts = matches!(step.attempt.decision.as_str(), "act" | "delegated");
+            // Only strategies, verdicts, reasons and actions are compared and counted.
+            step.attempt.details = Default::default();
+            attempts.push(step.attempt);
             match step.next {
                 Next::Continue => continue,
                 _ => {
-                    if matches!(label.as_str(), "act" | "delegated") {
-                        acted = Some((i, step.attempt));
+                    if acts {
+                        acted = Some((i, attempts.len() - 1));
                     }
                     break;
                 }
@@ -473,12 +509,31 @@ impl Replay {
         for a in &attempts {
             self.tally.attempt(a);
         }
+        let acted = acted.map(|(i, j)| {
+            let attempt = &attempts[j];
+            let same = recorded
+                .acting()
+                .is_some_and(|r| r.strategy == attempt.strategy && r.actions == attempt.actions);
+            let status_eligible = failure.task_id.is_none()
+                && failure.agent_id.as_ref().is_some_and(|agent| {
+                    !attempt.actions.iter().any(
+                        |a| matches!(a, Action::UnregisterAgent { agent_id } if agent_id == agent),
+                    )
+                });
+            (
+                i,
+                attempt.strategy.clone(),
+                same,
+                plan(&attempt.actions),
+                status_eligible,
+            )
+        });
         self.phases
             .entry(failure.failure_id.clone())
-            .or_insert_with(|| (failure.clone(), now, VecDeque::new()))
+            .or_insert_with(|| (Arc::clone(failure), now, VecDeque::new()))
             .2
             .push_back(attempts);
-        let Some((i, attempt)) = acted else {
+        let Some((i, strategy, same, acting_plan, status_eligible)) = acted else {
             // Nothing more comes of it in the candidate's hands.
             self.settle(failure, recovery, Treated::Other);
             return;
@@ -487,28 +542,18 @@ impl Replay {
             .iter()
             .map(|m| m.name().to_owned())
             .collect();
-        let same = recorded
-            .acting()
-            .is_some_and(|r| r.strategy == attempt.strategy && r.actions == attempt.actions);
-        let acting_plan = plan(&attempt.actions);
-        let status_eligible = failure.task_id.is_none()
-            && failure.agent_id.as_ref().is_some_and(|agent| {
-                !attempt
-                    .actions
-                    .iter()
-                    .any(|a| matches!(a, Action::UnregisterAgent { agent_id } if agent_id == agent))
-            });
         self.awaiting.insert(
             failure.failure_id.clone(),
             Awaiting {
-                failure: failure.clone(),
-                strategy: attempt.strategy.clone(),
+                failure: Arc::clone(failure),
+                strategy: strategy.clone(),
                 rest,
                 observed: same,
                 decided_at: now,
                 plan: acting_plan.clone(),
                 status_eligible,
                 recovery,
+                released,
             },
         );
         if !same {
@@ -520,8 +565,7 @@ impl Replay {
                 }
                 None => {
                     self.awaiting.remove(&failure.failure_id);
-                    self.tally
-                        .outcome(&attempt.strategy, Origin::Unknown, false, 0);
+                    self.tally.outcome(&strategy, Origin::Unknown, false, 0);
                     self.settle(failure, recovery, Treated::Other);
                 }
             }
@@ -630,13 +674,24 @@ impl Replay {
             }
         }
         if !success && !a.rest.is_empty() {
+            let rest = a
+                .rest
+                .iter()
+                .filter_map(|n| self.engine.strategy(n).cloned())
+                .collect();
             self.phase(
                 &a.failure,
-                &a.rest,
+                rest,
                 &RecordedPhase::default(),
                 a.decided_at,
                 a.recovery,
+                a.released,
             );
+            if a.released {
+                // No recorded phase will meet it.
+                self.unmet(&a.failure.failure_id);
+                self.forget(&a.failure.failure_id);
+            }
             return;
         }
         let treated = match origin {
@@ -649,6 +704,50 @@ impl Replay {
             _ => Treated::Other,
         };
         self.settle(&a.failure, a.recovery, treated);
+        if a.released {
+            self.forget(&a.failure.failure_id);
+        }
+    }
+
+    /// The failures the replay holds: awaiting an outcome, or with phases not compared yet.
+    pub fn held(&self) -> usize {
+        self.awaiting.len() + self.phases.len()
+    }
+
+    /// Nothing more is recorded about `failure_id` in the window: what the candidate still
+    /// holds of it ends as it would at the window's end (its phases history never met are
+    /// changed decisions, an outcome awaited from history is unknown), except a modelled
+    /// outcome still to come, which ends the failure when it comes. Memory follows the
+    /// failures in flight, not the window.
+    pub fn release(&mut self, failure_id: &str) {
+        self.unmet(failure_id);
+        match self.awaiting.get_mut(failure_id) {
+            Some(a) if !a.observed => a.released = true,
+            Some(_) => {
+                if let Some(a) = self.awaiting.remove(failure_id) {
+                    self.tally.outcome(&a.strategy, Origin::Unknown, false, 0);
+                    self.settle(&a.failure, a.recovery, Treated::Other);
+                }
+                self.forget(failure_id);
+            }
+            None => self.forget(failure_id),
+        }
+    }
+
+    /// The candidate's phases of `failure_id` that no recorded phase met: changed decisions.
+    fn unmet(&mut self, failure_id: &str) {
+        if let Some((failure, at, phases)) = self.phases.remove(failure_id) {
+            for p in phases {
+                self.compare(&failure, at, &[], Some(p), true);
+            }
+        }
+    }
+
+    /// A released failure is done: no comparison will count it again.
+    fn forget(&mut self, failure_id: &str) {
+        if !self.awaiting.contains_key(failure_id) {
+            self.changed_seen.remove(&self.hasher.hash_one(failure_id));
+        }
     }
 
     /// The candidate's treatment of a failure ended: its recovery is counted. Treated as
@@ -731,7 +830,7 @@ impl Replay {
         let left: Vec<_> = self.phases.drain().map(|(_, v)| v).collect();
         for (failure, at, phases) in left {
             for p in phases {
-                self.compare(&failure, at, &[], Some(p));
+                self.compare(&failure, at, &[], Some(p), true);
             }
         }
         let left: Vec<Awaiting> = self.awaiting.drain().map(|(_, a)| a).collect();
@@ -739,5 +838,11 @@ impl Replay {
             self.tally.outcome(&a.strategy, Origin::Unknown, false, 0);
             self.settle(&a.failure, a.recovery, Treated::Other);
         }
+        // The changes found at releases come after the others, as at the window's end.
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = self.late_first_mismatch.take();
+        }
+        let room = self.max_changed.saturating_sub(self.changed.len());
+        self.changed.extend(self.late.drain(..).take(room));
     }
 }

@@ -158,6 +158,10 @@ pub struct Report {
     pub changed: Vec<Changed>,
     /// How the replay started and what it could not know, in words.
     pub notes: Vec<String>,
+    /// The most failures of the window held in memory at once (by the read, or by this
+    /// candidate's replay): the failures in flight, not the window.
+    #[serde(skip)]
+    pub failures_held: usize,
 }
 
 /// Counts the figures of one side.

@@ -89,9 +89,9 @@ pub async fn run(cli: &Cli, args: &BacktestArgs, out: &mut Out) -> anyhow::Resul
     // Read only: nothing is created, migrated or appended.
     let store = cli.open(false).await?;
     let options = BacktestOptions {
-        window,
         seed: args.seed,
         max_changed: args.changed,
+        ..BacktestOptions::new(window)
     };
     if !settings.is_empty() {
         let result = async {

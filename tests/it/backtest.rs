@@ -717,3 +717,86 @@ fn the_html_report_holds_the_figures_and_fetches_nothing() {
     html_args.push("--force");
     expect_success(&run(&path, &html_args));
 }
+
+/// Failures whose delegated actions await an outcome: a third never get one, the others get
+/// theirs two seconds later (failed ones going on to the route's next strategy). Each failure
+/// is released once the read is past the last event naming it: the reports are the ones of a
+/// replay that keeps every failure to the window's end, and the failures held at once are
+/// the few in flight, not the ones whose outcome never came.
+#[test]
+fn failures_awaiting_outcomes_are_released_with_the_same_report() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let store = store_at(&path, clock.clone()).await;
+        let recorded = Config::default();
+        recorded.record(&store).await.unwrap();
+        // No coordinator: acting decisions are delegated, their outcomes reported later.
+        let h = recorded.builder().open(store).await.unwrap();
+        let n = 300;
+        for i in 0..n {
+            clock.set(at(i));
+            let f = Failure::new("task_timeout", Severity::High, at(i))
+                .with_agent(format!("agent-{}", i % 7))
+                .with_task(format!("task-{i}"))
+                .with_id(format!("f{i}"));
+            h.heal(f).await.unwrap();
+            let j = i - 2;
+            if j >= 0 && j % 3 != 0 {
+                h.record_outcome(&format!("f{j}"), j % 3 == 1, Some(1500), at(i))
+                    .await
+                    .unwrap();
+            }
+        }
+        h.close().await.unwrap();
+        // A candidate that routes timeouts through a circuit breaker first.
+        let candidate = Candidate::Config {
+            name: "breaker first".into(),
+            config: Box::new(
+                Config::parse(
+                    "[[route]]\nfailure_types = [\"task_timeout\"]\n\
+                     strategies = [\"circuit_breaker\", \"task_retry\"]\n\
+                     [circuit_breaker]\nfailure_threshold = 2\nopen_ms = 4000\n",
+                )
+                .unwrap(),
+            ),
+        };
+        let store = Store::open(&path, StoreOptions::default()).await.unwrap();
+        let window = Window::new(t0(), at(n + 10)).unwrap();
+        for c in [Candidate::Current, candidate] {
+            let run = |keep: bool| {
+                let (store, c) = (&store, c.clone());
+                async move {
+                    let options = BacktestOptions {
+                        seed: 7,
+                        max_changed: 25,
+                        keep_failures_to_end: keep,
+                        ..BacktestOptions::new(window)
+                    };
+                    backtest(store, &options, &[c]).await.unwrap().remove(0)
+                }
+            };
+            let (mut released, mut kept) = (run(false).await, run(true).await);
+            assert_eq!(released.failures, n as u64);
+            assert!(
+                released.failures_held <= 10,
+                "held at once: {}",
+                released.failures_held
+            );
+            assert!(kept.failures_held >= 100, "kept: {}", kept.failures_held);
+            released.failures_held = 0;
+            kept.failures_held = 0;
+            assert_eq!(released, kept);
+            if matches!(c, Candidate::Current) {
+                assert_faithful(&released);
+                assert!(released.recorded.outcomes.observed > 0);
+            } else {
+                assert!(released.changed_failures > 0);
+                assert!(
+                    released.backtest.outcomes.modelled + released.backtest.outcomes.unknown > 0
+                );
+            }
+        }
+        store.close().await.unwrap();
+    });
+}
