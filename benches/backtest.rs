@@ -119,10 +119,11 @@ fn main() -> anyhow::Result<()> {
                 load()
             );
             println!(
-                "           ({events} events read; {} of {} decisions as recorded, {} failures changed; goal >= 200,000 failures/s: {})",
+                "           ({events} events read; {} of {} decisions as recorded, {} failures changed; at most {} failures held at once; goal >= 200,000 failures/s: {})",
                 r.matching,
                 r.decisions,
                 r.changed_failures,
+                r.failures_held,
                 if rate >= 200_000.0 { "MET" } else { "NOT MET" }
             );
             if name == "7d" {

@@ -253,10 +253,22 @@ pub async fn backtest(
         replayed: 0,
         until,
     };
-    let mut reader = read::WindowReader::new(store, span, &options.window);
-    let mut page = Vec::new();
-    while reader.page(&mut page).await? {
-        for r in page.drain(..) {
+    // The next pages are read (and their payloads parsed) while this one is fed.
+    let (tx, mut pages) = tokio::sync::mpsc::channel::<Result<Vec<read::Read>>>(2);
+    let (reader_store, window) = (store.clone(), options.window);
+    tokio::spawn(async move {
+        let mut reader = read::WindowReader::new(&reader_store, span, &window);
+        loop {
+            let mut page = Vec::new();
+            let read = reader.page(&mut page).await;
+            let more = matches!(read, Ok(true));
+            if tx.send(read.map(|_| page)).await.is_err() || !more {
+                return;
+            }
+        }
+    });
+    while let Some(page) = pages.recv().await {
+        for r in page? {
             d.event(r).await?;
         }
     }

@@ -128,9 +128,8 @@ impl<'a> WindowReader<'a> {
         }
     }
 
-    /// The next page into `out` (cleared first); false when the window is read.
+    /// The next page into `out`; false when the window is read.
     pub async fn page(&mut self, out: &mut Vec<Read>) -> Result<bool> {
-        out.clear();
         if self.done {
             return Ok(false);
         }
@@ -168,7 +167,7 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<Read> {
     let previous: Option<i64> = row.try_get(9).map_err(get_err)?;
     let known = schema_version == 1;
     let input = match event_type {
-        "failure_detected" if known => match payload.and_then(|p| parse::<FailureDetected>(p)) {
+        "failure_detected" if known => match payload.and_then(parse::<FailureDetected>) {
             Some(d) => {
                 let recovered_at: Option<i64> = row.try_get(10).map_err(get_err)?;
                 let how: Option<&str> = row.try_get(11).map_err(get_err)?;
@@ -191,7 +190,7 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<Read> {
             None => Input::Other,
         },
         "healing_attempted" if known => {
-            match payload.and_then(|p| parse::<HealingAttempted>(p)) {
+            match payload.and_then(parse::<HealingAttempted>) {
                 Some(a) => Input::Attempted {
                     stream_failure: stream.map(str::to_owned),
                     attempt: Attempt {
@@ -224,13 +223,13 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<Read> {
             _ => Input::Other,
         },
         "agent_succeeded" if known => payload
-            .and_then(|p| parse::<AgentSucceeded>(p))
+            .and_then(parse::<AgentSucceeded>)
             .map_or(Input::Other, Input::AgentSucceeded),
         "resource_usage_reported" if known => payload
-            .and_then(|p| parse::<ResourceUsageReported>(p))
+            .and_then(parse::<ResourceUsageReported>)
             .map_or(Input::Other, Input::ResourceUsage),
         "configuration_changed" if known => payload
-            .and_then(|p| parse::<ConfigurationChanged>(p))
+            .and_then(parse::<ConfigurationChanged>)
             .map_or(Input::Other, |c| Input::Configuration(c.config)),
         _ => match (stream, payload) {
             (Some(s), Some(p)) if s.starts_with(STRATEGY_STREAM_PREFIX) => {
