@@ -30,7 +30,9 @@
 //!   p99. Goal: at most 20 µs.
 //!
 //! `cargo bench --bench heal` (`HEALSTORE_BENCH_QUICK=1` for a 20x smaller run;
-//! `HEALSTORE_BENCH_ONLY=keys` for the short-lived keys alone). Peak memory is the process's
+//! `HEALSTORE_BENCH_ONLY=keys` for the short-lived keys alone; `HEALSTORE_BENCH_ONLY=pg` for
+//! the upstream workload on PostgreSQL alone, one healer and 4 healers on stores of their own,
+//! server from `HEALSTORE_BENCH_PG`, default `postgres://postgres@127.0.0.1:5432/test`). Peak memory is the process's
 //! VmHWM.
 
 mod common;
@@ -61,6 +63,14 @@ fn main() -> anyhow::Result<()> {
         return run_keys_child();
     }
     rt.block_on(async {
+        if only == "pg" {
+            let server = match std::env::var("HEALSTORE_BENCH_PG") {
+                Ok(v) if !v.is_empty() && v != "0" && v != "1" => v,
+                _ => "postgres://postgres@127.0.0.1:5432/test".to_owned(),
+            };
+            pg_section(&server, 10_000 / scale).await?;
+            return anyhow::Ok(());
+        }
         if only == "throughput" {
             throughput_section(10_000 / scale).await?;
             return anyhow::Ok(());
@@ -555,6 +565,134 @@ async fn throughput_section(n: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+// ----- PostgreSQL ------------------------------------------------------------------------------
+
+/// `HEALSTORE_BENCH_ONLY=pg` (server from `HEALSTORE_BENCH_PG`, default the local one): the
+/// upstream workload healed on PostgreSQL at `full` durability, by one healer and by 4
+/// healers on stores of their own (as 4 hosts) sharing the callers, each run in a database of
+/// its own, dropped afterwards. Heals that give up (a decision that kept losing races to the
+/// other healers past the retry limit) are counted, not fatal.
+async fn pg_section(server: &str, n: usize) -> anyhow::Result<()> {
+    println!("\n== heal throughput on PostgreSQL ({server}): upstream workload, {n} failures ==");
+    println!(
+        "{:<8} {:>7} {:>6} {:>10} {:>11} {:>12} {:>12} {:>8}",
+        "durab.", "healers", "conc.", "heals/s", "events/heal", "events/s", "decide p99", "gave up"
+    );
+    let failures = common::upstream_workload(n, 1000, Utc::now() - chrono::Duration::hours(1));
+    for (healers, conc) in [(1, 1), (1, 16), (1, 256), (4, 256)] {
+        let d = Durability::Full;
+        let (url, name) = pg_database(server).await?;
+        let r = pg_heal_throughput(&url, d, healers, conc, &failures).await;
+        pg_drop(server, &name).await?;
+        let (hps, eph, p99, gave_up) = r?;
+        println!(
+            "{:<8} {:>7} {:>6} {:>10.0} {:>11.2} {:>12.0} {:>9.2} ms {:>8}",
+            "full",
+            healers,
+            conc,
+            hps,
+            eph,
+            hps * eph,
+            p99,
+            gave_up
+        );
+    }
+    Ok(())
+}
+
+async fn pg_database(server: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection as _;
+    let name = format!("healstore_bench_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(server).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let root = server.rsplit_once('/').map(|(r, _)| r).unwrap_or(server);
+    Ok((format!("{root}/{name}"), name))
+}
+
+async fn pg_drop(server: &str, name: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(server).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
+/// (heals/s, events per heal, decision p99 in ms, heals that gave up).
+async fn pg_heal_throughput(
+    url: &str,
+    durability: Durability,
+    healers: usize,
+    concurrency: usize,
+    failures: &[Failure],
+) -> anyhow::Result<(f64, f64, f64, usize)> {
+    let mut hs = Vec::new();
+    for _ in 0..healers {
+        let store = Store::open(
+            url,
+            StoreOptions {
+                durability,
+                ..Default::default()
+            },
+        )
+        .await?;
+        hs.push(Arc::new(
+            Config::default()
+                .builder()
+                .coordinator(Arc::new(NoopCoordinator) as Arc<dyn Coordinator>)
+                .open(store)
+                .await?,
+        ));
+    }
+    let head0 = hs[0].store().head_position().await?;
+    let failures = Arc::new(failures.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let (healer, failures, next) = (hs[c % healers].clone(), failures.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut decided = Vec::new();
+            let mut gave_up = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(f) = failures.get(i) else { break };
+                match healer.heal(f.clone()).await {
+                    Ok(r) => decided.push(r.decided_us as f64 / 1000.0),
+                    Err(_) => gave_up += 1,
+                }
+            }
+            (decided, gave_up)
+        }));
+    }
+    let mut decided = Vec::new();
+    let mut gave_up = 0;
+    for task in tasks {
+        let (d, g) = task.await?;
+        decided.extend(d);
+        gave_up += g;
+    }
+    let took = t.elapsed();
+    let head = hs[0].store().head_position().await?;
+    for h in hs {
+        let store = h.store().clone();
+        drop(h);
+        store.close().await?;
+    }
+    decided.sort_by(f64::total_cmp);
+    Ok((
+        failures.len() as f64 / took.as_secs_f64(),
+        (head - head0) as f64 / failures.len() as f64,
+        percentile(&decided, 0.99),
+        gave_up,
+    ))
 }
 
 // ----- short-lived keys ------------------------------------------------------------------------
