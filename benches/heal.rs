@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    if only == "latency" || only == "throughput" {
+    if only == "latency" || only == "throughput" || only == "pg" {
         return Ok(());
     }
     run_keys_child()
