@@ -76,27 +76,31 @@ pub(crate) struct Read {
 }
 
 /// The events the replay reads; the others are skipped by SQLite (see the module
-/// documentation). `?1`, `?2`: the span's positions; `?3`, `?4`: the window's times; `?5`:
+/// documentation). Few columns, each meaning what the event's type needs (every column of
+/// every row is copied once more on its way out of SQLite): the payload, or an outcome's
+/// failure; the failure whose stream holds a decision or an outcome, a detection's recorded
+/// recovery (`how at`) or the stream; the position of the event before a decision or an
+/// outcome, or of the last event naming a detected failure; an outcome's success and
+/// strategy. `?1`, `?2`: the span's positions; `?3`, `?4`: the window's times; `?5`:
 /// the cursor; `?6`: the page size.
 const WINDOW: &str = "\
-SELECT e.position, e.event_type, e.schema_version, e.occurred_at, e.failure_id, e.strategy, \
-       e.success, \
-       CASE WHEN e.event_type = 'healing_completed' THEN NULL ELSE e.payload END, \
+SELECT e.position, e.event_type, e.schema_version, e.occurred_at, \
+       CASE WHEN e.event_type = 'healing_completed' THEN e.failure_id ELSE e.payload END, \
        CASE WHEN e.event_type IN ('healing_attempted', 'healing_completed') \
                  AND substr(e.stream_id, 1, 8) = 'failure-' THEN substr(e.stream_id, 9) \
             WHEN e.event_type IN ('healing_attempted', 'healing_completed') THEN NULL \
+            WHEN e.event_type = 'failure_detected' THEN \
+            (SELECT f.recovered_how || ' ' || f.recovered_at FROM failures f \
+              WHERE f.position = e.position) \
             ELSE e.stream_id END, \
        CASE WHEN e.event_type IN ('healing_attempted', 'healing_completed') THEN \
             (SELECT p.position FROM events p WHERE p.position < e.position \
                 AND p.position > ?1 AND p.occurred_at >= ?3 AND p.occurred_at < ?4 \
-              ORDER BY p.position DESC LIMIT 1) END, \
-       CASE WHEN e.event_type = 'failure_detected' THEN \
-            (SELECT f.recovered_at FROM failures f WHERE f.position = e.position) END, \
-       CASE WHEN e.event_type = 'failure_detected' THEN \
-            (SELECT f.recovered_how FROM failures f WHERE f.position = e.position) END, \
-       CASE WHEN e.event_type = 'failure_detected' AND e.failure_id IS NOT NULL THEN \
+              ORDER BY p.position DESC LIMIT 1) \
+            WHEN e.event_type = 'failure_detected' AND e.failure_id IS NOT NULL THEN \
             (SELECT MAX(x.position) FROM events x \
-              WHERE x.failure_id = e.failure_id AND x.position <= ?2) END \
+              WHERE x.failure_id = e.failure_id AND x.position <= ?2) END, \
+       CASE WHEN e.event_type = 'healing_completed' THEN e.success || e.strategy END \
 FROM events e \
 WHERE e.position > ?5 AND e.position <= ?2 AND e.occurred_at >= ?3 AND e.occurred_at < ?4 \
   AND (e.event_type IN ('failure_detected', 'healing_attempted', 'healing_completed', \
@@ -159,22 +163,20 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<Read> {
     let event_type: &str = row.try_get(1).map_err(get_err)?;
     let schema_version: i64 = row.try_get(2).map_err(get_err)?;
     let occurred_at = crate::time::from_micros(row.try_get(3).map_err(get_err)?)?;
-    let failure_id: Option<&str> = row.try_get(4).map_err(get_err)?;
-    let strategy: Option<&str> = row.try_get(5).map_err(get_err)?;
-    let success: Option<bool> = row.try_get(6).map_err(get_err)?;
-    let payload: Option<&str> = row.try_get(7).map_err(get_err)?;
-    let stream: Option<&str> = row.try_get(8).map_err(get_err)?;
-    let previous: Option<i64> = row.try_get(9).map_err(get_err)?;
+    let payload: Option<&str> = row.try_get(4).map_err(get_err)?;
+    let stream: Option<&str> = row.try_get(5).map_err(get_err)?;
+    let previous: Option<i64> = row.try_get(6).map_err(get_err)?;
     let known = schema_version == 1;
     let input = match event_type {
         "failure_detected" if known => match payload.and_then(parse::<FailureDetected>) {
             Some(d) => {
-                let recovered_at: Option<i64> = row.try_get(10).map_err(get_err)?;
-                let how: Option<&str> = row.try_get(11).map_err(get_err)?;
-                let last: Option<i64> = row.try_get(12).map_err(get_err)?;
+                let (how, recovered_at) = match stream.and_then(|r| r.split_once(' ')) {
+                    Some((how, at)) => (Some(how), at.parse::<i64>().ok()),
+                    None => (None, None),
+                };
                 Input::Detected {
                     recovery: recovery(recovered_at, how)?,
-                    last: last.unwrap_or(position).max(position),
+                    last: previous.unwrap_or(position).max(position),
                     failure: Failure {
                         failure_id: d.failure_id,
                         failure_type: d.failure_type,
@@ -213,15 +215,18 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<Read> {
             }
         }
         // The columns are the payload's fields (the store copies them on append).
-        "healing_completed" if known => match (failure_id, strategy, success) {
-            (Some(f), Some(s), Some(ok)) => Input::Completed {
-                failure_id: f.to_owned(),
-                stream_failure: stream.map(str::to_owned),
-                strategy: s.to_owned(),
-                success: ok,
-            },
-            _ => Input::Other,
-        },
+        "healing_completed" if known => {
+            let outcome: Option<&str> = row.try_get(7).map_err(get_err)?;
+            match (payload, outcome.and_then(|o| o.split_at_checked(1))) {
+                (Some(f), Some((ok, s))) => Input::Completed {
+                    failure_id: f.to_owned(),
+                    stream_failure: stream.map(str::to_owned),
+                    strategy: s.to_owned(),
+                    success: ok == "1",
+                },
+                _ => Input::Other,
+            }
+        }
         "agent_succeeded" if known => payload
             .and_then(parse::<AgentSucceeded>)
             .map_or(Input::Other, Input::AgentSucceeded),
