@@ -981,3 +981,237 @@ async fn the_server_lists_approves_and_rejects_preventions() {
     assert_error(&missing, 404, "not_found");
     server.terminate();
 }
+
+/// The caller's report on a delegated prevention through the service: the document `prevent
+/// outcome --format json` prints, once (the same report again is a duplicate, the other a
+/// 409), and every refused request (an unknown or malformed id, a prevention awaiting no
+/// outcome, a bad body) is a JSON error that writes nothing.
+#[tokio::test]
+async fn the_server_records_a_delegated_preventions_outcome_once() {
+    use crate::serve_common::{Server, assert_error};
+    use serde_json::json;
+    let (_dir, path) = temp_db();
+    let now = day0();
+    {
+        let store = open(&path).await;
+        let h = healer(&store, &config(policy(0.0, None)), None).await;
+        let preds = [
+            prediction("o1", "a-1", "agent_down", "sequence", 0.9, now),
+            prediction("o2", "a-2", "agent_down", "sequence", 0.9, now),
+        ];
+        h.propose_preventions(&preds, now).await.unwrap();
+        h.close().await.unwrap();
+    }
+    let server = Server::start(&path, &[]);
+    let head = || async {
+        let (status, v) = server.get_json("/readyz").await;
+        assert_eq!(status, 200, "{v}");
+        v["head_position"].as_i64().expect("head_position")
+    };
+    let (status, v) = server
+        .post_json("/v1/preventions/prev-o1/approve", &json!({"by": "alice"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["decision"], "delegated");
+    let before = head().await;
+
+    // Refused, and nothing written: an unknown id, malformed ids, a prevention awaiting no
+    // outcome (prev-o2 is pending), a body that is not an outcome, a bad duration or time.
+    let refused = [
+        (
+            "/v1/preventions/prev-none/outcome".to_owned(),
+            json!({"success": true}),
+            404,
+            "not_found",
+        ),
+        (
+            format!("/v1/preventions/prev-{}/outcome", "x".repeat(300)),
+            json!({"success": true}),
+            422,
+            "invalid_input",
+        ),
+        (
+            "/v1/preventions/prev-%01/outcome".to_owned(),
+            json!({"success": true}),
+            422,
+            "invalid_input",
+        ),
+        (
+            "/v1/preventions/prev-o2/outcome".to_owned(),
+            json!({"success": true}),
+            409,
+            "conflict",
+        ),
+        (
+            "/v1/preventions/prev-o1/outcome".to_owned(),
+            json!({"succeeded": true}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/preventions/prev-o1/outcome".to_owned(),
+            json!({"success": true, "duration_ms": -1}),
+            422,
+            "invalid_input",
+        ),
+        (
+            "/v1/preventions/prev-o1/outcome".to_owned(),
+            json!({"success": true, "at": "yesterday"}),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (route, body, status, code) in &refused {
+        let answer = server.post_json(route, body).await;
+        let (s, v) = &answer;
+        assert!(
+            *s == *status && v["error"]["code"] == *code,
+            "{route} {body}: {s} {v}"
+        );
+        assert_error(&answer, *status, code);
+        assert_eq!(head().await, before, "{route} {body} wrote nothing");
+    }
+
+    let (status, v) = server
+        .post_json(
+            "/v1/preventions/prev-o1/outcome",
+            &json!({"success": true, "duration_ms": 250}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["duplicate"], false);
+    assert_eq!(v["prevention"]["prevention_id"], "prev-o1");
+    assert_eq!(v["prevention"]["status"], "executed");
+    let after = head().await;
+    assert_eq!(after, before + 1, "one prevention_executed");
+    // The same report again is the recorded one; the other result is a conflict.
+    let (status, v) = server
+        .post_json("/v1/preventions/prev-o1/outcome", &json!({"success": true}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["duplicate"], true);
+    assert_eq!(v["prevention"]["status"], "executed");
+    let other = server
+        .post_json(
+            "/v1/preventions/prev-o1/outcome",
+            &json!({"success": false}),
+        )
+        .await;
+    let m = assert_error(&other, 409, "conflict");
+    assert!(m.contains("already has the outcome executed"), "{m}");
+    assert_eq!(head().await, after);
+    // The command line answers the same document.
+    server.terminate();
+    let cli = expect_success(&run(
+        &path,
+        &[
+            "--format",
+            "json",
+            "prevent",
+            "outcome",
+            "prev-o1",
+            "--success",
+        ],
+    ));
+    let cli: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(cli["duplicate"], true);
+    assert_eq!(cli["prevention"]["status"], "executed");
+}
+
+/// The degradation level of memory_exhaustion and its name, if it has a state.
+async fn level(h: &Healer) -> Option<(u64, Value)> {
+    let states = h.states(Some("GradualDegradation")).await.unwrap();
+    states
+        .iter()
+        .find(|s| s.key == "memory_exhaustion")
+        .map(|s| {
+            (
+                s.state["level"].as_u64().unwrap(),
+                s.state["level_name"].clone(),
+            )
+        })
+}
+
+/// A predicted exhaustion of a resource GradualDegradation degrades for: approving its
+/// proposal steps the resource's level down once (one level, its actions carried out once),
+/// and neither a second approval nor a replay acts again or moves the level further.
+#[tokio::test]
+async fn approving_a_degradation_step_acts_once_and_moves_the_level_one_step() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let now = day0();
+    let coord = Arc::new(Counting::default());
+    let c = config(policy(0.0, None));
+    let h = healer(&store, &c, Some(coord.clone())).await;
+    assert_eq!(level(&h).await.map(|l| l.0).unwrap_or(0), 0);
+
+    let p = prediction(
+        "deg1",
+        "a-2",
+        "memory_exhaustion",
+        "resource_trend",
+        0.9,
+        now,
+    );
+    let r = h.propose_preventions(&[p], now).await.unwrap().remove(0);
+    assert_eq!(r.status, "proposed", "{r:#?}");
+    let v = r.prevention.as_ref().unwrap();
+    assert_eq!(v.strategy, "GradualDegradation");
+    assert_eq!(v.key, "memory_exhaustion");
+    assert_eq!(v.actions, vec!["pause_tasks"], "{v:#?}");
+    assert_eq!(
+        coord.calls.load(Ordering::SeqCst),
+        0,
+        "a proposal does nothing"
+    );
+    assert_eq!(level(&h).await.map(|l| l.0).unwrap_or(0), 0);
+
+    let a = h
+        .approve_prevention(&r.prevention_id, "alice", None, now + Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(a.decision, "act", "{a:#?}");
+    assert_eq!(a.prevention.status, "executed", "{a:#?}");
+    assert_eq!(a.results.len(), 1);
+    assert!(a.results[0].success, "{a:#?}");
+    assert_eq!(coord.calls.load(Ordering::SeqCst), 1, "paused once");
+    assert_eq!(
+        level(&h).await,
+        Some((1, Value::String("REDUCED_1".into()))),
+        "one level down"
+    );
+
+    // Approved again, from this healer or another one: refused, nothing acts, the level stays.
+    let e = h
+        .approve_prevention(&r.prevention_id, "bob", None, now + Duration::seconds(6))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    h.close().await.unwrap();
+    let store = open(&path).await;
+    let coord2 = Arc::new(Counting::default());
+    let h = healer(&store, &c, Some(coord2.clone())).await;
+    let e = h
+        .approve_prevention(&r.prevention_id, "carol", None, now + Duration::seconds(7))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(coord.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        coord2.calls.load(Ordering::SeqCst),
+        0,
+        "a replay acts on nothing"
+    );
+    assert_eq!(
+        level(&h).await.map(|l| l.0),
+        Some(1),
+        "restored from the log"
+    );
+    let transitions = crate::common::read_all(&path)
+        .await
+        .into_iter()
+        .filter(|e| e.stream_id.starts_with("strategy-GradualDegradation"))
+        .count();
+    assert_eq!(transitions, 1, "one level change in the strategy's stream");
+    h.close().await.unwrap();
+}

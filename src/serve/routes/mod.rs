@@ -62,6 +62,7 @@ pub fn api() -> Api {
         .routes(routes!(prevent::list))
         .routes(routes!(prevent::approve))
         .routes(routes!(prevent::reject))
+        .routes(routes!(prevent::outcome))
         .routes(routes!(audit::failure))
         .routes(routes!(audit::agent))
         .routes(routes!(audit::report))

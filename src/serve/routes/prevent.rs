@@ -1,5 +1,5 @@
-//! Preventions: the list, approving and rejecting one, and their measured effect. Each
-//! answer is the document `healstore prevent ... --format json` prints.
+//! Preventions: the list, approving and rejecting one, the caller's report on a delegated
+//! one's actions. Each answer is the document `healstore prevent ... --format json` prints.
 
 use axum::extract::State;
 use serde::Deserialize;
@@ -33,6 +33,13 @@ document_schema!(
     "As `healstore prevent reject --format json` prints it: the prevention with its status"
 );
 
+document_schema!(
+    /// An outcome's answer.
+    PreventionOutcomeAnswer,
+    "As `healstore prevent outcome --format json` prints it: {\"prevention\": prevention (its \
+     status executed or failed), \"duplicate\": true when the same outcome was already recorded}"
+);
+
 /// Which preventions to list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +63,18 @@ pub struct ApproveRequest {
 pub struct RejectRequest {
     pub by: String,
     pub reason: String,
+}
+
+/// How a delegated prevention's actions went (`healstore prevent outcome`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeRequest {
+    /// Whether the actions were carried out successfully.
+    pub success: bool,
+    /// How long they took (default 0).
+    pub duration_ms: Option<i64>,
+    /// When (RFC 3339; default: now).
+    pub at: Option<String>,
 }
 
 /// Every prevention (or those of one status), oldest first.
@@ -116,4 +135,30 @@ pub async fn reject(
         .reject_prevention(&id, &req.by, &req.reason, state.now())
         .await?;
     Ok(Json(json!(v)))
+}
+
+/// Report how a delegated prevention's actions went, once: the same report again answers the
+/// recorded one (`duplicate: true`), the other result is a 409, and so is an outcome for a
+/// prevention that awaits none (pending, held back, rejected, carried out by the service).
+#[utoipa::path(post, path = "/v1/preventions/{id}/outcome", tag = "preventions",
+    params(("id" = String, Path, description = "The prevention id (prev-...)")),
+    request_body = OutcomeRequest,
+    responses(
+        (status = 200, description = "The outcome recorded (or already recorded)", body = PreventionOutcomeAnswer),
+        (status = 400, description = "Not an outcome request, or a time that is not RFC 3339", body = ErrorBody),
+        (status = 404, description = "No such prevention", body = ErrorBody),
+        (status = 409, description = "No outcome awaited, or one recorded the other way", body = ErrorBody),
+        (status = 422, description = "A malformed id, or a duration out of range", body = ErrorBody),
+    ))]
+pub async fn outcome(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<OutcomeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let at = super::record::time_or(req.at.as_deref(), state.now())?;
+    let (v, duplicate) = state
+        .healer()
+        .record_prevention_outcome(&id, req.success, req.duration_ms.unwrap_or(0), at)
+        .await?;
+    Ok(Json(json!({ "prevention": v, "duplicate": duplicate })))
 }
