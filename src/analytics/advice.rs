@@ -267,7 +267,7 @@ impl Analytics {
 fn prevention_advice(out: &mut Vec<Recommendation>, prevention: &super::PreventionReport) {
     let mut warned = false;
     for e in prevention.effects.iter().filter(|e| e.flagged) {
-        if e.prevented == 0 && e.held_back == 0 {
+        if e.assigned == 0 && e.held_back == 0 {
             continue;
         }
         let enough = e.verdict != "insufficient_data";
@@ -278,17 +278,19 @@ fn prevention_advice(out: &mut Vec<Recommendation>, prevention: &super::Preventi
                 if enough { "warning" } else { "info" },
                 format!(
                     "Preventing {} predictions with {} shows no benefit: the predicted failure \
-                     followed {} of {} prevented and {} of {} held back (difference {:.2}, 95% \
-                     interval {:.2} to {:.2}){}",
+                     followed {} of {} assigned to act and {} of {} held back (difference {:.2}, \
+                     95% interval {:.2} to {:.2}; {} of {} carried out){}",
                     e.source,
                     e.action,
-                    e.prevented_failed,
-                    e.prevented,
+                    e.assigned_failed,
+                    e.assigned,
                     e.held_back_failed,
                     e.held_back,
                     e.reduction,
                     e.ci_low,
                     e.ci_high,
+                    e.prevented_failed,
+                    e.prevented,
                     if enough {
                         ": stop approving it, or choose another action"
                     } else {

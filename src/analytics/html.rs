@@ -438,22 +438,26 @@ pub fn render(d: &Dashboard) -> String {
         p.rejected
     );
     if !p.effects.is_empty() {
-        page.push_str("<table><tr><th>source</th><th>action</th><th>failed after prevention</th><th>failed when held back</th><th>reduction</th><th>95% interval</th><th>actions</th><th>agents disrupted</th><th>verdict</th></tr>");
+        page.push_str("<table><tr><th>source</th><th>action</th><th>failed when assigned to act</th><th>failed when held back</th><th>reduction</th><th>95% interval</th><th>failed after execution (secondary)</th><th>actions</th><th>agents disrupted</th><th>verdict</th></tr>");
         for e in &p.effects {
             let _ = write!(
                 page,
-                "<tr><td>{}</td><td>{}</td><td>{} of {} ({:.0}%)</td><td>{} of {} ({:.0}%)</td><td>{:+.2}</td><td>{:+.2} to {:+.2}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{} of {} ({:.0}%)</td><td>{} of {} ({:.0}%)</td><td>{:+.2}</td><td>{:+.2} to {:+.2}</td><td>{} of {} ({:.0}%; {:+.2})</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
                 escape(&e.source),
                 escape(&e.action),
-                e.prevented_failed,
-                e.prevented,
-                e.prevented_rate * 100.0,
+                e.assigned_failed,
+                e.assigned,
+                e.assigned_rate * 100.0,
                 e.held_back_failed,
                 e.held_back,
                 e.held_back_rate * 100.0,
                 e.reduction,
                 e.ci_low,
                 e.ci_high,
+                e.prevented_failed,
+                e.prevented,
+                e.prevented_rate * 100.0,
+                e.executed_reduction,
                 e.actions_taken,
                 e.agents_disrupted,
                 escape(&e.verdict),

@@ -470,6 +470,13 @@ pub(crate) const READ_MODEL_TABLES: &[(&str, &str, &str)] = &[
         "position",
     ),
     (
+        "preventions",
+        "stream_id, prevention_id, proposed_at, proposed_version, proposal, status, \
+         decided_version, decided_at, decided_type, decision, executed_version, executed_at, \
+         executed, version",
+        "stream_id",
+    ),
+    (
         "failure_minutely",
         "minute, failure_type, detected, remediated, remediate_us_sum, recovered, recover_us_sum",
         "minute, failure_type",

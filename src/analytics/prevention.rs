@@ -1,18 +1,23 @@
-//! The measured effect of preventions: predictions acted on against predictions the holdout
-//! kept back.
+//! The measured effect of preventions: predictions assigned to act against predictions the
+//! holdout kept back.
 //!
 //! A predicted failure that happened after a prevention was not prevented; one that did not
 //! happen may have been averted, or may never have come. Only a comparison tells: the policy
 //! keeps back a share of eligible predictions (a seeded hash of the prediction id) and acts on
 //! none of them. For each prediction source and prevention action, the report gives the rate
 //! at which the predicted failure happened (a failure of its type, on its agent, after the
-//! proposal and by the prediction's deadline) among predictions whose prevention was carried
-//! out (`executed`) and among those held back, the difference (held back minus prevented: the
-//! failures avoided per prediction) with a 95 % confidence interval (Newcombe's hybrid score
-//! interval, from Wilson intervals of each rate), and the cost (actions carried out, agents
-//! restarted or taken out of rotation). Predictions whose deadline has not passed without a
-//! failure are pending and not counted. A kind whose interval's lower end is not above zero
-//! shows no benefit and is flagged.
+//! proposal and by the prediction's deadline) among the predictions the holdout assigned to
+//! act, whatever became of them (approved and carried out, rejected, left pending, shadow),
+//! and among those held back; the difference (held back minus assigned: the failures avoided
+//! per eligible prediction) with a 95 % confidence interval (Newcombe's hybrid score
+//! interval, from Wilson intervals of each rate); and the cost (actions carried out, agents
+//! restarted or taken out of rotation). This is the intention-to-treat comparison: only the
+//! holdout's choice is random, so only the two groups it makes are comparable. When people
+//! approve by hand, the predictions they approve are not a random share (they may approve the
+//! ones they expect to pass anyway), so the comparison of the executed ones alone with the
+//! holdout is given beside it as a secondary figure, never as the verdict. Predictions whose
+//! deadline has not passed without a failure are pending and not counted. A kind whose
+//! interval's lower end is not above zero shows no benefit and is flagged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,28 +38,39 @@ pub struct PreventionEffect {
     pub source: String,
     /// The prevention's actions, joined with `+`.
     pub action: String,
-    /// Predictions whose prevention was carried out, settled, and how many of them the
-    /// predicted failure followed.
-    pub prevented: i64,
-    pub prevented_failed: i64,
-    pub prevented_rate: f64,
+    /// Predictions the holdout assigned to act on (not held back), settled, whatever became
+    /// of them, and how many of them the predicted failure followed: the primary comparison.
+    pub assigned: i64,
+    pub assigned_failed: i64,
+    pub assigned_rate: f64,
     /// Predictions the holdout kept back, settled, and how many the failure followed.
     pub held_back: i64,
     pub held_back_failed: i64,
     pub held_back_rate: f64,
-    /// `held_back_rate - prevented_rate`: failures avoided per prediction acted on.
+    /// `held_back_rate - assigned_rate`: failures avoided per prediction assigned to act
+    /// (intention to treat).
     pub reduction: f64,
     /// Its 95 % confidence interval.
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Secondary: the assigned predictions whose prevention was carried out (`executed`),
+    /// settled, and how many the failure followed. Biased when people choose what to approve.
+    pub prevented: i64,
+    pub prevented_failed: i64,
+    pub prevented_rate: f64,
+    /// Secondary: `held_back_rate - prevented_rate`, with its 95 % interval.
+    pub executed_reduction: f64,
+    pub executed_ci_low: f64,
+    pub executed_ci_high: f64,
     /// Predictions of either group whose deadline has not passed (not counted above).
     pub pending: i64,
     /// Actions carried out by these preventions, and agents restarted or taken out of
     /// rotation by them.
     pub actions_taken: i64,
     pub agents_disrupted: i64,
-    /// `benefit` (the interval is above zero), `no_benefit_shown`, or `insufficient_data`
-    /// (fewer than 10 settled predictions in a group).
+    /// From the primary comparison: `benefit` (the interval is above zero),
+    /// `no_benefit_shown`, or `insufficient_data` (fewer than 10 settled predictions in a
+    /// group).
     pub verdict: String,
     /// True unless the verdict is `benefit`.
     pub flagged: bool,
@@ -116,6 +132,8 @@ impl Analytics {
         let count = |s: &str| all.iter().filter(|v| v.status == s).count() as i64;
         #[derive(Default)]
         struct Acc {
+            assigned: i64,
+            assigned_failed: i64,
             prevented: i64,
             prevented_failed: i64,
             held: i64,
@@ -126,10 +144,6 @@ impl Analytics {
         }
         let mut groups: BTreeMap<(String, String), Acc> = BTreeMap::new();
         for v in &all {
-            let treated = v.status == "executed";
-            if !treated && v.status != "held_back" {
-                continue;
-            }
             let acc = groups
                 .entry((v.source.clone(), v.actions.join("+")))
                 .or_default();
@@ -137,7 +151,14 @@ impl Analytics {
                 acc.pending += 1;
                 continue;
             };
-            if treated {
+            if v.holdout.held_back {
+                acc.held += 1;
+                acc.held_failed += i64::from(outcome);
+                continue;
+            }
+            acc.assigned += 1;
+            acc.assigned_failed += i64::from(outcome);
+            if v.status == "executed" {
                 acc.prevented += 1;
                 acc.prevented_failed += i64::from(outcome);
                 acc.actions += v.actions.len() as i64;
@@ -148,9 +169,6 @@ impl Analytics {
                         acc.agents.insert(a.to_owned());
                     }
                 }
-            } else {
-                acc.held += 1;
-                acc.held_failed += i64::from(outcome);
             }
         }
         let rate = |x: i64, n: i64| if n > 0 { x as f64 / n as f64 } else { 0.0 };
@@ -158,8 +176,10 @@ impl Analytics {
             .into_iter()
             .map(|((source, action), a)| {
                 let (lo, hi) =
+                    difference_interval(a.held_failed, a.held, a.assigned_failed, a.assigned);
+                let (xlo, xhi) =
                     difference_interval(a.held_failed, a.held, a.prevented_failed, a.prevented);
-                let verdict = if a.held < MIN_GROUP || a.prevented < MIN_GROUP {
+                let verdict = if a.held < MIN_GROUP || a.assigned < MIN_GROUP {
                     "insufficient_data"
                 } else if lo > 0.0 {
                     "benefit"
@@ -169,15 +189,22 @@ impl Analytics {
                 PreventionEffect {
                     source,
                     action,
-                    prevented: a.prevented,
-                    prevented_failed: a.prevented_failed,
-                    prevented_rate: rate(a.prevented_failed, a.prevented),
+                    assigned: a.assigned,
+                    assigned_failed: a.assigned_failed,
+                    assigned_rate: rate(a.assigned_failed, a.assigned),
                     held_back: a.held,
                     held_back_failed: a.held_failed,
                     held_back_rate: rate(a.held_failed, a.held),
-                    reduction: rate(a.held_failed, a.held) - rate(a.prevented_failed, a.prevented),
+                    reduction: rate(a.held_failed, a.held) - rate(a.assigned_failed, a.assigned),
                     ci_low: lo,
                     ci_high: hi,
+                    prevented: a.prevented,
+                    prevented_failed: a.prevented_failed,
+                    prevented_rate: rate(a.prevented_failed, a.prevented),
+                    executed_reduction: rate(a.held_failed, a.held)
+                        - rate(a.prevented_failed, a.prevented),
+                    executed_ci_low: xlo,
+                    executed_ci_high: xhi,
                     pending: a.pending,
                     actions_taken: a.actions,
                     agents_disrupted: a.agents.len() as i64,

@@ -2,7 +2,7 @@
 -- triggers (migrations/V3__read_models.sql and V5, as recreated by V6, V7, V10, V12 and V13:
 -- only schema version 1 of each type is interpreted; sums of times to remediate and recover
 -- saturate; V12 adds the rollups by the minute, per agent, histograms and recovery pairs; V13
--- the rollups by the second and each time's histogram bucket),
+-- the rollups by the second and each time's histogram bucket; V14 the preventions),
 -- statement for statement. A test checks that a rebuild reproduces the incrementally
 -- maintained tables exactly.
 --
@@ -19,6 +19,7 @@ DELETE FROM attempt_hourly;
 DELETE FROM healing_hourly;
 DELETE FROM patterns;
 DELETE FROM predictions;
+DELETE FROM preventions;
 DELETE FROM circuit_transitions;
 DELETE FROM failure_minutely;
 DELETE FROM attempt_minutely;
@@ -188,6 +189,56 @@ WHERE event_type = 'prediction_made' AND schema_version = 1
   AND payload ->> '$.prediction_id' IS NOT NULL
   AND failure_type IS NOT NULL
 ORDER BY position;
+
+-- Preventions (migrations/V14): the latest proposal of each prevention stream, the latest
+-- decision and outcome after it, and the status the last of them left.
+INSERT INTO preventions (stream_id, prevention_id, proposed_at, proposed_version, proposal,
+                         status, version)
+SELECT e.stream_id, COALESCE(e.payload ->> '$.prevention_id', ''), e.occurred_at,
+       e.stream_version, e.payload,
+       CASE WHEN e.payload ->> '$.holdout.held_back' THEN 'held_back' ELSE 'pending' END,
+       (SELECT MAX(x.stream_version) FROM events x
+        WHERE x.stream_id = e.stream_id AND x.schema_version = 1)
+FROM events e
+WHERE e.event_type = 'prevention_proposed' AND e.schema_version = 1
+  AND e.stream_id >= 'prevention-' AND e.stream_id < 'prevention.'
+  AND NOT EXISTS (SELECT 1 FROM events l
+                  WHERE l.stream_id = e.stream_id AND l.event_type = 'prevention_proposed'
+                    AND l.schema_version = 1 AND l.stream_version > e.stream_version);
+
+UPDATE preventions
+SET (decided_version, decided_at, decided_type, decision) = (
+        SELECT d.stream_version, d.occurred_at, d.event_type, d.payload FROM events d
+        WHERE d.stream_id = preventions.stream_id
+          AND d.event_type IN ('prevention_approved', 'prevention_rejected')
+          AND d.schema_version = 1 AND d.stream_version > preventions.proposed_version
+        ORDER BY d.stream_version DESC LIMIT 1)
+WHERE EXISTS (SELECT 1 FROM events d
+              WHERE d.stream_id = preventions.stream_id
+                AND d.event_type IN ('prevention_approved', 'prevention_rejected')
+                AND d.schema_version = 1 AND d.stream_version > preventions.proposed_version);
+
+UPDATE preventions
+SET (executed_version, executed_at, executed) = (
+        SELECT x.stream_version, x.occurred_at, x.payload FROM events x
+        WHERE x.stream_id = preventions.stream_id AND x.event_type = 'prevention_executed'
+          AND x.schema_version = 1 AND x.stream_version > preventions.proposed_version
+        ORDER BY x.stream_version DESC LIMIT 1)
+WHERE EXISTS (SELECT 1 FROM events x
+              WHERE x.stream_id = preventions.stream_id AND x.event_type = 'prevention_executed'
+                AND x.schema_version = 1 AND x.stream_version > preventions.proposed_version);
+
+-- The status the last of them left.
+UPDATE preventions
+SET status = CASE
+        WHEN executed_version IS NOT NULL
+             AND (decided_version IS NULL OR executed_version > decided_version)
+        THEN CASE WHEN executed ->> '$.success' THEN 'executed' ELSE 'failed' END
+        WHEN decided_type = 'prevention_rejected' THEN 'rejected'
+        WHEN decision ->> '$.decision' = 'shadow' THEN 'shadow'
+        WHEN decision ->> '$.decision' = 'declined' THEN 'declined'
+        ELSE 'approved' END
+WHERE decided_version IS NOT NULL OR executed_version IS NOT NULL;
 
 -- An opening's deadline, read as migrations/V10 reads it.
 INSERT INTO circuit_transitions (position, strategy, circuit, agent_id, from_state, to_state, at,

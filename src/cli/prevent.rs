@@ -257,10 +257,12 @@ pub async fn run(cli: &Cli, what: &Prevent, out: &mut Out) -> anyhow::Result<Exi
                     vec![
                         e.source.clone(),
                         e.action.clone(),
-                        format!("{}/{}", e.prevented_failed, e.prevented),
+                        format!("{}/{}", e.assigned_failed, e.assigned),
                         format!("{}/{}", e.held_back_failed, e.held_back),
                         format!("{:+.2}", e.reduction),
                         format!("[{:+.2}, {:+.2}]", e.ci_low, e.ci_high),
+                        format!("{}/{}", e.prevented_failed, e.prevented),
+                        format!("{:+.2}", e.executed_reduction),
                         e.actions_taken.to_string(),
                         e.agents_disrupted.to_string(),
                         format!("{}{}", e.verdict, if e.flagged { " (flagged)" } else { "" }),
@@ -271,15 +273,22 @@ pub async fn run(cli: &Cli, what: &Prevent, out: &mut Out) -> anyhow::Result<Exi
                 &[
                     "source",
                     "action",
-                    "failed_prevented",
+                    "failed_assigned",
                     "failed_held_back",
                     "reduction",
                     "95%_interval",
+                    "failed_executed",
+                    "executed_reduction",
                     "actions",
                     "agents_disrupted",
                     "verdict",
                 ],
                 &rows,
+            )?;
+            out.line(
+                "reduction: held back minus assigned to act, whatever became of the proposal \
+                 (intention to treat); executed_reduction compares the executed ones alone, \
+                 biased when people choose what to approve",
             )?;
         }
     }

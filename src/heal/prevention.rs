@@ -14,8 +14,11 @@
 //! - `action_executed` for each action the coordinator carried out, and `prevention_executed`
 //!   with the outcome (the coordinator's, or the caller's report for delegated actions).
 //!
-//! A prevention's state is a fold of its stream ([`PreventionView::fold`]); there is no read
-//! model, so failure appends pay nothing for preventions.
+//! A prevention's state is a fold of its stream ([`PreventionView::fold`]). The `preventions`
+//! read model (migrations/V14) keeps, by trigger, what that fold needs of each stream (the
+//! latest proposal, decision and outcome), so that lists and reports read the preventions of
+//! their window, and keep those whose events were archived; one prevention ([`get`]) is read
+//! from its stream, at the version an approval is appended at.
 
 use std::collections::BTreeMap;
 
@@ -366,9 +369,80 @@ impl PreventionView {
     }
 }
 
-/// Every prevention in the log (or only those whose status is `status`), proposed in
-/// `[since, until)` when given, oldest first.
+/// A row of the `preventions` read model: the latest proposal of a prevention stream, the
+/// latest decision and outcome after it (version, time, event type, payload), and the
+/// stream's version.
+type PreventionRow = (
+    i64,
+    i64,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
+
+/// Every prevention proposed in `[since, until)` (all when not given), oldest first, from the
+/// `preventions` read model (kept by triggers with the events, and through archives): the
+/// cost follows the preventions of the window, not the log's history.
 pub async fn list(
+    store: &Store,
+    since_us: Option<i64>,
+    until_us: Option<i64>,
+) -> Result<Vec<PreventionView>> {
+    if store.is_postgres() {
+        // The read model is SQLite's (migrations/V14): on PostgreSQL, the streams themselves.
+        return list_from_streams(store, since_us, until_us).await;
+    }
+    let rows: Vec<PreventionRow> = store
+        .db()
+        .fetch_all(
+            "SELECT proposed_version, proposed_at, proposal, decided_version, decided_at, \
+                    decided_type, decision, executed_version, executed_at, executed, version \
+             FROM preventions WHERE proposed_at >= ?1 AND proposed_at < ?2 \
+             ORDER BY proposed_at, prevention_id",
+            &[
+                since_us.unwrap_or(i64::MIN).into(),
+                until_us.unwrap_or(i64::MAX).into(),
+            ],
+        )
+        .await
+        .map_err(Error::from)?;
+    let decode = |t: &str, payload: &str| {
+        let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+        HealEvent::decode(t, 1, &payload)
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (pv, pat, proposal, dv, dat, dtype, decision, xv, xat, executed, version) in rows {
+        let Some(proposed) = decode("prevention_proposed", &proposal) else {
+            continue;
+        };
+        let mut evs = vec![(pv as u64, from_micros(pat)?, proposed)];
+        if let (Some(v), Some(at), Some(t), Some(p)) = (dv, dat, dtype, decision)
+            && let Some(e) = decode(&t, &p)
+        {
+            evs.push((v as u64, from_micros(at)?, e));
+        }
+        if let (Some(v), Some(at), Some(p)) = (xv, xat, executed)
+            && let Some(e) = decode("prevention_executed", &p)
+        {
+            evs.push((v as u64, from_micros(at)?, e));
+        }
+        evs.sort_by_key(|(v, _, _)| *v);
+        if let Some(mut view) = PreventionView::fold(evs.iter().map(|(v, at, e)| (*v, *at, e))) {
+            view.version = version as u64;
+            out.push(view);
+        }
+    }
+    Ok(out)
+}
+
+/// [`list`] by folding every prevention stream (PostgreSQL, which has no read model yet).
+async fn list_from_streams(
     store: &Store,
     since_us: Option<i64>,
     until_us: Option<i64>,

@@ -68,6 +68,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "V13__second_rollups_and_stored_buckets",
         include_str!("../../migrations/V13__second_rollups_and_stored_buckets.sql"),
     ),
+    (
+        "V14__prevention_read_model",
+        include_str!("../../migrations/V14__prevention_read_model.sql"),
+    ),
 ];
 
 /// The first schema version with the hash chain: events stored before it get their hashes

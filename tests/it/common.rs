@@ -405,7 +405,7 @@ pub fn spawn_appender(
     (child, feeder)
 }
 
-/// The statements that turn a current database back into what version 9 left: V13's and V12's rollups
+/// The statements that turn a current database back into what version 9 left: V14's preventions, V13's and V12's rollups
 /// dropped (and its healing triggers replaced by V6's), V11's dropped index restored, V10's triggers replaced by those of V6 and V7, its indexes by V3's, its
 /// columns dropped or renamed back, the rollup rows only a recovery created removed, and the
 /// history rows of 10 on deleted (what an older healstore would have left, less the facts it
@@ -421,6 +421,12 @@ pub fn undo_v10_statements() -> Vec<String> {
     let v6 = include_str!("../../migrations/V6__read_models_known_versions.sql");
     let v7 = include_str!("../../migrations/V7__saturating_recovery_sums.sql");
     let mut s: Vec<String> = [
+        // V14's preventions.
+        "DROP TRIGGER rm_prevention_proposed",
+        "DROP TRIGGER rm_prevention_decided",
+        "DROP TRIGGER rm_prevention_executed",
+        "DROP TRIGGER rm_prevention_version",
+        "DROP TABLE preventions",
         // V13's rollups by the second (its triggers are dropped below, with V12's).
         "DROP TABLE failure_secondly",
         "DROP TABLE attempt_secondly",

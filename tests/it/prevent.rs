@@ -1215,3 +1215,235 @@ async fn approving_a_degradation_step_acts_once_and_moves_the_level_one_step() {
     assert_eq!(transitions, 1, "one level change in the strategy's stream");
     h.close().await.unwrap();
 }
+
+/// People approve by hand and choose, here the predictions that were going to pass anyway,
+/// while restarts do nothing: the executed ones never fail and compared alone with the
+/// holdout they show a benefit that is not there. The primary comparison, every prediction
+/// assigned to act against the held-back ones, shows none and flags the kind; the executed
+/// comparison is there, as the secondary figure. The read model equals a rebuild from the
+/// events (every status present).
+#[tokio::test]
+async fn the_report_compares_by_intention_to_treat_when_people_choose_what_to_approve() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let coord = Arc::new(Counting::default());
+    let c = config(policy(0.3, None));
+    let h = healer(&store, &c, Some(coord.clone())).await;
+    let mut rng = Rng::fixed(5);
+    let base = day0();
+    let (mut approved, mut rejected, mut pending) = (0, 0, 0);
+    for i in 0..300i64 {
+        let at = base + Duration::minutes(i);
+        let agent = format!("m-{i}");
+        let p = prediction(
+            &format!("itt{i}"),
+            &agent,
+            "agent_down",
+            "sequence",
+            0.9,
+            at,
+        );
+        let r = h.propose_preventions(&[p], at).await.unwrap().remove(0);
+        // The restart does nothing: half of the predicted failures happen either way.
+        let will_fail = rng.between(0, 99) < 50;
+        if r.status == "proposed" {
+            if !will_fail {
+                h.approve_prevention(&r.prevention_id, "alice", None, at)
+                    .await
+                    .unwrap();
+                approved += 1;
+            } else if i % 2 == 0 {
+                h.reject_prevention(&r.prevention_id, "alice", "looks risky", at)
+                    .await
+                    .unwrap();
+                rejected += 1;
+            } else {
+                pending += 1;
+            }
+        } else {
+            assert_eq!(r.status, "held_back", "{r:#?}");
+        }
+        if will_fail {
+            fail(
+                &store,
+                &format!("itt-f{i}"),
+                "agent_down",
+                &agent,
+                at + Duration::minutes(5),
+            )
+            .await;
+        }
+    }
+    let w = Window::new(base - Duration::hours(1), base + Duration::hours(6)).unwrap();
+    let a = Analytics::new(&store);
+    let report = a.prevention_report(&w).await.unwrap();
+    assert_eq!(report.executed, approved);
+    assert_eq!(report.rejected, rejected);
+    assert_eq!(report.pending, pending);
+    let e = &report.effects[0];
+    assert_eq!(report.effects.len(), 1, "{report:#?}");
+    assert_eq!(e.assigned, approved + rejected + pending, "{e:#?}");
+    assert_eq!(e.assigned + e.held_back, 300);
+    assert!(e.held_back >= 60, "{e:#?}");
+    // Executed alone: never followed by the failure, a "benefit" that is the people's choice.
+    assert_eq!(e.prevented, approved);
+    assert_eq!(e.prevented_failed, 0);
+    assert!(e.executed_ci_low > 0.0, "{e:#?}");
+    // Assigned to act against held back: no benefit shown, flagged.
+    assert!((e.assigned_rate - 0.5).abs() < 0.1, "{e:#?}");
+    assert!(e.ci_low <= 0.0 && e.ci_high >= 0.0, "{e:#?}");
+    assert_eq!(e.verdict, "no_benefit_shown");
+    assert!(e.flagged);
+    assert_eq!(e.actions_taken, approved);
+    assert_eq!(coord.restarts.load(Ordering::SeqCst) as i64, approved);
+    let recs = a
+        .recommendations(&w, &healstore::analytics::advice::AdviceOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r.rule == "ineffective_prevention" && r.severity == "warning"),
+        "{recs:#?}"
+    );
+
+    // The read model is what a rebuild from the events gives.
+    let list = prevention::list(&store, None, None).await.unwrap();
+    let digests = healstore::analytics::read_model_digests(store.read_pool())
+        .await
+        .unwrap();
+    assert!(
+        digests
+            .iter()
+            .any(|d| d.table == "preventions" && d.rows == 300),
+        "{digests:?}"
+    );
+    h.close().await.unwrap();
+    let store = open(&path).await;
+    Analytics::new(&store).rebuild().await.unwrap();
+    assert_eq!(
+        healstore::analytics::read_model_digests(store.read_pool())
+            .await
+            .unwrap(),
+        digests
+    );
+    assert_eq!(prevention::list(&store, None, None).await.unwrap(), list);
+    store.close().await.unwrap();
+}
+
+/// Archiving a log that holds preventions keeps the report, the list and the dashboard's
+/// prevention figures exactly as they were (the read model keeps the rows of archived
+/// events); an archived prevention can no longer be approved, and the refusal writes nothing.
+#[test]
+fn archiving_preventions_keeps_the_report_the_list_and_the_dashboard() {
+    let (dir, path) = temp_db();
+    let base = day0();
+    crate::common::block_on(async {
+        // The healer's own facts (actions carried out, outcomes) are dated by its clock.
+        let clock = Arc::new(healstore::ManualClock::new(base));
+        let store = Store::open(
+            &path,
+            healstore::StoreOptions {
+                clock: clock.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let auto = AutoApproval {
+            min_probability: 0.8,
+            actions: vec!["restart_agent".into()],
+            max_per_agent_per_hour: 10,
+        };
+        let h = healer(
+            &store,
+            &config(policy(0.3, Some(auto))),
+            Some(Arc::new(Counting::default())),
+        )
+        .await;
+        let mut rng = Rng::fixed(3);
+        for i in 0..60i64 {
+            let at = base + Duration::minutes(i);
+            clock.set(at);
+            let agent = format!("r-{i}");
+            // One in four below the policy's probability: left pending for a person.
+            let prob = if i % 4 == 0 { 0.7 } else { 0.9 };
+            let p = prediction(
+                &format!("ar{i}"),
+                &agent,
+                "agent_down",
+                "sequence",
+                prob,
+                at,
+            );
+            h.propose_preventions(&[p], at).await.unwrap();
+            if rng.between(0, 99) < 40 {
+                fail(
+                    &store,
+                    &format!("ar-f{i}"),
+                    "agent_down",
+                    &agent,
+                    at + Duration::minutes(3),
+                )
+                .await;
+            }
+        }
+        h.close().await.unwrap();
+    });
+    let since = healstore::time::format_time(base - Duration::hours(1));
+    let until = healstore::time::format_time(base + Duration::hours(3));
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["--format", "json", "--now", &until];
+        all.extend_from_slice(args);
+        serde_json::from_str(&expect_success(&run(&path, &all))).unwrap()
+    };
+    let report = || json(&["prevent", "report", "--since", &since, "--until", &until]);
+    let list = || json(&["prevent", "list"]);
+    let dashboard =
+        || json(&["dashboard", "--since", &since, "--until", &until])["preventions"].clone();
+    let (r0, l0, d0) = (report(), list(), dashboard());
+    assert_eq!(r0["proposed"], 60, "{r0}");
+    assert!(r0["executed"].as_i64().unwrap() > 10, "{r0}");
+    assert!(r0["held_back"].as_i64().unwrap() > 5, "{r0}");
+    assert!(r0["pending"].as_i64().unwrap() > 5, "{r0}");
+    assert!(!r0["effects"].as_array().unwrap().is_empty(), "{r0}");
+    assert_eq!(d0, r0, "the dashboard's figures are the report's");
+    let pending = l0["preventions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["status"] == "pending")
+        .unwrap()["prevention_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let file = dir.path().join("preventions.jsonl.gz");
+    let cut = healstore::time::format_time(base + Duration::hours(2));
+    let a = json(&["archive", "--before", &cut, "--to", file.to_str().unwrap()]);
+    assert!(a["events"].as_i64().unwrap() > 0, "{a}");
+    let left: i64 = crate::common::block_on(async {
+        let store = open(&path).await;
+        let n =
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE stream_id LIKE 'prevention-%'")
+                .fetch_one(store.read_pool())
+                .await
+                .unwrap();
+        store.close().await.unwrap();
+        n
+    });
+    assert_eq!(left, 0, "every prevention event was archived");
+    assert_eq!(report(), r0);
+    assert_eq!(list(), l0);
+    assert_eq!(dashboard(), d0);
+
+    let files = crate::common::db_files(&path);
+    let out = run(
+        &path,
+        &[
+            "--now", &until, "prevent", "approve", &pending, "--by", "alice",
+        ],
+    );
+    assert!(!out.status.success());
+    crate::common::assert_same_files(&files, &crate::common::db_files(&path), "refused approval");
+    assert_eq!(list(), l0);
+}
