@@ -681,6 +681,44 @@ pub fn print_dashboard(d: &Dashboard, out: &mut Out) -> anyhow::Result<()> {
     }
     counts(out, "Failures by type", &d.by_failure_type)?;
     out.line("")?;
+    let p = &d.preventions;
+    if p.proposed > 0 {
+        out.line(&format!(
+            "Preventions: {} proposed, {} executed, {} failed, {} held back (the holdout), {} \
+             pending, {} awaiting the caller, {} shadow, {} declined, {} rejected",
+            p.proposed,
+            p.executed,
+            p.failed,
+            p.held_back,
+            p.pending,
+            p.approved,
+            p.shadow,
+            p.declined,
+            p.rejected
+        ))?;
+        for e in &p.effects {
+            out.line(&format!(
+                "  {} / {}: the predicted failure followed {} of {} assigned to act and {} of {} \
+                 held back ({} not yet settled); reduction {:+.2}, 95% interval [{:+.2}, \
+                 {:+.2}]: {} (executed alone: {} of {}, {:+.2})",
+                e.source,
+                e.action,
+                e.assigned_failed,
+                e.assigned,
+                e.held_back_failed,
+                e.held_back,
+                e.pending,
+                e.reduction,
+                e.ci_low,
+                e.ci_high,
+                e.verdict,
+                e.prevented_failed,
+                e.prevented,
+                e.executed_reduction
+            ))?;
+        }
+        out.line("")?;
+    }
     out.line("Recommendations")?;
     for (i, r) in d.recommendations.iter().enumerate() {
         out.line(&format!("  {}. [{}] {}", i + 1, r.severity, r.message))?;

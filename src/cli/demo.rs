@@ -11,12 +11,22 @@
 //! continues where the first stopped: it starts after the newest recorded event and simulates
 //! the ticks that fit before the present, and the circuits, backoffs and degradation levels
 //! are restored from the log.
+//!
+//! Prevention is at work too: every 10 simulated seconds the demo predicts from the last half
+//! hour and turns the predictions into preventions, approved by a policy (the configuration's
+//! `[prevention.auto]`, else the demo's own) with a holdout kept back; a preventive restart
+//! makes the simulated agent fail less for a while ([`SimulatedFleet::refresh`]). Failure ids
+//! are derived from the seed and the log's head at the start (UUIDv5), so that the prediction
+//! ids, and with them the holdout's choices, are the same in every run with the same seed, and
+//! a run continuing a log never reuses an earlier run's ids.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Duration;
-use healstore::heal::sim::{SimRng, SimulatedFleet, Temperament};
+use healstore::analytics::{LearnOptions, PredictOptions};
+use healstore::heal::prevention::{AutoApproval, PreventionPolicy};
+use healstore::heal::sim::{FRESH_FACTOR, SimRng, SimulatedFleet, Temperament};
 use healstore::heal::{Coordinator, HealReport, Healer};
 use healstore::{EventFilter, ManualClock, Store, StoreOptions};
 use serde_json::{Value, json};
@@ -46,6 +56,29 @@ pub struct DemoArgs {
 }
 
 const TICK: i64 = 5;
+
+/// Every this many ticks (a simulated minute) the demo predicts and proposes preventions.
+const PREDICT_EVERY: u32 = 12;
+
+/// The demo's failure ids: UUIDv5 of the seed, the log's head when the run started, and a
+/// counter. The same seed on the same log gives the same ids; a run continuing a log starts at
+/// another head, so its ids are new.
+struct FailureIds {
+    seed: u64,
+    head: i64,
+    next: u64,
+}
+
+impl FailureIds {
+    fn next(&mut self) -> String {
+        self.next += 1;
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("healstore-demo:{}:{}:{}", self.seed, self.head, self.next).as_bytes(),
+        )
+        .to_string()
+    }
+}
 
 /// When the simulated period starts and how many ticks it holds. The period ends at `now`, so
 /// that the commands run after the demo see it in their default window: it starts `ticks`
@@ -141,8 +174,29 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         },
     )
     .await?;
+    // Prevention at work: unless the configuration says otherwise, the demo approves
+    // preventive restarts by itself and keeps three predictions in ten back, so that its
+    // effect shows against the holdout within the simulated minutes.
+    let mut config = config;
+    if config.prevention.auto.is_none() {
+        config.prevention = PreventionPolicy {
+            min_probability: 0.6,
+            holdout_share: 0.3,
+            holdout_seed: 0,
+            auto: Some(AutoApproval {
+                min_probability: 0.6,
+                actions: vec!["restart_agent".into()],
+                max_per_agent_per_hour: 30,
+            }),
+        };
+    }
     config.record(&store).await?;
     let seed = args.seed.unwrap_or(head as u64);
+    let mut ids = FailureIds {
+        seed,
+        head,
+        next: 0,
+    };
     let fleet = Arc::new(
         SimulatedFleet::new(args.agents as usize, seed).with_simulated_latency(clock.clone()),
     );
@@ -160,6 +214,16 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
     let mut pressure: Vec<String> = Vec::new();
     let mut quorum: Vec<(String, u32)> = Vec::new();
     let mut confirmed = 0u64;
+    let mut prevented: BTreeMap<String, u64> = BTreeMap::new();
+    let predict_options = PredictOptions {
+        learn: LearnOptions {
+            sequence_gap: Duration::minutes(2),
+            ..LearnOptions::default()
+        },
+        learn_window: Duration::minutes(30),
+        routes: config.route_names(),
+        ..PredictOptions::default()
+    };
 
     for tick in 0..ticks {
         // Each tick at its instant on the schedule; a tick whose simulated actions took longer
@@ -174,16 +238,20 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             if !agent.registered {
                 continue;
             }
-            let p_fail = match (agent.healthy, agent.temperament) {
+            let mut p_fail = match (agent.healthy, agent.temperament) {
                 (false, _) => 0.6,
                 (true, Temperament::Steady) => 0.01,
                 (true, Temperament::Flapping) => 0.25,
                 (true, Temperament::Broken) => 0.1,
             };
+            if agent.healthy && agent.fresh > 0 {
+                // Restarted before it failed: it fails less for a while.
+                p_fail *= FRESH_FACTOR;
+            }
             if rng.chance(p_fail) {
                 fleet.fail_agent(id);
                 let raw = json!({"type": "heartbeat_failed", "agent_id": id});
-                heal_raw(&healer, &raw, &mut tally).await?;
+                heal_raw(&healer, raw, &mut ids, &mut tally).await?;
             } else if agent.healthy && rng.chance(0.2) {
                 healer.record_success(id, None, now).await?;
                 successes += 1;
@@ -195,7 +263,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             let task = format!("task-{}", rng.below(6) + 1);
             let agent = format!("agent-{}", rng.below(args.agents as usize) + 1);
             let raw = json!({"type": "task_timeout", "task_id": task, "agent_id": agent});
-            heal_raw(&healer, &raw, &mut tally).await?;
+            heal_raw(&healer, raw, &mut ids, &mut tally).await?;
         }
         if rng.chance(0.3) {
             let task = format!("task-{}", rng.below(6) + 1);
@@ -220,7 +288,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
                 "type": "resource_exhaustion", "resource_type": "tokens",
                 "current_usage": (usage * limit).round(), "limit": limit,
             });
-            if let Some(r) = heal_raw(&healer, &raw, &mut tally).await? {
+            if let Some(r) = heal_raw(&healer, raw, &mut ids, &mut tally).await? {
                 pressure.push(r.failure.failure_id);
             }
         } else if tick % 3 == 0 {
@@ -244,7 +312,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
                 "type": "quorum_loss", "required_quorum": required,
                 "healthy_agents": healthy, "lost": lost,
             });
-            if let Some(r) = heal_raw(&healer, &raw, &mut tally).await? {
+            if let Some(r) = heal_raw(&healer, raw, &mut ids, &mut tally).await? {
                 quorum.push((r.failure.failure_id, required));
             }
         }
@@ -262,6 +330,39 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             quorum = still;
         }
         transitions += healer.tick().await?.reactions.len();
+        fleet.age();
+        // Every minute: predict from the last half hour (sequences within 2 minutes: a flapping
+        // agent that just failed is likely to fail again), and turn the predictions into
+        // preventions (approved by the policy, or held back).
+        if tick % PREDICT_EVERY == PREDICT_EVERY - 1 {
+            let now = clock.now_value();
+            let predicted = healstore::Analytics::new(healer.store())
+                .predict(now, &predict_options)
+                .await?;
+            for p in healer
+                .propose_preventions(&predicted.predictions, now)
+                .await?
+            {
+                // What a preventive restart does in this simulated fleet.
+                if let Some(a) = &p.approval {
+                    for r in a.results.iter().filter(|r| r.success) {
+                        if r.action == "restart_agent"
+                            && let Some(agent) = &r.target
+                        {
+                            fleet.refresh(agent);
+                        }
+                    }
+                }
+                // New proposals only (a prediction made again is answered `already_proposed`;
+                // one no strategy offers an action for writes nothing and may be offered later).
+                if matches!(
+                    p.status.as_str(),
+                    "proposed" | "auto_approved" | "held_back"
+                ) {
+                    *prevented.entry(p.status).or_insert(0u64) += 1;
+                }
+            }
+        }
     }
 
     let circuits = healer.states(Some("CircuitBreaker")).await?;
@@ -313,6 +414,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
             "prompt_simplification": fleet_state.prompt_simplification,
             "retries_scheduled": fleet_state.retries_scheduled,
         },
+        "preventions": prevented,
         "head_position": head,
         "dashboard": dashboard,
     });
@@ -376,6 +478,14 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
         &rows,
     )?;
     out.line(&format!(
+        "preventions: {} proposed ({} approved by the policy, {} held back by the holdout, {} \
+         left to a person); `healstore prevent list`, `healstore prevent report`",
+        prevented.values().sum::<u64>(),
+        prevented.get("auto_approved").unwrap_or(&0),
+        prevented.get("held_back").unwrap_or(&0),
+        prevented.get("proposed").unwrap_or(&0),
+    ))?;
+    out.line(&format!(
         "{head} events in {}; run `healstore demo` again to continue, `healstore circuits`, `healstore audit --agent agent-5`",
         cli.db.display()
     ))?;
@@ -389,10 +499,12 @@ pub async fn run(cli: &Cli, args: &DemoArgs, out: &mut Out) -> anyhow::Result<()
 
 async fn heal_raw(
     healer: &Healer,
-    raw: &Value,
+    mut raw: Value,
+    ids: &mut FailureIds,
     tally: &mut Tally,
 ) -> anyhow::Result<Option<HealReport>> {
-    let Some(f) = healstore::heal::detect(raw, healer.now())? else {
+    raw["failure_id"] = Value::String(ids.next());
+    let Some(f) = healstore::heal::detect(&raw, healer.now())? else {
         return Ok(None);
     };
     let report = healer.heal(f).await?;

@@ -66,7 +66,15 @@ pub struct SimAgent {
     pub healthy: bool,
     pub temperament: Temperament,
     pub restarts: u32,
+    /// Ticks left in which a preventive restart keeps the agent from failing as often: the
+    /// simulation's real effect of prevention ([`SimulatedFleet::refresh`]).
+    pub fresh: u32,
 }
+
+/// How long a preventive restart keeps an agent fresh, in ticks, and what it multiplies the
+/// agent's chance of failing by meanwhile.
+pub const FRESH_TICKS: u32 = 24;
+pub const FRESH_FACTOR: f64 = 0.15;
 
 /// The fleet's observable state.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -113,6 +121,7 @@ impl SimulatedFleet {
                     healthy: true,
                     temperament,
                     restarts: 0,
+                    fresh: 0,
                 },
             );
         }
@@ -163,6 +172,29 @@ impl SimulatedFleet {
         self.with(|s, _| {
             if let Some(a) = s.agents.get_mut(agent_id) {
                 a.healthy = false;
+            }
+        })
+    }
+
+    /// A preventive restart went through: an agent that came back healthy fails less for
+    /// [`FRESH_TICKS`] ticks (the simulation's effect of prevention; a flapping agent that came
+    /// back unhealthy gets nothing, a broken one's restart failed before it got here).
+    pub fn refresh(&self, agent_id: &str) {
+        self.with(|s, _| {
+            if let Some(a) = s.agents.get_mut(agent_id)
+                && a.registered
+                && a.healthy
+            {
+                a.fresh = FRESH_TICKS;
+            }
+        })
+    }
+
+    /// One tick passed: preventive restarts wear off.
+    pub fn age(&self) {
+        self.with(|s, _| {
+            for a in s.agents.values_mut() {
+                a.fresh = a.fresh.saturating_sub(1);
             }
         })
     }
@@ -327,6 +359,7 @@ impl Coordinator for SimulatedFleet {
                             healthy: true,
                             temperament: Temperament::Steady,
                             restarts: 0,
+                            fresh: 0,
                         },
                     );
                     id

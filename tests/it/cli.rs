@@ -1036,3 +1036,94 @@ fn reading_state_does_not_create_a_database() {
         assert_eq!(std::fs::read(&missing).unwrap(), b"");
     }
 }
+
+/// Removes, at any depth, the figures measured on the wall clock (how long the simulated
+/// coordinator's calls took in real time: `avg_healing_time_ms`) and the database's name.
+fn without_wall_clock(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("avg_healing_time_ms");
+            m.remove("database");
+            m.values_mut().for_each(without_wall_clock);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(without_wall_clock),
+        _ => {}
+    }
+}
+
+/// The failure ids of a database's `failure_detected` events, in log order.
+fn failure_ids(db: &Path) -> Vec<String> {
+    export(db)
+        .lines()
+        .map(json)
+        .filter(|e| e["event_type"] == "failure_detected")
+        .map(|e| e["payload"]["failure_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_demo_with_its_preventions_and_a_continued_run_new_ids() {
+    // Given two fresh databases, when the demo runs on each with the same seed and `--now`,
+    let dir = tempfile::tempdir().unwrap();
+    let demo = |name: &str| {
+        let db = dir.path().join(name);
+        let out = expect_success(&run(
+            &db,
+            &["--now", NOW, "--format", "json", "demo", "--seed", "7"],
+        ));
+        (db, json(&out))
+    };
+    let (one, mut first) = demo("one.db");
+    let (two, mut second) = demo("two.db");
+    // then prevention was at work: proposals approved by the policy and carried out, others
+    // held back, and the dashboard compares them;
+    let p = &first["dashboard"]["preventions"];
+    assert!(p["proposed"].as_i64().unwrap() >= 5, "{p}");
+    assert!(p["executed"].as_i64().unwrap() >= 1, "{p}");
+    assert!(p["held_back"].as_i64().unwrap() >= 1, "{p}");
+    assert!(!p["effects"].as_array().unwrap().is_empty(), "{p}");
+    assert!(first["preventions"]["auto_approved"].as_u64().unwrap() >= 1);
+    // and both runs are the same: the summary and the dashboard (but for the healing times
+    // measured on the wall clock), the failure ids, and every prevention with its holdout.
+    without_wall_clock(&mut first);
+    without_wall_clock(&mut second);
+    assert_eq!(first, second);
+    let ids = failure_ids(&one);
+    assert_eq!(ids, failure_ids(&two));
+    let list = |db: &Path| {
+        json(&expect_success(&run(
+            db,
+            &["--format", "json", "prevent", "list"],
+        )))
+    };
+    assert_eq!(list(&one), list(&two));
+    assert_eq!(
+        ids.len() as u64,
+        first["failures"]["failures"].as_u64().unwrap()
+    );
+
+    // A run continuing the log with the same seed heals new failures under new ids.
+    let later = json(&expect_success(&run(
+        &one,
+        &[
+            "--now",
+            "2026-01-01T00:02:00Z",
+            "--format",
+            "json",
+            "demo",
+            "--seed",
+            "7",
+        ],
+    )));
+    let all = failure_ids(&one);
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "a failure id was reused");
+    assert_eq!(
+        (all.len() - ids.len()) as u64,
+        later["failures"]["failures"].as_u64().unwrap()
+    );
+    assert!(
+        later["failures"]["failures"].as_u64().unwrap() > 0,
+        "{later}"
+    );
+}
