@@ -539,7 +539,7 @@ fn windows_cut_through_archived_hours_answer_as_before_the_archive() {
         ("2026-11-01T11:58:00Z", "2026-11-01T13:01:30Z"),
         ("2026-11-01T12:00:45Z", "2026-11-01T13:00:45Z"),
         ("2026-11-01T11:00:00Z", "2026-11-01T14:00:00Z"),
-        ("2026-11-01T12:03:15Z", "2026-11-01T12:03:25Z"),
+        ("2026-11-01T12:03:35Z", "2026-11-01T12:03:45Z"),
     ];
     let before = answers(&path, now, &windows);
     // (each window holds healing results, and some in the hour the cut goes through)
