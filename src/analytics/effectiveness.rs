@@ -108,7 +108,48 @@ struct Sums {
     dur: i64,
 }
 
+/// Per failure type, the strategy with the best success rate (ties: the faster one) among those
+/// with at least `min_results` results on it.
+fn best_of(
+    per_pair: &BTreeMap<(String, String), Sums>,
+    min_results: i64,
+) -> BTreeMap<String, String> {
+    let mut best: BTreeMap<String, (f64, f64, String)> = BTreeMap::new();
+    for ((strategy, ftype), s) in per_pair {
+        if s.n < min_results || ftype.is_empty() {
+            continue;
+        }
+        let rate = ratio(s.ok as f64, s.n as f64);
+        let time = ratio(s.dur as f64, s.n as f64);
+        let better = match best.get(ftype) {
+            None => true,
+            Some((r, t, _)) => rate > *r || (rate == *r && time < *t),
+        };
+        if better {
+            best.insert(ftype.clone(), (rate, time, strategy.clone()));
+        }
+    }
+    best.into_iter().map(|(k, v)| (k, v.2)).collect()
+}
+
 impl Analytics {
+    /// The report's `best_for` alone (per failure type, the best strategy), without the
+    /// trends, which read each strategy's newest results: what predictions need.
+    pub async fn best_strategies(
+        &self,
+        window: &Window,
+        options: &EffectivenessOptions,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut per_pair: BTreeMap<(String, String), Sums> = BTreeMap::new();
+        for (s, t, n, ok, dur) in self.results_by_strategy_type(window).await? {
+            let p = per_pair.entry((s, t)).or_default();
+            p.n += n;
+            p.ok += ok;
+            p.dur += dur;
+        }
+        Ok(best_of(&per_pair, options.min_results))
+    }
+
     /// Strategy effectiveness over the window.
     pub async fn effectiveness(
         &self,
@@ -169,31 +210,13 @@ impl Analytics {
             });
         }
 
-        let mut best_for: BTreeMap<String, (f64, f64, String)> = BTreeMap::new();
-        for p in pairs
-            .iter()
-            .filter(|p| p.enough_data && !p.failure_type.is_empty())
-        {
-            let better = match best_for.get(&p.failure_type) {
-                None => true,
-                Some((rate, time, _)) => {
-                    p.success_rate > *rate
-                        || (p.success_rate == *rate && p.avg_healing_time_ms < *time)
-                }
-            };
-            if better {
-                best_for.insert(
-                    p.failure_type.clone(),
-                    (p.success_rate, p.avg_healing_time_ms, p.strategy.clone()),
-                );
-            }
-        }
+        let best_for = best_of(&per_pair, options.min_results);
 
         Ok(Effectiveness {
             window: window.describe(),
             strategies,
             pairs,
-            best_for: best_for.into_iter().map(|(k, v)| (k, v.2)).collect(),
+            best_for,
         })
     }
 
