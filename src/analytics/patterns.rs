@@ -217,21 +217,34 @@ impl Analytics {
         // The kinds are independent queries: they run at once, each on its own reader
         // connection (SQLite runs one query on one core).
         let (a, b, c, d, e, f) = tokio::try_join!(
-            self.sequences(window, o, "agent"),
-            self.sequences(window, o, "fleet"),
-            self.frequencies(window, o, "agent"),
-            self.frequencies(window, o, "fleet"),
+            self.sequences(window, o, "agent", None),
+            self.sequences(window, o, "fleet", None),
+            self.frequencies(window, o, "agent", None),
+            self.frequencies(window, o, "fleet", None),
             self.correlations(window, o),
             self.temporal(window, o),
         )?;
         let mut out: Vec<Pattern> = [a, b, c, d, e, f].into_iter().flatten().collect();
-        out.sort_by(|a, b| {
-            a.kind
-                .cmp(&b.kind)
-                .then(b.confidence.total_cmp(&a.confidence))
-                .then(b.support.cmp(&a.support))
-                .then(a.pattern_id.cmp(&b.pattern_id))
-        });
+        sort_patterns(&mut out);
+        Ok(out)
+    }
+
+    /// One agent's own patterns (its sequences and regular intervals, learned from its history
+    /// alone): the same as `learn_patterns`' patterns with that `agent_id`, read through the
+    /// agent index, so the cost grows with that agent's failures in the window, not the fleet's.
+    /// Only these can predict a failure on that agent.
+    pub async fn learn_agent_patterns(
+        &self,
+        window: &Window,
+        o: &LearnOptions,
+        agent: &str,
+    ) -> Result<Vec<Pattern>> {
+        let (a, b) = tokio::try_join!(
+            self.sequences(window, o, "agent", Some(agent)),
+            self.frequencies(window, o, "agent", Some(agent)),
+        )?;
+        let mut out: Vec<Pattern> = a.into_iter().chain(b).collect();
+        sort_patterns(&mut out);
         Ok(out)
     }
 
@@ -245,8 +258,23 @@ impl Analytics {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<LearnReport> {
         let patterns = self.learn_patterns(window, o).await?;
+        let recorded = self.record_patterns(&patterns, now).await?;
+        Ok(LearnReport {
+            window: window.describe(),
+            patterns,
+            recorded,
+        })
+    }
+
+    /// Records the patterns that are new or changed as `pattern_learned` events (one atomic
+    /// append); returns how many were recorded.
+    pub async fn record_patterns(
+        &self,
+        patterns: &[Pattern],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize> {
         let mut parts = Vec::new();
-        for p in &patterns {
+        for p in patterns {
             let stored: Option<String> =
                 sqlx::query_scalar("SELECT content FROM patterns WHERE pattern_id = ?")
                     .bind(&p.pattern_id)
@@ -274,14 +302,17 @@ impl Analytics {
         if !parts.is_empty() {
             self.store().append_atomic(parts).await?;
         }
-        Ok(LearnReport {
-            window: window.describe(),
-            patterns,
-            recorded,
-        })
+        Ok(recorded)
     }
 
-    async fn sequences(&self, w: &Window, o: &LearnOptions, scope: &str) -> Result<Vec<Pattern>> {
+    /// `agent`: only that agent's history (scope "agent").
+    async fn sequences(
+        &self,
+        w: &Window,
+        o: &LearnOptions,
+        scope: &str,
+        agent: Option<&str>,
+    ) -> Result<Vec<Pattern>> {
         let mut out = Vec::new();
         let gap = o.sequence_gap.num_microseconds().unwrap_or(i64::MAX);
         let (partition, agent_col) = if scope == "agent" {
@@ -290,10 +321,11 @@ impl Analytics {
             ("", "NULL")
         };
         {
-            let filter = if scope == "agent" {
-                "AND agent_id IS NOT NULL"
-            } else {
-                ""
+            let filter = match (scope, agent) {
+                ("agent", Some(_)) => "AND agent_id = ?6",
+                // (?6, the agent, is NULL here: every query names its parameters)
+                ("agent", None) => "AND agent_id IS NOT NULL AND ?6 IS NULL",
+                _ => "AND ?6 IS NULL",
             };
             // s: each failure with the one or two before it (in its scope). g: one grouping
             // pass for all n-grams: the previous types are kept only when close enough, so
@@ -305,7 +337,7 @@ impl Analytics {
                      LAG(failure_type) OVER w AS p1, LAG(detected_at) OVER w AS p1_at, \
                      LAG(failure_type, 2) OVER w AS p2, LAG(detected_at, 2) OVER w AS p2_at \
                    FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 {filter} \
-                   WINDOW w AS ({partition} ORDER BY detected_at)), \
+                   WINDOW w AS ({partition} ORDER BY detected_at, failure_type)), \
                  g AS ( \
                    SELECT agent, \
                      CASE WHEN p1 IS NOT NULL AND at - p1_at <= ?3 AND p2 IS NOT NULL \
@@ -334,6 +366,7 @@ impl Analytics {
                 .bind(gap)
                 .bind(o.min_occurrences)
                 .bind(o.min_confidence)
+                .bind(agent)
                 .fetch_all(self.pool())
                 .await?;
             for (agent, p2, p1, t, n, base, g, g2) in rows {
@@ -364,16 +397,28 @@ impl Analytics {
         Ok(out)
     }
 
-    async fn frequencies(&self, w: &Window, o: &LearnOptions, scope: &str) -> Result<Vec<Pattern>> {
+    /// `agent`: only that agent's history (scope "agent").
+    async fn frequencies(
+        &self,
+        w: &Window,
+        o: &LearnOptions,
+        scope: &str,
+        agent: Option<&str>,
+    ) -> Result<Vec<Pattern>> {
         let mut out = Vec::new();
-        let (partition, agent_col, filter) = if scope == "agent" {
-            (
+        let (partition, agent_col, filter) = match (scope, agent) {
+            ("agent", Some(_)) => (
                 "PARTITION BY agent_id, failure_type",
                 "agent_id",
-                "AND agent_id IS NOT NULL",
-            )
-        } else {
-            ("PARTITION BY failure_type", "NULL", "")
+                "AND agent_id = ?4",
+            ),
+            // (?4, the agent, is NULL here: every query names its parameters)
+            ("agent", None) => (
+                "PARTITION BY agent_id, failure_type",
+                "agent_id",
+                "AND agent_id IS NOT NULL AND ?4 IS NULL",
+            ),
+            _ => ("PARTITION BY failure_type", "NULL", "AND ?4 IS NULL"),
         };
         {
             let sql = format!(
@@ -389,6 +434,7 @@ impl Analytics {
                     .bind(w.since_us())
                     .bind(w.until_us())
                     .bind(o.min_occurrences)
+                    .bind(agent)
                     .fetch_all(self.pool())
                     .await?;
             for (agent, t, n, mean, mean2) in rows {
@@ -565,6 +611,17 @@ impl Analytics {
         }
         Ok(out)
     }
+}
+
+/// The order patterns are reported in: by kind, the most confident first.
+fn sort_patterns(out: &mut [Pattern]) {
+    out.sort_by(|a, b| {
+        a.kind
+            .cmp(&b.kind)
+            .then(b.confidence.total_cmp(&a.confidence))
+            .then(b.support.cmp(&a.support))
+            .then(a.pattern_id.cmp(&b.pattern_id))
+    });
 }
 
 /// The lower bound of the Wilson score interval (one-sided 95 %) for `hits` of `trials`.

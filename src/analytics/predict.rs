@@ -159,13 +159,15 @@ impl Analytics {
         o: &PredictOptions,
     ) -> Result<PredictionReport> {
         let window = Window::last(o.learn_window, now)?;
-        let patterns = if o.record {
-            self.learn_and_record(&window, &o.learn, now)
-                .await?
-                .patterns
-        } else {
-            self.learn_patterns(&window, &o.learn).await?
+        // For one agent, only its own patterns can predict a failure on it: they are learned
+        // from its history alone (its index), not from the fleet's.
+        let patterns = match &o.agent {
+            Some(a) => self.learn_agent_patterns(&window, &o.learn, a).await?,
+            None => self.learn_patterns(&window, &o.learn).await?,
         };
+        if o.record {
+            self.record_patterns(&patterns, now).await?;
+        }
         let now_us = to_micros(now);
         let mut candidates = Vec::new();
         self.predict_by_sequences(&patterns, now_us, o, &mut candidates)
@@ -196,12 +198,12 @@ impl Analytics {
             }
         }
 
-        let eff = self
-            .effectiveness(&window, &EffectivenessOptions::default())
+        let best_for = self
+            .best_strategies(&window, &EffectivenessOptions::default())
             .await?;
         let mut predictions = Vec::new();
         for c in best.into_values() {
-            let strategy = eff.best_for.get(&c.failure_type).cloned().or_else(|| {
+            let strategy = best_for.get(&c.failure_type).cloned().or_else(|| {
                 o.routes
                     .get(&c.failure_type)
                     .and_then(|r| r.first().cloned())
@@ -358,7 +360,8 @@ impl Analytics {
              SELECT NULL, failure_id, failure_type, detected_at, rn FROM ( \
                SELECT failure_id, failure_type, detected_at, \
                  ROW_NUMBER() OVER (ORDER BY detected_at DESC, position DESC) AS rn \
-               FROM failures WHERE detected_at >= ?1 AND detected_at < ?2) WHERE rn <= 2",
+               FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 AND ?3 IS NULL) \
+             WHERE rn <= 2",
         )
         .bind(now.saturating_sub(gap.saturating_mul(2)))
         .bind(now)

@@ -372,3 +372,117 @@ async fn a_prediction_whose_window_passes_is_missed() {
     assert_eq!(r.false_positive_rate, 1.0);
     store.close().await.unwrap();
 }
+
+/// One agent's learning (through its index) finds exactly the patterns that learning over the
+/// whole fleet finds for that agent, and its predictions are the fleet's predictions on that
+/// agent: planted data, plus failures of one agent at the same microsecond (ties).
+#[tokio::test]
+async fn one_agents_patterns_and_predictions_equal_the_fleets_for_that_agent() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let mut rng = Rng::fixed(7);
+    let mut failures = planted(&mut rng);
+    // Ties: pairs of failures of two types on bg-3 at the same instant, each followed by
+    // task_timeout, so that a tie's order decides the 2-gram.
+    for k in 0..40u64 {
+        let when = at(k * 3_600_000_000 + 1_000);
+        failures.push((format!("tie-a-{k}"), "oom".into(), "bg-3".into(), when));
+        failures.push((
+            format!("tie-b-{k}"),
+            "disk_full".into(),
+            "bg-3".into(),
+            when,
+        ));
+        failures.push((
+            format!("tie-c-{k}"),
+            "task_timeout".into(),
+            "bg-3".into(),
+            when + Duration::seconds(3),
+        ));
+    }
+    write(&store, &failures).await;
+    let a = Analytics::new(&store);
+    let o = LearnOptions::default();
+    let all = a.learn_patterns(&week(), &o).await.unwrap();
+    let mut agents: Vec<String> = failures.iter().map(|f| f.2.clone()).collect();
+    agents.sort();
+    agents.dedup();
+    let mut found = 0;
+    for agent in &agents {
+        let want: Vec<&Pattern> = all
+            .iter()
+            .filter(|p| p.scope == "agent" && p.agent_id.as_deref() == Some(agent.as_str()))
+            .collect();
+        let got = a.learn_agent_patterns(&week(), &o, agent).await.unwrap();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "agent {agent}");
+        found += got.len();
+    }
+    assert!(
+        all.iter().any(|p| p.agent_id.as_deref() == Some("seq-1")
+            && p.failure_types == ["disk_full", "agent_down"]),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|p| p.agent_id.as_deref() == Some("bg-3") && p.kind == "sequence"),
+        "the ties make a sequence on bg-3: {all:#?}"
+    );
+    assert!(found >= 3, "{found}");
+
+    // Predictions at a moment when seq-1 and bg-3 have just failed.
+    let now = day0() + Duration::days(7) + Duration::minutes(10);
+    write(
+        &store,
+        &[
+            (
+                "t-1".into(),
+                "disk_full".into(),
+                "seq-1".into(),
+                now - Duration::seconds(5),
+            ),
+            (
+                "t-2".into(),
+                "oom".into(),
+                "bg-3".into(),
+                now - Duration::seconds(2),
+            ),
+        ],
+    )
+    .await;
+    let fleet = PredictOptions {
+        learn_window: Duration::days(8),
+        ..PredictOptions::default()
+    };
+    let everyone = a.predict(now, &fleet).await.unwrap();
+    for agent in ["seq-1", "bg-3", "cron-1", "bg-5"] {
+        let one = a
+            .predict(
+                now,
+                &PredictOptions {
+                    agent: Some(agent.into()),
+                    ..fleet.clone()
+                },
+            )
+            .await
+            .unwrap();
+        let want: Vec<_> = everyone
+            .predictions
+            .iter()
+            .filter(|p| p.agent_id.as_deref() == Some(agent))
+            .collect();
+        assert_eq!(
+            one.predictions.iter().collect::<Vec<_>>(),
+            want,
+            "agent {agent}"
+        );
+        if agent == "seq-1" {
+            assert!(
+                one.predictions
+                    .iter()
+                    .any(|p| p.failure_type == "agent_down"),
+                "{one:#?}"
+            );
+        }
+    }
+    store.close().await.unwrap();
+}
