@@ -597,33 +597,41 @@ impl Analytics {
         out: &mut Vec<Candidate>,
     ) -> Result<()> {
         // (success signals from the log, and the facts kept of archived events)
-        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(concat!(
+        // One agent: its rows through the agent indexes (an `?3 IS NULL OR` test would make
+        // SQLite read every failure and success signal of the window).
+        let (fa, ea, aa) = match o.agent {
+            Some(_) => ("agent_id = ?3", "e.agent_id = ?3", "agent_id = ?3"),
+            None => (
+                "agent_id IS NOT NULL AND ?3 IS NULL",
+                "?3 IS NULL",
+                "?3 IS NULL",
+            ),
+        };
+        let sql = format!(
             "WITH f AS (SELECT agent_id, COUNT(*) AS n FROM failures \
-                        WHERE detected_at >= ?1 AND detected_at < ?2 AND agent_id IS NOT NULL \
-                          AND (?3 IS NULL OR agent_id = ?3) GROUP BY agent_id), \
+                        WHERE detected_at >= ?1 AND detected_at < ?2 AND {fa} GROUP BY agent_id), \
                   s AS (SELECT agent_id, COUNT(*) AS n FROM ( \
                           SELECT e.agent_id FROM events e \
-                          WHERE e.occurred_at >= ?1 AND e.occurred_at < ?2 \
-                            AND (?3 IS NULL OR e.agent_id = ?3) AND ",
-            counted_success!(),
-            " UNION ALL \
+                          WHERE e.occurred_at >= ?1 AND e.occurred_at < ?2 AND {ea} AND {success} \
+                          UNION ALL \
                           SELECT agent_id FROM archived_facts \
                           WHERE event_type = 'agent_succeeded' AND occurred_at >= ?1 \
-                            AND occurred_at < ?2 AND (?3 IS NULL OR agent_id = ?3)) \
+                            AND occurred_at < ?2 AND {aa}) \
                         GROUP BY agent_id), \
                   top AS (SELECT agent_id, failure_type, \
                             ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY COUNT(*) DESC, failure_type) AS rn \
-                          FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 \
-                            AND agent_id IS NOT NULL AND (?3 IS NULL OR agent_id = ?3) \
+                          FROM failures WHERE detected_at >= ?1 AND detected_at < ?2 AND {fa} \
                           GROUP BY agent_id, failure_type) \
              SELECT f.agent_id, f.n, COALESCE(s.n, 0), top.failure_type \
-             FROM f LEFT JOIN s USING (agent_id) JOIN top ON top.agent_id = f.agent_id AND top.rn = 1"
-        ))
-        .bind(window.since_us())
-        .bind(window.until_us())
-        .bind(o.agent.as_deref())
-        .fetch_all(self.pool())
-        .await?;
+             FROM f LEFT JOIN s USING (agent_id) JOIN top ON top.agent_id = f.agent_id AND top.rn = 1",
+            success = counted_success!()
+        );
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(window.since_us())
+            .bind(window.until_us())
+            .bind(o.agent.as_deref())
+            .fetch_all(self.pool())
+            .await?;
         for (agent, failures, successes, top) in rows {
             let total = failures + successes;
             if total < o.min_observations {

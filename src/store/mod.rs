@@ -216,6 +216,11 @@ impl Store {
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .min_connections(0)
+            // Waiting for a reader is queueing, not contention (WAL readers never block each
+            // other or the writer): a long analytics question (several queries at once) must not
+            // fail as "busy" because the readers are all at work for longer than sqlx's default
+            // 30 s. Callers that need a bound (the server) set their own request timeout.
+            .acquire_timeout(std::time::Duration::from_secs(600))
             .connect_lazy_with(base.clone().pragma("query_only", "ON"));
 
         let head_now = writer::head_position(&mut conn)
