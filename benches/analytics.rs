@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::TryStreamExt;
 use healstore::analytics::advice::AdviceOptions;
-use healstore::analytics::{Analytics, EffectivenessOptions, LearnOptions, MttrTo};
+use healstore::analytics::{Analytics, EffectivenessOptions, LearnOptions, MttrTo, PredictOptions};
 use healstore::{EventFilter, RecordedEvent, Store, StoreOptions, Window};
 
 fn main() -> anyhow::Result<()> {
@@ -58,7 +58,14 @@ fn main() -> anyhow::Result<()> {
         println!("store: {n} failures, {events} events over 30 days ({})", path.display());
         // `HEALSTORE_BENCH_ONLY=windows`: only the windows of both stores and the upstream
         // workload (neither the parts over 24 hours nor the in-memory baselines).
-        let only_windows = std::env::var("HEALSTORE_BENCH_ONLY").is_ok_and(|v| v == "windows");
+        let only = std::env::var("HEALSTORE_BENCH_ONLY").unwrap_or_default();
+        let only_windows = only == "windows";
+        // `HEALSTORE_BENCH_ONLY=patterns`: only pattern learning and one agent's predictions.
+        if only == "patterns" {
+            patterns_section(&store).await?;
+            store.close().await?;
+            return Ok(());
+        }
         let a = Analytics::new(&store);
         let day = Window::last(chrono::Duration::hours(24), now())?;
         let week = Window::last(chrono::Duration::days(7), now())?;
@@ -151,6 +158,9 @@ fn main() -> anyhow::Result<()> {
             }
         );
         }
+        if !only_windows {
+            patterns_section(&store).await?;
+        }
         let small = windows_section(&store, n, 30, &[1, 7, 30]).await?;
         store.close().await?;
         if !std::env::var("HEALSTORE_BENCH_3M").is_ok_and(|v| v == "0") {
@@ -195,6 +205,60 @@ fn main() -> anyhow::Result<()> {
 /// windows of `lengths` days ending at `now()`, each against its goal (100 ms up to 30 days,
 /// 300 ms beyond). Returns (name, (median wall time, median CPU time)) for comparison across
 /// stores.
+/// Pattern learning over 7 and 30 days, and one agent's predictions (learned from that agent's
+/// own history) beside the whole fleet's in the same run.
+async fn patterns_section(store: &Store) -> anyhow::Result<()> {
+    let a = Analytics::new(store);
+    let learn = LearnOptions::default();
+    let week = Window::last(chrono::Duration::days(7), now())?;
+    let month = Window::last(chrono::Duration::days(30), now())?;
+    println!("\n== pattern learning and predictions (median; wall / CPU of this process) ==");
+    let learn_7d = time_cpu(3, || a.learn_patterns(&week, &learn)).await?;
+    let learn_30d = time_cpu(3, || a.learn_patterns(&month, &learn)).await?;
+    let fleet = PredictOptions::default();
+    let one = PredictOptions {
+        agent: Some("agent-7".into()),
+        ..PredictOptions::default()
+    };
+    let predict_all = time_cpu(3, || a.predict(now(), &fleet)).await?;
+    let predict_one = time_cpu(9, || a.predict(now(), &one)).await?;
+    let one_agent_failures: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM failures WHERE agent_id = 'agent-7' AND detected_at >= ?1 \
+         AND detected_at < ?2",
+    )
+    .bind(week.since_us())
+    .bind(week.until_us())
+    .fetch_one(store.read_pool())
+    .await?;
+    let row = |name: &str, (w, c): (Duration, Duration), goal: f64| {
+        println!(
+            "{name:<46} {:>9.1} / {:>9.1} ms   goal {goal:>6.0} ms  {}",
+            ms(w),
+            ms(c),
+            if ms(w).min(ms(c)) <= goal {
+                "MET"
+            } else {
+                "NOT MET"
+            }
+        )
+    };
+    row("pattern learning 7d", learn_7d, 300.0);
+    row("pattern learning 30d", learn_30d, 1000.0);
+    row("predictions, one agent (agent-7)", predict_one, 10.0);
+    println!(
+        "{:<46} {:>9.1} / {:>9.1} ms   (baseline: one agent / fleet = {:.4})",
+        "predictions, whole fleet",
+        ms(predict_all.0),
+        ms(predict_all.1),
+        predict_one.0.as_secs_f64() / predict_all.0.as_secs_f64()
+    );
+    println!(
+        "(agent-7 has {one_agent_failures} failures in the 7-day learning window; peak memory {} MiB)",
+        mib(vm_hwm_kib())
+    );
+    Ok(())
+}
+
 async fn windows_section(
     store: &Store,
     n: i64,
