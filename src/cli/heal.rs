@@ -125,6 +125,15 @@ pub async fn open_existing_healer(cli: &Cli) -> anyhow::Result<Healer> {
     Ok(config.builder().open_lazy(store).await?)
 }
 
+/// Opens the healer of an existing database for `states`, which only reads: the configuration
+/// is not recorded (a read writes nothing to the log, even after a run under another
+/// configuration, such as the demo's preventions policy).
+async fn open_reading_healer(cli: &Cli) -> anyhow::Result<Healer> {
+    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
+    let store = cli.open(false).await?;
+    Ok(config.builder().open_lazy(store).await?)
+}
+
 /// Opens the healer with every state restored (what a checkpoint before an archive needs).
 pub async fn open_full_healer(cli: &Cli) -> anyhow::Result<Healer> {
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
@@ -526,7 +535,7 @@ pub async fn tick(cli: &Cli, out: &mut Out) -> anyhow::Result<()> {
 }
 
 pub async fn states(cli: &Cli, strategy: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
-    let healer = open_existing_healer(cli).await?;
+    let healer = open_reading_healer(cli).await?;
     let r = healer.states_report(strategy).await;
     healer.close().await?;
     let states = r?.states;
