@@ -215,10 +215,14 @@ async fn patterns_section(store: &Store) -> anyhow::Result<()> {
     println!("\n== pattern learning and predictions (median; wall / CPU of this process) ==");
     let learn_7d = time_cpu(3, || a.learn_patterns(&week, &learn)).await?;
     let learn_30d = time_cpu(3, || a.learn_patterns(&month, &learn)).await?;
-    let fleet = PredictOptions::default();
+    // Nothing recorded: the cached store stays as generated.
+    let fleet = PredictOptions {
+        record: false,
+        ..PredictOptions::default()
+    };
     let one = PredictOptions {
         agent: Some("agent-7".into()),
-        ..PredictOptions::default()
+        ..fleet.clone()
     };
     let predict_all = time_cpu(3, || a.predict(now(), &fleet)).await?;
     let predict_one = time_cpu(9, || a.predict(now(), &one)).await?;

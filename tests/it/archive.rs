@@ -68,6 +68,7 @@ fn archiving_keeps_analytics_the_chain_and_strategy_state() {
     );
     let states_before = json(&path, &["states"]);
     let events_before = scalar(&path, "SELECT COUNT(*) FROM events");
+    let head_before = scalar(&path, "SELECT MAX(position) FROM events");
     let file = dir.path().join("old.jsonl.gz");
 
     let r = json(
@@ -100,9 +101,19 @@ fn archiving_keeps_analytics_the_chain_and_strategy_state() {
         ),
         0
     );
+    // (The demo ran under its own preventions policy: the archive, a writing command, records
+    // the configuration in effect again.)
+    let configs = scalar(
+        &path,
+        &format!(
+            "SELECT COUNT(*) FROM events WHERE position > {head_before} \
+             AND event_type = 'configuration_changed'"
+        ),
+    );
+    assert!(configs <= 1, "{configs}");
     assert_eq!(
         scalar(&path, "SELECT COUNT(*) FROM events"),
-        events_before - archived + 1,
+        events_before - archived + 1 + configs,
         "plus the events_archived record"
     );
     // Analytics over the archived period are unchanged (the read models keep it).
