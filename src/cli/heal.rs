@@ -116,21 +116,25 @@ pub async fn open_healer(cli: &Cli) -> anyhow::Result<Healer> {
 }
 
 /// Opens the healer of an existing database for a command that reads state (`circuits`,
-/// `states`, `tick`): a missing or empty file is refused rather than created. (Closing it may
+/// `tick`; `states` through `open_reading_healer`): a missing or empty file is refused rather than created. (Closing it may
 /// save snapshots of the states it loaded, a cache that speeds up the next restore.)
 pub async fn open_existing_healer(cli: &Cli) -> anyhow::Result<Healer> {
-    let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
-    let store = cli.open(false).await?;
-    config.record(&store).await?;
-    Ok(config.builder().open_lazy(store).await?)
+    open_existing(cli, true).await
 }
 
-/// Opens the healer of an existing database for `states`, which only reads: the configuration
-/// is not recorded (a read writes nothing to the log, even after a run under another
-/// configuration, such as the demo's preventions policy).
+/// `open_existing_healer` for `states`, which only reads: the configuration is not recorded (a
+/// read writes nothing to the log, even after a run under another configuration, such as the
+/// demo's preventions policy).
 async fn open_reading_healer(cli: &Cli) -> anyhow::Result<Healer> {
+    open_existing(cli, false).await
+}
+
+async fn open_existing(cli: &Cli, record: bool) -> anyhow::Result<Healer> {
     let (config, _) = healstore::config::Config::load(cli.config.as_deref())?;
     let store = cli.open(false).await?;
+    if record {
+        config.record(&store).await?;
+    }
     Ok(config.builder().open_lazy(store).await?)
 }
 
